@@ -1,0 +1,44 @@
+// The commander program, built by a factory so tests run it in-process with captured output.
+import { Command } from 'commander'
+import { VERSION } from '../node/version.js'
+import { registerAgentCommand } from './commands/agent.js'
+import { registerDemoCommand } from './commands/demo.js'
+import { registerMeshKeyCommand } from './commands/mesh-key.js'
+import { registerNodeCommands } from './commands/node.js'
+import { registerVmCommands } from './commands/vm.js'
+import { reportError } from './errors.js'
+import type { CliIo } from './io.js'
+
+export function createProgram(io: CliIo): Command {
+  const program = new Command('skymesh')
+  // set before any .command(): subcommands copy these settings when they are created
+  program
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => void io.stdout.write(s),
+      writeErr: (s) => void io.stderr.write(s),
+      getOutHelpWidth: () => io.stdout.columns ?? 100,
+      getErrHelpWidth: () => io.stderr.columns ?? 100,
+    })
+    .showHelpAfterError('(add --help for usage)')
+    .description('a peer-to-peer mesh of hosts that runs and live-migrates VMs as one sky')
+    .version(VERSION, '-V, --version', 'print the version')
+    .helpCommand(true)
+
+  registerAgentCommand(program)
+  registerNodeCommands(program, io)
+  registerVmCommands(program, io)
+  registerMeshKeyCommand(program, io)
+  registerDemoCommand(program, io)
+  return program
+}
+
+/** Runs one command line (`argv` without node and script) and returns its exit code. */
+export async function runCli(argv: string[], io: CliIo): Promise<number> {
+  try {
+    await createProgram(io).parseAsync(argv, { from: 'user' })
+    return 0
+  } catch (err) {
+    return reportError(err, io)
+  }
+}

@@ -1,0 +1,435 @@
+// The agent: one per host. Wires the libp2p host, the store, the VM driver and the local API, and
+// owns the lifecycle of this host's VMs (create, delete, suspend on stop, resume on start).
+import { randomBytes } from 'node:crypto'
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { Logger } from 'pino'
+import { Registry } from 'prom-client'
+import { createDriver } from '../vm/index.js'
+import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
+import { createApiServer } from './api/index.js'
+import { Bootstrapper } from './bootstrap.js'
+import type { AgentConfig } from './config.js'
+import { AgentError } from './errors.js'
+import { loadOrCreatePeerKey } from './identity.js'
+import { readMeshKey } from './mesh-key.js'
+import { createNodeMetrics, type NodeMetrics } from './metrics.js'
+import { createHost, type Host } from './p2p.js'
+import { PeerTracker } from './peers.js'
+import { Store } from './store.js'
+import { loadOrCreateToken } from './token.js'
+import type { AgentService, CreateVmRequest, NodeInfo, PeerInfo, Resources, VmDigest, VmRecord } from './types.js'
+import { VERSION } from './version.js'
+
+export const AGENT_FILE = 'agent.json'
+
+/** What the store keeps per VM: the public record plus what a restart needs. */
+interface StoredVm extends VmRecord {
+  /** Set when a clean stop suspended the VM: the state to return to on the next start. */
+  resumeState?: 'running' | 'paused'
+}
+
+/** States in which a VM holds its memory reservation on this host. */
+const HOLDS_RESOURCES: ReadonlySet<VmState> = new Set(['running', 'paused', 'suspended'])
+
+export interface AgentInit {
+  config: AgentConfig
+  logger: Logger
+}
+
+export class Agent implements AgentService {
+  readonly metrics = new Registry()
+  private readonly config: AgentConfig
+  private readonly log: Logger
+  private host?: Host
+  private store?: Store
+  private driver?: VmDriver
+  private peerTracker?: PeerTracker
+  private bootstrapper?: Bootstrapper
+  private api?: ReturnType<typeof createApiServer>
+  private nodeMetrics?: NodeMetrics
+  private readonly records = new Map<string, StoredVm>()
+  private readonly instances = new Map<string, VmInstance>()
+  /** Serialises VM operations so capacity checks and registry writes never interleave. */
+  private queue: Promise<unknown> = Promise.resolve()
+  private startedAt = new Date()
+  private apiUrl = ''
+  private token = ''
+  private stopping = false
+
+  constructor(init: AgentInit) {
+    this.config = init.config
+    this.log = init.logger
+  }
+
+  get peerId(): string {
+    return this.requireHost().peerId.toString()
+  }
+
+  get apiBaseUrl(): string {
+    return this.apiUrl
+  }
+
+  get apiToken(): string {
+    return this.token
+  }
+
+  async start(): Promise<void> {
+    const { config } = this
+    // Read everything that can be wrong with the configuration before creating anything.
+    const psk = config.meshKey ? await readMeshKey(config.meshKey) : undefined
+    await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
+    await mkdir(join(config.dataDir, 'vms'), { recursive: true })
+    this.token = await loadOrCreateToken(config.dataDir)
+    const privateKey = await loadOrCreatePeerKey(config.dataDir)
+    try {
+      this.store = await Store.open(join(config.dataDir, 'store'))
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause
+      if (cause?.code === 'LEVEL_LOCKED') {
+        throw new AgentError('INVALID_STATE', `${config.dataDir} is in use by another agent (its store is locked)`)
+      }
+      throw err
+    }
+    this.driver = createDriver(config.driver)
+    this.startedAt = new Date()
+
+    this.host = await createHost({
+      privateKey,
+      listen: config.listen,
+      announce: config.announce,
+      psk,
+      dialTimeoutMs: config.dialTimeoutMs,
+    })
+    this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
+
+    this.nodeMetrics = createNodeMetrics(this.metrics, {
+      connections: () => this.host?.getConnections().length ?? 0,
+      peers: () => this.host?.getPeers().length ?? 0,
+      vmStates: () => [...this.records.values()].map((r) => r.state),
+      usedMemoryMiB: () => this.used().memoryMiB,
+      capacityMemoryMiB: () => this.config.capacity.memoryMiB,
+    })
+
+    await this.recoverVms()
+
+    this.peerTracker = new PeerTracker({
+      host: this.host,
+      logger: this.log.child({ component: 'peers' }),
+      hello: () => ({
+        version: VERSION,
+        site: config.site,
+        driver: config.driver,
+        startedAtMs: this.startedAt.getTime(),
+        capacity: { vcpus: config.capacity.vcpus, memoryMib: config.capacity.memoryMiB, diskMib: config.capacity.diskMiB },
+        used: { vcpus: this.used().vcpus, memoryMib: this.used().memoryMiB, diskMib: this.used().diskMiB },
+        vmCount: this.records.size,
+      }),
+    })
+    await this.peerTracker.start()
+    this.bootstrapper = new Bootstrapper({
+      host: this.host,
+      logger: this.log.child({ component: 'bootstrap' }),
+      addrs: config.bootstrap,
+      intervalMs: config.bootstrapIntervalSec * 1000,
+      dialTimeoutMs: config.dialTimeoutMs,
+    })
+    this.bootstrapper.start()
+
+    this.api = createApiServer({
+      agent: this,
+      token: this.token,
+      logger: this.log.child({ component: 'api' }),
+      host: config.api.host,
+      port: config.api.port,
+    })
+    this.apiUrl = await this.api.listen()
+    await this.writeAgentFile()
+    this.log.info({ api: this.apiUrl, dataDir: config.dataDir, site: config.site }, 'agent ready')
+  }
+
+  /** Clean stop: suspends every live VM to disk so the next start resumes it with the same digest. */
+  async stop(): Promise<void> {
+    if (this.stopping) return
+    this.stopping = true
+    await rm(join(this.config.dataDir, AGENT_FILE), { force: true })
+    await this.api?.close()
+    this.bootstrapper?.stop()
+    await this.peerTracker?.stop().catch(() => {})
+    await this.serial(async () => {
+      for (const [id, vm] of this.instances) {
+        const rec = this.records.get(id)
+        if (!rec || (vm.state !== 'running' && vm.state !== 'paused')) continue
+        const resumeState = vm.state
+        try {
+          await vm.suspend()
+          await this.saveRecord({ ...rec, state: 'suspended', resumeState })
+          this.log.info({ vm: id, name: rec.name }, 'VM suspended')
+        } catch (err) {
+          this.log.error({ vm: id, err }, 'VM could not be suspended; it will be listed as crashed')
+        }
+      }
+      this.instances.clear()
+    })
+    await this.host?.stop()
+    await this.driver?.close()
+    await this.store?.close()
+    this.log.info('agent stopped')
+  }
+
+  // --- AgentService ---
+
+  nodeInfo(): NodeInfo {
+    return {
+      peerId: this.peerId,
+      addrs: this.addrs(),
+      version: VERSION,
+      site: this.config.site,
+      driver: this.config.driver,
+      startedAt: this.startedAt.toISOString(),
+      capacity: { ...this.config.capacity },
+      used: this.used(),
+      vmCount: this.records.size,
+    }
+  }
+
+  peers(): PeerInfo[] {
+    return this.peerTracker?.list() ?? []
+  }
+
+  listVms(): VmRecord[] {
+    return [...this.records.values()].map(publicRecord).sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+  }
+
+  getVm(id: string): VmRecord {
+    return publicRecord(this.requireRecord(id))
+  }
+
+  createVm(req: CreateVmRequest): Promise<VmRecord> {
+    return this.serial(async () => {
+      const workload = fillWorkload(req)
+      if ([...this.records.values()].some((r) => r.name === req.name)) {
+        throw new AgentError('NAME_TAKEN', `a VM named '${req.name}' already exists on this host`)
+      }
+      const used = this.used()
+      const cap = this.config.capacity
+      if (used.memoryMiB + req.memoryMiB > cap.memoryMiB) {
+        throw new AgentError(
+          'INSUFFICIENT_CAPACITY',
+          `memoryMiB: ${req.memoryMiB} MiB does not fit: ${cap.memoryMiB - used.memoryMiB} MiB free of ${cap.memoryMiB} MiB`,
+          { field: 'memoryMiB', freeMiB: cap.memoryMiB - used.memoryMiB },
+        )
+      }
+      if (used.diskMiB + req.diskMiB > cap.diskMiB) {
+        throw new AgentError(
+          'INSUFFICIENT_CAPACITY',
+          `diskMiB: ${req.diskMiB} MiB does not fit: ${cap.diskMiB - used.diskMiB} MiB free of ${cap.diskMiB} MiB`,
+          { field: 'diskMiB', freeMiB: cap.diskMiB - used.diskMiB },
+        )
+      }
+      const id = `vm-${randomBytes(6).toString('hex')}`
+      const spec: VmSpec = { id, name: req.name, vcpus: req.vcpus, memoryMiB: req.memoryMiB, diskMiB: req.diskMiB, workload }
+      const dir = this.vmDir(id)
+      let instance: VmInstance | undefined
+      try {
+        instance = await this.requireDriver().create(spec, { dir })
+        const now = new Date().toISOString()
+        const rec: StoredVm = { ...spec, state: instance.state, host: this.peerId, epoch: 1, createdAt: now, updatedAt: now }
+        await this.saveRecord(rec)
+        this.adopt(instance)
+        this.nodeMetrics?.vmOperations.inc({ op: 'create', outcome: 'ok' })
+        this.log.info({ vm: id, name: req.name, memoryMiB: req.memoryMiB }, 'VM created')
+        return publicRecord(rec)
+      } catch (err) {
+        // Leave nothing behind: no half-made VM, no record.
+        await instance?.destroy().catch(() => {})
+        await rm(dir, { recursive: true, force: true })
+        this.records.delete(id)
+        await this.store?.deleteVm(id).catch(() => {})
+        this.nodeMetrics?.vmOperations.inc({ op: 'create', outcome: 'error' })
+        throw err
+      }
+    })
+  }
+
+  deleteVm(id: string): Promise<void> {
+    return this.serial(async () => {
+      const rec = this.requireRecord(id)
+      const instance = this.instances.get(id)
+      if (instance) await instance.destroy()
+      else await rm(this.vmDir(id), { recursive: true, force: true })
+      this.instances.delete(id)
+      this.records.delete(id)
+      await this.requireStore().deleteVm(id)
+      this.nodeMetrics?.vmOperations.inc({ op: 'delete', outcome: 'ok' })
+      this.log.info({ vm: id, name: rec.name }, 'VM deleted')
+    })
+  }
+
+  pauseVm(id: string): Promise<VmRecord> {
+    return this.serial(async () => {
+      const vm = this.requireInstance(id, 'pause')
+      if (vm.state !== 'running') throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not running`)
+      await vm.pause()
+      return publicRecord(await this.syncState(id))
+    })
+  }
+
+  resumeVm(id: string): Promise<VmRecord> {
+    return this.serial(async () => {
+      const vm = this.requireInstance(id, 'resume')
+      if (vm.state !== 'paused') throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not paused`)
+      await vm.resume()
+      return publicRecord(await this.syncState(id))
+    })
+  }
+
+  async vmDigest(id: string): Promise<VmDigest> {
+    const vm = this.requireInstance(id, 'digest')
+    return { id, ...(await vm.digest()) }
+  }
+
+  // --- internals ---
+
+  private addrs(): string[] {
+    return this.requireHost()
+      .getMultiaddrs()
+      .map((a) => a.toString())
+  }
+
+  private used(): Resources {
+    let vcpus = 0
+    let memoryMiB = 0
+    let diskMiB = 0
+    for (const r of this.records.values()) {
+      if (!HOLDS_RESOURCES.has(r.state)) continue
+      vcpus += r.vcpus
+      memoryMiB += r.memoryMiB
+      diskMiB += r.diskMiB
+    }
+    return { vcpus, memoryMiB, diskMiB }
+  }
+
+  /** On start: resume what a clean stop suspended; a VM that was live when the agent died is crashed. */
+  private async recoverVms(): Promise<void> {
+    const driver = this.requireDriver()
+    for (const rec of await this.requireStore().listVms()) {
+      const stored = rec as StoredVm
+      this.records.set(stored.id, stored)
+      const dir = this.vmDir(stored.id)
+      if (stored.state === 'suspended' && (await driver.hasSuspendImage(dir))) {
+        try {
+          const instance = await driver.restore(specOf(stored), { dir })
+          if (stored.resumeState === 'paused') await instance.pause()
+          this.adopt(instance)
+          await this.saveRecord({ ...stored, state: instance.state, resumeState: undefined })
+          this.log.info({ vm: stored.id, name: stored.name }, 'VM resumed')
+          continue
+        } catch (err) {
+          this.log.error({ vm: stored.id, err: (err as Error).message }, 'VM could not be resumed; marked crashed')
+        }
+      }
+      if (stored.state !== 'stopped' && stored.state !== 'crashed') {
+        await this.saveRecord({ ...stored, state: 'crashed', resumeState: undefined })
+        this.log.warn({ vm: stored.id, name: stored.name, was: stored.state }, 'VM was live when the agent died: crashed')
+      }
+    }
+  }
+
+  private adopt(instance: VmInstance): void {
+    const id = instance.spec.id
+    this.instances.set(id, instance)
+    instance.onStateChange(() => {
+      if (this.instances.get(id) === instance && !this.stopping) void this.syncState(id).catch(() => {})
+    })
+  }
+
+  private async syncState(id: string): Promise<StoredVm> {
+    const rec = this.requireRecord(id)
+    const vm = this.instances.get(id)
+    if (!vm || vm.state === rec.state) return rec
+    const next = { ...rec, state: vm.state }
+    await this.saveRecord(next)
+    return next
+  }
+
+  private async saveRecord(rec: StoredVm): Promise<void> {
+    const next = { ...rec, updatedAt: new Date().toISOString() }
+    if (next.resumeState === undefined) delete next.resumeState
+    await this.requireStore().putVm(next)
+    this.records.set(rec.id, next)
+  }
+
+  private async writeAgentFile(): Promise<void> {
+    const file = join(this.config.dataDir, AGENT_FILE)
+    const body = { pid: process.pid, peerId: this.peerId, api: this.apiUrl, addrs: this.addrs() }
+    await writeFile(`${file}.tmp`, `${JSON.stringify(body, null, 2)}\n`, { mode: 0o600 })
+    await rename(`${file}.tmp`, file)
+  }
+
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.queue.then(fn, fn)
+    this.queue = run.catch(() => {})
+    return run
+  }
+
+  private vmDir(id: string): string {
+    return join(this.config.dataDir, 'vms', id)
+  }
+
+  private requireRecord(id: string): StoredVm {
+    const rec = this.records.get(id)
+    if (!rec) throw new AgentError('VM_NOT_FOUND', `no VM with id '${id}' on this host`)
+    return rec
+  }
+
+  private requireInstance(id: string, what: string): VmInstance {
+    const rec = this.requireRecord(id)
+    const vm = this.instances.get(id)
+    if (!vm) throw new AgentError('INVALID_STATE', `cannot ${what} VM ${id}: it is ${rec.state}`)
+    return vm
+  }
+
+  private requireHost(): Host {
+    if (!this.host) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.host
+  }
+
+  private requireStore(): Store {
+    if (!this.store) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.store
+  }
+
+  private requireDriver(): VmDriver {
+    if (!this.driver) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.driver
+  }
+}
+
+function publicRecord(rec: StoredVm): VmRecord {
+  const { resumeState: _omit, ...pub } = rec
+  return pub
+}
+
+function specOf(rec: VmRecord): VmSpec {
+  return { id: rec.id, name: rec.name, vcpus: rec.vcpus, memoryMiB: rec.memoryMiB, diskMiB: rec.diskMiB, workload: rec.workload }
+}
+
+function fillWorkload(req: CreateVmRequest): WorkloadSpec {
+  const w = req.workload ?? {}
+  const workload: WorkloadSpec = {
+    dirtyMiBps: w.dirtyMiBps ?? 0,
+    hotSetMiB: w.hotSetMiB ?? Math.min(64, req.memoryMiB),
+    cpu: w.cpu ?? 0,
+    diskWriteMiBps: w.diskWriteMiBps ?? 0,
+  }
+  if (workload.hotSetMiB > req.memoryMiB) {
+    throw new AgentError('BAD_REQUEST', `workload.hotSetMiB: ${workload.hotSetMiB} is larger than memoryMiB ${req.memoryMiB}`, {
+      field: 'workload.hotSetMiB',
+    })
+  }
+  if (workload.cpu > req.vcpus) {
+    throw new AgentError('BAD_REQUEST', `workload.cpu: ${workload.cpu} is more than vcpus ${req.vcpus}`, { field: 'workload.cpu' })
+  }
+  return workload
+}

@@ -1,0 +1,135 @@
+// Request validation: zod schemas whose failures become one AgentError BAD_REQUEST that names
+// each bad field (`memoryMiB: expected an integer from 1 to 1048576, got 0`).
+import { type ZodType, z } from 'zod'
+import { AgentError } from '../errors.js'
+import type { CreateVmRequest } from '../types.js'
+
+export const LIMITS = {
+  nameMaxLength: 63,
+  vcpus: { min: 1, max: 256 },
+  memoryMiB: { min: 1, max: 1_048_576 },
+  diskMiB: { min: 1, max: 16_777_216 },
+  idMaxLength: 128,
+} as const
+
+const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/i
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/
+
+/** A short description of a bad value for a message; never echoes long strings. */
+function got(input: unknown): string {
+  if (input === undefined) return 'missing'
+  if (input === null) return 'got null'
+  if (typeof input === 'number' || typeof input === 'boolean') return `got ${input}`
+  if (typeof input === 'string') return `got a string of ${input.length} characters`
+  if (Array.isArray(input)) return 'got an array'
+  return `got ${typeof input === 'object' ? 'an object' : typeof input}`
+}
+
+/** Zod's `error` option: one message for every way a field can fail. */
+const expect = (what: string) => ({
+  error: (iss: { input?: unknown }) =>
+    iss.input === undefined ? 'required' : `expected ${what}, ${got(iss.input)}`,
+})
+
+function intIn(min: number, max: number) {
+  const e = expect(`an integer from ${min} to ${max}`)
+  return z.number(e).int(e).min(min, e).max(max, e)
+}
+
+const rate = () => {
+  const e = expect('a finite number >= 0')
+  return z.number(e).min(0, e)
+}
+
+const nameSchema = (() => {
+  const e = expect(
+    `1 to ${LIMITS.nameMaxLength} characters of letters, digits, '-', '_' or '.', starting with a letter or digit`,
+  )
+  return z.string(e).min(1, e).max(LIMITS.nameMaxLength, e).regex(NAME_RE, e)
+})()
+
+export const workloadSchema = z.strictObject(
+  {
+    dirtyMiBps: rate().optional(),
+    hotSetMiB: rate().optional(),
+    cpu: rate().optional(),
+    diskWriteMiBps: rate().optional(),
+  },
+  expect('an object'),
+)
+
+export const createVmSchema = z
+  .strictObject(
+    {
+      name: nameSchema,
+      vcpus: intIn(LIMITS.vcpus.min, LIMITS.vcpus.max),
+      memoryMiB: intIn(LIMITS.memoryMiB.min, LIMITS.memoryMiB.max),
+      diskMiB: intIn(LIMITS.diskMiB.min, LIMITS.diskMiB.max),
+      workload: workloadSchema.optional(),
+    },
+    expect('a JSON object'),
+  )
+  // Cross-field limits; zod runs these only once every field above is valid.
+  .superRefine((req, ctx) => {
+    const w = req.workload
+    if (w?.cpu !== undefined && w.cpu > req.vcpus) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workload', 'cpu'],
+        input: w.cpu,
+        message: `must be <= vcpus (${req.vcpus}): a workload cannot use more CPUs than the VM has, got ${w.cpu}`,
+      })
+    }
+    if (w?.hotSetMiB !== undefined && w.hotSetMiB > req.memoryMiB) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['workload', 'hotSetMiB'],
+        input: w.hotSetMiB,
+        message: `must be <= memoryMiB (${req.memoryMiB}): the pages a workload writes lie inside the VM's memory, got ${w.hotSetMiB}`,
+      })
+    }
+  })
+
+export const idParamsSchema = z.strictObject({
+  id: (() => {
+    const e = expect(`1 to ${LIMITS.idMaxLength} characters of letters, digits, '.', '_', ':' or '-'`)
+    return z.string(e).min(1, e).max(LIMITS.idMaxLength, e).regex(ID_RE, e)
+  })(),
+})
+
+/** Routes that take no input accept no body or `{}`. */
+export const emptyBodySchema = z.strictObject({}, expect('no body or an empty JSON object')).optional()
+
+export interface FieldIssue {
+  field: string
+  message: string
+}
+
+/** Flattens zod issues to one entry per field; an unknown key is its own field. */
+export function fieldIssues(error: z.ZodError, root = 'body'): FieldIssue[] {
+  const out: FieldIssue[] = []
+  for (const iss of error.issues) {
+    const path = iss.path.map(String).join('.')
+    if (iss.code === 'unrecognized_keys') {
+      for (const key of iss.keys) out.push({ field: path ? `${path}.${key}` : key, message: 'unknown field' })
+    } else {
+      out.push({ field: path || root, message: iss.message })
+    }
+  }
+  return out
+}
+
+/** Parses `input` or throws AgentError BAD_REQUEST with `details: { field, issues }`. */
+export function parseOrThrow<T>(schema: ZodType<T>, input: unknown, root = 'body'): T {
+  const res = schema.safeParse(input)
+  if (res.success) return res.data
+  const issues = fieldIssues(res.error, root)
+  const message = issues.map((i) => `${i.field}: ${i.message}`).join('; ')
+  return throwBadRequest(message, { field: issues[0]?.field ?? root, issues })
+}
+
+function throwBadRequest(message: string, details: Record<string, unknown>): never {
+  throw new AgentError('BAD_REQUEST', message, details)
+}
+
+export const parseCreateVmRequest = (body: unknown): CreateVmRequest => parseOrThrow(createVmSchema, body)

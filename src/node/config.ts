@@ -1,0 +1,165 @@
+// Agent configuration: flags and an optional config file (JSON or YAML) are validated once, here,
+// into a frozen, fully-defaulted object. Anything wrong is reported by the name of its key.
+import { readFileSync } from 'node:fs'
+import os from 'node:os'
+import { extname, resolve } from 'node:path'
+import { multiaddr } from '@multiformats/multiaddr'
+import { parse as parseYaml } from 'yaml'
+import { z } from 'zod'
+import { ConfigError } from './errors.js'
+
+export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4710'
+export const DEFAULT_API = '127.0.0.1:4711'
+export const KNOWN_DRIVERS = ['synthetic'] as const
+
+/** What the `skymesh agent` command line gives (all optional; absent = not given). */
+export interface AgentFlags {
+  dataDir?: string
+  listen?: string[]
+  bootstrap?: string[]
+  api?: string
+  site?: string
+  driver?: string
+  meshKey?: string
+  config?: string
+  logLevel?: string
+}
+
+const multiaddrString = z.string().superRefine((s, ctx) => {
+  try {
+    multiaddr(s)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `not a valid multiaddr (${(err as Error).message})` })
+  }
+})
+
+const hostPort = z
+  .string()
+  .regex(/^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$/, 'expected HOST:PORT, e.g. 127.0.0.1:4711')
+  .refine((s) => Number(s.slice(s.lastIndexOf(':') + 1)) <= 65535, 'port must be 0..65535')
+
+const resources = z.strictObject({
+  vcpus: z.number().int().min(1).max(65536),
+  memoryMiB: z.number().int().min(64),
+  diskMiB: z.number().int().min(64),
+})
+
+const fileSchema = z.strictObject({
+  dataDir: z.string().min(1),
+  listen: z.array(multiaddrString).min(1),
+  announce: z.array(multiaddrString),
+  bootstrap: z.array(multiaddrString),
+  api: hostPort,
+  site: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'expected 1-63 letters, digits, . _ -'),
+  driver: z.enum(KNOWN_DRIVERS),
+  meshKey: z.string().min(1),
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+  capacity: resources.partial(),
+  /** Seconds between attempts to reach bootstrap peers we are not connected to. */
+  bootstrapIntervalSec: z.number().min(0.1).max(3600),
+  /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
+  dialTimeoutMs: z.number().int().min(100).max(120000),
+})
+
+export type AgentConfig = Readonly<{
+  dataDir: string
+  listen: readonly string[]
+  announce: readonly string[]
+  bootstrap: readonly string[]
+  api: { host: string; port: number }
+  site: string
+  driver: (typeof KNOWN_DRIVERS)[number]
+  meshKey: string | undefined
+  logLevel: string
+  capacity: Readonly<{ vcpus: number; memoryMiB: number; diskMiB: number }>
+  bootstrapIntervalSec: number
+  dialTimeoutMs: number
+}>
+
+function formatIssues(error: z.ZodError, source: string): string[] {
+  return error.issues.map((issue) => {
+    const path = issue.path
+      .map((p, i) => (typeof p === 'number' ? `[${p}]` : i === 0 ? String(p) : `.${String(p)}`))
+      .join('')
+    if (issue.code === 'unrecognized_keys') {
+      const keys = issue.keys.map((k) => (path ? `${path}.${k}` : k))
+      return `${source}: unknown key${keys.length > 1 ? 's' : ''} ${keys.map((k) => `'${k}'`).join(', ')}`
+    }
+    return `${source}: ${path || '(root)'}: ${issue.message}`
+  })
+}
+
+function readConfigFile(file: string): unknown {
+  let text: string
+  try {
+    text = readFileSync(file, 'utf8')
+  } catch (err) {
+    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, [
+      `config: ${file}: unreadable`,
+    ])
+  }
+  try {
+    const ext = extname(file).toLowerCase()
+    const data = ext === '.json' ? JSON.parse(text) : parseYaml(text)
+    return data ?? {}
+  } catch (err) {
+    throw new ConfigError(`config file ${file} is not valid JSON/YAML: ${(err as Error).message}`, [
+      `config: ${file}: parse error`,
+    ])
+  }
+}
+
+function defaultCapacity() {
+  return {
+    vcpus: os.cpus().length * 4,
+    // Leave a fifth of the host's memory to the host itself.
+    memoryMiB: Math.floor((os.totalmem() / 1048576) * 0.8),
+    diskMiB: 102400,
+  }
+}
+
+/** Validates flags (which win) over the config file; throws ConfigError naming every bad key. */
+export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.env): AgentConfig {
+  const fromFile = flags.config ? readConfigFile(flags.config) : {}
+  const fileResult = fileSchema.partial().safeParse(fromFile)
+  if (!fileResult.success) {
+    const issues = formatIssues(fileResult.error, flags.config ?? 'config')
+    throw new ConfigError(issues.join('\n'), issues)
+  }
+  const merged: Record<string, unknown> = { ...fileResult.data }
+  const fromFlags: Record<string, unknown> = {
+    dataDir: flags.dataDir ?? env.SKYMESH_DATA_DIR,
+    listen: flags.listen?.length ? flags.listen : undefined,
+    bootstrap: flags.bootstrap?.length ? flags.bootstrap : undefined,
+    api: flags.api,
+    site: flags.site,
+    driver: flags.driver,
+    meshKey: flags.meshKey,
+    logLevel: flags.logLevel ?? env.SKYMESH_LOG_LEVEL,
+  }
+  for (const [k, v] of Object.entries(fromFlags)) if (v !== undefined) merged[k] = v
+  const flagResult = fileSchema.partial().safeParse(merged)
+  if (!flagResult.success) {
+    const issues = formatIssues(flagResult.error, 'flag')
+    throw new ConfigError(issues.join('\n'), issues)
+  }
+  const c = flagResult.data
+  if (!c.dataDir) throw new ConfigError('dataDir: required (--data-dir DIR)', ['flag: dataDir: required'])
+  const api = c.api ?? DEFAULT_API
+  const sep = api.lastIndexOf(':')
+  const config: AgentConfig = {
+    dataDir: resolve(c.dataDir),
+    listen: c.listen ?? [DEFAULT_LISTEN],
+    announce: c.announce ?? [],
+    bootstrap: c.bootstrap ?? [],
+    api: { host: api.slice(0, sep).replace(/^\[|\]$/g, ''), port: Number(api.slice(sep + 1)) },
+    site: c.site ?? 'default',
+    driver: c.driver ?? 'synthetic',
+    meshKey: c.meshKey ? resolve(c.meshKey) : undefined,
+    logLevel: c.logLevel ?? 'info',
+    capacity: Object.freeze({ ...defaultCapacity(), ...c.capacity }),
+    bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,
+    dialTimeoutMs: c.dialTimeoutMs ?? 5000,
+  }
+  return Object.freeze(config)
+}

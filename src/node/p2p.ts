@@ -1,0 +1,39 @@
+// The libp2p v3 host: tcp + noise + yamux, identify and ping; a pre-shared key makes the mesh private.
+// (gossipsub is added by src/gossip.)
+import './polyfill.js'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import type { PrivateKey } from '@libp2p/interface'
+import { ping } from '@libp2p/ping'
+import { preSharedKey } from '@libp2p/pnet'
+import { tcp } from '@libp2p/tcp'
+import { createLibp2p } from 'libp2p'
+
+export interface HostInit {
+  privateKey: PrivateKey
+  listen: readonly string[]
+  announce?: readonly string[]
+  /** Swarm key bytes (see mesh-key.ts); without it the mesh is open to any libp2p peer. */
+  psk?: Uint8Array
+  /** Seconds a pnet handshake may take before the connection is dropped. */
+  dialTimeoutMs?: number
+}
+
+export async function createHost(init: HostInit) {
+  return createLibp2p({
+    privateKey: init.privateKey,
+    addresses: { listen: [...init.listen], announce: init.announce?.length ? [...init.announce] : undefined },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    connectionProtector: init.psk ? preSharedKey({ psk: init.psk, timeout: init.dialTimeoutMs }) : undefined,
+    connectionManager: { dialTimeout: init.dialTimeoutMs ?? 5000 },
+    services: {
+      identify: identify(),
+      ping: ping(),
+    },
+  })
+}
+
+export type Host = Awaited<ReturnType<typeof createHost>>

@@ -1,0 +1,189 @@
+// Guest disk of a synthetic VM: a sparse file `disk.img` in 64 KiB blocks, with a bitmap of the blocks
+// ever written (persisted to `disk.alloc`, so a digest reads only those) and optional dirty tracking.
+
+import { open, readFile, stat } from 'node:fs/promises'
+import type { FileHandle } from 'node:fs/promises'
+import { join } from 'node:path'
+import { Bitmap } from '../bitmap.js'
+import { BLOCK_SIZE, VmError, type VmDisk } from '../types.js'
+import { readExactly, writeExactly, writeFileAtomic } from './files.js'
+
+export const DISK_IMG = 'disk.img'
+export const DISK_ALLOC = 'disk.alloc'
+
+const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE)
+
+export class SyntheticDisk implements VmDisk {
+  readonly blockSize = BLOCK_SIZE
+  readonly blockCount: number
+  readonly #dir: string
+  #fh: FileHandle | null
+  readonly #alloc: Bitmap
+  #dirty: Bitmap | null = null
+  #closing = false
+  readonly #pending = new Set<Promise<unknown>>()
+
+  private constructor(dir: string, fh: FileHandle, blockCount: number, alloc: Bitmap) {
+    this.#dir = dir
+    this.#fh = fh
+    this.blockCount = blockCount
+    this.#alloc = alloc
+  }
+
+  /** A new empty disk of `bytes` (a multiple of the block size); replaces any disk in `dir`. */
+  static async create(dir: string, bytes: number): Promise<SyntheticDisk> {
+    const blocks = blockCountOf(bytes)
+    // Only the size is set: the file stays sparse until blocks are written
+    const fh = await open(join(dir, DISK_IMG), 'w+')
+    try {
+      await fh.truncate(bytes)
+      const disk = new SyntheticDisk(dir, fh, blocks, new Bitmap(blocks))
+      await disk.#saveAlloc()
+      return disk
+    } catch (err) {
+      await fh.close()
+      throw err
+    }
+  }
+
+  /** Opens the disk left in `dir` by `close()` (e.g. with a suspend image). */
+  static async open(dir: string, bytes: number): Promise<SyntheticDisk> {
+    const blocks = blockCountOf(bytes)
+    const path = join(dir, DISK_IMG)
+    let alloc: Bitmap
+    try {
+      const st = await stat(path)
+      if (st.size !== bytes) throw new VmError('VM_IO', `${path} is ${st.size} bytes, expected ${bytes}`)
+      const allocBytes = await readFile(join(dir, DISK_ALLOC))
+      alloc = Bitmap.fromBytes(allocBytes, blocks)
+    } catch (err) {
+      throw asIoError(err, `cannot open the disk in ${dir}`)
+    }
+    const fh = await open(path, 'r+')
+    return new SyntheticDisk(dir, fh, blocks, alloc)
+  }
+
+  get bytes(): number {
+    return this.blockCount * BLOCK_SIZE
+  }
+
+  async readBlock(i: number): Promise<Uint8Array> {
+    const fh = this.#live()
+    this.#check(i)
+    if (!this.#alloc.get(i)) return Buffer.alloc(BLOCK_SIZE)
+    const out = Buffer.allocUnsafeSlow(BLOCK_SIZE)
+    await this.#track(readExactly(fh, out, 0, BLOCK_SIZE, i * BLOCK_SIZE, DISK_IMG))
+    return out
+  }
+
+  async writeBlock(i: number, data: Uint8Array): Promise<void> {
+    const fh = this.#live()
+    this.#check(i)
+    if (data.length !== BLOCK_SIZE) {
+      throw new VmError('VM_OUT_OF_RANGE', `block data is ${data.length} bytes, expected ${BLOCK_SIZE}`)
+    }
+    // A zero block on a hole is already there: keep the file sparse
+    if (!this.#alloc.get(i) && ZERO_BLOCK.equals(data)) return
+    await this.#track(writeExactly(fh, data, 0, BLOCK_SIZE, i * BLOCK_SIZE))
+    // Set only once the bytes are in the file, so a reader never sees the bit before the data
+    this.#alloc.set(i)
+  }
+
+  allocatedBlocks(): Bitmap {
+    return this.#alloc.clone()
+  }
+
+  startDirtyTracking(): void {
+    this.#dirty ??= new Bitmap(this.blockCount)
+  }
+
+  takeDirtyBlocks(): Bitmap {
+    const d = this.#dirty
+    if (!d) throw new VmError('VM_INVALID_STATE', 'dirty block tracking is not started')
+    this.#dirty = new Bitmap(this.blockCount)
+    return d
+  }
+
+  stopDirtyTracking(): void {
+    this.#dirty = null
+  }
+
+  // --- for the driver and the workload (not part of VmDisk) ---
+
+  get open(): boolean {
+    return this.#fh !== null && !this.#closing
+  }
+
+  /** Records a guest write to block `i` (when tracking); call after the write completed. */
+  markDirty(i: number): void {
+    this.#dirty?.set(i)
+  }
+
+  /** `count` consecutive blocks from `first` as one buffer (holes read as zeroes). */
+  async readBlocks(first: number, count: number): Promise<Buffer> {
+    const fh = this.#live()
+    this.#check(first)
+    this.#check(first + count - 1)
+    const out = Buffer.alloc(count * BLOCK_SIZE)
+    await this.#track(readExactly(fh, out, 0, out.length, first * BLOCK_SIZE, DISK_IMG))
+    return out
+  }
+
+  /** Makes the written blocks and the allocation bitmap durable. */
+  async flush(): Promise<void> {
+    const fh = this.#live()
+    await Promise.allSettled([...this.#pending])
+    await fh.datasync()
+    await this.#saveAlloc()
+  }
+
+  /** Waits for pending I/O, flushes and closes the file; later calls throw VM_INVALID_STATE. */
+  async close(): Promise<void> {
+    if (!this.#fh || this.#closing) return
+    this.#closing = true
+    const fh = this.#fh
+    try {
+      await Promise.allSettled([...this.#pending])
+      await fh.datasync()
+      await this.#saveAlloc()
+    } finally {
+      this.#fh = null
+      await fh.close()
+    }
+  }
+
+  async #saveAlloc(): Promise<void> {
+    await writeFileAtomic(join(this.#dir, DISK_ALLOC), this.#alloc.toBytes())
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#pending.add(p)
+    const done = () => this.#pending.delete(p)
+    void p.then(done, done)
+    return p
+  }
+
+  #live(): FileHandle {
+    if (!this.#fh || this.#closing) throw new VmError('VM_INVALID_STATE', 'the disk is closed')
+    return this.#fh
+  }
+
+  #check(i: number): void {
+    if (!Number.isInteger(i) || i < 0 || i >= this.blockCount) {
+      throw new VmError('VM_OUT_OF_RANGE', `block ${i} out of range 0..${this.blockCount - 1}`)
+    }
+  }
+}
+
+function blockCountOf(bytes: number): number {
+  if (!Number.isInteger(bytes) || bytes < 0 || bytes % BLOCK_SIZE !== 0) {
+    throw new VmError('VM_OUT_OF_RANGE', `disk must be a multiple of ${BLOCK_SIZE} bytes`)
+  }
+  return bytes / BLOCK_SIZE
+}
+
+function asIoError(err: unknown, what: string): VmError {
+  if (err instanceof VmError) return err
+  const msg = err instanceof Error ? err.message : String(err)
+  return new VmError('VM_IO', `${what}: ${msg}`)
+}

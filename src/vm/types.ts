@@ -1,0 +1,138 @@
+// The VM driver interface: everything outside src/vm knows VMs only through these types.
+// The transfer engine (migration) reads and writes guest memory pages and disk blocks through
+// `VmMemory` / `VmDisk`, pauses and resumes through `VmInstance`, and checks a copy with `digest()`.
+
+export const PAGE_SIZE = 4096
+/** Disk block size for dirty tracking and transfer (the size of a qcow2 cluster). */
+export const BLOCK_SIZE = 65536
+
+export interface WorkloadSpec {
+  /** Memory the guest dirties per second, in MiB (spread over its hot set). */
+  dirtyMiBps: number
+  /** Size of the set of pages the workload writes to, in MiB (capped at the VM's memory). */
+  hotSetMiB: number
+  /** Share of one CPU the workload uses, 0..vcpus (real work: it hashes its hot pages). */
+  cpu: number
+  /** Disk the guest writes per second, in MiB, to a hot set of blocks. */
+  diskWriteMiBps: number
+}
+
+export interface VmSpec {
+  id: string
+  name: string
+  vcpus: number
+  memoryMiB: number
+  diskMiB: number
+  workload: WorkloadSpec
+}
+
+/**
+ * Lifecycle: running <-> paused; running|paused -> suspended (state saved to disk, memory freed)
+ * -> running (restored); any -> stopped (destroyed). `crashed` is set by the agent for a VM that
+ * was running when the agent died (its memory is gone).
+ */
+export type VmState = 'running' | 'paused' | 'suspended' | 'stopped' | 'crashed'
+
+export interface VmStats {
+  state: VmState
+  /** CPU share actually used over the last second. */
+  cpu: number
+  /** MiB/s of memory dirtied over the last second. */
+  dirtyMiBps: number
+  /** MiB/s written to disk over the last second. */
+  diskWriteMiBps: number
+  /** Total pages written by the workload since start (monotonic). */
+  pagesWritten: number
+  blocksWritten: number
+}
+
+/** A fixed-size bitmap: one bit per page or block. */
+export interface DirtyBitmap {
+  readonly size: number
+  get(i: number): boolean
+  set(i: number): void
+  count(): number
+  /** Indices of the set bits, ascending. */
+  indices(): Generator<number>
+}
+
+export interface VmMemory {
+  readonly pageSize: number
+  readonly pageCount: number
+  /** A copy of page `i` (pageSize bytes). */
+  readPage(i: number): Uint8Array
+  /** Overwrites page `i` (used by a migration destination). Does not mark it dirty. */
+  writePage(i: number, data: Uint8Array): void
+  /** True if page `i` is all zeroes (cheap to skip on the wire). */
+  isZeroPage(i: number): boolean
+  /** Starts dirty tracking (all pages clean) — idempotent. */
+  startDirtyTracking(): void
+  /** Returns the pages dirtied since the last call (or since tracking started) and clears them. */
+  takeDirtyPages(): DirtyBitmap
+  stopDirtyTracking(): void
+}
+
+export interface VmDisk {
+  readonly blockSize: number
+  readonly blockCount: number
+  readBlock(i: number): Promise<Uint8Array>
+  writeBlock(i: number, data: Uint8Array): Promise<void>
+  /** Blocks that were ever written (everything else reads as zeroes). */
+  allocatedBlocks(): DirtyBitmap
+  startDirtyTracking(): void
+  takeDirtyBlocks(): DirtyBitmap
+  stopDirtyTracking(): void
+}
+
+export interface VmInstance {
+  readonly spec: VmSpec
+  readonly state: VmState
+  readonly memory: VmMemory
+  readonly disk: VmDisk
+  pause(): Promise<void>
+  resume(): Promise<void>
+  /** Saves memory and disk state into the VM's directory and frees its memory. */
+  suspend(): Promise<void>
+  /** Stops the VM for good (its directory stays until `destroy`). */
+  stop(): Promise<void>
+  /** Stops the VM and removes its directory. */
+  destroy(): Promise<void>
+  /** sha256 (hex) over memory and disk contents; zero pages/blocks contribute their index only. */
+  digest(): Promise<{ memory: string; disk: string; combined: string }>
+  stats(): VmStats
+  /** Called with the new state whenever it changes (e.g. a guest that crashes). */
+  onStateChange(listener: (state: VmState) => void): () => void
+}
+
+export interface CreateVmOptions {
+  /** Directory owned by this VM: its disk and suspend image live here. */
+  dir: string
+  /** Seed for the workload's page choice and content, so runs are reproducible. */
+  seed?: number
+}
+
+export interface VmDriver {
+  readonly name: string
+  /** Creates and starts a VM with zeroed memory and an empty disk. */
+  create(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance>
+  /** Restores a VM suspended by `suspend()` in `opts.dir`; it runs again with the same digest. */
+  restore(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance>
+  /**
+   * Creates a VM that is paused and empty, for a migration destination to fill page by page; the
+   * caller resumes it after the handover.
+   */
+  prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance>
+  /** True if `dir` holds a complete suspend image. */
+  hasSuspendImage(dir: string): Promise<boolean>
+  close(): Promise<void>
+}
+
+export class VmError extends Error {
+  constructor(
+    readonly code: 'VM_INVALID_STATE' | 'VM_NO_SUSPEND_IMAGE' | 'VM_IO' | 'VM_OUT_OF_RANGE',
+    message: string,
+  ) {
+    super(message)
+    this.name = 'VmError'
+  }
+}
