@@ -14,12 +14,19 @@ const protos = readdirSync(join(root, 'proto'))
 mkdirSync(outDir, { recursive: true })
 const bin = (name) => join(root, 'node_modules/.bin', name)
 const js = join(outDir, 'skymesh.js')
-execFileSync(bin('pbjs'), ['-t', 'static-module', '-w', 'es6', '--no-beautify', '--force-number', '-o', js, ...protos], {
-  cwd: root,
-  stdio: 'inherit',
-})
+execFileSync(
+  bin('pbjs'),
+  ['-t', 'static-module', '-w', 'es6', '--no-beautify', '--force-number', '-o', js, ...protos],
+  {
+    cwd: root,
+    stdio: 'inherit',
+  },
+)
 // protobufjs/minimal has no "exports" entry for ESM resolution under NodeNext; name the file itself.
 const src = readFileSync(js, 'utf8').replace(/from "protobufjs\/minimal"/g, 'from "protobufjs/minimal.js"')
 writeFileSync(js, src)
-execFileSync(bin('pbts'), ['--no-comments', '-o', join(outDir, 'skymesh.d.ts'), js], { cwd: root, stdio: 'inherit' })
+execFileSync(bin('pbts'), ['--no-comments', '-o', join(outDir, 'skymesh.d.ts'), js], {
+  cwd: root,
+  stdio: 'inherit',
+})
 process.stdout.write(`proto: generated ${protos.length} file(s) into src/proto/gen\n`)

@@ -93,7 +93,9 @@ export class ApiClient {
     if (code && UNREACHABLE.has(code)) {
       return new CliError(`no agent listening at ${this.baseUrl} (is \`skymesh agent\` running?)`)
     }
-    return new CliError(`cannot reach agent at ${this.baseUrl}: ${e.cause?.message ?? e.message ?? String(err)}`)
+    return new CliError(
+      `cannot reach agent at ${this.baseUrl}: ${e.cause?.message ?? e.message ?? String(err)}`,
+    )
   }
 }
 

@@ -28,7 +28,10 @@ export interface Connection {
 
 export function addConnectionOptions(cmd: Command): Command {
   return cmd
-    .option('--data-dir <dir>', "a local agent's data dir: reads agent.json and api-token (env SKYMESH_DATA_DIR)")
+    .option(
+      '--data-dir <dir>',
+      "a local agent's data dir: reads agent.json and api-token (env SKYMESH_DATA_DIR)",
+    )
     .option('--api <url>', "the agent's API as URL or HOST:PORT (env SKYMESH_API)")
     .option('--token <token>', 'API token for --api (env SKYMESH_TOKEN)')
     .option('--token-file <file>', 'file that holds the API token')
@@ -66,9 +69,13 @@ export async function resolveConnection(opts: ConnectionOptions, env: CliIo['env
   if (api !== undefined) {
     const url = normalizeApi(api)
     const token =
-      explicitToken ?? (env.SKYMESH_TOKEN || undefined) ?? (dataDir ? await readDataDirToken(dataDir) : undefined)
+      explicitToken ??
+      (env.SKYMESH_TOKEN || undefined) ??
+      (dataDir ? await readDataDirToken(dataDir) : undefined)
     if (!token) {
-      throw new UsageError(`no API token for ${url}: pass --token TOKEN or --token-file FILE (or set SKYMESH_TOKEN)`)
+      throw new UsageError(
+        `no API token for ${url}: pass --token TOKEN or --token-file FILE (or set SKYMESH_TOKEN)`,
+      )
     }
     return { api: url, token }
   }

@@ -1,7 +1,7 @@
 // The commander program, built by a factory so tests run it in-process with captured output.
 import { Command } from 'commander'
 import { VERSION } from '../node/version.js'
-import { registerAgentCommand } from './commands/agent.js'
+import { type RunAgent, registerAgentCommand } from './commands/agent.js'
 import { registerDemoCommand } from './commands/demo.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { registerNodeCommands } from './commands/node.js'
@@ -9,7 +9,12 @@ import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
 
-export function createProgram(io: CliIo): Command {
+export interface ProgramDeps {
+  /** Defaults to `runAgent` from src/node/run.ts, loaded when `agent` runs. */
+  runAgent?: RunAgent
+}
+
+export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   const program = new Command('skymesh')
   // set before any .command(): subcommands copy these settings when they are created
   program
@@ -25,7 +30,7 @@ export function createProgram(io: CliIo): Command {
     .version(VERSION, '-V, --version', 'print the version')
     .helpCommand(true)
 
-  registerAgentCommand(program)
+  registerAgentCommand(program, deps.runAgent)
   registerNodeCommands(program, io)
   registerVmCommands(program, io)
   registerMeshKeyCommand(program, io)
@@ -34,9 +39,9 @@ export function createProgram(io: CliIo): Command {
 }
 
 /** Runs one command line (`argv` without node and script) and returns its exit code. */
-export async function runCli(argv: string[], io: CliIo): Promise<number> {
+export async function runCli(argv: string[], io: CliIo, deps: ProgramDeps = {}): Promise<number> {
   try {
-    await createProgram(io).parseAsync(argv, { from: 'user' })
+    await createProgram(io, deps).parseAsync(argv, { from: 'user' })
     return 0
   } catch (err) {
     return reportError(err, io)

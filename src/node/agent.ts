@@ -18,7 +18,15 @@ import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
 import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
-import type { AgentService, CreateVmRequest, NodeInfo, PeerInfo, Resources, VmDigest, VmRecord } from './types.js'
+import type {
+  AgentService,
+  CreateVmRequest,
+  NodeInfo,
+  PeerInfo,
+  Resources,
+  VmDigest,
+  VmRecord,
+} from './types.js'
 import { VERSION } from './version.js'
 
 export const AGENT_FILE = 'agent.json'
@@ -87,7 +95,10 @@ export class Agent implements AgentService {
     } catch (err) {
       const cause = (err as { cause?: { code?: string } }).cause
       if (cause?.code === 'LEVEL_LOCKED') {
-        throw new AgentError('INVALID_STATE', `${config.dataDir} is in use by another agent (its store is locked)`)
+        throw new AgentError(
+          'INVALID_STATE',
+          `${config.dataDir} is in use by another agent (its store is locked)`,
+        )
       }
       throw err
     }
@@ -121,7 +132,11 @@ export class Agent implements AgentService {
         site: config.site,
         driver: config.driver,
         startedAtMs: this.startedAt.getTime(),
-        capacity: { vcpus: config.capacity.vcpus, memoryMib: config.capacity.memoryMiB, diskMib: config.capacity.diskMiB },
+        capacity: {
+          vcpus: config.capacity.vcpus,
+          memoryMib: config.capacity.memoryMiB,
+          diskMib: config.capacity.diskMiB,
+        },
         used: { vcpus: this.used().vcpus, memoryMib: this.used().memoryMiB, diskMib: this.used().diskMiB },
         vmCount: this.records.size,
       }),
@@ -228,13 +243,27 @@ export class Agent implements AgentService {
         )
       }
       const id = `vm-${randomBytes(6).toString('hex')}`
-      const spec: VmSpec = { id, name: req.name, vcpus: req.vcpus, memoryMiB: req.memoryMiB, diskMiB: req.diskMiB, workload }
+      const spec: VmSpec = {
+        id,
+        name: req.name,
+        vcpus: req.vcpus,
+        memoryMiB: req.memoryMiB,
+        diskMiB: req.diskMiB,
+        workload,
+      }
       const dir = this.vmDir(id)
       let instance: VmInstance | undefined
       try {
         instance = await this.requireDriver().create(spec, { dir })
         const now = new Date().toISOString()
-        const rec: StoredVm = { ...spec, state: instance.state, host: this.peerId, epoch: 1, createdAt: now, updatedAt: now }
+        const rec: StoredVm = {
+          ...spec,
+          state: instance.state,
+          host: this.peerId,
+          epoch: 1,
+          createdAt: now,
+          updatedAt: now,
+        }
         await this.saveRecord(rec)
         this.adopt(instance)
         this.nodeMetrics?.vmOperations.inc({ op: 'create', outcome: 'ok' })
@@ -269,7 +298,8 @@ export class Agent implements AgentService {
   pauseVm(id: string): Promise<VmRecord> {
     return this.serial(async () => {
       const vm = this.requireInstance(id, 'pause')
-      if (vm.state !== 'running') throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not running`)
+      if (vm.state !== 'running')
+        throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not running`)
       await vm.pause()
       return publicRecord(await this.syncState(id))
     })
@@ -326,12 +356,18 @@ export class Agent implements AgentService {
           this.log.info({ vm: stored.id, name: stored.name }, 'VM resumed')
           continue
         } catch (err) {
-          this.log.error({ vm: stored.id, err: (err as Error).message }, 'VM could not be resumed; marked crashed')
+          this.log.error(
+            { vm: stored.id, err: (err as Error).message },
+            'VM could not be resumed; marked crashed',
+          )
         }
       }
       if (stored.state !== 'stopped' && stored.state !== 'crashed') {
         await this.saveRecord({ ...stored, state: 'crashed', resumeState: undefined })
-        this.log.warn({ vm: stored.id, name: stored.name, was: stored.state }, 'VM was live when the agent died: crashed')
+        this.log.warn(
+          { vm: stored.id, name: stored.name, was: stored.state },
+          'VM was live when the agent died: crashed',
+        )
       }
     }
   }
@@ -412,7 +448,14 @@ function publicRecord(rec: StoredVm): VmRecord {
 }
 
 function specOf(rec: VmRecord): VmSpec {
-  return { id: rec.id, name: rec.name, vcpus: rec.vcpus, memoryMiB: rec.memoryMiB, diskMiB: rec.diskMiB, workload: rec.workload }
+  return {
+    id: rec.id,
+    name: rec.name,
+    vcpus: rec.vcpus,
+    memoryMiB: rec.memoryMiB,
+    diskMiB: rec.diskMiB,
+    workload: rec.workload,
+  }
 }
 
 function fillWorkload(req: CreateVmRequest): WorkloadSpec {
@@ -424,12 +467,18 @@ function fillWorkload(req: CreateVmRequest): WorkloadSpec {
     diskWriteMiBps: w.diskWriteMiBps ?? 0,
   }
   if (workload.hotSetMiB > req.memoryMiB) {
-    throw new AgentError('BAD_REQUEST', `workload.hotSetMiB: ${workload.hotSetMiB} is larger than memoryMiB ${req.memoryMiB}`, {
-      field: 'workload.hotSetMiB',
-    })
+    throw new AgentError(
+      'BAD_REQUEST',
+      `workload.hotSetMiB: ${workload.hotSetMiB} is larger than memoryMiB ${req.memoryMiB}`,
+      {
+        field: 'workload.hotSetMiB',
+      },
+    )
   }
   if (workload.cpu > req.vcpus) {
-    throw new AgentError('BAD_REQUEST', `workload.cpu: ${workload.cpu} is more than vcpus ${req.vcpus}`, { field: 'workload.cpu' })
+    throw new AgentError('BAD_REQUEST', `workload.cpu: ${workload.cpu} is more than vcpus ${req.vcpus}`, {
+      field: 'workload.cpu',
+    })
   }
   return workload
 }

@@ -57,7 +57,8 @@ export class Bootstrapper {
       this.learnt.set(addr, conn.remotePeer)
       logger.info({ addr, peer: conn.remotePeer.toString() }, 'connected to bootstrap peer')
     } catch (err) {
-      if (!this.stopped) logger.warn({ addr, err: (err as Error).message }, 'bootstrap peer unreachable; will retry')
+      if (!this.stopped)
+        logger.warn({ addr, err: (err as Error).message }, 'bootstrap peer unreachable; will retry')
     }
   }
 }

@@ -94,18 +94,16 @@ function readConfigFile(file: string): unknown {
   try {
     text = readFileSync(file, 'utf8')
   } catch (err) {
-    throw new ConfigError(`cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, [
-      `config: ${file}: unreadable`,
-    ])
+    const message = `config: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`
+    throw new ConfigError(message, [message])
   }
   try {
     const ext = extname(file).toLowerCase()
     const data = ext === '.json' ? JSON.parse(text) : parseYaml(text)
     return data ?? {}
   } catch (err) {
-    throw new ConfigError(`config file ${file} is not valid JSON/YAML: ${(err as Error).message}`, [
-      `config: ${file}: parse error`,
-    ])
+    const message = `config: ${file} is not valid ${extname(file).toLowerCase() === '.json' ? 'JSON' : 'YAML'}: ${(err as Error).message}`
+    throw new ConfigError(message, [message])
   }
 }
 

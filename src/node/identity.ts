@@ -19,7 +19,9 @@ export async function loadOrCreatePeerKey(dataDir: string): Promise<PrivateKey> 
     try {
       return privateKeyFromProtobuf(bytes)
     } catch (err) {
-      throw new ConfigError(`${file} is not a libp2p private key (${(err as Error).message}); move it away to make a new identity`)
+      throw new ConfigError(
+        `${file} is not a libp2p private key (${(err as Error).message}); move it away to make a new identity`,
+      )
     }
   }
   const key = await generateKeyPair('Ed25519')

@@ -1,11 +1,11 @@
 // The agent's public surface.
-export { Agent, AGENT_FILE } from './agent.js'
+export { AGENT_FILE, Agent } from './agent.js'
 export { type AgentConfig, type AgentFlags, DEFAULT_API, DEFAULT_LISTEN, loadConfig } from './config.js'
 export { AgentError, ConfigError } from './errors.js'
 export { createLogger, type Logger } from './logger.js'
 export { readMeshKey } from './mesh-key.js'
 export { runAgent } from './run.js'
-export { Store, type JournalEntry } from './store.js'
+export { type JournalEntry, Store } from './store.js'
 export { TOKEN_FILE } from './token.js'
 export type * from './types.js'
 export { VERSION } from './version.js'

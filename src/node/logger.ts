@@ -1,5 +1,5 @@
 // Structured logs: JSON lines (pino), pretty-printed when stderr is a terminal.
-import { pino, type Logger } from 'pino'
+import { type Logger, pino } from 'pino'
 
 export type { Logger }
 
@@ -9,8 +9,14 @@ export function createLogger(opts: { level: string; pretty?: boolean; name?: str
     return pino({
       level: opts.level,
       name: opts.name,
-      transport: { target: 'pino-pretty', options: { destination: 2, colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' } },
+      transport: {
+        target: 'pino-pretty',
+        options: { destination: 2, colorize: true, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname' },
+      },
     })
   }
-  return pino({ level: opts.level, name: opts.name, base: { pid: process.pid } }, pino.destination({ fd: 2, sync: true }))
+  return pino(
+    { level: opts.level, name: opts.name, base: { pid: process.pid } },
+    pino.destination({ fd: 2, sync: true }),
+  )
 }

@@ -13,16 +13,18 @@ export async function readMeshKey(file: string): Promise<Uint8Array> {
   try {
     text = await readFile(file, 'utf8')
   } catch (err) {
-    throw new ConfigError(`meshKey: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`, [
-      'flag: meshKey: unreadable',
-    ])
+    const message = `meshKey: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? err}`
+    throw new ConfigError(message, [message])
   }
   const lines = text.trim().split(/\r?\n/)
-  if (lines.length !== 3 || lines[0] !== HEADER || lines[1] !== '/base16/' || !/^[0-9a-fA-F]{64}$/.test(lines[2] ?? '')) {
-    throw new ConfigError(
-      `meshKey: ${file} is not a swarm key (expected "${HEADER}", "/base16/", 64 hex digits; make one with \`skymesh mesh-key FILE\`)`,
-      ['flag: meshKey: bad format'],
-    )
+  if (
+    lines.length !== 3 ||
+    lines[0] !== HEADER ||
+    lines[1] !== '/base16/' ||
+    !/^[0-9a-fA-F]{64}$/.test(lines[2] ?? '')
+  ) {
+    const message = `meshKey: ${file} is not a swarm key (expected "${HEADER}", "/base16/", 64 hex digits; make one with \`skymesh mesh-key FILE\`)`
+    throw new ConfigError(message, [message])
   }
   return new TextEncoder().encode(`${lines.join('\n')}\n`)
 }

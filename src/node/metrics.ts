@@ -1,5 +1,5 @@
 // The agent's Prometheus metrics, in a registry of its own (so in-process test agents don't collide).
-import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client'
+import { Counter, collectDefaultMetrics, Gauge, type Registry } from 'prom-client'
 import type { VmState } from '../vm/types.js'
 
 export interface NodeMetricsSources {
@@ -11,7 +11,7 @@ export interface NodeMetricsSources {
 }
 
 export function createNodeMetrics(register: Registry, sources: NodeMetricsSources) {
-  collectDefaultMetrics({ register, prefix: 'skymesh_process_' })
+  collectDefaultMetrics({ register, prefix: 'skymesh_' })
   new Gauge({
     name: 'skymesh_libp2p_connections',
     help: 'Open libp2p connections',

@@ -41,7 +41,9 @@ export class PeerTracker {
 
   async start(): Promise<void> {
     const { host } = this.init
-    await host.handle(HELLO_PROTOCOL, (stream, conn) => this.answerHello(stream, conn), { runOnLimitedConnection: true })
+    await host.handle(HELLO_PROTOCOL, (stream, conn) => this.answerHello(stream, conn), {
+      runOnLimitedConnection: true,
+    })
     host.addEventListener('peer:connect', this.onConnect)
     host.addEventListener('peer:disconnect', this.onDisconnect)
     this.pingTimer = setInterval(() => void this.pingAll(), this.init.pingIntervalMs ?? 10_000)
@@ -83,7 +85,12 @@ export class PeerTracker {
 
   private record(peer: PeerId, hello: HelloMessage): void {
     const prev = this.details.get(peer.toString()) ?? {}
-    this.details.set(peer.toString(), { ...prev, site: hello.site ?? undefined, version: hello.version ?? undefined, driver: hello.driver ?? undefined })
+    this.details.set(peer.toString(), {
+      ...prev,
+      site: hello.site ?? undefined,
+      version: hello.version ?? undefined,
+      driver: hello.driver ?? undefined,
+    })
   }
 
   private async sayHello(conn: Connection): Promise<void> {
@@ -96,7 +103,10 @@ export class PeerTracker {
       this.record(conn.remotePeer, reply)
       await stream.close({ signal })
     } catch (err) {
-      this.init.logger.debug({ peer: conn.remotePeer.toString(), err: (err as Error).message }, 'hello failed')
+      this.init.logger.debug(
+        { peer: conn.remotePeer.toString(), err: (err as Error).message },
+        'hello failed',
+      )
     }
   }
 
@@ -120,7 +130,9 @@ export class PeerTracker {
     await Promise.all(
       host.getPeers().map(async (peer) => {
         try {
-          const ms = await host.services.ping.ping(peer, { signal: AbortSignal.timeout(this.init.timeoutMs ?? 5000) })
+          const ms = await host.services.ping.ping(peer, {
+            signal: AbortSignal.timeout(this.init.timeoutMs ?? 5000),
+          })
           const d = this.details.get(peer.toString())
           if (d) d.latencyMs = ms
           else this.details.set(peer.toString(), { latencyMs: ms })

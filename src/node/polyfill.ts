@@ -1,6 +1,10 @@
 // libp2p v3 calls Promise.withResolvers, which Node 20 lacks (it arrived in Node 22). Without it a
 // noise handshake fails with EncryptionFailedError/ECONNRESET. Import this module before libp2p.
-type Resolvers<T> = { promise: Promise<T>; resolve: (v: T | PromiseLike<T>) => void; reject: (e?: unknown) => void }
+type Resolvers<T> = {
+  promise: Promise<T>
+  resolve: (v: T | PromiseLike<T>) => void
+  reject: (e?: unknown) => void
+}
 
 const P = Promise as unknown as { withResolvers?: <T>() => Resolvers<T> }
 if (typeof P.withResolvers !== 'function') {
@@ -14,4 +18,5 @@ if (typeof P.withResolvers !== 'function') {
     return { promise, resolve, reject }
   }
 }
+
 export {}

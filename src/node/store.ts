@@ -69,15 +69,26 @@ export class Store {
 
   // --- journal ---
 
-  async appendJournal(entry: Omit<JournalEntry, 'id' | 'createdAt' | 'updatedAt' | 'state'> & { state?: JournalState }): Promise<JournalEntry> {
+  async appendJournal(
+    entry: Omit<JournalEntry, 'id' | 'createdAt' | 'updatedAt' | 'state'> & { state?: JournalState },
+  ): Promise<JournalEntry> {
     this.seq += 1
     const now = new Date().toISOString()
-    const full: JournalEntry = { state: 'open', ...entry, id: String(this.seq).padStart(12, '0'), createdAt: now, updatedAt: now }
+    const full: JournalEntry = {
+      state: 'open',
+      ...entry,
+      id: String(this.seq).padStart(12, '0'),
+      createdAt: now,
+      updatedAt: now,
+    }
     await this.journal.put(full.id, full as unknown as Json)
     return full
   }
 
-  async updateJournal(id: string, patch: Partial<Pick<JournalEntry, 'state' | 'data'>>): Promise<JournalEntry> {
+  async updateJournal(
+    id: string,
+    patch: Partial<Pick<JournalEntry, 'state' | 'data'>>,
+  ): Promise<JournalEntry> {
     const current = (await this.journal.get(id)) as JournalEntry | undefined
     if (!current) throw new Error(`journal entry ${id} not found`)
     const next: JournalEntry = { ...current, ...patch, updatedAt: new Date().toISOString() }

@@ -97,7 +97,11 @@ export interface VmInstance {
   stop(): Promise<void>
   /** Stops the VM and removes its directory. */
   destroy(): Promise<void>
-  /** sha256 (hex) over memory and disk contents; zero pages/blocks contribute their index only. */
+  /**
+   * sha256 (hex) over memory and disk contents: each non-zero page/block is hashed as
+   * (index u32 BE || bytes), zero ones add nothing; `combined` = sha256(memory digest || disk digest).
+   * Pause the VM first for a value that does not move.
+   */
   digest(): Promise<{ memory: string; disk: string; combined: string }>
   stats(): VmStats
   /** Called with the new state whenever it changes (e.g. a guest that crashes). */

@@ -188,6 +188,7 @@ describe('api: auth', () => {
     const res = await app.inject({ url: '/healthz' })
     assert.equal(res.statusCode, 200)
     assert.deepEqual(res.json(), { ok: true })
+    assert.equal((await app.inject({ method: 'HEAD', url: '/healthz' })).statusCode, 200)
     await app.close()
   })
 
@@ -299,7 +300,7 @@ describe('api: validation', () => {
     await bad({ ...VM, vcpus: 0 }, 'vcpus', /integer from 1 to 256, got 0/)
     await bad({ ...VM, vcpus: 1.5 }, 'vcpus')
     await bad({ ...VM, vcpus: 257 }, 'vcpus')
-    await bad({ ...VM, vcpus: '2' }, 'vcpus', /got a string/)
+    await bad({ ...VM, vcpus: '2' }, 'vcpus', /got "2"/)
     await bad({ ...VM, memoryMiB: 0 }, 'memoryMiB', /memoryMiB: expected an integer from 1 to 1048576, got 0/)
     await bad({ ...VM, memoryMiB: 1_048_577 }, 'memoryMiB')
     await bad({ ...VM, memoryMiB: null }, 'memoryMiB', /got null/)
@@ -344,6 +345,33 @@ describe('api: validation', () => {
     assert.equal(res.json().error.code, 'BAD_REQUEST')
     assert.match(res.json().error.message, /^body: malformed JSON/)
     assert.equal(agent.vms.size, 0)
+    await app.close()
+  })
+
+  it('400 on a number JSON cannot hold (1e400 parses to Infinity)', async () => {
+    const { app } = setup()
+    const res = await app.inject({
+      method: 'POST',
+      url: '/v1/vms',
+      headers: { ...AUTH, 'content-type': 'application/json' },
+      payload: '{"name":"a","vcpus":1,"memoryMiB":1,"diskMiB":1,"workload":{"dirtyMiBps":1e400}}',
+    })
+    assert.equal(res.statusCode, 400)
+    assert.match(
+      res.json().error.message,
+      /^workload\.dirtyMiBps: expected a finite number >= 0, got Infinity/,
+    )
+    await app.close()
+  })
+
+  it('router errors (bad percent-encoding, over-long id) keep the error shape', async () => {
+    const { app } = setup()
+    const long = await app.inject({ url: `/v1/vms/${'a'.repeat(300)}`, headers: AUTH })
+    assert.equal(long.statusCode, 414)
+    assert.equal(long.json().error.code, 'BAD_REQUEST')
+    const enc = await app.inject({ url: '/v1/vms/%ZZ', headers: AUTH })
+    assert.equal(enc.statusCode, 400)
+    assert.equal(enc.json().error.code, 'BAD_REQUEST')
     await app.close()
   })
 
@@ -400,7 +428,7 @@ describe('api: validation', () => {
   })
 
   it('400 on a bad id, a body on pause', async () => {
-    const { app } = setup()
+    const { app, agent } = setup()
     const vm = await createOne(app)
     for (const id of ['%20x', '.hidden', 'a%2Fb', 'a'.repeat(129), 'x%00']) {
       const res = await app.inject({ url: `/v1/vms/${id}`, headers: AUTH })
@@ -415,7 +443,7 @@ describe('api: validation', () => {
     })
     assert.equal(res.statusCode, 400)
     assert.match(res.json().error.message, /force: unknown field/)
-    assert.equal(vm.state, 'running')
+    assert.equal(agent.vms.get(vm.id)?.state, 'running')
     await app.close()
   })
 })

@@ -16,7 +16,10 @@ interface AgentOpts {
   logLevel?: string
 }
 
-export function registerAgentCommand(program: Command): void {
+export type RunAgent = (flags: AgentFlags) => Promise<number>
+
+/** `runAgent` replaces the agent's runner (tests check the flags without starting an agent). */
+export function registerAgentCommand(program: Command, runAgent?: RunAgent): void {
   program
     .command('agent')
     .description('run the agent on this host (until SIGINT/SIGTERM)')
@@ -32,8 +35,8 @@ export function registerAgentCommand(program: Command): void {
     .action(async (opts: AgentOpts) => {
       const flags = agentFlags(opts)
       // loaded only here: the agent pulls in libp2p, the other commands stay quick to start
-      const { runAgent } = await import('../../node/run.js')
-      const code = await runAgent(flags)
+      const run = runAgent ?? (await import('../../node/run.js')).runAgent
+      const code = await run(flags)
       if (code !== 0) throw new ExitCode(code)
     })
 }

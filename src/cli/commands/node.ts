@@ -8,50 +8,50 @@ import { type CliIo, printJson } from '../io.js'
 type Opts = ConnectionOptions & { json?: boolean }
 
 export function registerNodeCommands(program: Command, io: CliIo): void {
-  addConnectionOptions(program.command('status').description("show the agent's identity, site and load")).action(
-    async (opts: Opts) => {
-      const client = await connect(opts, io)
-      const node = await client.node()
-      if (opts.json) return printJson(io, node)
-      // the peer count is a nicety: a failure there should not hide the rest
-      const peers = await client.peers().then(
-        (r) => String(r.peers.length),
-        () => '-',
-      )
-      const { capacity: cap, used } = node
-      const [firstAddr = '-', ...moreAddrs] = node.addrs
-      io.stdout.write(
-        keyValues([
-          ['peer id', node.peerId],
-          ['site', node.site],
-          ['driver', node.driver],
-          ['version', node.version],
-          ['uptime', formatAge(node.startedAt)],
-          ['api', client.baseUrl],
-          ['peers', peers],
-          ['vms', String(node.vmCount)],
-          ['vcpus', `${used.vcpus} / ${cap.vcpus}`],
-          ['memory', `${formatMiB(used.memoryMiB)} / ${formatMiB(cap.memoryMiB)}`],
-          ['disk', `${formatMiB(used.diskMiB)} / ${formatMiB(cap.diskMiB)}`],
-          ['addrs', firstAddr],
-          ...moreAddrs.map((a): [string, string] => ['', a]),
-        ]),
-      )
-    },
-  )
+  addConnectionOptions(
+    program.command('status').description("show the agent's identity, site and load"),
+  ).action(async (opts: Opts) => {
+    const client = await connect(opts, io)
+    const node = await client.node()
+    if (opts.json) return printJson(io, node)
+    // the peer count is a nicety: a failure there should not hide the rest
+    const peers = await client.peers().then(
+      (r) => String(r.peers.length),
+      () => '-',
+    )
+    const { capacity: cap, used } = node
+    const [firstAddr = '-', ...moreAddrs] = node.addrs
+    io.stdout.write(
+      keyValues([
+        ['peer id', node.peerId],
+        ['site', node.site],
+        ['driver', node.driver],
+        ['version', node.version],
+        ['uptime', formatAge(node.startedAt)],
+        ['api', client.baseUrl],
+        ['peers', peers],
+        ['vms', String(node.vmCount)],
+        ['vcpus', `${used.vcpus} / ${cap.vcpus}`],
+        ['memory', `${formatMiB(used.memoryMiB)} / ${formatMiB(cap.memoryMiB)}`],
+        ['disk', `${formatMiB(used.diskMiB)} / ${formatMiB(cap.diskMiB)}`],
+        ['addrs', firstAddr],
+        ...moreAddrs.map((a): [string, string] => ['', a]),
+      ]),
+    )
+  })
 
-  addConnectionOptions(program.command('peers').description('list the peers the agent is connected to')).action(
-    async (opts: Opts) => {
-      const client = await connect(opts, io)
-      const res = await client.peers()
-      if (opts.json) return printJson(io, res)
-      if (res.peers.length === 0) {
-        io.stdout.write('no peers connected\n')
-        return
-      }
-      io.stdout.write(peersTable(res.peers))
-    },
-  )
+  addConnectionOptions(
+    program.command('peers').description('list the peers the agent is connected to'),
+  ).action(async (opts: Opts) => {
+    const client = await connect(opts, io)
+    const res = await client.peers()
+    if (opts.json) return printJson(io, res)
+    if (res.peers.length === 0) {
+      io.stdout.write('no peers connected\n')
+      return
+    }
+    io.stdout.write(peersTable(res.peers))
+  })
 }
 
 export function peersTable(peers: PeerInfo[]): string {

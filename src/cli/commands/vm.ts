@@ -157,7 +157,11 @@ export function findVm(vms: VmRecord[], ref: string): VmRecord {
   const byName = vms.filter((v) => v.name === ref)
   if (byName.length === 1) return byName[0]!
   if (byName.length > 1) {
-    throw new ApiError(409, 'AMBIGUOUS', `"${ref}" names ${byName.length} VMs (${byName.map((v) => v.id).join(', ')}); use an id`)
+    throw new ApiError(
+      409,
+      'AMBIGUOUS',
+      `"${ref}" names ${byName.length} VMs (${byName.map((v) => v.id).join(', ')}); use an id`,
+    )
   }
   const byPrefix = ref.length >= 4 ? vms.filter((v) => v.id.startsWith(ref)) : []
   if (byPrefix.length === 1) return byPrefix[0]!

@@ -21,6 +21,8 @@ function fromFastify(
   bodyLimit: number,
 ): { status: number; body: ApiErrorBody } | undefined {
   const status = err.statusCode
+  // Only fastify's own errors: a 4xx-looking error from elsewhere is still a 500 here.
+  if (typeof err.code !== 'string' || !err.code.startsWith('FST_')) return undefined
   if (status === undefined || status < 400 || status >= 500) return undefined
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
@@ -43,11 +45,26 @@ function fromFastify(
   }
 }
 
+/**
+ * For `frameworkErrors`: failures of the router itself (bad URL encoding, over-long path
+ * parameter) that fastify answers before any hook or error handler runs.
+ */
+export function frameworkErrorReply(err: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  request.log.debug({ code: err.code }, 'bad request url')
+  if (err.code === 'FST_ERR_MAX_PARAM_LENGTH') {
+    return reply.code(414).send(errorBody('BAD_REQUEST', 'url: a path parameter is too long'))
+  }
+  if (err.code === 'FST_ERR_BAD_URL') {
+    return reply.code(400).send(errorBody('BAD_REQUEST', 'url: malformed path (bad percent-encoding?)'))
+  }
+  return reply.code(400).send(errorBody('BAD_REQUEST', `url: ${err.message}`))
+}
+
 export function installErrorHandlers(app: FastifyInstance, bodyLimit: number): void {
   app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof AgentError) {
       if (err.status >= 500) request.log.error({ err }, 'agent error')
-      else request.log.debug({ code: err.code, msg: err.message }, 'request refused')
+      else request.log.debug({ code: err.code, reason: err.message }, 'request refused')
       return reply.code(err.status).send(errorBody(err.code, err.message, err.details))
     }
     const mapped = err instanceof Error ? fromFastify(err as FastifyError, bodyLimit) : undefined

@@ -15,12 +15,13 @@ export const LIMITS = {
 const NAME_RE = /^[a-z0-9][a-z0-9._-]*$/i
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:-]*$/
 
-/** A short description of a bad value for a message; never echoes long strings. */
+/** A short description of a bad value for a message; long strings are cut. */
 function got(input: unknown): string {
   if (input === undefined) return 'missing'
   if (input === null) return 'got null'
   if (typeof input === 'number' || typeof input === 'boolean') return `got ${input}`
-  if (typeof input === 'string') return `got a string of ${input.length} characters`
+  if (typeof input === 'string')
+    return `got ${JSON.stringify(input.length > 40 ? `${input.slice(0, 40)}...` : input)}`
   if (Array.isArray(input)) return 'got an array'
   return `got ${typeof input === 'object' ? 'an object' : typeof input}`
 }

@@ -5,7 +5,7 @@ import type { Logger } from 'pino'
 import type { AgentService } from '../types.js'
 import { installAuth } from './auth.js'
 import { installBodyParsers } from './body.js'
-import { installErrorHandlers } from './errors.js'
+import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { nodeRoutes } from './routes/node.js'
 import { vmRoutes } from './routes/vms.js'
@@ -50,8 +50,9 @@ export function createApiServer(init: ApiServerInit): ApiServer {
     loggerInstance: log as FastifyBaseLogger,
     logController: new DebugRequestLog(),
     bodyLimit,
-    // Longer than any valid id, so a too-long id gets a 400 that says so rather than a 404.
+    // Above the longest valid id, so a slightly too long id gets the id's 400 message.
     routerOptions: { maxParamLength: LIMITS.idMaxLength * 2 },
+    frameworkErrors: frameworkErrorReply,
   })
 
   installErrorHandlers(app, bodyLimit)

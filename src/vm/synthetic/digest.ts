@@ -15,21 +15,32 @@ export interface VmDigest {
 
 /** Blocks read from the disk in one call when they are consecutive. */
 const RUN_BLOCKS = 16
+/** Runs being read while an earlier one is hashed. */
+const READ_AHEAD = 4
 
-const ZERO_PAGE = Buffer.alloc(PAGE_SIZE)
 const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE)
+
+/** Pages hashed per update call: (index || page) records are batched, as per-call overhead dominates. */
+const BATCH_PAGES = 64
+const RECORD = 4 + PAGE_SIZE
 
 /** Digest of memory; synchronous, so it is a consistent snapshot even of a running VM. */
 export function memoryDigest(memory: SyntheticMemory): string {
   const buf = memory.raw()
   const h = createHash('sha256')
-  const idx = Buffer.alloc(4)
-  for (let i = 0, off = 0; i < memory.pageCount; i++, off += PAGE_SIZE) {
-    if (buf.compare(ZERO_PAGE, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0) continue
-    idx.writeUInt32BE(i)
-    h.update(idx)
-    h.update(buf.subarray(off, off + PAGE_SIZE))
+  const batch = Buffer.allocUnsafe(BATCH_PAGES * RECORD)
+  let used = 0
+  for (const i of memory.nonZeroPages().indices()) {
+    const off = i * PAGE_SIZE
+    batch.writeUInt32BE(i, used)
+    buf.copy(batch, used + 4, off, off + PAGE_SIZE)
+    used += RECORD
+    if (used === batch.length) {
+      h.update(batch)
+      used = 0
+    }
   }
+  if (used > 0) h.update(batch.subarray(0, used))
   return h.digest('hex')
 }
 
@@ -37,8 +48,7 @@ export function memoryDigest(memory: SyntheticMemory): string {
 export async function diskDigest(disk: SyntheticDisk): Promise<string> {
   const h = createHash('sha256')
   const idx = Buffer.alloc(4)
-  for (const [first, count] of runs(disk.allocatedBlocks().indices(), RUN_BLOCKS)) {
-    const data = await disk.readBlocks(first, count)
+  const hashRun = (first: number, count: number, data: Buffer) => {
     for (let k = 0; k < count; k++) {
       const block = data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)
       if (block.equals(ZERO_BLOCK)) continue
@@ -46,6 +56,22 @@ export async function diskDigest(disk: SyntheticDisk): Promise<string> {
       h.update(idx)
       h.update(block)
     }
+  }
+  // Reads run ahead of the hashing (in order), a few at a time
+  const ahead: { first: number; count: number; data: Promise<Buffer> }[] = []
+  try {
+    for (const [first, count] of runs(disk.allocatedBlocks().indices(), RUN_BLOCKS)) {
+      const data = disk.readBlocks(first, count)
+      void data.catch(() => undefined) // awaited below; this only keeps an early failure from being "unhandled"
+      ahead.push({ first, count, data })
+      if (ahead.length >= READ_AHEAD) {
+        const r = ahead.shift()!
+        hashRun(r.first, r.count, await r.data)
+      }
+    }
+    for (const r of ahead.splice(0)) hashRun(r.first, r.count, await r.data)
+  } finally {
+    await Promise.allSettled(ahead.map((r) => r.data))
   }
   return h.digest('hex')
 }

@@ -1,11 +1,11 @@
 // Guest disk of a synthetic VM: a sparse file `disk.img` in 64 KiB blocks, with a bitmap of the blocks
 // ever written (persisted to `disk.alloc`, so a digest reads only those) and optional dirty tracking.
 
-import { open, readFile, stat } from 'node:fs/promises'
 import type { FileHandle } from 'node:fs/promises'
+import { open, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Bitmap } from '../bitmap.js'
-import { BLOCK_SIZE, VmError, type VmDisk } from '../types.js'
+import { BLOCK_SIZE, type VmDisk, VmError } from '../types.js'
 import { readExactly, writeExactly, writeFileAtomic } from './files.js'
 
 export const DISK_IMG = 'disk.img'

@@ -4,7 +4,10 @@ import { constants as bufferConstants } from 'node:buffer'
 import { Bitmap } from '../bitmap.js'
 import { PAGE_SIZE, VmError, type VmMemory } from '../types.js'
 
-const ZERO_PAGE = Buffer.alloc(PAGE_SIZE)
+const WORDS_PER_PAGE = PAGE_SIZE / 4
+/** Pages checked with one compare when scanning for zero pages: whole zero regions cost one call. */
+const SCAN_PAGES = 64
+const ZERO_RUN = Buffer.alloc(SCAN_PAGES * PAGE_SIZE)
 
 export class SyntheticMemory implements VmMemory {
   readonly pageSize = PAGE_SIZE
@@ -12,9 +15,17 @@ export class SyntheticMemory implements VmMemory {
   #buf: Buffer | null
   #words: Uint32Array | null
   #dirty: Bitmap | null = null
+  /**
+   * Pages ever written: the others are known to be zero without reading them (reading untouched
+   * memory would fault in every page of a freshly allocated buffer).
+   */
+  #touched: Bitmap
 
-  /** Zeroed memory of `bytes` (a multiple of the page size), or `buf` read back from a suspend image. */
-  constructor(bytes: number, buf?: Buffer) {
+  /**
+   * Zeroed memory of `bytes` (a multiple of the page size), or `buf` read back from a suspend image
+   * with `touched` its non-zero pages (every page if not given).
+   */
+  constructor(bytes: number, buf?: Buffer, touched?: Bitmap) {
     if (!Number.isInteger(bytes) || bytes <= 0 || bytes % PAGE_SIZE !== 0) {
       throw new VmError('VM_OUT_OF_RANGE', `memory must be a positive multiple of ${PAGE_SIZE} bytes`)
     }
@@ -26,6 +37,9 @@ export class SyntheticMemory implements VmMemory {
     this.#buf = buf ?? Buffer.alloc(bytes)
     // A large Buffer.alloc is never pooled, so its offset is 0 and word-aligned
     this.#words = new Uint32Array(this.#buf.buffer, this.#buf.byteOffset, bytes / 4)
+    this.#touched = touched?.clone() ?? new Bitmap(this.pageCount)
+    if (buf && !touched) this.#touched.fill()
+    if (this.#touched.size !== this.pageCount) throw new VmError('VM_IO', 'page map does not fit memory')
   }
 
   get bytes(): number {
@@ -53,13 +67,13 @@ export class SyntheticMemory implements VmMemory {
       throw new VmError('VM_OUT_OF_RANGE', `page data is ${data.length} bytes, expected ${PAGE_SIZE}`)
     }
     buf.set(data, i * PAGE_SIZE)
+    this.#touched.set(i)
   }
 
   isZeroPage(i: number): boolean {
-    const buf = this.#live()
+    this.#live()
     this.#check(i)
-    const off = i * PAGE_SIZE
-    return buf.compare(ZERO_PAGE, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0
+    return this.#isZero(i)
   }
 
   startDirtyTracking(): void {
@@ -81,8 +95,27 @@ export class SyntheticMemory implements VmMemory {
 
   /** The pages that are not all zeroes. */
   nonZeroPages(): Bitmap {
+    const buf = this.#live()
     const b = new Bitmap(this.pageCount)
-    for (let i = 0; i < this.pageCount; i++) if (!this.isZeroPage(i)) b.set(i)
+    let runStart = -1
+    let runEnd = -1
+    // Touched pages in runs: a whole zero run costs one compare
+    const flush = () => {
+      const off = runStart * PAGE_SIZE
+      const len = (runEnd - runStart) * PAGE_SIZE
+      if (buf.compare(ZERO_RUN, 0, len, off, off + len) === 0) return
+      for (let i = runStart; i < runEnd; i++) if (!this.#isZero(i)) b.set(i)
+    }
+    for (const i of this.#touched.indices()) {
+      if (i === runEnd && runEnd - runStart < SCAN_PAGES) {
+        runEnd++
+        continue
+      }
+      if (runStart >= 0) flush()
+      runStart = i
+      runEnd = i + 1
+    }
+    if (runStart >= 0) flush()
     return b
   }
 
@@ -91,11 +124,11 @@ export class SyntheticMemory implements VmMemory {
     return this.#live()
   }
 
-  /** A writable view of page `i` as 32-bit words, for the workload. */
+  /** A writable view of page `i` as 32-bit words, for the workload (the page counts as written). */
   pageWords(i: number): Uint32Array {
     this.#live()
-    const w = PAGE_SIZE / 4
-    return this.#words!.subarray(i * w, (i + 1) * w)
+    this.#touched.set(i)
+    return this.#words!.subarray(i * WORDS_PER_PAGE, (i + 1) * WORDS_PER_PAGE)
   }
 
   /** Records a guest write to page `i` (when tracking). */
@@ -108,6 +141,16 @@ export class SyntheticMemory implements VmMemory {
     this.#buf = null
     this.#words = null
     this.#dirty = null
+  }
+
+  #isZero(i: number): boolean {
+    if (!this.#touched.get(i)) return true
+    // Most non-zero pages differ in their first or last word: no native call for them
+    const w = i * WORDS_PER_PAGE
+    const words = this.#words!
+    if (words[w] !== 0 || words[w + WORDS_PER_PAGE - 1] !== 0) return false
+    const off = i * PAGE_SIZE
+    return this.#buf!.compare(ZERO_RUN, 0, PAGE_SIZE, off, off + PAGE_SIZE) === 0
   }
 
   #live(): Buffer {

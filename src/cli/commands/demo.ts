@@ -1,0 +1,26 @@
+// `skymesh demo`: flags only; the work is in ../demo.ts (loaded on use).
+import type { Command } from 'commander'
+import { ExitCode, UsageError } from '../errors.js'
+import type { CliIo } from '../io.js'
+import { parseNonNegative, parseNonNegativeInt, parsePositiveInt } from '../parse.js'
+
+const MAX_AGENTS = 32
+
+export function registerDemoCommand(program: Command, io: CliIo): void {
+  program
+    .command('demo')
+    .description('start a throwaway local mesh (agents in temp dirs, a few VMs) and watch it live')
+    .option('--agents <n>', 'agents to start (two sites)', parsePositiveInt, 4)
+    .option('--vms <n>', 'small VMs to create, spread over the agents', parseNonNegativeInt, 6)
+    .option('--duration <seconds>', 'stop after this many seconds (default: at Ctrl-C)', parseNonNegative)
+    .option('--json', 'print one JSON summary at the end instead of the live view')
+    .action(async (opts: { agents: number; vms: number; duration?: number; json?: boolean }) => {
+      if (opts.agents > MAX_AGENTS) throw new UsageError(`--agents: at most ${MAX_AGENTS} on one machine`)
+      const { runDemo } = await import('../demo.js')
+      const code = await runDemo(
+        { agents: opts.agents, vms: opts.vms, durationS: opts.duration, json: opts.json },
+        io,
+      )
+      if (code !== 0) throw new ExitCode(code)
+    })
+}
