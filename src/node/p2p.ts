@@ -1,8 +1,9 @@
 // The libp2p v3 host: tcp + noise + yamux, identify and ping; a pre-shared key makes the mesh private.
-// (gossipsub is added by src/gossip.)
+// gossipsub carries host state (src/gossip); identify feeds it the topology.
 import './polyfill.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import type { PrivateKey } from '@libp2p/interface'
 import { ping } from '@libp2p/ping'
@@ -32,6 +33,13 @@ export async function createHost(init: HostInit) {
     services: {
       identify: identify(),
       ping: ping(),
+      pubsub: gossipsub({
+        // Messages are signed with the sender's key and checked on receipt (StrictSign, the default).
+        allowPublishToZeroTopicPeers: true,
+        // Host states are small; a peer sending more is misbehaving.
+        maxInboundDataLength: 4 * 1024 * 1024,
+        emitSelf: false,
+      }),
     },
   })
 }

@@ -4,3 +4,8 @@ import { skymesh } from './gen/skymesh.js'
 export const pb = skymesh.v1
 export type HelloMessage = skymesh.v1.Hello.$Properties
 export type ResourcesMessage = skymesh.v1.Resources.$Properties
+export type MemberMessage = skymesh.v1.Member.$Properties
+export type SwimMessageProps = skymesh.v1.SwimMessage.$Properties
+export type HostStateMessage = skymesh.v1.HostState.$Properties
+export type VmSummaryMessage = skymesh.v1.VmSummary.$Properties
+export type SignedHostStateMessage = skymesh.v1.SignedHostState.$Properties
