@@ -11,6 +11,7 @@ import { ConfigError } from './errors.js'
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4710'
 export const DEFAULT_API = '127.0.0.1:4711'
 export const KNOWN_DRIVERS = ['synthetic'] as const
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
 
 /** What the `skymesh agent` command line gives (all optional; absent = not given). */
 export interface AgentFlags {
@@ -51,9 +52,13 @@ const fileSchema = z.strictObject({
   bootstrap: z.array(multiaddrString),
   api: hostPort,
   site: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'expected 1-63 letters, digits, . _ -'),
-  driver: z.enum(KNOWN_DRIVERS),
+  driver: z.enum(KNOWN_DRIVERS, {
+    error: (iss) => `unknown driver ${JSON.stringify(iss.input)} (known: ${KNOWN_DRIVERS.join(', ')})`,
+  }),
   meshKey: z.string().min(1),
-  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']),
+  logLevel: z.enum(LOG_LEVELS, {
+    error: (iss) => `unknown log level ${JSON.stringify(iss.input)} (known: ${LOG_LEVELS.join(', ')})`,
+  }),
   capacity: resources.partial(),
   /** Seconds between attempts to reach bootstrap peers we are not connected to. */
   bootstrapIntervalSec: z.number().min(0.1).max(3600),

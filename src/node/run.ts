@@ -20,6 +20,8 @@ export async function runAgent(flags: AgentFlags): Promise<number> {
     throw err
   }
   const logger = createLogger({ level: config.logLevel })
+  // Loaded only once the configuration is known good: libp2p and friends take a second to import.
+  const { Agent } = await import('./agent.js')
   const agent = new Agent({ config, logger })
   let resolveStopped: (code: number) => void = () => {}
   const stopped = new Promise<number>((resolve) => {
