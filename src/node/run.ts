@@ -1,7 +1,5 @@
 // `skymesh agent`: validate the configuration (exit 2 and start nothing if it is wrong), start the
 // agent, and stop it cleanly on SIGINT/SIGTERM (a second signal forces the exit).
-
-import { Agent } from './agent.js'
 import { type AgentFlags, loadConfig } from './config.js'
 import { AgentError, ConfigError } from './errors.js'
 import { createLogger } from './logger.js'

@@ -13,7 +13,9 @@ function removedRoot(stderr: string): string {
 
 describe('skymesh demo', () => {
   it('starts a mesh, creates VMs, reports them, and cleans up after --duration', async () => {
-    const r = await runCli(['demo', '--agents', '3', '--vms', '4', '--duration', '3', '--json'], { timeoutMs: 90_000 })
+    const r = await runCli(['demo', '--agents', '3', '--vms', '4', '--duration', '3', '--json'], {
+      timeoutMs: 90_000,
+    })
     assert.equal(r.code, 0, r.stderr)
     const summary = JSON.parse(r.stdout)
     assert.equal(summary.agents.length, 3)
@@ -42,7 +44,11 @@ describe('skymesh demo', () => {
     const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)))
     try {
       // Not a TTY: one line per tick once the VMs exist.
-      await waitFor('the demo to show its mesh', async () => /demo-2/.test(stdout) || /vms/.test(stdout), 60_000)
+      await waitFor(
+        'the demo to show its mesh',
+        async () => /demo-2/.test(stdout) || /vms/.test(stdout),
+        60_000,
+      )
       proc.kill('SIGINT')
       assert.equal(await exited, 0, stderr)
       assert.equal(existsSync(removedRoot(stderr)), false)
