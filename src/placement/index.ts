@@ -1,0 +1,3 @@
+// Placement: the pure planner core (cluster view in, plan out; no I/O, so the simulator runs the same
+// code) and the cooperative DVMS-style protocol. Built in the placement issue.
+export {}
