@@ -4,17 +4,7 @@ import type { AgentFlags } from '../../node/run.js'
 import { ExitCode } from '../errors.js'
 import { collect } from '../parse.js'
 
-interface AgentOpts {
-  dataDir?: string
-  listen?: string[]
-  bootstrap?: string[]
-  api?: string
-  site?: string
-  driver?: string
-  meshKey?: string
-  config?: string
-  logLevel?: string
-}
+type AgentOpts = AgentFlags
 
 export type RunAgent = (flags: AgentFlags) => Promise<number>
 

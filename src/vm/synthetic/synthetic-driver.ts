@@ -45,24 +45,23 @@ export class SyntheticDriver implements VmDriver {
     this.#budget = new CpuBudget(init.maxCpuShare ?? 0.5, this.#tickMs * 2)
   }
 
-  async create(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
-    this.#checkOpen()
-    const sizes = checkSpec(spec)
-    await mkdir(opts.dir, { recursive: true })
-    await removeSuspendImage(opts.dir)
-    const memory = new SyntheticMemory(sizes.memoryBytes)
-    const disk = await SyntheticDisk.create(opts.dir, sizes.diskBytes)
-    return this.#start(spec, opts, memory, disk, 'running')
+  create(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
+    return this.#fresh(spec, opts, 'running')
   }
 
-  async prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
+  prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
+    return this.#fresh(spec, opts, 'paused')
+  }
+
+  /** A VM with zeroed memory and an empty disk, in a wiped directory. */
+  async #fresh(spec: VmSpec, opts: CreateVmOptions, state: 'running' | 'paused'): Promise<VmInstance> {
     this.#checkOpen()
     const sizes = checkSpec(spec)
     await mkdir(opts.dir, { recursive: true })
     await removeSuspendImage(opts.dir)
     const memory = new SyntheticMemory(sizes.memoryBytes)
     const disk = await SyntheticDisk.create(opts.dir, sizes.diskBytes)
-    return this.#start(spec, opts, memory, disk, 'paused')
+    return this.#start(spec, opts, memory, disk, state)
   }
 
   async restore(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
