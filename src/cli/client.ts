@@ -1,5 +1,13 @@
 // A small client for the agent's local HTTP API (bearer token, JSON, `{ error: { code, message } }`).
-import type { CreateVmRequest, NodeInfo, PeerInfo, VmDigest, VmRecord } from '../node/types.js'
+import type {
+  ClusterView,
+  ClusterVm,
+  CreateVmRequest,
+  NodeInfo,
+  PeerInfo,
+  VmDigest,
+  VmRecord,
+} from '../node/types.js'
 import { ApiError, CliError } from './errors.js'
 
 export interface ApiClientInit {
@@ -56,6 +64,18 @@ export class ApiClient {
 
   vmDigest(id: string): Promise<VmDigest> {
     return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/digest`)
+  }
+
+  cluster(): Promise<ClusterView> {
+    return this.request('GET', '/v1/cluster')
+  }
+
+  clusterVms(): Promise<{ vms: ClusterVm[] }> {
+    return this.request('GET', '/v1/cluster/vms')
+  }
+
+  where(idOrName: string): Promise<ClusterVm> {
+    return this.request('GET', `/v1/cluster/vms/${encodeURIComponent(idOrName)}`)
   }
 
   /** Parsed JSON body of a 2xx answer (undefined for an empty one); ApiError otherwise. */

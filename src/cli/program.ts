@@ -2,6 +2,7 @@
 import { Command } from 'commander'
 import { VERSION } from '../node/version.js'
 import { type RunAgent, registerAgentCommand } from './commands/agent.js'
+import { registerClusterCommands } from './commands/cluster.js'
 import { registerDemoCommand } from './commands/demo.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { registerNodeCommands } from './commands/node.js'
@@ -33,6 +34,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerAgentCommand(program, deps.runAgent)
   registerNodeCommands(program, io)
   registerVmCommands(program, io)
+  registerClusterCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

@@ -5,6 +5,8 @@ import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
+import { Gossip } from '../gossip/index.js'
+import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import { createDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
@@ -20,6 +22,9 @@ import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
 import type {
   AgentService,
+  ClusterHost,
+  ClusterView,
+  ClusterVm,
   CreateVmRequest,
   NodeInfo,
   PeerInfo,
@@ -54,6 +59,7 @@ export class Agent implements AgentService {
   private driver?: VmDriver
   private peerTracker?: PeerTracker
   private bootstrapper?: Bootstrapper
+  private gossip?: Gossip
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
   private readonly records = new Map<string, StoredVm>()
@@ -142,6 +148,18 @@ export class Agent implements AgentService {
       }),
     })
     await this.peerTracker.start()
+    this.gossip = new Gossip(
+      {
+        host: this.host,
+        privateKey,
+        logger: this.log.child({ component: 'gossip' }),
+        localState: () => this.localState(),
+        site: config.site,
+        metrics: this.metrics,
+      },
+      { swim: config.gossip.swim, state: config.gossip.state },
+    )
+    await this.gossip.start()
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -170,6 +188,8 @@ export class Agent implements AgentService {
     await rm(join(this.config.dataDir, AGENT_FILE), { force: true })
     await this.api?.close()
     this.bootstrapper?.stop()
+    // Tell the mesh first, so our suspended VMs show as host-left rather than host-lost.
+    await this.gossip?.leave()
     await this.peerTracker?.stop().catch(() => {})
     await this.serial(async () => {
       for (const [id, vm] of this.instances) {
@@ -186,6 +206,7 @@ export class Agent implements AgentService {
       }
       this.instances.clear()
     })
+    await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
     await this.host?.stop()
     await this.driver?.close()
     await this.store?.close()
@@ -290,6 +311,7 @@ export class Agent implements AgentService {
       this.instances.delete(id)
       this.records.delete(id)
       await this.requireStore().deleteVm(id)
+      this.gossip?.notifyChanged()
       this.nodeMetrics?.vmOperations.inc({ op: 'delete', outcome: 'ok' })
       this.log.info({ vm: id, name: rec.name }, 'VM deleted')
     })
@@ -319,7 +341,127 @@ export class Agent implements AgentService {
     return { id, ...(await vm.digest()) }
   }
 
+  cluster(): ClusterView {
+    const gossip = this.requireGossip()
+    const now = Date.now()
+    const counts: Record<MemberStatus, number> = { alive: 0, suspect: 0, dead: 0, left: 0 }
+    const states = new Map(gossip.hosts().map((h) => [h.peerId, h]))
+    const hosts = new Map<string, ClusterHost>()
+    for (const m of gossip.members()) {
+      counts[m.status] += 1
+      hosts.set(m.peerId, {
+        peerId: m.peerId,
+        self: m.self,
+        status: m.status,
+        incarnation: m.incarnation,
+        statusSince: new Date(m.statusSince).toISOString(),
+        site: m.site,
+        addrs: m.addrs,
+        vmCount: 0,
+      })
+    }
+    for (const [peerId, st] of states) {
+      const base = hosts.get(peerId) ?? {
+        peerId,
+        self: peerId === this.peerId,
+        status: 'unknown' as const,
+        site: st.site,
+        addrs: st.addrs,
+        vmCount: 0,
+      }
+      hosts.set(peerId, {
+        ...base,
+        site: st.site || base.site,
+        addrs: base.addrs.length ? base.addrs : st.addrs,
+        capacity: st.capacity,
+        used: st.used,
+        cpuLoad: st.cpuLoad,
+        vmCount: st.vms.length,
+        stateVersion: st.version,
+        stateTimestampMs: st.timestampMs,
+        receivedAtMs: st.receivedAtMs,
+        receivedAgoMs: Math.max(0, now - st.receivedAtMs),
+        agentVersion: st.agentVersion,
+      })
+    }
+    const list = [...hosts.values()].sort(
+      (a, b) => a.site.localeCompare(b.site) || a.peerId.localeCompare(b.peerId),
+    )
+    return { self: this.peerId, hosts: list, counts }
+  }
+
+  clusterVms(): ClusterVm[] {
+    const gossip = this.requireGossip()
+    const sites = new Map(gossip.hosts().map((h) => [h.peerId, h.site]))
+    return gossip
+      .vms()
+      .map((loc) => ({
+        id: loc.vmId,
+        name: loc.name,
+        host: loc.host,
+        site: sites.get(loc.host),
+        epoch: loc.epoch,
+        status: loc.status,
+        state: loc.vm.state,
+        vcpus: loc.vm.vcpus,
+        memoryMiB: loc.vm.memoryMiB,
+        diskMiB: loc.vm.diskMiB,
+        cpu: loc.vm.cpu,
+        dirtyMiBps: loc.vm.dirtyMiBps,
+      }))
+      .sort((a, b) => a.name.localeCompare(b.name) || a.id.localeCompare(b.id))
+  }
+
+  where(idOrName: string): ClusterVm {
+    const vms = this.clusterVms()
+    const byId = vms.find((v) => v.id === idOrName)
+    if (byId) return byId
+    const byName = vms.filter((v) => v.name === idOrName)
+    if (byName.length === 1) return byName[0]!
+    if (byName.length > 1) {
+      throw new AgentError(
+        'BAD_REQUEST',
+        `${byName.length} VMs of the mesh are named '${idOrName}': use an id`,
+        {
+          ids: byName.map((v) => v.id),
+        },
+      )
+    }
+    throw new AgentError('VM_NOT_FOUND', `no VM '${idOrName}' in the mesh (as far as gossip tells)`)
+  }
+
   // --- internals ---
+
+  /** What gossip publishes about this host. */
+  private localState(): LocalHostState {
+    let cpuLoad = 0
+    const vms = []
+    // Every VM of the registry, crashed ones too: the mesh should know where a crashed VM's disk is.
+    for (const r of this.records.values()) {
+      const stats = this.instances.get(r.id)?.stats()
+      cpuLoad += stats?.cpu ?? 0
+      vms.push({
+        id: r.id,
+        name: r.name,
+        vcpus: r.vcpus,
+        memoryMiB: r.memoryMiB,
+        diskMiB: r.diskMiB,
+        cpu: stats?.cpu ?? 0,
+        dirtyMiBps: stats?.dirtyMiBps ?? 0,
+        state: r.state,
+        epoch: r.epoch,
+      })
+    }
+    return {
+      site: this.config.site,
+      capacity: { ...this.config.capacity },
+      used: this.used(),
+      cpuLoad,
+      vms,
+      agentVersion: VERSION,
+      addrs: this.addrs(),
+    }
+  }
 
   private addrs(): string[] {
     return this.requireHost()
@@ -394,6 +536,7 @@ export class Agent implements AgentService {
     if (next.resumeState === undefined) delete next.resumeState
     await this.requireStore().putVm(next)
     this.records.set(rec.id, next)
+    this.gossip?.notifyChanged()
   }
 
   private async writeAgentFile(): Promise<void> {
@@ -429,6 +572,11 @@ export class Agent implements AgentService {
   private requireHost(): Host {
     if (!this.host) throw new AgentError('NOT_RUNNING', 'the agent is not started')
     return this.host
+  }
+
+  private requireGossip(): Gossip {
+    if (!this.gossip) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.gossip
   }
 
   private requireStore(): Store {

@@ -62,6 +62,20 @@ const fileSchema = z.strictObject({
   capacity: resources.partial(),
   /** Seconds between attempts to reach bootstrap peers we are not connected to. */
   bootstrapIntervalSec: z.number().min(0.1).max(3600),
+  /** Gossip timings (all optional; defaults follow memberlist's LAN profile). */
+  gossip: z
+    .strictObject({
+      probeIntervalMs: z.number().int().min(10).max(60000),
+      probeTimeoutMs: z.number().int().min(5).max(60000),
+      indirectChecks: z.number().int().min(0).max(16),
+      gossipIntervalMs: z.number().int().min(10).max(60000),
+      gossipNodes: z.number().int().min(1).max(32),
+      suspicionMult: z.number().min(1).max(100),
+      heartbeatMs: z.number().int().min(100).max(3600000),
+      debounceMs: z.number().int().min(0).max(60000),
+      syncIntervalMs: z.number().int().min(0).max(3600000),
+    })
+    .partial(),
   /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
   dialTimeoutMs: z.number().int().min(100).max(120000),
 })
@@ -79,6 +93,17 @@ export type AgentConfig = Readonly<{
   capacity: Readonly<{ vcpus: number; memoryMiB: number; diskMiB: number }>
   bootstrapIntervalSec: number
   dialTimeoutMs: number
+  gossip: Readonly<{
+    swim: {
+      probeIntervalMs?: number
+      probeTimeoutMs?: number
+      indirectChecks?: number
+      gossipIntervalMs?: number
+      gossipNodes?: number
+      suspicionMult?: number
+    }
+    state: { heartbeatMs?: number; debounceMs?: number; syncIntervalMs?: number }
+  }>
 }>
 
 function formatIssues(error: z.ZodError, source: string): string[] {
@@ -163,6 +188,16 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     capacity: Object.freeze({ ...defaultCapacity(), ...c.capacity }),
     bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,
     dialTimeoutMs: c.dialTimeoutMs ?? 5000,
+    gossip: splitGossip(c.gossip ?? {}),
   }
   return Object.freeze(config)
+}
+
+/** The flat `gossip:` config section, split into what membership and host state each take. */
+function splitGossip(g: Partial<Record<string, number>>): AgentConfig['gossip'] {
+  const { heartbeatMs, debounceMs, syncIntervalMs, ...swim } = g
+  const state = { heartbeatMs, debounceMs, syncIntervalMs }
+  const defined = <T extends object>(o: T) =>
+    Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined))
+  return Object.freeze({ swim: defined(swim), state: defined(state) })
 }

@@ -1,5 +1,6 @@
 // Shapes the agent shows through its API (and the CLI reads). JSON-safe: strings, numbers, arrays.
 import type { Registry } from 'prom-client'
+import type { MemberStatus } from '../gossip/types.js'
 import type { VmState, WorkloadSpec } from '../vm/types.js'
 
 export interface Resources {
@@ -68,6 +69,55 @@ export interface VmDigest {
   combined: string
 }
 
+/** One host of the mesh as this agent sees it (membership + its last gossiped state). */
+export interface ClusterHost {
+  peerId: string
+  self: boolean
+  /** From failure detection; `unknown` for a host whose state we have but who is not a member yet. */
+  status: MemberStatus | 'unknown'
+  incarnation?: number
+  /** ISO 8601: when its status last changed here. */
+  statusSince?: string
+  site: string
+  addrs: string[]
+  capacity?: Resources
+  used?: Resources
+  cpuLoad?: number
+  vmCount: number
+  /** Version of its last state we accepted. */
+  stateVersion?: number
+  /** When that state was published, by the host's clock (ms since epoch). */
+  stateTimestampMs?: number
+  /** When we accepted it, by our clock (ms since epoch), and how long ago that was. */
+  receivedAtMs?: number
+  receivedAgoMs?: number
+  agentVersion?: string
+}
+
+export interface ClusterView {
+  self: string
+  hosts: ClusterHost[]
+  /** Members by status. */
+  counts: Record<MemberStatus, number>
+}
+
+/** Where a VM of the mesh runs, as gossip tells it. */
+export interface ClusterVm {
+  id: string
+  name: string
+  host: string
+  site?: string
+  epoch: number
+  /** `host-lost` when its host was declared dead, `host-left` after a graceful leave. */
+  status: 'ok' | 'host-lost' | 'host-left'
+  state: string
+  vcpus: number
+  memoryMiB: number
+  diskMiB: number
+  cpu: number
+  dirtyMiBps: number
+}
+
 /** What the HTTP API needs from the agent; `Agent` implements it. */
 export interface AgentService {
   nodeInfo(): NodeInfo
@@ -83,5 +133,11 @@ export interface AgentService {
   resumeVm(id: string): Promise<VmRecord>
   /** Throws AgentError VM_NOT_FOUND / INVALID_STATE (a crashed VM has no memory). */
   vmDigest(id: string): Promise<VmDigest>
+  /** Every host of the mesh. */
+  cluster(): ClusterView
+  /** Every VM of the mesh with its host and epoch. */
+  clusterVms(): ClusterVm[]
+  /** One VM of the mesh by id (or unique name). Throws AgentError VM_NOT_FOUND. */
+  where(idOrName: string): ClusterVm
   readonly metrics: Registry
 }

@@ -12,6 +12,8 @@ import type {
   NodeInfo,
   PeerInfo,
   VmDigest,
+  ClusterView,
+  ClusterVm,
   VmRecord,
 } from '../../src/node/types.js'
 
@@ -41,6 +43,36 @@ class FakeAgent implements AgentService {
       u.diskMiB += vm.diskMiB
     }
     return u
+  }
+
+  cluster(): ClusterView {
+    return {
+      self: '12D3KooWFake',
+      hosts: [{ peerId: '12D3KooWFake', self: true, status: 'alive', site: 'test', addrs: [], vmCount: this.vms.size }],
+      counts: { alive: 1, suspect: 0, dead: 0, left: 0 },
+    }
+  }
+
+  clusterVms(): ClusterVm[] {
+    return [...this.vms.values()].map((vm) => ({
+      id: vm.id,
+      name: vm.name,
+      host: vm.host,
+      epoch: vm.epoch,
+      status: 'ok' as const,
+      state: vm.state,
+      vcpus: vm.vcpus,
+      memoryMiB: vm.memoryMiB,
+      diskMiB: vm.diskMiB,
+      cpu: 0,
+      dirtyMiBps: 0,
+    }))
+  }
+
+  where(idOrName: string): ClusterVm {
+    const vm = this.clusterVms().find((v) => v.id === idOrName || v.name === idOrName)
+    if (!vm) throw new AgentError('VM_NOT_FOUND', `no VM '${idOrName}' in the mesh`)
+    return vm
   }
 
   nodeInfo(): NodeInfo {

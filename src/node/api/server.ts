@@ -7,6 +7,7 @@ import { installAuth } from './auth.js'
 import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
+import { clusterRoutes } from './routes/cluster.js'
 import { nodeRoutes } from './routes/node.js'
 import { vmRoutes } from './routes/vms.js'
 import { LIMITS } from './schemas.js'
@@ -60,6 +61,7 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   installBodyParsers(app)
   nodeRoutes(app, init.agent)
   vmRoutes(app, init.agent)
+  clusterRoutes(app, init.agent)
 
   let closing: Promise<void> | undefined
   return {

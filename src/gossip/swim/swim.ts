@@ -1,0 +1,797 @@
+// The SWIM failure detector and membership service over libp2p (memberlist's probe loop plus
+// Lifeguard). Every exchange on /skymesh/swim/1.0.0 is one stream: a length-prefixed request
+// (PING or PING_REQ) and a length-prefixed answer (ACK or NACK), each piggybacking membership
+// updates. Periodic gossip pushes are PINGs whose ACK is read best-effort (its updates are applied,
+// a missing one is not a probe failure), so no extra message type is needed.
+import { setMaxListeners } from 'node:events'
+import type { Connection, Libp2p, PeerId, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { lpStream } from '@libp2p/utils'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
+import type { Logger } from 'pino'
+import { type MemberMessage, pb } from '../../proto/index.js'
+import type { DropReason, MemberStatus, MemberView } from '../types.js'
+import { BroadcastQueue } from './broadcast.js'
+import {
+  addrsFromWire,
+  addrsToWire,
+  decodeMessage,
+  encodeMessage,
+  memberFromWire,
+  memberToWire,
+  memberWireSize,
+  messageKind,
+  peerIdBytes,
+  peerIdStringFromBytes,
+  type SwimMessage,
+} from './codec.js'
+import {
+  MAX_ADDRS,
+  MAX_MESSAGE_BYTES,
+  MAX_UPDATES,
+  resolveSwimConfig,
+  SWIM_PROTOCOL,
+  type SwimConfig,
+  type SwimInit,
+  type SwimMessageKind,
+} from './config.js'
+import type { SwimEventName, SwimEvents } from './events.js'
+import { LocalHealth } from './health.js'
+import { type ApplyResult, MemberList, type MemberUpdate } from './members.js'
+import { anySignal, asError, delay, pickRandom, raceSignal, readErrorReason, shuffle } from './util.js'
+
+/** What the service needs from the libp2p host (the agent's `Host` satisfies it). */
+export type SwimHost = Pick<
+  Libp2p,
+  'peerId' | 'handle' | 'unhandle' | 'dial' | 'dialProtocol' | 'peerStore' | 'getConnections'
+>
+
+export interface SwimComponents {
+  host: SwimHost
+  logger: Logger
+  self: { site: string; addrs: () => string[] }
+}
+
+export interface SwimStats {
+  messagesIn: Record<SwimMessageKind, number>
+  messagesOut: Record<SwimMessageKind, number>
+  bytesIn: number
+  bytesOut: number
+  drops: Partial<Record<DropReason, number>>
+  /** Probes started by the probe loop. */
+  probes: number
+  /** Probes whose target missed the direct ACK (indirect probes followed). */
+  directFailures: number
+  /** PING_REQs sent. */
+  indirectProbes: number
+  /** Members we suspected ourselves (no ACK at all). */
+  suspicions: number
+  /** Times we raised our incarnation to refute a claim about us. */
+  refutations: number
+  /** Updates that changed our view. */
+  updatesApplied: number
+  /** Updates we already knew or that lost to what we know (normal redundancy, not drops). */
+  updatesStale: number
+  /** Lifeguard local health multiplier (0 is healthy). */
+  localHealth: number
+  /** Updates waiting in the broadcast queue. */
+  queued: number
+  members: Record<MemberStatus, number>
+}
+
+type ProbeResult = 'ack' | 'nack' | 'fail'
+
+interface QueuedUpdate {
+  key: string
+  wire: MemberMessage
+}
+
+/** An encoded message and the queued updates it carries (given back if it is not delivered). */
+interface Outgoing {
+  bytes: Uint8Array
+  taken: QueuedUpdate[]
+}
+
+const T = pb.SwimMessage.Type
+
+type Listener = Parameters<EventTarget['addEventListener']>[1]
+type AddOptions = Parameters<EventTarget['addEventListener']>[2]
+type RemoveOptions = Parameters<EventTarget['removeEventListener']>[2]
+
+// Declaration merge: typed overloads of the EventTarget methods.
+export interface Swim {
+  addEventListener<K extends SwimEventName>(
+    type: K,
+    listener: ((evt: SwimEvents[K]) => void) | null,
+    options?: AddOptions,
+  ): void
+  addEventListener(type: string, listener: Listener, options?: AddOptions): void
+  removeEventListener<K extends SwimEventName>(
+    type: K,
+    listener: ((evt: SwimEvents[K]) => void) | null,
+    options?: RemoveOptions,
+  ): void
+  removeEventListener(type: string, listener: Listener, options?: RemoveOptions): void
+}
+
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed event overloads only (see above)
+export class Swim extends EventTarget {
+  readonly config: Readonly<SwimConfig>
+  private readonly host: SwimHost
+  private readonly log: Logger
+  private readonly self: SwimComponents['self']
+  private readonly random: () => number
+  private readonly onDrop?: SwimInit['onDrop']
+  private readonly onMessage?: SwimInit['onMessage']
+  private readonly list: MemberList
+  private readonly queue: BroadcastQueue<QueuedUpdate>
+  private readonly health: LocalHealth
+  private readonly counters: Omit<SwimStats, 'localHealth' | 'queued' | 'members'>
+  private controller?: AbortController
+  private probeTimer?: NodeJS.Timeout
+  private gossipTimer?: NodeJS.Timeout
+  private tickTimer?: NodeJS.Timeout
+  private reconnectTimer?: NodeJS.Timeout
+  private probeOrder: string[] = []
+  private probeIndex = 0
+  private seq = 0
+  private gossiping = false
+  private readonly dialing = new Map<string, Promise<void>>()
+  private selfWire?: { incarnation: number; status: MemberStatus; wire: MemberMessage; bytes: number }
+
+  constructor(components: SwimComponents, init: SwimInit = {}) {
+    super()
+    this.config = resolveSwimConfig(init)
+    this.host = components.host
+    this.log = components.logger.child({ component: 'swim' })
+    this.self = components.self
+    this.random = init.random ?? Math.random
+    this.onDrop = init.onDrop
+    this.onMessage = init.onMessage
+    const now = Date.now()
+    this.list = new MemberList({
+      self: {
+        peerId: this.host.peerId.toString(),
+        addrs: this.selfAddrs(),
+        site: components.self.site,
+        incarnation: init.incarnation ?? now,
+      },
+      probeIntervalMs: this.config.probeIntervalMs,
+      suspicionMult: this.config.suspicionMult,
+      suspicionMaxTimeoutMult: this.config.suspicionMaxTimeoutMult,
+      reapAfterMs: this.config.reapAfterMs,
+      now,
+    })
+    this.queue = new BroadcastQueue({
+      retransmitMult: this.config.retransmitMult,
+      maxQueued: this.config.maxQueuedBroadcasts,
+    })
+    this.health = new LocalHealth(this.config.awarenessMaxMultiplier)
+    const kinds = (): Record<SwimMessageKind, number> => ({ ping: 0, ack: 0, 'ping-req': 0, nack: 0 })
+    this.counters = {
+      messagesIn: kinds(),
+      messagesOut: kinds(),
+      bytesIn: 0,
+      bytesOut: 0,
+      drops: {},
+      probes: 0,
+      directFailures: 0,
+      indirectProbes: 0,
+      suspicions: 0,
+      refutations: 0,
+      updatesApplied: 0,
+      updatesStale: 0,
+    }
+  }
+
+  get isStarted(): boolean {
+    return this.controller !== undefined
+  }
+
+  /** Our peer id. */
+  get selfId(): string {
+    return this.list.selfId
+  }
+
+  /** Our current incarnation. */
+  get incarnation(): number {
+    return this.list.incarnation
+  }
+
+  async start(): Promise<void> {
+    if (this.controller) return
+    this.controller = new AbortController()
+    setMaxListeners(Number.POSITIVE_INFINITY, this.controller.signal)
+    await this.host.handle(SWIM_PROTOCOL, (stream, connection) => this.onStream(stream, connection), {
+      // A PING_REQ holds its stream while it probes the target; a few per connection suffice.
+      maxInboundStreams: 64,
+      maxOutboundStreams: 64,
+    })
+    // Nobody has heard of us yet: take the listen addresses without a new incarnation.
+    this.list.setSelfAddrs(this.selfAddrs(), false)
+    this.enqueue(this.list.selfUpdate())
+    const { probeIntervalMs, gossipIntervalMs } = this.config
+    this.scheduleProbe(Math.floor(this.random() * probeIntervalMs))
+    this.gossipTimer = setInterval(() => {
+      this.gossipRound().catch((err) => this.log.debug({ err }, 'gossip round failed'))
+    }, gossipIntervalMs)
+    this.gossipTimer.unref()
+    this.reconnectTimer = setInterval(() => {
+      this.reconnectRound().catch((err) => this.log.debug({ err }, 'reconnect round failed'))
+    }, this.config.reconnectIntervalMs)
+    this.reconnectTimer.unref()
+    const tickMs = Math.max(10, Math.min(250, probeIntervalMs / 4))
+    this.tickTimer = setInterval(() => this.tick(), tickMs)
+    this.tickTimer.unref()
+    this.log.debug({ incarnation: this.list.incarnation }, 'swim started')
+  }
+
+  async stop(): Promise<void> {
+    const controller = this.controller
+    if (!controller) return
+    this.controller = undefined
+    controller.abort()
+    clearTimeout(this.probeTimer)
+    clearInterval(this.gossipTimer)
+    clearInterval(this.tickTimer)
+    clearInterval(this.reconnectTimer)
+    this.probeTimer = this.gossipTimer = this.tickTimer = this.reconnectTimer = undefined
+    try {
+      await this.host.unhandle(SWIM_PROTOCOL)
+    } catch (err) {
+      this.log.debug({ err }, 'unhandle failed (host stopped?)')
+    }
+    this.log.debug('swim stopped')
+  }
+
+  /**
+   * Graceful leave: gossip LEFT at a higher incarnation, push it to a few members now and wait
+   * (at most `leavePropagateMs`) until it has been sent out. Call stop() afterwards.
+   */
+  async leave(options: { signal?: AbortSignal } = {}): Promise<void> {
+    const controller = this.controller
+    if (!controller) return
+    this.enqueue(this.list.leave(Date.now()))
+    const signals = [controller.signal, AbortSignal.timeout(this.config.leavePropagateMs)]
+    if (options.signal) signals.push(options.signal)
+    const signal = anySignal(signals)
+    await this.push(this.gossipTargets(), signal)
+    const step = Math.max(10, Math.min(50, this.config.gossipIntervalMs / 2))
+    while (this.queue.isPending(this.selfId, this.list.numLive() + 1) && !signal.aborted) await delay(step, signal)
+  }
+
+  /** Everyone we know, ourselves included, dead and left members until they are reaped. */
+  members(): MemberView[] {
+    return this.list.views()
+  }
+
+  member(peerId: string): MemberView | undefined {
+    return this.list.view(peerId)
+  }
+
+  /** Members with status alive, ourselves included (unless we are leaving). */
+  aliveCount(): number {
+    return this.list.aliveCount()
+  }
+
+  /**
+   * A member learnt outside gossip (libp2p `peer:connect`, a bootstrap peer). Unknown peers are
+   * added as alive until they tell us their own record; known ones are left alone (a connection
+   * does not revive a dead member: its own higher incarnation does). True when it was new.
+   */
+  addSeed(peerId: PeerId | string, addrs: ReadonlyArray<Multiaddr | string> = []): boolean {
+    let id: string
+    try {
+      id = typeof peerId === 'string' ? peerIdFromString(peerId).toString() : peerId.toString()
+    } catch {
+      return false
+    }
+    const list: string[] = []
+    for (const a of addrs.slice(0, MAX_ADDRS)) {
+      try {
+        list.push(typeof a === 'string' ? multiaddr(a).toString() : a.toString())
+      } catch {
+        // skip what does not parse
+      }
+    }
+    const res = this.list.addSeed(id, list, Date.now())
+    this.handleResult(res)
+    return res.added === true
+  }
+
+  /**
+   * Members from anti-entropy (another agent's snapshot()). As in memberlist's mergeState, a DEAD
+   * claim about a member we think is running becomes a suspicion it can still refute.
+   */
+  mergeMembers(members: readonly MemberMessage[]): void {
+    const now = Date.now()
+    for (const m of members) {
+      const d = memberFromWire(m)
+      if (!d.ok) {
+        this.drop(d.reason)
+        continue
+      }
+      let u = d.value
+      if (u.status === 'dead') {
+        const cur = this.list.get(u.peerId)
+        if (cur && (cur.status === 'alive' || cur.status === 'suspect')) u = { ...u, status: 'suspect' }
+      }
+      this.handleResult(this.list.apply(u, now))
+    }
+  }
+
+  /** Every member we know (ourselves included) in wire form, for anti-entropy. */
+  snapshot(): MemberMessage[] {
+    return this.list.snapshot().map(memberToWire)
+  }
+
+  stats(): SwimStats {
+    const members: Record<MemberStatus, number> = { alive: 0, suspect: 0, dead: 0, left: 0 }
+    for (const m of this.list.views()) members[m.status]++
+    return {
+      ...this.counters,
+      messagesIn: { ...this.counters.messagesIn },
+      messagesOut: { ...this.counters.messagesOut },
+      drops: { ...this.counters.drops },
+      localHealth: this.health.value,
+      queued: this.queue.size,
+      members,
+    }
+  }
+
+  // ----------------------------------------------------------------------------- loops
+
+  private scheduleProbe(ms: number): void {
+    if (!this.controller) return
+    this.probeTimer = setTimeout(() => {
+      this.probeRound().catch((err) => this.log.debug({ err }, 'probe round failed'))
+    }, ms)
+    this.probeTimer.unref()
+  }
+
+  private async probeRound(): Promise<void> {
+    const controller = this.controller
+    if (!controller) return
+    const started = Date.now()
+    try {
+      this.refreshSelfAddrs()
+      const target = this.nextProbeTarget()
+      if (target) await this.probe(target, controller.signal)
+      // Alone (everyone else dead): try the dead at probe pace so a partition heals quickly.
+      else await this.reconnectRound()
+    } finally {
+      const interval = this.health.scale(this.config.probeIntervalMs)
+      this.scheduleProbe(Math.max(0, interval - (Date.now() - started)))
+    }
+  }
+
+  /** The next alive or suspect member of a shuffled round-robin (reshuffled at each pass). */
+  private nextProbeTarget(): MemberUpdate | undefined {
+    for (let tries = 0; tries <= this.probeOrder.length; tries++) {
+      if (this.probeIndex >= this.probeOrder.length) {
+        this.probeOrder = shuffle(
+          this.list.others(['alive', 'suspect']).map((m) => m.peerId),
+          this.random,
+        )
+        this.probeIndex = 0
+        if (this.probeOrder.length === 0) return undefined
+      }
+      const id = this.probeOrder[this.probeIndex++] as string
+      const m = this.list.get(id)
+      if (m && (m.status === 'alive' || m.status === 'suspect')) return m
+    }
+    return undefined
+  }
+
+  /** One probe: PING; without an ACK in time, PING_REQ through others; without any ACK, suspect. */
+  private async probe(target: MemberUpdate, signal: AbortSignal): Promise<void> {
+    this.counters.probes++
+    const intervalMs = this.health.scale(this.config.probeIntervalMs)
+    const timeoutMs = this.health.scale(this.config.probeTimeoutMs)
+    const done = new AbortController()
+    // The direct exchange may still answer late (until the interval ends), as in memberlist.
+    const directSignal = anySignal([signal, done.signal, AbortSignal.timeout(intervalMs)])
+    const direct = this.ping(target, this.nextSeq(), directSignal)
+    const early = await Promise.race([direct, delay(timeoutMs, directSignal).then(() => 'timeout' as const)])
+    if (early === 'ack') {
+      this.health.apply(-1)
+      return
+    }
+    if (signal.aborted) return
+    this.counters.directFailures++
+    this.log.debug({ peer: target.peerId }, 'no direct ack, probing indirectly')
+
+    const helpers = pickRandom(
+      this.list.others(['alive']).filter((m) => m.peerId !== target.peerId),
+      this.config.indirectChecks,
+      this.random,
+    )
+    // Wait until the interval ends, and at least long enough for a helper's NACK (sent at 80 % of
+    // its own probe timeout) to come back through two streams.
+    const waitMs = Math.max(intervalMs - timeoutMs, Math.ceil(timeoutMs * 1.5))
+    const indirectSignal = anySignal([signal, done.signal, AbortSignal.timeout(waitMs)])
+    const stopOnAck = (r: ProbeResult) => {
+      if (r === 'ack') done.abort()
+      return r
+    }
+    const results = await Promise.all([
+      direct.then(stopOnAck),
+      ...helpers.map((h) => this.pingReq(h, target, indirectSignal).then(stopOnAck)),
+    ])
+    done.abort()
+    if (results.includes('ack')) return
+    if (signal.aborted) return
+    // Lifeguard: NACKs show the helpers reached nobody either, so the fault is not on our side.
+    const nacks = results.filter((r) => r === 'nack').length
+    this.health.apply(helpers.length > 0 ? helpers.length - nacks : 1)
+    this.counters.suspicions++
+    this.log.debug({ peer: target.peerId, helpers: helpers.length, nacks }, 'probe failed, suspecting')
+    this.handleResult(this.list.suspect(target.peerId, Date.now()))
+  }
+
+  private async gossipRound(): Promise<void> {
+    const controller = this.controller
+    if (!controller || this.gossiping || this.queue.pending(this.list.numLive()) === 0) return
+    this.gossiping = true
+    try {
+      const signal = anySignal([controller.signal, AbortSignal.timeout(this.config.probeTimeoutMs)])
+      await this.push(this.gossipTargets(), signal)
+    } finally {
+      this.gossiping = false
+    }
+  }
+
+  /** Running members plus those declared dead recently (so a falsely-dead one hears it and refutes). */
+  private gossipTargets(): MemberUpdate[] {
+    const candidates = [
+      ...this.list.others(['alive', 'suspect']),
+      ...this.list.recentlyDead(Date.now(), this.config.gossipToTheDeadMs),
+    ]
+    return pickRandom(candidates, this.config.gossipNodes, this.random)
+  }
+
+  /** Best-effort PINGs carrying queued updates; the ACKs' updates are applied, failures ignored. */
+  private async push(targets: MemberUpdate[], signal: AbortSignal): Promise<void> {
+    await Promise.all(targets.map((m) => this.ping(m, this.nextSeq(), signal)))
+  }
+
+  /** PING one random dead member: if it is in fact running, our record of it makes it refute. */
+  private async reconnectRound(): Promise<void> {
+    const controller = this.controller
+    if (!controller) return
+    const [m] = pickRandom(this.list.others(['dead']), 1, this.random)
+    if (!m) return
+    const signal = anySignal([controller.signal, AbortSignal.timeout(this.config.dialTimeoutMs)])
+    await this.ping(m, this.nextSeq(), signal)
+  }
+
+  private tick(): void {
+    for (const res of this.list.tick(Date.now())) this.handleResult(res)
+  }
+
+  // ----------------------------------------------------------------------------- exchanges (dialer)
+
+  private async ping(target: MemberUpdate, seq: number, signal: AbortSignal): Promise<ProbeResult> {
+    const req = this.message(T.PING, seq, target.peerId)
+    const res = await this.exchange(target.peerId, target.addrs, req, 'ping', signal)
+    if (!res) return 'fail'
+    if (res.type !== T.ACK || res.seq !== seq) {
+      this.drop('malformed')
+      return 'fail'
+    }
+    this.ingest(res.updates, target.peerId)
+    return 'ack'
+  }
+
+  private async pingReq(
+    helper: MemberUpdate,
+    target: MemberUpdate,
+    signal: AbortSignal,
+  ): Promise<ProbeResult> {
+    this.counters.indirectProbes++
+    const seq = this.nextSeq()
+    const req = this.message(T.PING_REQ, seq, helper.peerId, {
+      target: peerIdBytes(target.peerId),
+      targetAddrs: addrsToWire(target.addrs),
+    })
+    const res = await this.exchange(helper.peerId, helper.addrs, req, 'ping-req', signal)
+    if (!res) return 'fail'
+    if ((res.type !== T.ACK && res.type !== T.NACK) || res.seq !== seq) {
+      this.drop('malformed')
+      return 'fail'
+    }
+    this.ingest(res.updates, helper.peerId)
+    return res.type === T.ACK ? 'ack' : 'nack'
+  }
+
+  /** Open a stream, send one request, read one answer. Undefined on any failure (never throws). */
+  private async exchange(
+    peer: string,
+    addrs: readonly string[],
+    req: Outgoing,
+    kind: SwimMessageKind,
+    signal: AbortSignal,
+  ): Promise<SwimMessage | undefined> {
+    let stream: Stream | undefined
+    let answered = false
+    try {
+      const peerId = peerIdFromString(peer)
+      await this.connect(peerId, addrs, signal)
+      stream = await this.host.dialProtocol(peerId, SWIM_PROTOCOL, { signal })
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+      await lp.write(req.bytes, { signal })
+      this.countOut(kind, req.bytes.length)
+      const bytes = (await lp.read({ signal })).subarray()
+      answered = true
+      const d = decodeMessage(bytes)
+      if (!d.ok) {
+        this.drop(d.reason)
+        stream.abort(new Error(`swim: ${d.reason} answer`))
+        return undefined
+      }
+      this.countIn(d.value.type, bytes.length)
+      await stream.close({ signal })
+      return d.value
+    } catch (err) {
+      const reason = readErrorReason(err)
+      if (reason) this.drop(reason)
+      stream?.abort(asError(err))
+      if (!answered) this.undelivered(req)
+      if (!signal.aborted) this.log.trace({ peer, err }, 'swim exchange failed')
+      return undefined
+    }
+  }
+
+  /**
+   * Make sure a connection exists or is being made. A first contact (TCP + noise + yamux) can take
+   * longer than a probe timeout on a busy host; the dial runs on under its own, longer timeout so
+   * that a probe giving up does not abort it and the next probe finds the connection ready.
+   */
+  private async connect(peerId: PeerId, addrs: readonly string[], signal: AbortSignal): Promise<void> {
+    if (this.host.getConnections(peerId).length > 0) return
+    const key = peerId.toString()
+    let pending = this.dialing.get(key)
+    if (!pending) {
+      const controller = this.controller
+      if (!controller) throw new Error('swim: stopped')
+      const dialSignal = anySignal([controller.signal, AbortSignal.timeout(this.config.dialTimeoutMs)])
+      pending = (async () => {
+        if (addrs.length > 0) {
+          // libp2p dials only addresses it has in its peer store.
+          await this.host.peerStore.merge(
+            peerId,
+            { multiaddrs: addrs.map((a) => multiaddr(a)) },
+            { signal: dialSignal },
+          )
+        }
+        await this.host.dial(peerId, { signal: dialSignal })
+      })()
+      this.dialing.set(key, pending)
+      pending.then(
+        () => this.dialing.delete(key),
+        (err) => {
+          this.dialing.delete(key)
+          this.log.trace({ peer: key, err }, 'dial failed')
+        },
+      )
+    }
+    await raceSignal(pending, signal)
+  }
+
+  // ----------------------------------------------------------------------------- handler (listener)
+
+  /** One inbound exchange. Never throws: bad input is dropped, counted and the stream aborted. */
+  private async onStream(stream: Stream, connection: Connection): Promise<void> {
+    const controller = this.controller
+    if (!controller) {
+      stream.abort(new Error('swim: stopped'))
+      return
+    }
+    const from = connection.remotePeer.toString()
+    const signal = anySignal([
+      controller.signal,
+      AbortSignal.timeout(this.config.probeTimeoutMs * (this.config.awarenessMaxMultiplier + 1)),
+    ])
+    try {
+      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+      let bytes: Uint8Array
+      try {
+        bytes = (await lp.read({ signal })).subarray()
+      } catch (err) {
+        const reason = readErrorReason(err)
+        if (reason) this.drop(reason)
+        stream.abort(asError(err))
+        return
+      }
+      const d = decodeMessage(bytes)
+      if (!d.ok) {
+        this.reject(stream, d.reason)
+        return
+      }
+      const msg = d.value
+      let reply: Outgoing
+      let replyKind: SwimMessageKind = 'ack'
+      if (msg.type === T.PING) {
+        this.countIn(msg.type, bytes.length)
+        this.ingest(msg.updates, from)
+        reply = this.message(T.ACK, msg.seq, from)
+      } else if (msg.type === T.PING_REQ) {
+        const target = peerIdStringFromBytes(msg.target)
+        const targetAddrs = addrsFromWire(msg.targetAddrs)
+        if (target === undefined || targetAddrs === undefined) {
+          this.reject(stream, 'malformed')
+          return
+        }
+        this.countIn(msg.type, bytes.length)
+        this.ingest(msg.updates, from)
+        const ok = await this.probeFor(target, targetAddrs, signal)
+        reply = this.message(ok ? T.ACK : T.NACK, msg.seq, from)
+        replyKind = ok ? 'ack' : 'nack'
+      } else {
+        // ACK and NACK only come back on streams we opened.
+        this.reject(stream, 'malformed')
+        return
+      }
+      try {
+        await lp.write(reply.bytes, { signal })
+      } catch (err) {
+        this.undelivered(reply)
+        throw err
+      }
+      this.countOut(replyKind, reply.bytes.length)
+      await stream.close({ signal })
+    } catch (err) {
+      stream.abort(asError(err))
+      if (!signal.aborted) this.log.trace({ from, err }, 'swim inbound exchange failed')
+    }
+  }
+
+  /** PING_REQ on behalf of another member: ACK when the target answers before our NACK deadline. */
+  private async probeFor(target: string, addrs: string[], signal: AbortSignal): Promise<boolean> {
+    if (target === this.selfId) return true
+    const known = this.list.get(target)
+    const m: MemberUpdate = known ?? { peerId: target, addrs, incarnation: 0, status: 'alive', site: '' }
+    const via = addrs.length > 0 ? { ...m, addrs } : m
+    // NACK a little before the requester gives up, so it can tell "target down" from "we are slow".
+    const timeout = AbortSignal.timeout(Math.max(1, Math.floor(this.config.probeTimeoutMs * 0.8)))
+    return (await this.ping(via, this.nextSeq(), anySignal([signal, timeout]))) === 'ack'
+  }
+
+  private reject(stream: Stream, reason: DropReason): void {
+    this.drop(reason)
+    stream.abort(new Error(`swim: ${reason} message`))
+  }
+
+  // ----------------------------------------------------------------------------- state
+
+  /** Validate and apply piggybacked updates; a bad one is dropped alone. */
+  private ingest(updates: readonly MemberMessage[] | null | undefined, from: string): void {
+    if (!updates || updates.length === 0) return
+    const now = Date.now()
+    for (const m of updates) {
+      const d = memberFromWire(m)
+      if (!d.ok) {
+        this.drop(d.reason)
+        continue
+      }
+      this.handleResult(this.list.apply(d.value, now, from))
+    }
+  }
+
+  private handleResult(res: ApplyResult): void {
+    if (res.accepted) this.counters.updatesApplied++
+    else this.counters.updatesStale++
+    if (res.broadcast) this.enqueue(res.broadcast)
+    if (res.refuted) {
+      this.counters.refutations++
+      // Lifeguard: being accused hints that we may be the slow one.
+      this.health.apply(1)
+      this.log.info({ incarnation: this.list.incarnation }, 'refuted a suspicion of this agent')
+    }
+    if (res.added && res.event && (res.event.type === 'alive' || res.event.type === 'suspect')) {
+      // Probe newcomers within this pass: insert at a random place among the members still to come.
+      const at = this.probeIndex + Math.floor(this.random() * (this.probeOrder.length - this.probeIndex + 1))
+      this.probeOrder.splice(at, 0, res.event.member.peerId)
+    }
+    if (res.event) {
+      const { type, member } = res.event
+      this.log.info({ peer: member.peerId, status: type, incarnation: member.incarnation }, 'member status')
+      this.dispatchEvent(new CustomEvent(`member:${type}`, { detail: member }))
+    }
+  }
+
+  private enqueue(u: MemberUpdate): void {
+    const wire = memberToWire(u)
+    this.queue.enqueue(u.peerId, { key: u.peerId, wire }, memberWireSize(wire))
+  }
+
+  /** A message with piggybacked updates: queued ones, our own record, and our record of `about` if it is not alive. */
+  private message(
+    type: number,
+    seq: number,
+    about: string | undefined,
+    extra: { target?: Uint8Array; targetAddrs?: Uint8Array[] } = {},
+  ): Outgoing {
+    const taken = this.queue.take(this.list.numLive(), {
+      maxItems: MAX_UPDATES - 2,
+      maxBytes: this.config.maxPiggybackBytes,
+    })
+    const updates = taken.map((q) => q.wire)
+    // Our own record rides on every message, so peers always hold our current incarnation.
+    if (!taken.some((q) => q.key === this.selfId)) updates.push(this.selfRecord())
+    if (about !== undefined && about !== this.selfId && !taken.some((q) => q.key === about)) {
+      // Tell a suspected (or dead) peer at once, so it can refute.
+      const r = this.list.get(about)
+      if (r && r.status !== 'alive') updates.push(memberToWire(r))
+    }
+    return { bytes: encodeMessage({ type, seq, updates, ...extra }), taken }
+  }
+
+  /** The message did not get through: its updates' transmissions do not count. */
+  private undelivered(out: Outgoing): void {
+    for (const q of out.taken) this.queue.restore(q.key, q)
+  }
+
+  private selfRecord(): MemberMessage {
+    const u = this.list.selfUpdate()
+    const c = this.selfWire
+    if (c && c.incarnation === u.incarnation && c.status === u.status) return c.wire
+    const wire = memberToWire(u)
+    this.selfWire = { incarnation: u.incarnation, status: u.status, wire, bytes: memberWireSize(wire) }
+    return wire
+  }
+
+  private selfAddrs(): string[] {
+    try {
+      return this.self.addrs().slice(0, MAX_ADDRS)
+    } catch {
+      return []
+    }
+  }
+
+  /** Our addresses changed (a late listen, an announce): a new incarnation spreads them. */
+  private refreshSelfAddrs(): void {
+    const u = this.list.setSelfAddrs(this.selfAddrs())
+    if (u) this.enqueue(u)
+  }
+
+  private nextSeq(): number {
+    this.seq = (this.seq + 1) >>> 0
+    return this.seq
+  }
+
+  private drop(reason: DropReason): void {
+    this.counters.drops[reason] = (this.counters.drops[reason] ?? 0) + 1
+    try {
+      this.onDrop?.(reason)
+    } catch (err) {
+      this.log.warn({ err }, 'onDrop callback threw')
+    }
+  }
+
+  private countIn(type: number, bytes: number): void {
+    const kind = messageKind(type) ?? 'ping'
+    this.counters.messagesIn[kind]++
+    this.counters.bytesIn += bytes
+    this.notify('in', kind, bytes)
+  }
+
+  private countOut(kind: SwimMessageKind, bytes: number): void {
+    this.counters.messagesOut[kind]++
+    this.counters.bytesOut += bytes
+    this.notify('out', kind, bytes)
+  }
+
+  private notify(direction: 'in' | 'out', kind: SwimMessageKind, bytes: number): void {
+    try {
+      this.onMessage?.(direction, kind, bytes)
+    } catch (err) {
+      this.log.warn({ err }, 'onMessage callback threw')
+    }
+  }
+}
+
+/** js-libp2p style factory: `swim(init)(components)`. */
+export function swim(init: SwimInit = {}): (components: SwimComponents) => Swim {
+  return (components) => new Swim(components, init)
+}
