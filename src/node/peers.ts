@@ -46,7 +46,7 @@ export class PeerTracker {
     })
     host.addEventListener('peer:connect', this.onConnect)
     host.addEventListener('peer:disconnect', this.onDisconnect)
-    this.pingTimer = setInterval(() => void this.pingAll(), this.init.pingIntervalMs ?? 10_000)
+    this.pingTimer = setInterval(() => void this.pingAll(), this.init.pingIntervalMs ?? 30_000)
     this.pingTimer.unref()
   }
 
@@ -102,6 +102,8 @@ export class PeerTracker {
       const reply = pb.Hello.decode((await lp.read({ signal })).subarray())
       this.record(conn.remotePeer, reply)
       await stream.close({ signal })
+      // A first latency figure now; the periodic pings keep it fresh.
+      await this.pingOne(conn.remotePeer)
     } catch (err) {
       this.init.logger.debug(
         { peer: conn.remotePeer.toString(), err: (err as Error).message },
@@ -126,20 +128,19 @@ export class PeerTracker {
   }
 
   private async pingAll(): Promise<void> {
-    const { host } = this.init
-    await Promise.all(
-      host.getPeers().map(async (peer) => {
-        try {
-          const ms = await host.services.ping.ping(peer, {
-            signal: AbortSignal.timeout(this.init.timeoutMs ?? 5000),
-          })
-          const d = this.details.get(peer.toString())
-          if (d) d.latencyMs = ms
-          else this.details.set(peer.toString(), { latencyMs: ms })
-        } catch {
-          // a failed ping is not news here; failure detection is the gossip layer's job
-        }
-      }),
-    )
+    await Promise.all(this.init.host.getPeers().map((peer) => this.pingOne(peer)))
+  }
+
+  private async pingOne(peer: PeerId): Promise<void> {
+    try {
+      const ms = await this.init.host.services.ping.ping(peer, {
+        signal: AbortSignal.timeout(this.init.timeoutMs ?? 5000),
+      })
+      const d = this.details.get(peer.toString())
+      if (d) d.latencyMs = ms
+      else this.details.set(peer.toString(), { latencyMs: ms })
+    } catch {
+      // a failed ping is not news here; failure detection is the gossip layer's job
+    }
   }
 }
