@@ -1,6 +1,7 @@
 // `skymesh demo`: a throwaway local mesh. Spawns N agents (two sites) in temp data dirs, creates a
-// few small VMs over the API, shows a live view, and on --duration / SIGINT / SIGTERM stops every
-// agent (SIGKILL after 5 s) and removes the temp dirs.
+// few small VMs over the API, shows a live view (each agent's own view of the mesh, the mesh's VMs),
+// optionally SIGKILLs the last agent and restarts it to show failure detection and rejoin, and on
+// --duration / SIGINT / SIGTERM stops every agent (SIGKILL after 5 s) and removes the temp dirs.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -8,11 +9,30 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import type { CreateVmRequest, VmRecord } from '../node/types.js'
+import type { ClusterView, ClusterVm, CreateVmRequest, VmRecord } from '../node/types.js'
 import { ApiClient } from './client.js'
 import type { AgentFile } from './connection.js'
-import { type AgentSnapshot, hint, mergeVms, renderLine, renderView } from './demo-view.js'
+import {
+  type AgentSnapshot,
+  eventLine,
+  type FailureClock,
+  failureLine,
+  failureSummary,
+  hint,
+  mergeVms,
+  newTracker,
+  nextFailureStep,
+  noteEvent,
+  noteKill,
+  noteRestart,
+  planFailure,
+  renderLine,
+  renderView,
+  trackTick,
+  type ViewExtras,
+} from './demo-view.js'
 import { ApiError, CliError } from './errors.js'
+import { formatDuration } from './format.js'
 import type { CliIo } from './io.js'
 
 export interface DemoOptions {
@@ -20,6 +40,10 @@ export interface DemoOptions {
   vms: number
   /** Seconds to run once the VMs exist; until a signal when absent. */
   durationS?: number
+  /** SIGKILL the last agent this many seconds after the VMs exist (0: never; absent: the default if the run is long enough). */
+  killAfterS?: number
+  /** Restart it this many seconds after the kill (0: never; absent: the default). */
+  restartAfterS?: number
   json?: boolean
   /** The skymesh entry script the agents run (default: bin/skymesh.js of this package). */
   binPath?: string
@@ -30,11 +54,20 @@ export interface DemoOptions {
 }
 
 export interface DemoSummary {
-  agents: (Omit<AgentSnapshot, 'vms'> & { pid?: number; addrs?: string[] })[]
+  agents: (Omit<AgentSnapshot, 'vms' | 'cluster'> & {
+    pid?: number
+    addrs?: string[]
+    /** Its own /v1/cluster counts at the end. */
+    cluster?: ClusterView['counts']
+  })[]
   vms: VmRecord[]
+  /** The mesh's VMs at the end, as the first reachable agent's /v1/cluster/vms tells them. */
+  meshVms?: ClusterVm[]
   created: number
   warnings: string[]
   durationS: number
+  events: { atS: number; text: string }[]
+  failure?: ReturnType<typeof failureSummary>
 }
 
 const KILL_AFTER_MS = 5000
@@ -52,6 +85,10 @@ interface Agent {
   exited: Promise<void>
   file?: AgentFile
   client?: ApiClient
+  /** Killed on purpose by the scripted failure. */
+  killed?: boolean
+  /** The killed agent's entry once its restart began. */
+  restarting?: boolean
 }
 
 /** bin/skymesh.js: three levels up from dist/src/cli/demo.js, two from src/cli/demo.ts under tsx. */
@@ -66,6 +103,7 @@ export function defaultBinPath(): string {
 export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
   const stop = new AbortController()
   let signals = 0
+  // Indexed by agent number; a restarted agent replaces its entry. Cleanup stops whatever is here.
   const agents: Agent[] = []
   const onSignal = () => {
     signals++
@@ -81,50 +119,154 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
   const root = await mkdtemp(join(tmpdir(), 'skymesh-demo-'))
   const bin = opts.binPath ?? defaultBinPath()
   const startTimeoutMs = opts.startTimeoutMs ?? 60_000
+  const tickMs = opts.tickMs ?? 1000
+  const live = !opts.json && Boolean(io.stdout.isTTY)
+  const { plan, notes } = planFailure({
+    agents: opts.agents,
+    durationS: opts.durationS,
+    killAfterS: opts.killAfterS,
+    restartAfterS: opts.restartAfterS,
+  })
+  for (const n of notes) log(`note: ${n}`)
+  // Background work (the other agents starting, a restart) is awaited before cleanup, so no agent
+  // is spawned after the stop and every child ends up in `agents`.
+  const background: Promise<unknown>[] = []
   try {
     log(`starting ${opts.agents} agents in ${root}`)
+    const startedAt = Date.now()
     const first = await startAgent(0, root, bin, [])
     agents.push(first)
     await waitReady(first, startTimeoutMs, stop.signal)
     const boot = bootstrapAddr(first)
-    const rest = await Promise.all(
-      Array.from({ length: opts.agents - 1 }, (_, i) => startAgent(i + 1, root, bin, ['--bootstrap', boot])),
-    )
-    agents.push(...rest)
-    await Promise.all(rest.map((a) => waitReady(a, startTimeoutMs, stop.signal)))
-
-    const { created, warnings } = await createVms(agents, opts.vms)
-    for (const w of warnings) log(`warning: ${w}`)
     const dir0 = first.dataDir
     if (opts.json || !io.stdout.isTTY) io[opts.json ? 'stderr' : 'stdout'].write(hint(dir0))
 
-    const started = Date.now()
-    const deadline = opts.durationS === undefined ? Number.POSITIVE_INFINITY : started + opts.durationS * 1000
-    const tickMs = opts.tickMs ?? 1000
-    const stopHint = opts.durationS === undefined ? 'Ctrl-C to stop' : `stops after ${opts.durationS}s`
-    while (!stop.signal.aborted) {
-      if (!opts.json) {
-        const snap = await snapshot(agents)
-        const elapsed = Date.now() - started
-        if (io.stdout.isTTY) io.stdout.write(CLEAR_HOME + renderView(snap, elapsed, stopHint))
-        else io.stdout.write(renderLine(snap, elapsed))
+    // The rest join while the view already runs, so the mesh is seen converging.
+    let created = 0
+    const warnings: string[] = []
+    let bootError: unknown
+    const clock: FailureClock = {}
+    let tracker = newTracker(opts.agents, plan)
+    const booting = (async () => {
+      for (let i = 1; i < opts.agents; i++) {
+        stop.signal.throwIfAborted()
+        agents.push(await startAgent(i, root, bin, ['--bootstrap', boot]))
       }
-      const left = deadline - Date.now()
-      if (left <= 0) break
-      await sleep(Math.min(tickMs, left), undefined, { signal: stop.signal }).catch(() => {})
+      await Promise.all(agents.slice(1).map((a) => waitReady(a, startTimeoutMs, stop.signal)))
+      const r = await createVms(agents, opts.vms, stop.signal)
+      created = r.created
+      warnings.push(...r.warnings)
+      for (const w of r.warnings) log(`warning: ${w}`)
+      clock.runningAt = Date.now()
+      tracker = noteEvent(tracker, clock.runningAt, `${opts.agents} agents ready, ${created} VMs created`)
+    })().catch((err: unknown) => {
+      bootError = err
+    })
+    background.push(booting)
+
+    const restart = async (index: number) => {
+      const old = agents[index]!
+      // the old process must be gone (it holds the store's lock); its agent.json outlived the
+      // SIGKILL: drop it so waitReady sees the new one
+      await old.exited
+      stop.signal.throwIfAborted()
+      await rm(join(old.dataDir, 'agent.json'), { force: true })
+      const a = await startAgent(index, root, bin, ['--bootstrap', bootstrapAddr(agents[0]!)])
+      a.restarting = true
+      agents[index] = a
+      await waitReady(a, startTimeoutMs, stop.signal)
     }
+
+    // events can be inserted before later ones (an agent's own time of a change), so remember each
+    const printed = new Set<string>()
+    let deadline = Number.POSITIVE_INFINITY
+    for (;;) {
+      if (bootError !== undefined) throw bootError
+      if (stop.signal.aborted) break
+      const now0 = Date.now()
+      if (clock.runningAt !== undefined && opts.durationS !== undefined) {
+        deadline = clock.runningAt + opts.durationS * 1000
+      }
+      const step = nextFailureStep(plan, clock, now0)
+      if (step.due === 'kill' && plan) {
+        const victim = agents[plan.target]!
+        victim.killed = true
+        victim.child.kill('SIGKILL')
+        clock.killedAt = now0
+        tracker = noteKill(tracker, now0)
+      } else if (step.due === 'restart' && plan) {
+        clock.restartedAt = now0
+        agents[plan.target]!.restarting = true
+        tracker = noteRestart(tracker, now0)
+        background.push(
+          restart(plan.target).catch((err: unknown) => {
+            if (stop.signal.aborted) return
+            const why = err instanceof Error ? err.message.split('\n')[0] : String(err)
+            tracker = noteEvent(tracker, Date.now(), `agent #${plan.target} did not come back: ${why}`)
+            warnings.push(`agent #${plan.target} did not restart: ${why}`)
+          }),
+        )
+      }
+
+      const snap = await snapshot(agents, opts.agents, root)
+      const now = Date.now()
+      tracker = trackTick(tracker, snap, now)
+      const meshVms = await meshVmsOf(agents, plan?.target)
+      if (!opts.json) {
+        const extras: ViewExtras = {
+          meshVms,
+          tracker,
+          startedAt,
+          failure: plan ? failureLine(plan, clock, startedAt, now) : undefined,
+        }
+        const elapsed = now - startedAt
+        if (live) {
+          const stopHint =
+            clock.runningAt === undefined
+              ? 'starting'
+              : opts.durationS === undefined
+                ? 'Ctrl-C to stop'
+                : `stops at ${formatDuration(deadline - startedAt)}`
+          io.stdout.write(CLEAR_HOME + renderView(snap, elapsed, stopHint, extras))
+        } else {
+          for (const e of tracker.events) {
+            const key = `${e.at} ${e.text}`
+            if (printed.has(key)) continue
+            printed.add(key)
+            io.stdout.write(eventLine(e, startedAt))
+          }
+          io.stdout.write(renderLine(snap, elapsed, extras))
+        }
+      }
+
+      const wake = Math.min(
+        now + tickMs,
+        deadline,
+        nextFailureStep(plan, clock, now).at ?? Number.POSITIVE_INFINITY,
+      )
+      if (Date.now() >= deadline) break
+      await sleep(Math.max(0, wake - Date.now()), undefined, { signal: stop.signal }).catch(() => {})
+    }
+    if (clock.runningAt === undefined) return 0 // stopped while the agents started
+
     if (opts.json) {
-      const snap = await snapshot(agents)
+      const snap = await snapshot(agents, opts.agents, root)
+      tracker = trackTick(tracker, snap, Date.now())
+      const meshVms = await meshVmsOf(agents, plan?.target)
       const summary: DemoSummary = {
-        agents: snap.map(({ vms: _vms, ...a }, i) => ({
+        agents: snap.map(({ vms: _vms, cluster, ...a }) => ({
           ...a,
-          pid: agents[i]?.child.pid,
-          addrs: agents[i]?.file?.addrs,
+          pid: agents[a.index]?.child.pid,
+          addrs: agents[a.index]?.file?.addrs,
+          cluster: cluster?.counts,
         })),
         vms: mergeVms(snap),
+        meshVms: meshVms?.vms,
         created,
         warnings,
-        durationS: Math.round((Date.now() - started) / 100) / 10,
+        durationS: Math.round((Date.now() - clock.runningAt) / 100) / 10,
+        events: tracker.events.map((e) => ({ atS: Math.round((e.at - startedAt) / 100) / 10, text: e.text })),
+        failure: failureSummary(tracker, startedAt),
       }
       io.stdout.write(`${JSON.stringify(summary, null, 2)}\n`)
     }
@@ -134,6 +276,9 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     if (stop.signal.aborted && !(err instanceof CliError)) return 0
     throw err
   } finally {
+    // an error above leaves the starts and restarts running: abort them before waiting for them
+    stop.abort()
+    await Promise.allSettled(background)
     for (const s of sigs) process.off(s, onSignal)
     opts.signal?.removeEventListener('abort', onSignal)
     if (agents.length > 0) log(`stopping ${agents.length} agents`)
@@ -143,10 +288,14 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
   }
 }
 
+function siteOf(index: number): string {
+  return index % 2 === 0 ? 'site-a' : 'site-b'
+}
+
 async function startAgent(index: number, root: string, bin: string, extra: string[]): Promise<Agent> {
   const dataDir = join(root, `agent-${index}`)
   await mkdir(dataDir, { recursive: true })
-  const site = index % 2 === 0 ? 'site-a' : 'site-b'
+  const site = siteOf(index)
   const args = [bin, 'agent', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0']
   args.push('--api', '127.0.0.1:0', '--site', site, ...extra)
   // own process group: a Ctrl-C in the terminal reaches only the demo, which then stops the agents in order
@@ -181,7 +330,8 @@ async function waitReady(agent: Agent, timeoutMs: number, signal: AbortSignal): 
       throw new CliError(`agent #${agent.index} exited ${how} before it was ready${tailOf(agent)}`)
     }
     const file = await tryReadAgentFile(agent.dataDir)
-    if (file) {
+    // a pid from another process: the agent.json of an earlier run of this data dir
+    if (file && (file.pid === 0 || file.pid === agent.child.pid)) {
       const token = (await readFile(join(agent.dataDir, 'api-token'), 'utf8').catch(() => '')).trim()
       if (token) {
         agent.file = file
@@ -242,11 +392,16 @@ export function demoVmSpecs(count: number): CreateVmRequest[] {
   }))
 }
 
-async function createVms(agents: Agent[], count: number): Promise<{ created: number; warnings: string[] }> {
+async function createVms(
+  agents: Agent[],
+  count: number,
+  signal: AbortSignal,
+): Promise<{ created: number; warnings: string[] }> {
   const warnings: string[] = []
   let created = 0
   const specs = demoVmSpecs(count)
   for (const [i, spec] of specs.entries()) {
+    signal.throwIfAborted()
     const agent = agents[i % agents.length]!
     try {
       await agent.client!.createVm(spec)
@@ -259,9 +414,12 @@ async function createVms(agents: Agent[], count: number): Promise<{ created: num
   return { created, warnings }
 }
 
-async function snapshot(agents: Agent[]): Promise<AgentSnapshot[]> {
+/** One row per agent, also for those not spawned yet (`starting`). */
+async function snapshot(agents: Agent[], total: number, root: string): Promise<AgentSnapshot[]> {
   return Promise.all(
-    agents.map(async (a): Promise<AgentSnapshot> => {
+    Array.from({ length: total }, async (_, index): Promise<AgentSnapshot> => {
+      const a = agents[index]
+      if (!a) return { index, site: siteOf(index), dataDir: join(root, `agent-${index}`), error: 'starting' }
       const base: AgentSnapshot = {
         index: a.index,
         site: a.site,
@@ -269,16 +427,38 @@ async function snapshot(agents: Agent[]): Promise<AgentSnapshot[]> {
         api: a.client?.baseUrl,
         peerId: a.file?.peerId,
       }
+      if (a.killed && a.exit) return { ...base, error: a.restarting ? 'restarting' : 'killed (SIGKILL)' }
       if (a.exit) return { ...base, error: `exited (${a.exit.signal ?? `code ${a.exit.code}`})` }
-      if (!a.client) return { ...base, error: 'starting' }
+      if (!a.client) return { ...base, error: a.restarting ? 'restarting' : 'starting' }
       try {
-        const [node, peers, vms] = await Promise.all([a.client.node(), a.client.peers(), a.client.listVms()])
-        return { ...base, node, peers: peers.peers.length, vms: vms.vms }
+        const [node, peers, vms, cluster] = await Promise.all([
+          a.client.node(),
+          a.client.peers(),
+          a.client.listVms(),
+          a.client.cluster(),
+        ])
+        return { ...base, node, peers: peers.peers.length, vms: vms.vms, cluster }
       } catch (err) {
         return { ...base, error: err instanceof ApiError ? err.code : 'unreachable' }
       }
     }),
   )
+}
+
+/** The mesh's VMs from the first agent that answers (never the one to be killed, so the source stays put). */
+async function meshVmsOf(
+  agents: Agent[],
+  target: number | undefined,
+): Promise<{ from: number; vms: ClusterVm[] } | undefined> {
+  for (const a of agents) {
+    if (!a || a.index === target || a.exit || !a.client) continue
+    try {
+      return { from: a.index, vms: (await a.client.clusterVms()).vms }
+    } catch {
+      // try the next one
+    }
+  }
+  return undefined
 }
 
 /** SIGTERM, then SIGKILL if it has not exited after 5 s. */

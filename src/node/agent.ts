@@ -16,6 +16,7 @@ import { AgentError } from './errors.js'
 import { loadOrCreatePeerKey } from './identity.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
+import { AgentMigrations } from './migrations.js'
 import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
 import { Store } from './store.js'
@@ -26,6 +27,8 @@ import type {
   ClusterView,
   ClusterVm,
   CreateVmRequest,
+  MigrateVmRequest,
+  MigrationView,
   NodeInfo,
   PeerInfo,
   Resources,
@@ -60,6 +63,7 @@ export class Agent implements AgentService {
   private peerTracker?: PeerTracker
   private bootstrapper?: Bootstrapper
   private gossip?: Gossip
+  private migrations?: AgentMigrations
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
   private readonly records = new Map<string, StoredVm>()
@@ -160,6 +164,48 @@ export class Agent implements AgentService {
       { swim: config.gossip.swim, state: config.gossip.state },
     )
     await this.gossip.start()
+    this.migrations = new AgentMigrations({
+      host: this.host,
+      logger: this.log.child({ component: 'transfer' }),
+      driver: this.requireDriver(),
+      store: this.requireStore(),
+      metrics: this.metrics,
+      owner: {
+        peerId: this.peerId,
+        record: (id) => this.records.get(id),
+        instance: (id) => this.instances.get(id),
+        free: () => {
+          const used = this.used()
+          const cap = this.config.capacity
+          return {
+            vcpus: cap.vcpus - used.vcpus,
+            memoryMiB: cap.memoryMiB - used.memoryMiB,
+            diskMiB: cap.diskMiB - used.diskMiB,
+          }
+        },
+        vmDir: (id) => this.vmDir(id),
+        adoptIncoming: (rec, instance) =>
+          this.serial(async () => {
+            await this.saveRecord(rec)
+            this.adopt(instance)
+          }),
+        releaseOutgoing: (id) =>
+          this.serial(async () => {
+            const instance = this.instances.get(id)
+            this.instances.delete(id)
+            await instance?.destroy()
+            await rm(this.vmDir(id), { recursive: true, force: true })
+            this.records.delete(id)
+            await this.requireStore().deleteVm(id)
+            this.gossip?.notifyChanged()
+          }),
+        update: async (id, patch) => {
+          const rec = this.records.get(id)
+          if (rec) await this.saveRecord({ ...rec, ...patch })
+        },
+      },
+    })
+    await this.migrations.start()
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -191,6 +237,10 @@ export class Agent implements AgentService {
     // Tell the mesh first, so our suspended VMs show as host-left rather than host-lost.
     await this.gossip?.leave()
     await this.peerTracker?.stop().catch(() => {})
+    // Outgoing migrations not past their handover roll back (the VM runs here), then get suspended.
+    await this.migrations
+      ?.stop()
+      .catch((err: unknown) => this.log.warn({ err }, 'migrations did not stop cleanly'))
     await this.serial(async () => {
       for (const [id, vm] of this.instances) {
         const rec = this.records.get(id)
@@ -234,11 +284,37 @@ export class Agent implements AgentService {
   }
 
   listVms(): VmRecord[] {
-    return [...this.records.values()].map(publicRecord).sort((a, b) => a.createdAt.localeCompare(b.createdAt))
+    return [...this.records.values()]
+      .map((r) => this.withMigration(publicRecord(r)))
+      .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
   }
 
   getVm(id: string): VmRecord {
-    return publicRecord(this.requireRecord(id))
+    return this.withMigration(publicRecord(this.requireRecord(id)))
+  }
+
+  migrateVm(id: string, req: MigrateVmRequest): MigrationView {
+    this.requireRecord(id)
+    const { to, ...options } = req
+    if (to === this.peerId) throw new AgentError('BAD_REQUEST', 'to: that is this host', { field: 'to' })
+    const member = this.gossip?.members().find((m) => m.peerId === to)
+    const connected = this.host?.getPeers().some((p) => p.toString() === to)
+    if (!connected && member?.status !== 'alive') {
+      throw new AgentError('BAD_REQUEST', `to: ${to} is not a live host of this mesh`, { field: 'to' })
+    }
+    return this.requireMigrations().migrate(id, to, options)
+  }
+
+  listMigrations(): MigrationView[] {
+    return this.requireMigrations().list()
+  }
+
+  getMigration(id: string): MigrationView {
+    return this.requireMigrations().get(id)
+  }
+
+  cancelMigration(id: string): MigrationView {
+    return this.requireMigrations().cancel(id)
   }
 
   createVm(req: CreateVmRequest): Promise<VmRecord> {
@@ -305,6 +381,7 @@ export class Agent implements AgentService {
   deleteVm(id: string): Promise<void> {
     return this.serial(async () => {
       const rec = this.requireRecord(id)
+      this.refuseWhileMigrating(id, 'delete')
       const instance = this.instances.get(id)
       if (instance) await instance.destroy()
       else await rm(this.vmDir(id), { recursive: true, force: true })
@@ -320,6 +397,7 @@ export class Agent implements AgentService {
   pauseVm(id: string): Promise<VmRecord> {
     return this.serial(async () => {
       const vm = this.requireInstance(id, 'pause')
+      this.refuseWhileMigrating(id, 'pause')
       if (vm.state !== 'running')
         throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not running`)
       await vm.pause()
@@ -330,6 +408,7 @@ export class Agent implements AgentService {
   resumeVm(id: string): Promise<VmRecord> {
     return this.serial(async () => {
       const vm = this.requireInstance(id, 'resume')
+      this.refuseWhileMigrating(id, 'resume')
       if (vm.state !== 'paused') throw new AgentError('INVALID_STATE', `VM ${id} is ${vm.state}, not paused`)
       await vm.resume()
       return publicRecord(await this.syncState(id))
@@ -479,7 +558,12 @@ export class Agent implements AgentService {
       memoryMiB += r.memoryMiB
       diskMiB += r.diskMiB
     }
-    return { vcpus, memoryMiB, diskMiB }
+    const held = this.migrations?.reserved()
+    return {
+      vcpus: vcpus + (held?.vcpus ?? 0),
+      memoryMiB: memoryMiB + (held?.memoryMiB ?? 0),
+      diskMiB: diskMiB + (held?.diskMiB ?? 0),
+    }
   }
 
   /** On start: resume what a clean stop suspended; a VM that was live when the agent died is crashed. */
@@ -572,6 +656,30 @@ export class Agent implements AgentService {
   private requireHost(): Host {
     if (!this.host) throw new AgentError('NOT_RUNNING', 'the agent is not started')
     return this.host
+  }
+
+  private withMigration(rec: VmRecord): VmRecord {
+    const m = this.migrations?.activeFor(rec.id)
+    if (!m) return rec
+    return {
+      ...rec,
+      migration: {
+        id: m.id,
+        direction: m.direction,
+        peer: m.direction === 'out' ? m.to : m.from,
+        phase: m.phase,
+      },
+    }
+  }
+
+  private refuseWhileMigrating(id: string, what: string): void {
+    const m = this.migrations?.activeFor(id)
+    if (m) throw new AgentError('INVALID_STATE', `cannot ${what} VM ${id}: migration ${m.id} is in progress`)
+  }
+
+  private requireMigrations(): AgentMigrations {
+    if (!this.migrations) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.migrations
   }
 
   private requireGossip(): Gossip {

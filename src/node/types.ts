@@ -1,6 +1,7 @@
 // Shapes the agent shows through its API (and the CLI reads). JSON-safe: strings, numbers, arrays.
 import type { Registry } from 'prom-client'
 import type { MemberStatus } from '../gossip/types.js'
+import type { MigrationView } from '../transfer/index.js'
 import type { VmState, WorkloadSpec } from '../vm/types.js'
 
 export interface Resources {
@@ -52,7 +53,22 @@ export interface VmRecord {
   /** ISO 8601. */
   createdAt: string
   updatedAt: string
+  /** Set while a live migration of this VM runs (in or out). */
+  migration?: { id: string; direction: 'in' | 'out'; peer: string; phase: string }
 }
+
+export interface MigrateVmRequest {
+  /** Peer id of the destination host. */
+  to: string
+  mode?: 'precopy' | 'postcopy' | 'auto'
+  downtimeMs?: number
+  bandwidthMiBps?: number
+  maxRounds?: number
+  streams?: number
+  compression?: 'auto' | 'on' | 'off'
+}
+
+export type { MigrationView }
 
 export interface CreateVmRequest {
   name: string
@@ -133,6 +149,13 @@ export interface AgentService {
   resumeVm(id: string): Promise<VmRecord>
   /** Throws AgentError VM_NOT_FOUND / INVALID_STATE (a crashed VM has no memory). */
   vmDigest(id: string): Promise<VmDigest>
+  /** Starts a live migration (202); throws VM_NOT_FOUND, BAD_REQUEST (unknown host), INVALID_STATE. */
+  migrateVm(id: string, req: MigrateVmRequest): MigrationView
+  listMigrations(): MigrationView[]
+  /** Throws NOT_FOUND. */
+  getMigration(id: string): MigrationView
+  /** Cancels before the handover; throws NOT_FOUND or INVALID_STATE (too late). */
+  cancelMigration(id: string): MigrationView
   /** Every host of the mesh. */
   cluster(): ClusterView
   /** Every VM of the mesh with its host and epoch. */

@@ -1,4 +1,34 @@
-// Transfer: live migration (pre-copy, post-copy) of memory pages and disk blocks over libp2p streams,
-// and image propagation. Knows VMs only through the driver interface of src/vm. Built in the
-// migration issue.
-export {}
+// Transfer: live migration (pre-copy, post-copy, auto) of memory pages and disk blocks over libp2p
+// streams. Knows VMs only through the driver interface of src/vm. See README.md.
+export { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, STATUS_PROTOCOL } from './constants.js'
+export {
+  CancelledError,
+  HandoverInDoubtError,
+  LinkError,
+  MigrationError,
+  type MigrationErrorCode,
+  MigrationRefusedError,
+  ProtocolError,
+  type RefusalCode,
+  VerifyFailedError,
+} from './errors.js'
+export type { CompressionChoice, DedupChoice, MigrateOptions, ResolvedOptions } from './options.js'
+export { decideNextRound, estimateEtaMs, type Mode, shouldCompress } from './policy.js'
+export { type MigrationView, type Phase, TERMINAL_PHASES } from './progress.js'
+export {
+  type MigrationEvents,
+  MigrationService,
+  type MigrationServiceInit,
+  migrationService,
+} from './service.js'
+export type { Outcome } from './status.js'
+export type {
+  DestinationHooks,
+  IncomingOffer,
+  LocalVm,
+  MigrationComponents,
+  MigrationHost,
+  Reservation,
+  SourceHooks,
+  TransferTimeouts,
+} from './types.js'

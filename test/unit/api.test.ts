@@ -8,12 +8,14 @@ import { createApiServer } from '../../src/node/api/index.js'
 import { AgentError } from '../../src/node/errors.js'
 import type {
   AgentService,
+  ClusterView,
+  ClusterVm,
   CreateVmRequest,
+  MigrateVmRequest,
+  MigrationView,
   NodeInfo,
   PeerInfo,
   VmDigest,
-  ClusterView,
-  ClusterVm,
   VmRecord,
 } from '../../src/node/types.js'
 
@@ -45,10 +47,68 @@ class FakeAgent implements AgentService {
     return u
   }
 
+  migrateVm(id: string, req: MigrateVmRequest): MigrationView {
+    const vm = this.getVm(id)
+    const m: MigrationView = {
+      id: `mig-${++this.seq}`,
+      vmId: vm.id,
+      direction: 'out',
+      from: vm.host,
+      to: req.to,
+      mode: req.mode ?? 'precopy',
+      postcopy: false,
+      phase: 'offer',
+      round: 0,
+      startedAt: Date.now(),
+      bytesSent: 0,
+      wireBytes: 0,
+      pagesSent: 0,
+      blocksSent: 0,
+      zeroPages: 0,
+      zeroBlocks: 0,
+      dedupPages: 0,
+      dedupBlocks: 0,
+      frames: 0,
+      compressedFrames: 0,
+      faultPages: 0,
+      dirtyRateMiBps: 0,
+      bandwidthMiBps: 0,
+    }
+    this.migrations.set(m.id, m)
+    return m
+  }
+
+  readonly migrations = new Map<string, MigrationView>()
+
+  listMigrations(): MigrationView[] {
+    return [...this.migrations.values()]
+  }
+
+  getMigration(id: string): MigrationView {
+    const m = this.migrations.get(id)
+    if (!m) throw new AgentError('NOT_FOUND', `no migration '${id}'`)
+    return m
+  }
+
+  cancelMigration(id: string): MigrationView {
+    const m = this.getMigration(id)
+    m.phase = 'cancelled'
+    return m
+  }
+
   cluster(): ClusterView {
     return {
       self: '12D3KooWFake',
-      hosts: [{ peerId: '12D3KooWFake', self: true, status: 'alive', site: 'test', addrs: [], vmCount: this.vms.size }],
+      hosts: [
+        {
+          peerId: '12D3KooWFake',
+          self: true,
+          status: 'alive',
+          site: 'test',
+          addrs: [],
+          vmCount: this.vms.size,
+        },
+      ],
       counts: { alive: 1, suspect: 0, dead: 0, left: 0 },
     }
   }
@@ -589,5 +649,74 @@ describe('api: listen', () => {
       await server.close()
     }
     await assert.rejects(fetch(`${base}/healthz`))
+  })
+})
+
+describe('api: migrations and cluster', () => {
+  it('starts a migration (202), lists, shows and cancels it', async () => {
+    const { app } = setup()
+    const vm = await createOne(app)
+    const res = await app.inject({
+      method: 'POST',
+      url: `/v1/vms/${vm.id}/migrate`,
+      headers: AUTH,
+      payload: { to: '12D3KooWOther', mode: 'auto', downtimeMs: 30, streams: 4, compression: 'off' },
+    })
+    assert.equal(res.statusCode, 202)
+    const m = res.json()
+    assert.equal(m.vmId, vm.id)
+    assert.equal(m.mode, 'auto')
+    const list = await app.inject({ method: 'GET', url: '/v1/migrations', headers: AUTH })
+    assert.equal(list.json().migrations.length, 1)
+    assert.equal(
+      (await app.inject({ method: 'GET', url: `/v1/migrations/${m.id}`, headers: AUTH })).json().id,
+      m.id,
+    )
+    const del = await app.inject({ method: 'DELETE', url: `/v1/migrations/${m.id}`, headers: AUTH })
+    assert.equal(del.json().phase, 'cancelled')
+    assert.equal(
+      (await app.inject({ method: 'GET', url: '/v1/migrations/nope', headers: AUTH })).statusCode,
+      404,
+    )
+  })
+
+  it('rejects bad migrate bodies by field, and starts nothing', async () => {
+    const { app, agent } = setup()
+    const vm = await createOne(app)
+    const cases: [unknown, RegExp][] = [
+      [{}, /to: required/],
+      [{ to: 'peer', mode: 'teleport' }, /mode/],
+      [{ to: 'peer', downtimeMs: 0 }, /downtimeMs/],
+      [{ to: 'peer', streams: 64 }, /streams/],
+      [{ to: 'peer', bandwidthMiBps: -1 }, /bandwidthMiBps/],
+      [{ to: 'peer', compression: 'max' }, /compression/],
+      [{ to: 'peer', speed: 'fast' }, /speed/],
+    ]
+    for (const [payload, pattern] of cases) {
+      const res = await app.inject({
+        method: 'POST',
+        url: `/v1/vms/${vm.id}/migrate`,
+        headers: AUTH,
+        payload: payload as object,
+      })
+      assert.equal(res.statusCode, 400, JSON.stringify(payload))
+      assert.match(res.json().error.message, pattern)
+    }
+    assert.equal(agent.migrations.size, 0)
+  })
+
+  it('GET /v1/cluster, /v1/cluster/vms and one VM by name', async () => {
+    const { app } = setup()
+    const vm = await createOne(app)
+    const c = await app.inject({ method: 'GET', url: '/v1/cluster', headers: AUTH })
+    assert.equal(c.json().counts.alive, 1)
+    const vms = await app.inject({ method: 'GET', url: '/v1/cluster/vms', headers: AUTH })
+    assert.equal(vms.json().vms[0].id, vm.id)
+    const one = await app.inject({ method: 'GET', url: `/v1/cluster/vms/${vm.name}`, headers: AUTH })
+    assert.equal(one.json().id, vm.id)
+    assert.equal(
+      (await app.inject({ method: 'GET', url: '/v1/cluster/vms/nope', headers: AUTH })).statusCode,
+      404,
+    )
   })
 })

@@ -68,7 +68,7 @@ describe('swim member list: incarnation rules', () => {
     assert.equal(r.event, undefined, 'alive -> alive is no status change')
     assert.deepEqual(l.get(A)?.addrs, ['/ip4/10.0.0.1/tcp/1'])
 
-    assert.equal(l.apply(upd(A, 'suspect', 6), T0, B).event?.type, 'suspect')
+    assert.equal(l.apply(upd(A, 'suspect', 6), T0).event?.type, 'suspect')
     assert.equal(l.apply(upd(A, 'alive', 6), T0).accepted, false, 'alive@i does not clear suspect@i')
     const back = l.apply(upd(A, 'alive', 7), T0 + 10)
     assert.equal(back.event?.type, 'alive')
@@ -79,12 +79,12 @@ describe('swim member list: incarnation rules', () => {
   it('suspect overrides alive at the same or a higher incarnation, not a lower one', () => {
     const l = list()
     l.apply(upd(A, 'alive', 5), T0)
-    assert.equal(l.apply(upd(A, 'suspect', 4), T0, B).accepted, false)
+    assert.equal(l.apply(upd(A, 'suspect', 4), T0).accepted, false)
     assert.equal(l.get(A)?.status, 'alive')
-    assert.equal(l.apply(upd(A, 'suspect', 5), T0, B).accepted, true)
+    assert.equal(l.apply(upd(A, 'suspect', 5), T0).accepted, true)
     assert.equal(l.get(A)?.status, 'suspect')
     l.apply(upd(C, 'alive', 1), T0)
-    assert.equal(l.apply(upd(C, 'suspect', 3), T0, B).accepted, true)
+    assert.equal(l.apply(upd(C, 'suspect', 3), T0).accepted, true)
     assert.equal(l.get(C)?.incarnation, 3)
   })
 
@@ -94,7 +94,7 @@ describe('swim member list: incarnation rules', () => {
     assert.equal(l.apply(upd(A, 'dead', 4), T0).accepted, false)
     assert.equal(l.apply(upd(A, 'dead', 5), T0).event?.type, 'dead')
     l.apply(upd(B, 'alive', 5), T0)
-    l.apply(upd(B, 'suspect', 5), T0, C)
+    l.apply(upd(B, 'suspect', 5), T0)
     assert.equal(l.apply(upd(B, 'left', 6), T0).event?.type, 'left')
     assert.equal(l.suspicionOf(B), undefined)
   })
@@ -225,21 +225,28 @@ describe('swim suspicion timeouts', () => {
     assert.equal(new Suspicion({ start: 5, k: 0, minMs: 1000, maxMs: 6000 }).deadline, 1005)
   })
 
-  it('a suspect becomes dead when its timer runs out; confirmations bring it forward', () => {
+  it('a suspect becomes dead when its timer runs out; independent evidence brings it forward', () => {
     const l = list()
     for (const id of ids.slice(1, 11)) l.apply(upd(id, 'alive', 1), T0)
     assert.equal(l.numLive(), 11)
-    l.apply(upd(A, 'suspect', 1), T0, B)
+    const D = ids[4] as string
+    l.apply(upd(A, 'suspect', 1), T0)
     const s0 = l.suspicionOf(A)
     assert.ok(s0)
     const min = suspicionMinTimeoutMs(4, 11, PROBE)
     assert.deepEqual([s0.k, s0.minMs, s0.maxMs, s0.deadline], [2, min, 6 * min, T0 + 6 * min])
-    // Relayed by another member: a confirmation, worth gossiping again.
-    const c1 = l.apply(upd(A, 'suspect', 1), T0 + 100, C)
+    // Relayed gossip is not evidence: it cannot be told from the original accusation.
+    assert.equal(l.apply(upd(A, 'suspect', 1), T0 + 100).accepted, false)
+    assert.equal(l.suspicionOf(A)?.confirmations, 0)
+    // First-hand failures (a PING_REQ about A from C, a NACK from D) confirm, each observer once.
+    const c1 = l.observeFailure(A, C, T0 + 100)
     assert.equal(c1.accepted, true)
+    assert.deepEqual(c1.broadcast, upd(A, 'suspect', 1), 'a confirmation is gossiped again')
     assert.equal(c1.event, undefined)
-    assert.equal(l.apply(upd(A, 'suspect', 1), T0 + 100, C).accepted, false)
-    l.apply(upd(A, 'suspect', 1), T0 + 200, ids[4])
+    assert.equal(l.observeFailure(A, C, T0 + 150).accepted, false)
+    const d1 = l.suspicionOf(A)?.deadline ?? 0
+    assert.ok(d1 < T0 + 6 * min && d1 > T0 + min)
+    l.observeFailure(A, D, T0 + 200)
     assert.equal(l.suspicionOf(A)?.deadline, T0 + min)
     assert.deepEqual(l.tick(T0 + min - 1), [])
     const out = l.tick(T0 + min)
@@ -249,10 +256,29 @@ describe('swim suspicion timeouts', () => {
     assert.equal(l.get(A)?.status, 'dead')
   })
 
+  it('evidence seen just before a suspicion starts counts toward it', () => {
+    const l = list()
+    for (const id of ids.slice(1, 11)) l.apply(upd(id, 'alive', 1), T0)
+    const min = suspicionMinTimeoutMs(4, 11, PROBE)
+    l.observeFailure(A, B, T0)
+    l.observeFailure(A, C, T0 + 10)
+    l.observeFailure(A, ids[4] as string, T0 - 10 * min)
+    // Our own probe fails: we accuse, the two recent observations confirm.
+    const r = l.suspect(A, T0 + 20)
+    assert.equal(r.event?.type, 'suspect')
+    assert.equal(l.suspicionOf(A)?.confirmations, 2)
+    assert.equal(l.suspicionOf(A)?.deadline, T0 + 20 + min)
+    // A refutation clears the suspicion; a later one starts from scratch.
+    l.apply(upd(A, 'alive', 2), T0 + 30)
+    l.apply(upd(A, 'suspect', 2), T0 + 40)
+    assert.equal(l.suspicionOf(A)?.confirmations, 0)
+    assert.equal(l.suspicionOf(A)?.deadline, T0 + 40 + 6 * min)
+  })
+
   it('the timeout of a fresh suspicion grows with the mesh size', () => {
     const small = list()
     small.apply(upd(A, 'alive', 1), T0)
-    small.apply(upd(A, 'suspect', 1), T0, B)
+    small.apply(upd(A, 'suspect', 1), T0)
     const big = new MemberList({
       self: { peerId: SELF, addrs: [], site: '', incarnation: 1 },
       probeIntervalMs: PROBE,
@@ -263,7 +289,7 @@ describe('swim suspicion timeouts', () => {
     })
     // 200 members (random-looking but valid ids are not needed by the pure list).
     for (let i = 0; i < 200; i++) big.apply(upd(`member-${i}`, 'alive', 1), T0)
-    big.apply(upd('member-0', 'suspect', 1), T0, 'member-1')
+    big.apply(upd('member-0', 'suspect', 1), T0)
     const a = small.suspicionOf(A)
     const b = big.suspicionOf('member-0')
     assert.ok(a && b)
@@ -311,6 +337,23 @@ describe('swim broadcast queue', () => {
     assert.deepEqual(q.take(5, { maxItems: 32, maxBytes: 150 }), ['c'], 'byte budget')
     for (let i = 0; i < 40; i++) q.enqueue(`m${i}`, `m${i}`, 1)
     assert.equal(q.take(5, { maxItems: 32, maxBytes: 10_000 }).length, 32)
+  })
+
+  it('an undelivered transmission is given back, unless a newer update replaced it', () => {
+    const q = new BroadcastQueue<string>({ retransmitMult: 1, maxQueued: 100 })
+    q.enqueue('a', 'a1', 1)
+    assert.deepEqual(q.take(5, { maxItems: 32, maxBytes: 100 }), ['a1'])
+    assert.equal(q.isPending('a', 5), false, 'limit 1 reached')
+    assert.equal(q.pending(5), 0)
+    q.restore('a', 'a1')
+    assert.equal(q.isPending('a', 5), true)
+    assert.deepEqual(q.take(5, { maxItems: 32, maxBytes: 100 }), ['a1'])
+    q.enqueue('a', 'a2', 1)
+    q.restore('a', 'a1')
+    assert.equal(q.transmits('a'), 0)
+    assert.deepEqual(q.take(5, { maxItems: 32, maxBytes: 100 }), ['a2'])
+    assert.deepEqual(q.take(5, { maxItems: 32, maxBytes: 100 }), [])
+    assert.equal(q.size, 0)
   })
 
   it('is bounded: beyond maxQueued the most-sent entries go', () => {

@@ -6,6 +6,15 @@ import { parseNonNegative, parseNonNegativeInt, parsePositiveInt } from '../pars
 
 const MAX_AGENTS = 32
 
+interface DemoFlags {
+  agents: number
+  vms: number
+  duration?: number
+  killAfter?: number
+  restartAfter?: number
+  json?: boolean
+}
+
 export function registerDemoCommand(program: Command, io: CliIo): void {
   program
     .command('demo')
@@ -13,12 +22,31 @@ export function registerDemoCommand(program: Command, io: CliIo): void {
     .option('--agents <n>', 'agents to start (two sites)', parsePositiveInt, 4)
     .option('--vms <n>', 'small VMs to create, spread over the agents', parseNonNegativeInt, 6)
     .option('--duration <seconds>', 'stop after this many seconds (default: at Ctrl-C)', parseNonNegative)
+    .option(
+      '--kill-after <seconds>',
+      'SIGKILL the last agent this long after the VMs exist, to watch the others detect it ' +
+        '(default: 20 if the run lasts at least 35 s or has no --duration; 0: never)',
+      parseNonNegative,
+    )
+    .option(
+      '--restart-after <seconds>',
+      'restart the killed agent (same data dir, same identity) this long after the kill ' +
+        '(default: 15; 0: never)',
+      parseNonNegative,
+    )
     .option('--json', 'print one JSON summary at the end instead of the live view')
-    .action(async (opts: { agents: number; vms: number; duration?: number; json?: boolean }) => {
+    .action(async (opts: DemoFlags) => {
       if (opts.agents > MAX_AGENTS) throw new UsageError(`--agents: at most ${MAX_AGENTS} on one machine`)
       const { runDemo } = await import('../demo.js')
       const code = await runDemo(
-        { agents: opts.agents, vms: opts.vms, durationS: opts.duration, json: opts.json },
+        {
+          agents: opts.agents,
+          vms: opts.vms,
+          durationS: opts.duration,
+          killAfterS: opts.killAfter,
+          restartAfterS: opts.restartAfter,
+          json: opts.json,
+        },
         io,
       )
       if (code !== 0) throw new ExitCode(code)

@@ -12,6 +12,8 @@ export interface BroadcastQueueOptions {
 export interface TakeOptions {
   maxItems: number
   maxBytes: number
+  /** Key not to hand out (and not to count): the recipient knows itself best. */
+  exclude?: string
 }
 
 interface Entry<T> {
@@ -92,7 +94,7 @@ export class BroadcastQueue<T> {
         this.entries.delete(e.key)
         continue
       }
-      if (out.length >= opts.maxItems || bytes + e.bytes > opts.maxBytes) continue
+      if (e.key === opts.exclude || out.length >= opts.maxItems || bytes + e.bytes > opts.maxBytes) continue
       bytes += e.bytes
       out.push(e.item)
       e.transmits++

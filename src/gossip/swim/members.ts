@@ -2,6 +2,12 @@
 // SWIM/memberlist incarnation rules, refutes claims about ourselves, runs suspicion timeouts and
 // keeps dead members as tombstones until they are reaped. Each call returns what changed so the
 // caller can gossip it (`broadcast`) and tell listeners (`event`).
+//
+// Lifeguard confirmations: our Member message has no "accuser" field, so a relayed suspect claim
+// cannot be told from an independent one, and counting relays would shrink every timeout to the
+// minimum within a gossip round. Confirmations therefore come from first-hand failure evidence the
+// protocol does carry (observeFailure): a PING_REQ about the member (its sender's direct probe
+// failed), a NACK from a helper, our own failed probe or failed indirect probe.
 import type { MemberStatus, MemberView } from '../types.js'
 import { Suspicion, suspicionConfirmations, suspicionMinTimeoutMs } from './suspicion.js'
 
@@ -59,6 +65,8 @@ export class MemberList {
   private readonly records = new Map<string, MemberRecord>()
   private readonly me: MemberRecord
   private leaving = false
+  /** Recent first-hand failure evidence: target -> observer -> when. */
+  private readonly evidence = new Map<string, Map<string, number>>()
 
   constructor(opts: MemberListOptions) {
     this.opts = opts
@@ -158,21 +166,42 @@ export class MemberList {
     return { accepted: true, added: true, event: { type: 'alive', member: this.toView(r) } }
   }
 
-  /** Our probe of `peerId` failed: suspect it at the incarnation we know. */
+  /** Our probe of `peerId` failed (no ACK at all): suspect it at the incarnation we know. */
   suspect(peerId: string, now: number): ApplyResult {
     const r = this.records.get(peerId)
     if (!r || r === this.me) return STALE
+    if (r.status === 'suspect') return this.observeFailure(peerId, this.selfId, now)
     return this.apply({ ...toUpdate(r), status: 'suspect' }, now, this.selfId)
   }
 
   /**
-   * Apply a claim. `from` is the peer that told us (counted as a suspicion confirmation);
-   * undefined for claims from a snapshot.
+   * `observer` saw `peerId` fail first-hand. A confirmation of a running suspicion (accepted, worth
+   * gossiping again when new), or kept for a suspicion that starts soon after.
    */
-  apply(u: MemberUpdate, now: number, from?: string): ApplyResult {
+  observeFailure(peerId: string, observer: string, now: number): ApplyResult {
+    if (peerId === this.selfId || peerId === observer) return STALE
+    const r = this.records.get(peerId)
+    if (!r || r.status === 'dead' || r.status === 'left') return STALE
+    let seen = this.evidence.get(peerId)
+    if (!seen) {
+      seen = new Map()
+      this.evidence.set(peerId, seen)
+    }
+    seen.set(observer, now)
+    if (r.status === 'suspect' && r.suspicion?.confirm(observer)) {
+      return { accepted: true, broadcast: toUpdate(r) }
+    }
+    return STALE
+  }
+
+  /**
+   * Apply a claim. `accuser` is set only when the claim is first-hand (our own probe failed);
+   * gossip and snapshots pass nothing.
+   */
+  apply(u: MemberUpdate, now: number, accuser?: string): ApplyResult {
     if (u.peerId === this.selfId) return this.applySelf(u)
     const cur = this.records.get(u.peerId)
-    if (!cur) return this.add(u, now, from)
+    if (!cur) return this.add(u, now, accuser)
     switch (u.status) {
       case 'alive': {
         // Alive overrides anything at a lower incarnation; a dead member comes back only this way.
@@ -182,6 +211,7 @@ export class MemberList {
         cur.addrs = [...u.addrs]
         cur.site = u.site
         cur.suspicion = undefined
+        this.evidence.delete(u.peerId)
         if (prev !== 'alive') {
           cur.status = 'alive'
           cur.statusSince = now
@@ -198,13 +228,13 @@ export class MemberList {
         if (cur.status === 'suspect' && cur.suspicion) {
           const raised = u.incarnation > cur.incarnation
           if (raised) cur.incarnation = u.incarnation
-          const confirmed = from !== undefined && cur.suspicion.confirm(from)
+          const confirmed = accuser !== undefined && cur.suspicion.confirm(accuser)
           return raised || confirmed ? { accepted: true, broadcast: toUpdate(cur) } : STALE
         }
         cur.status = 'suspect'
         cur.incarnation = u.incarnation
         cur.statusSince = now
-        cur.suspicion = this.newSuspicion(now, from)
+        cur.suspicion = this.newSuspicion(u.peerId, now, accuser)
         return {
           accepted: true,
           broadcast: toUpdate(cur),
@@ -220,6 +250,7 @@ export class MemberList {
         cur.incarnation = u.incarnation
         cur.statusSince = now
         cur.suspicion = undefined
+        this.evidence.delete(u.peerId)
         return {
           accepted: true,
           broadcast: toUpdate(cur),
@@ -230,9 +261,14 @@ export class MemberList {
     return STALE
   }
 
-  /** Expire suspicions (suspect -> dead) and reap old tombstones. */
+  /** Expire suspicions (suspect -> dead), reap old tombstones, forget stale failure evidence. */
   tick(now: number): ApplyResult[] {
     const out: ApplyResult[] = []
+    const window = this.evidenceWindowMs(this.numLive())
+    for (const [target, seen] of this.evidence) {
+      for (const [observer, at] of seen) if (now - at > window) seen.delete(observer)
+      if (seen.size === 0 || !this.records.has(target)) this.evidence.delete(target)
+    }
     for (const [id, r] of this.records) {
       if (r === this.me) continue
       if (r.status === 'suspect' && r.suspicion && r.suspicion.deadline <= now) {
@@ -305,7 +341,7 @@ export class MemberList {
     return { accepted: true, broadcast: toUpdate(this.me), refuted: true }
   }
 
-  private add(u: MemberUpdate, now: number, from?: string): ApplyResult {
+  private add(u: MemberUpdate, now: number, accuser?: string): ApplyResult {
     const r: MemberRecord = {
       peerId: u.peerId,
       addrs: [...u.addrs],
@@ -314,7 +350,7 @@ export class MemberList {
       site: u.site,
       statusSince: now,
     }
-    if (u.status === 'suspect') r.suspicion = this.newSuspicion(now, from)
+    if (u.status === 'suspect') r.suspicion = this.newSuspicion(u.peerId, now, accuser)
     this.records.set(u.peerId, r)
     // Dead and left strangers are recorded too: the tombstone stops stale alive gossip reviving them.
     return {
@@ -325,16 +361,27 @@ export class MemberList {
     }
   }
 
-  private newSuspicion(now: number, from?: string): Suspicion {
+  private newSuspicion(peerId: string, now: number, accuser?: string): Suspicion {
     const n = this.numLive()
-    const minMs = suspicionMinTimeoutMs(this.opts.suspicionMult, n, this.opts.probeIntervalMs)
-    return new Suspicion({
+    const minMs = this.evidenceWindowMs(n)
+    const s = new Suspicion({
       start: now,
       k: suspicionConfirmations(this.opts.suspicionMult, n),
       minMs,
       maxMs: this.opts.suspicionMaxTimeoutMult * minMs,
-      from,
+      from: accuser,
     })
+    // Failures observed just before the suspicion started count toward it.
+    for (const [observer, at] of this.evidence.get(peerId) ?? []) {
+      if (now - at <= minMs) s.confirm(observer)
+    }
+    this.evidence.delete(peerId)
+    return s
+  }
+
+  /** How long failure evidence stays relevant: the minimum suspicion timeout. */
+  private evidenceWindowMs(n: number): number {
+    return suspicionMinTimeoutMs(this.opts.suspicionMult, n, this.opts.probeIntervalMs)
   }
 
   private toView(r: MemberRecord): MemberView {

@@ -93,6 +93,16 @@ interface Outgoing {
 }
 
 const T = pb.SwimMessage.Type
+const LEAVE_FANOUT = 16
+/** A join sync sends at most this many messages (32 records each); anti-entropy covers bigger meshes. */
+const MAX_SYNC_MESSAGES = 64
+const MAX_CONCURRENT_SYNCS = 8
+const SYNC_FULL_MESH = 128
+
+/** No record, a placeholder from addSeed, or one that had died or left: it needs our list. */
+function isNewcomer(prev: MemberUpdate | undefined): boolean {
+  return prev === undefined || prev.incarnation === 0 || prev.status === 'dead' || prev.status === 'left'
+}
 
 type Listener = Parameters<EventTarget['addEventListener']>[1]
 type AddOptions = Parameters<EventTarget['addEventListener']>[2]
@@ -137,6 +147,7 @@ export class Swim extends EventTarget {
   private seq = 0
   private gossiping = false
   private readonly dialing = new Map<string, Promise<void>>()
+  private readonly syncing = new Set<string>()
   private selfWire?: { incarnation: number; status: MemberStatus; wire: MemberMessage; bytes: number }
 
   constructor(components: SwimComponents, init: SwimInit = {}) {
@@ -245,7 +256,7 @@ export class Swim extends EventTarget {
   }
 
   /**
-   * Graceful leave: gossip LEFT at a higher incarnation, push it to a few members now and wait
+   * Graceful leave: gossip LEFT at a higher incarnation, push it to up to 16 members now and wait
    * (at most `leavePropagateMs`) until it has been sent out. Call stop() afterwards.
    */
   async leave(options: { signal?: AbortSignal } = {}): Promise<void> {
@@ -255,9 +266,12 @@ export class Swim extends EventTarget {
     const signals = [controller.signal, AbortSignal.timeout(this.config.leavePropagateMs)]
     if (options.signal) signals.push(options.signal)
     const signal = anySignal(signals)
-    await this.push(this.gossipTargets(), signal)
+    // Leaving is rare: tell up to LEAVE_FANOUT members directly, gossip carries it to the rest.
+    const running = this.list.others(['alive', 'suspect'])
+    await this.push(pickRandom(running, Math.max(this.config.gossipNodes, LEAVE_FANOUT), this.random), signal)
     const step = Math.max(10, Math.min(50, this.config.gossipIntervalMs / 2))
-    while (this.queue.isPending(this.selfId, this.list.numLive() + 1) && !signal.aborted) await delay(step, signal)
+    while (this.queue.isPending(this.selfId, this.list.numLive()) && !signal.aborted)
+      await delay(step, signal)
   }
 
   /** Everyone we know, ourselves included, dead and left members until they are reaped. */
@@ -386,18 +400,42 @@ export class Swim extends EventTarget {
   /** One probe: PING; without an ACK in time, PING_REQ through others; without any ACK, suspect. */
   private async probe(target: MemberUpdate, signal: AbortSignal): Promise<void> {
     this.counters.probes++
-    const intervalMs = this.health.scale(this.config.probeIntervalMs)
-    const timeoutMs = this.health.scale(this.config.probeTimeoutMs)
     const done = new AbortController()
+    try {
+      const result = await this.probeOnce(target, signal, done)
+      if (result === 'ack' || signal.aborted) return
+      // Lifeguard: NACKs show the helpers reached nobody either, so the fault is not on our side;
+      // missing ones hint that we are the slow one.
+      this.health.apply(result.helpers > 0 ? result.helpers - result.nacks : 1)
+      this.counters.suspicions++
+      this.log.debug({ peer: target.peerId, ...result }, 'probe failed, suspecting')
+      this.handleResult(this.list.suspect(target.peerId, Date.now()))
+    } finally {
+      done.abort()
+    }
+  }
+
+  private async probeOnce(
+    target: MemberUpdate,
+    signal: AbortSignal,
+    done: AbortController,
+  ): Promise<'ack' | { helpers: number; nacks: number }> {
+    let intervalMs = this.health.scale(this.config.probeIntervalMs)
+    let timeoutMs = this.health.scale(this.config.probeTimeoutMs)
+    if (!this.isConnected(target.peerId)) {
+      // A first contact must also set up TCP + noise + yamux: grant it one more probe interval.
+      timeoutMs += this.config.probeIntervalMs
+      intervalMs += this.config.probeIntervalMs
+    }
     // The direct exchange may still answer late (until the interval ends), as in memberlist.
     const directSignal = anySignal([signal, done.signal, AbortSignal.timeout(intervalMs)])
     const direct = this.ping(target, this.nextSeq(), directSignal)
     const early = await Promise.race([direct, delay(timeoutMs, directSignal).then(() => 'timeout' as const)])
     if (early === 'ack') {
       this.health.apply(-1)
-      return
+      return 'ack'
     }
-    if (signal.aborted) return
+    if (signal.aborted) return { helpers: 0, nacks: 0 }
     this.counters.directFailures++
     this.log.debug({ peer: target.peerId }, 'no direct ack, probing indirectly')
 
@@ -418,15 +456,8 @@ export class Swim extends EventTarget {
       direct.then(stopOnAck),
       ...helpers.map((h) => this.pingReq(h, target, indirectSignal).then(stopOnAck)),
     ])
-    done.abort()
-    if (results.includes('ack')) return
-    if (signal.aborted) return
-    // Lifeguard: NACKs show the helpers reached nobody either, so the fault is not on our side.
-    const nacks = results.filter((r) => r === 'nack').length
-    this.health.apply(helpers.length > 0 ? helpers.length - nacks : 1)
-    this.counters.suspicions++
-    this.log.debug({ peer: target.peerId, helpers: helpers.length, nacks }, 'probe failed, suspecting')
-    this.handleResult(this.list.suspect(target.peerId, Date.now()))
+    if (results.includes('ack')) return 'ack'
+    return { helpers: helpers.length, nacks: results.filter((r) => r === 'nack').length }
   }
 
   private async gossipRound(): Promise<void> {
@@ -465,6 +496,61 @@ export class Swim extends EventTarget {
     await this.ping(m, this.nextSeq(), signal)
   }
 
+  /**
+   * Join sync (memberlist's push/pull, one way): send a newcomer every record we hold, up to
+   * 32 per PING, so a member that knows only its seed learns the mesh at once instead of waiting
+   * for gossip that may already have run out. Anti-entropy (snapshot/mergeMembers) remains the
+   * periodic repair.
+   */
+  private scheduleSync(peer: string): void {
+    const controller = this.controller
+    if (!controller || this.syncing.has(peer) || this.syncing.size >= MAX_CONCURRENT_SYNCS) return
+    // Every member a newcomer meets syncs it in a small mesh; in a big one about SYNC_FULL_MESH do.
+    const n = this.list.numLive()
+    if (n > SYNC_FULL_MESH && this.random() >= SYNC_FULL_MESH / n) return
+    this.syncing.add(peer)
+    this.syncTo(peer, controller.signal)
+      .catch((err) => this.log.debug({ err, peer }, 'join sync failed'))
+      .finally(() => this.syncing.delete(peer))
+  }
+
+  private async syncTo(peer: string, stopSignal: AbortSignal): Promise<void> {
+    const target = this.list.get(peer)
+    if (!target) return
+    const records = this.list.snapshot().filter((u) => u.peerId !== peer && u.peerId !== this.selfId)
+    let chunk: MemberMessage[] = []
+    let bytes = 0
+    let sent = 0
+    const flush = async (): Promise<boolean> => {
+      if (chunk.length === 0) return true
+      const seq = this.nextSeq()
+      const req: Outgoing = {
+        bytes: encodeMessage({ type: T.PING, seq, updates: [...chunk, this.selfRecord()] }),
+        taken: [],
+      }
+      chunk = []
+      bytes = 0
+      sent++
+      const signal = anySignal([
+        stopSignal,
+        AbortSignal.timeout(this.health.scale(this.config.probeTimeoutMs) * 2),
+      ])
+      const res = await this.exchange(peer, target.addrs, req, 'ping', signal)
+      if (res && res.type === T.ACK && res.seq === seq) this.ingest(res.updates, peer)
+      return res !== undefined
+    }
+    for (const u of records) {
+      const wire = memberToWire(u)
+      const size = memberWireSize(wire)
+      if (chunk.length >= MAX_UPDATES - 1 || bytes + size > this.config.maxPiggybackBytes) {
+        if (sent >= MAX_SYNC_MESSAGES || !(await flush())) return
+      }
+      chunk.push(wire)
+      bytes += size
+    }
+    if (sent < MAX_SYNC_MESSAGES) await flush()
+  }
+
   private tick(): void {
     for (const res of this.list.tick(Date.now())) this.handleResult(res)
   }
@@ -501,7 +587,12 @@ export class Swim extends EventTarget {
       return 'fail'
     }
     this.ingest(res.updates, helper.peerId)
-    return res.type === T.ACK ? 'ack' : 'nack'
+    if (res.type === T.NACK) {
+      // The helper could not reach the target either: its evidence confirms a suspicion.
+      this.handleResult(this.list.observeFailure(target.peerId, helper.peerId, Date.now()), false)
+      return 'nack'
+    }
+    return 'ack'
   }
 
   /** Open a stream, send one request, read one answer. Undefined on any failure (never throws). */
@@ -530,7 +621,12 @@ export class Swim extends EventTarget {
         return undefined
       }
       this.countIn(d.value.type, bytes.length)
-      await stream.close({ signal })
+      try {
+        await stream.close({ signal })
+      } catch (err) {
+        // The answer is in; a failed close only costs the stream.
+        stream.abort(asError(err))
+      }
       return d.value
     } catch (err) {
       const reason = readErrorReason(err)
@@ -539,6 +635,14 @@ export class Swim extends EventTarget {
       if (!answered) this.undelivered(req)
       if (!signal.aborted) this.log.trace({ peer, err }, 'swim exchange failed')
       return undefined
+    }
+  }
+
+  private isConnected(peer: string): boolean {
+    try {
+      return this.host.getConnections(peerIdFromString(peer)).length > 0
+    } catch {
+      return false
     }
   }
 
@@ -624,7 +728,10 @@ export class Swim extends EventTarget {
         }
         this.countIn(msg.type, bytes.length)
         this.ingest(msg.updates, from)
+        // The requester's direct probe failed: first-hand evidence (a Lifeguard confirmation).
+        this.handleResult(this.list.observeFailure(target, from, Date.now()), false)
         const ok = await this.probeFor(target, targetAddrs, signal)
+        if (!ok) this.handleResult(this.list.observeFailure(target, this.selfId, Date.now()), false)
         reply = this.message(ok ? T.ACK : T.NACK, msg.seq, from)
         replyKind = ok ? 'ack' : 'nack'
       } else {
@@ -665,6 +772,10 @@ export class Swim extends EventTarget {
   // ----------------------------------------------------------------------------- state
 
   /** Validate and apply piggybacked updates; a bad one is dropped alone. */
+  /**
+   * Validate and apply piggybacked updates from `from`; a bad one is dropped alone. A member that
+   * introduces itself to us for the first time (or again after being dead) gets our member list.
+   */
   private ingest(updates: readonly MemberMessage[] | null | undefined, from: string): void {
     if (!updates || updates.length === 0) return
     const now = Date.now()
@@ -674,13 +785,21 @@ export class Swim extends EventTarget {
         this.drop(d.reason)
         continue
       }
-      this.handleResult(this.list.apply(d.value, now, from))
+      const u = d.value
+      const prev = u.peerId === from ? this.list.get(from) : undefined
+      // Relayed claims are not first-hand evidence: no accuser.
+      const res = this.list.apply(u, now)
+      this.handleResult(res)
+      if (u.peerId === from && res.accepted && u.status === 'alive' && isNewcomer(prev))
+        this.scheduleSync(from)
     }
   }
 
-  private handleResult(res: ApplyResult): void {
-    if (res.accepted) this.counters.updatesApplied++
-    else this.counters.updatesStale++
+  private handleResult(res: ApplyResult, isUpdate = true): void {
+    if (isUpdate) {
+      if (res.accepted) this.counters.updatesApplied++
+      else this.counters.updatesStale++
+    }
     if (res.broadcast) this.enqueue(res.broadcast)
     if (res.refuted) {
       this.counters.refutations++
@@ -705,7 +824,10 @@ export class Swim extends EventTarget {
     this.queue.enqueue(u.peerId, { key: u.peerId, wire }, memberWireSize(wire))
   }
 
-  /** A message with piggybacked updates: queued ones, our own record, and our record of `about` if it is not alive. */
+  /**
+   * A message to `about` with piggybacked updates: queued ones (except those about the recipient
+   * itself), our own record, and our record of the recipient if it is not alive (so it can refute).
+   */
   private message(
     type: number,
     seq: number,
@@ -715,12 +837,12 @@ export class Swim extends EventTarget {
     const taken = this.queue.take(this.list.numLive(), {
       maxItems: MAX_UPDATES - 2,
       maxBytes: this.config.maxPiggybackBytes,
+      exclude: about,
     })
     const updates = taken.map((q) => q.wire)
     // Our own record rides on every message, so peers always hold our current incarnation.
     if (!taken.some((q) => q.key === this.selfId)) updates.push(this.selfRecord())
-    if (about !== undefined && about !== this.selfId && !taken.some((q) => q.key === about)) {
-      // Tell a suspected (or dead) peer at once, so it can refute.
+    if (about !== undefined && about !== this.selfId) {
       const r = this.list.get(about)
       if (r && r.status !== 'alive') updates.push(memberToWire(r))
     }

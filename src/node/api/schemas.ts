@@ -91,6 +91,26 @@ export const createVmSchema = z
     }
   })
 
+/** `POST /v1/vms/:id/migrate`: where to, and how. */
+export const migrateVmSchema = z.strictObject(
+  {
+    to: (() => {
+      const e = expect('the peer id of the destination host')
+      return z.string(e).min(1, e).max(LIMITS.idMaxLength, e).regex(ID_RE, e)
+    })(),
+    mode: z.enum(['precopy', 'postcopy', 'auto'], expect("'precopy', 'postcopy' or 'auto'")).optional(),
+    downtimeMs: intIn(1, 60_000).optional(),
+    bandwidthMiBps: (() => {
+      const e = expect('a number > 0 (MiB/s)')
+      return z.number(e).positive(e).max(1_000_000, e)
+    })().optional(),
+    maxRounds: intIn(1, 1000).optional(),
+    streams: intIn(1, 16).optional(),
+    compression: z.enum(['auto', 'on', 'off'], expect("'auto', 'on' or 'off'")).optional(),
+  },
+  expect('a JSON object'),
+)
+
 export const idParamsSchema = z.strictObject({
   id: (() => {
     const e = expect(`1 to ${LIMITS.idMaxLength} characters of letters, digits, '.', '_', ':' or '-'`)

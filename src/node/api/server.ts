@@ -8,6 +8,7 @@ import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { clusterRoutes } from './routes/cluster.js'
+import { migrationRoutes } from './routes/migrations.js'
 import { nodeRoutes } from './routes/node.js'
 import { vmRoutes } from './routes/vms.js'
 import { LIMITS } from './schemas.js'
@@ -62,6 +63,7 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   nodeRoutes(app, init.agent)
   vmRoutes(app, init.agent)
   clusterRoutes(app, init.agent)
+  migrationRoutes(app, init.agent)
 
   let closing: Promise<void> | undefined
   return {

@@ -1,0 +1,309 @@
+// The agent's side of live migration: capacity reservations for incoming VMs, the registry and
+// journal updates at each step of the handover, and the recovery of a handover left in doubt.
+// The engine (src/transfer) moves the bytes and runs the protocol; this decides what the host owns.
+import type { PeerId } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { Logger } from 'pino'
+import type { Registry } from 'prom-client'
+import { Counter } from 'prom-client'
+import {
+  type IncomingOffer,
+  type LocalVm,
+  type MigrateOptions,
+  MigrationError,
+  MigrationRefusedError,
+  MigrationService,
+  type MigrationView,
+  type Reservation,
+} from '../transfer/index.js'
+import type { VmDriver, VmInstance } from '../vm/types.js'
+import { AgentError } from './errors.js'
+import type { Host } from './p2p.js'
+import type { Store } from './store.js'
+import type { Resources, VmRecord } from './types.js'
+
+/** What the glue needs from the agent: its registry and capacity, nothing else. */
+export interface MigrationOwner {
+  readonly peerId: string
+  record(id: string): VmRecord | undefined
+  instance(id: string): VmInstance | undefined
+  /** Free capacity now, reservations included. */
+  free(): Resources
+  vmDir(id: string): string
+  /** Registers a VM that arrived (the agent adopts the instance). */
+  adoptIncoming(rec: VmRecord, instance: VmInstance): Promise<void>
+  /** Drops a VM that left: destroys its instance, deletes its record. */
+  releaseOutgoing(id: string): Promise<void>
+  /** The VM's record changed (state, migration marker): persist and gossip it. */
+  update(id: string, patch: Partial<VmRecord>): Promise<void>
+}
+
+export interface MigrationsInit {
+  host: Host
+  logger: Logger
+  driver: VmDriver
+  store: Store
+  owner: MigrationOwner
+  metrics: Registry
+}
+
+export class AgentMigrations {
+  readonly service: MigrationService
+  private readonly reservations = new Map<string, Resources>()
+  private readonly log: Logger
+  private readonly outcomes: Counter
+
+  constructor(private readonly init: MigrationsInit) {
+    this.log = init.logger
+    this.outcomes = new Counter({
+      name: 'skymesh_migrations_total',
+      help: 'Migrations by direction and outcome',
+      labelNames: ['direction', 'outcome'],
+      registers: [init.metrics],
+    })
+    this.service = new MigrationService({
+      host: init.host,
+      logger: init.logger,
+      driver: init.driver,
+      vmDir: (id) => init.owner.vmDir(id),
+      lookupVm: (id) => this.lookupVm(id),
+      hooks: {
+        reserve: (offer) => this.reserve(offer),
+        onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
+        lookupOutcome: (id) => this.lookupOutcome(id),
+        onHandover: (m) => this.onHandover(m),
+        onReleased: (m) => this.onReleased(m),
+        onAborted: (m) => this.onAborted(m),
+        onInDoubt: (m) => this.onInDoubt(m),
+      },
+    })
+    this.service.on('progress', (m: MigrationView) => this.onProgress(m))
+  }
+
+  /** Memory, vCPUs and disk held for incoming VMs not committed yet. */
+  reserved(): Resources {
+    const r = { vcpus: 0, memoryMiB: 0, diskMiB: 0 }
+    for (const x of this.reservations.values()) {
+      r.vcpus += x.vcpus
+      r.memoryMiB += x.memoryMiB
+      r.diskMiB += x.diskMiB
+    }
+    return r
+  }
+
+  async start(): Promise<void> {
+    await this.service.start()
+    // A handover journaled but never resolved (the agent died, or the answer never came): ask.
+    for (const e of await this.init.store.listJournal({ kind: 'migration-out', state: 'open' })) {
+      void this.resolveInDoubt(e.id, e.vmId ?? '', String(e.data.migrationId), String(e.data.to))
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.service.stop()
+  }
+
+  migrate(vmId: string, to: string, options: MigrateOptions): MigrationView {
+    const rec = this.init.owner.record(vmId)
+    if (!rec) throw new AgentError('VM_NOT_FOUND', `no VM with id '${vmId}' on this host`)
+    let peer: PeerId
+    try {
+      peer = peerIdFromString(to)
+    } catch {
+      throw new AgentError('BAD_REQUEST', `to: '${to}' is not a peer id`, { field: 'to' })
+    }
+    try {
+      return this.service.migrate(vmId, peer, options)
+    } catch (err) {
+      if (err instanceof MigrationRefusedError) {
+        throw new AgentError(err.code === 'UNKNOWN_VM' ? 'VM_NOT_FOUND' : 'INVALID_STATE', err.message, {
+          reason: err.code,
+        })
+      }
+      throw err
+    }
+  }
+
+  list(): MigrationView[] {
+    return this.service.list().sort((a, b) => b.startedAt - a.startedAt)
+  }
+
+  get(id: string): MigrationView {
+    const m = this.service.get(id)
+    if (!m) throw new AgentError('NOT_FOUND', `no migration '${id}' on this host`)
+    return m
+  }
+
+  cancel(id: string): MigrationView {
+    try {
+      this.service.cancel(id)
+    } catch (err) {
+      if (err instanceof MigrationError && err.code === 'UNKNOWN_MIGRATION') {
+        throw new AgentError('NOT_FOUND', err.message)
+      }
+      if (err instanceof MigrationError)
+        throw new AgentError('INVALID_STATE', err.message, { reason: err.code })
+      throw err
+    }
+    return this.get(id)
+  }
+
+  /** The migration in flight for a VM, if any (the agent refuses pause/delete meanwhile). */
+  activeFor(vmId: string): MigrationView | undefined {
+    return this.service
+      .list()
+      .find((m) => m.vmId === vmId && !['done', 'failed', 'cancelled'].includes(m.phase))
+  }
+
+  // --- engine hooks ---
+
+  private lookupVm(id: string): LocalVm | undefined {
+    const rec = this.init.owner.record(id)
+    const instance = this.init.owner.instance(id)
+    if (!rec || !instance) return undefined
+    return {
+      instance,
+      spec: {
+        id: rec.id,
+        name: rec.name,
+        vcpus: rec.vcpus,
+        memoryMiB: rec.memoryMiB,
+        diskMiB: rec.diskMiB,
+        workload: rec.workload,
+      },
+      epoch: rec.epoch,
+    }
+  }
+
+  private async reserve(offer: IncomingOffer): Promise<Reservation> {
+    const { spec } = offer
+    if (this.init.owner.record(spec.id)) {
+      return { ok: false, code: 'VM_EXISTS', message: `VM ${spec.id} is already on this host` }
+    }
+    const free = this.init.owner.free()
+    if (spec.memoryMiB > free.memoryMiB || spec.diskMiB > free.diskMiB) {
+      return {
+        ok: false,
+        code: 'NO_CAPACITY',
+        message: `needs ${spec.memoryMiB} MiB memory / ${spec.diskMiB} MiB disk; free ${free.memoryMiB} / ${free.diskMiB}`,
+      }
+    }
+    this.reservations.set(offer.migrationId, {
+      vcpus: spec.vcpus,
+      memoryMiB: spec.memoryMiB,
+      diskMiB: spec.diskMiB,
+    })
+    return { ok: true, id: offer.migrationId, release: () => this.reservations.delete(offer.migrationId) }
+  }
+
+  private async onCommit(m: MigrationView, instance: VmInstance, newEpoch: number): Promise<void> {
+    const spec = instance.spec
+    const now = new Date().toISOString()
+    // Journal first: if we die between here and RUNNING, the source asks and we must say "committed".
+    await this.init.store.appendJournal({
+      kind: 'migration-in',
+      vmId: spec.id,
+      state: 'committed',
+      data: { migrationId: m.id, from: m.from, epoch: newEpoch },
+    })
+    await this.init.owner.adoptIncoming(
+      {
+        ...spec,
+        state: instance.state,
+        host: this.init.owner.peerId,
+        epoch: newEpoch,
+        createdAt: now,
+        updatedAt: now,
+      },
+      instance,
+    )
+    this.reservations.delete(m.id)
+    this.log.info({ vm: spec.id, from: m.from, epoch: newEpoch, migration: m.id }, 'VM arrived')
+  }
+
+  private async lookupOutcome(migrationId: string): Promise<'committed' | 'aborted' | undefined> {
+    const entries = await this.init.store.listJournal({ kind: 'migration-in' })
+    return entries.some((e) => e.data.migrationId === migrationId) ? 'committed' : undefined
+  }
+
+  private async onHandover(m: MigrationView): Promise<void> {
+    await this.init.store.appendJournal({
+      kind: 'migration-out',
+      vmId: m.vmId,
+      data: { migrationId: m.id, to: m.to },
+    })
+  }
+
+  private async onReleased(m: MigrationView): Promise<void> {
+    await this.init.owner.releaseOutgoing(m.vmId)
+    await this.closeJournal(m.id, 'committed')
+    this.outcomes.inc({ direction: 'out', outcome: 'done' })
+    this.log.info({ vm: m.vmId, to: m.to, migration: m.id }, 'VM left for its new host')
+  }
+
+  private async onAborted(m: MigrationView): Promise<void> {
+    await this.closeJournal(m.id, 'aborted')
+    this.log.warn({ vm: m.vmId, to: m.to, error: m.error }, 'migration failed; the VM runs here')
+  }
+
+  private async onInDoubt(m: MigrationView): Promise<void> {
+    this.log.error({ vm: m.vmId, to: m.to, migration: m.id }, 'handover in doubt: VM stays paused here')
+    const entry = (await this.init.store.listJournal({ kind: 'migration-out', state: 'open' })).find(
+      (e) => e.data.migrationId === m.id,
+    )
+    if (entry) void this.resolveInDoubt(entry.id, m.vmId, m.id, m.to)
+  }
+
+  /** Asks the destination until it says; committed -> drop our copy, aborted -> run it here. */
+  private async resolveInDoubt(
+    journalId: string,
+    vmId: string,
+    migrationId: string,
+    to: string,
+  ): Promise<void> {
+    for (let attempt = 0; attempt < 60; attempt++) {
+      try {
+        const outcome = await this.service.queryStatus(peerIdFromString(to), migrationId, {
+          signal: AbortSignal.timeout(5000),
+        })
+        if (outcome === 'committed') {
+          if (this.init.owner.record(vmId)) await this.init.owner.releaseOutgoing(vmId)
+          await this.init.store.updateJournal(journalId, { state: 'committed' })
+          this.log.info({ vm: vmId, migration: migrationId }, 'in-doubt handover resolved: committed there')
+          return
+        }
+        if (outcome === 'aborted' || outcome === 'unknown') {
+          const vm = this.init.owner.instance(vmId)
+          if (vm && vm.state === 'paused') await vm.resume()
+          await this.init.store.updateJournal(journalId, { state: 'aborted' })
+          this.log.warn(
+            { vm: vmId, migration: migrationId },
+            'in-doubt handover resolved: not committed, runs here',
+          )
+          return
+        }
+      } catch (err) {
+        this.log.debug({ vm: vmId, err: (err as Error).message }, 'destination not answering yet')
+      }
+      await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5))).unref())
+    }
+    this.log.error(
+      { vm: vmId, migration: migrationId },
+      'handover still in doubt; VM left paused, operator needed',
+    )
+  }
+
+  private async closeJournal(migrationId: string, state: 'committed' | 'aborted'): Promise<void> {
+    for (const e of await this.init.store.listJournal({ kind: 'migration-out', state: 'open' })) {
+      if (e.data.migrationId === migrationId) await this.init.store.updateJournal(e.id, { state })
+    }
+  }
+
+  private onProgress(m: MigrationView): void {
+    if (m.direction === 'in' && (m.phase === 'failed' || m.phase === 'cancelled'))
+      this.reservations.delete(m.id)
+    if (m.phase === 'failed') this.outcomes.inc({ direction: m.direction, outcome: 'failed' })
+    if (m.phase === 'cancelled') this.outcomes.inc({ direction: m.direction, outcome: 'cancelled' })
+    if (m.direction === 'in' && m.phase === 'done') this.outcomes.inc({ direction: 'in', outcome: 'done' })
+  }
+}

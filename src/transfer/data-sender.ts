@@ -1,0 +1,141 @@
+// The source end of one data stream: sends frames within a window of unacknowledged bytes (the
+// destination acknowledges each frame once applied, so a slow destination slows the source instead of
+// overflowing its read buffer), under an optional shared bandwidth limit.
+import type { Stream } from '@libp2p/interface'
+import { pb } from '../proto/index.js'
+import { MAX_FRAME_BYTES, MAX_WINDOW_BYTES } from './constants.js'
+import { LinkError, ProtocolError } from './errors.js'
+import type { TokenBucket } from './rate.js'
+import { Framed } from './wire.js'
+
+export interface DataSenderInit {
+  window: number
+  stallTimeoutMs: number
+  bucket?: TokenBucket
+  /** Called with the wire bytes of each acknowledged frame. */
+  onAck: (bytes: number) => void
+  signal: AbortSignal
+}
+
+export class DataSender {
+  readonly framed: Framed
+  readonly #init: DataSenderInit
+  readonly #window: number
+  readonly #inflight: { seq: number; bytes: number }[] = []
+  #inflightBytes = 0
+  #seq = 0
+  #error: Error | null = null
+  #wake: (() => void) | null = null
+  readonly acks: Promise<void>
+
+  constructor(stream: Stream, init: DataSenderInit) {
+    this.framed = new Framed(stream, 64, MAX_WINDOW_BYTES)
+    this.#init = init
+    this.#window = Math.min(init.window, MAX_WINDOW_BYTES)
+    this.acks = this.#readAcks().catch((err: unknown) => this.#fail(err as Error))
+  }
+
+  get nextSeq(): number {
+    return this.#seq
+  }
+
+  get inflightBytes(): number {
+    return this.#inflightBytes
+  }
+
+  /** Sends the DataHello that binds this stream to a migration. */
+  async hello(migrationId: string, reservationId: string, streamIndex: number): Promise<void> {
+    const bytes = pb.DataHello.encode({ migrationId, reservationId, streamIndex }).finish()
+    await this.framed.write(bytes, this.#init.signal)
+  }
+
+  /** Sends one encoded frame (its seq must be `nextSeq`), waiting for credit first. */
+  async send(frame: Uint8Array): Promise<void> {
+    if (frame.length > MAX_FRAME_BYTES) throw new RangeError(`frame of ${frame.length} bytes`)
+    await this.#waitUntil(
+      () => this.#inflightBytes === 0 || this.#inflightBytes + frame.length <= this.#window,
+    )
+    await this.#init.bucket?.take(frame.length, this.#init.signal)
+    this.#inflight.push({ seq: this.#seq++, bytes: frame.length })
+    this.#inflightBytes += frame.length
+    await this.framed.write(frame, this.#init.signal)
+  }
+
+  /** Resolves when every frame sent so far is acknowledged. */
+  async flush(): Promise<void> {
+    await this.#waitUntil(() => this.#inflightBytes === 0)
+  }
+
+  async close(): Promise<void> {
+    await this.framed.close()
+  }
+
+  abort(err: Error): void {
+    this.#fail(err)
+    this.framed.abort(err)
+  }
+
+  async #waitUntil(ready: () => boolean): Promise<void> {
+    const { signal, stallTimeoutMs } = this.#init
+    while (true) {
+      signal.throwIfAborted()
+      if (this.#error) throw this.#error
+      if (ready()) return
+      let timer: NodeJS.Timeout | undefined
+      let onAbort: (() => void) | undefined
+      try {
+        await new Promise<void>((resolve, reject) => {
+          this.#wake = resolve
+          timer = setTimeout(
+            () => reject(new LinkError(`no acknowledgement for ${stallTimeoutMs} ms on a data stream`)),
+            stallTimeoutMs,
+          )
+          timer.unref()
+          onAbort = () => reject(signal.reason)
+          signal.addEventListener('abort', onAbort, { once: true })
+        })
+      } finally {
+        clearTimeout(timer)
+        if (onAbort) signal.removeEventListener('abort', onAbort)
+        this.#wake = null
+      }
+    }
+  }
+
+  async #readAcks(): Promise<void> {
+    while (true) {
+      const bytes = await this.framed.read(this.#init.signal)
+      if (bytes === null) {
+        if (this.#inflightBytes > 0 || !this.#closing) throw new LinkError('a data stream ended')
+        return
+      }
+      let ack: InstanceType<typeof pb.DataAck>
+      try {
+        ack = pb.DataAck.decode(bytes)
+      } catch {
+        throw new ProtocolError('undecodable data acknowledgement')
+      }
+      const head = this.#inflight[0]
+      if (!head || ack.seq !== head.seq || ack.bytes !== head.bytes) {
+        throw new ProtocolError(`unexpected acknowledgement of frame ${ack.seq}`)
+      }
+      this.#inflight.shift()
+      this.#inflightBytes -= head.bytes
+      this.#init.onAck(head.bytes)
+      this.#wake?.()
+    }
+  }
+
+  #closing = false
+
+  /** Marks the stream as finishing: its end is then not an error. */
+  finishing(): void {
+    this.#closing = true
+  }
+
+  #fail(err: Error): void {
+    if (this.#error) return
+    this.#error = err
+    this.#wake?.()
+  }
+}

@@ -1,0 +1,617 @@
+// The destination side of one migration: fills a paused, empty VM from the data streams, verifies it
+// against the source's digest, and on COMMIT journals (onCommit hook), resumes and answers RUNNING.
+// It never resumes without COMMIT; if its control stream dies before COMMIT it discards the copy, and
+// a status query then answers "aborted" (so a COMMIT that was lost in flight never takes effect).
+//
+// Post-copy emulation for synthetic VMs: the guest runs with pages missing. Its writes are seen through
+// dirty tracking (polled every few ms and before each pushed page is applied); a write to a page that
+// has not arrived yet counts as a fault: the page is fetched with priority (so every page is still sent
+// once, and the image check below covers it) but not written over the guest's newer content. The
+// synthetic workload writes whole pages, so this ends with the same memory a guest that had blocked on
+// the fault would have; what it does not model is the stall itself (reads of missing pages, done only
+// by the workload's CPU burn, see zeroes and change nothing).
+import { setMaxListeners } from 'node:events'
+import type { Logger } from 'pino'
+import { pb } from '../proto/index.js'
+import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
+import { decompressPayload } from './compress.js'
+import {
+  DATA_READ_BUFFER,
+  FRAME_PAYLOAD_BYTES,
+  HASH_BYTES,
+  MAX_DATA_STREAMS,
+  MAX_FETCH_PAGES,
+  MAX_FRAME_BYTES,
+  MAX_ID_LENGTH,
+} from './constants.js'
+import { contentHash, DedupTable, hashKey } from './dedup.js'
+import { diskDigestOf, PageListDigest } from './digest.js'
+import {
+  asMigrationError,
+  CancelledError,
+  LinkError,
+  MigrationError,
+  MigrationRefusedError,
+  ProtocolError,
+  VerifyFailedError,
+} from './errors.js'
+import { type Geometry, type ParsedFrame, parseFrame, type Space } from './frame.js'
+import type { MigrationOfferMsg } from './pb-types.js'
+import type { Mode } from './policy.js'
+import { type Counters, emptyCounters, type MigrationView, type Phase } from './progress.js'
+import type { Outcome } from './status.js'
+import type { DestinationHooks, TransferTimeouts } from './types.js'
+import { type ControlChannel, Framed, withTimeout } from './wire.js'
+
+const FAULT_POLL_MS = 5
+
+export interface ValidOffer {
+  migrationId: string
+  spec: VmSpec
+  epoch: number
+  geometry: Geometry
+  mode: Mode
+  streams: number
+  compression: boolean
+}
+
+const MODE_FROM_PB: Record<number, Mode> = {
+  [pb.MigrationMode.PRECOPY]: 'precopy',
+  [pb.MigrationMode.POSTCOPY]: 'postcopy',
+  [pb.MigrationMode.AUTO]: 'auto',
+}
+
+/** Checks an offer's fields and bounds; throws MigrationRefusedError('BAD_OFFER'). */
+export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOffer {
+  const bad = (msg: string) => new MigrationRefusedError('BAD_OFFER', msg)
+  if (!o) throw bad('no offer')
+  const id = o.migrationId ?? ''
+  if (id.length === 0 || id.length > MAX_ID_LENGTH) throw bad('bad migration id')
+  const s = o.spec
+  if (!s?.id || s.id.length > 256) throw bad('bad VM id')
+  const mode = MODE_FROM_PB[o.mode ?? 0]
+  if (!mode) throw bad(`unknown mode ${o.mode}`)
+  const streams = o.streams ?? 0
+  if (!(streams >= 1 && streams <= MAX_DATA_STREAMS))
+    throw bad(`streams ${streams} outside 1..${MAX_DATA_STREAMS}`)
+  const g: Geometry = {
+    pageSize: o.pageSize ?? 0,
+    pageCount: o.pageCount ?? 0,
+    blockSize: o.blockSize ?? 0,
+    blockCount: o.blockCount ?? 0,
+    dedup: o.dedup === true,
+  }
+  if (
+    g.pageSize < 512 ||
+    g.pageSize > FRAME_PAYLOAD_BYTES ||
+    g.blockSize < 512 ||
+    g.blockSize > FRAME_PAYLOAD_BYTES
+  ) {
+    throw bad('bad page or block size')
+  }
+  const epoch = o.epoch ?? 0
+  if (!Number.isSafeInteger(epoch) || epoch < 0) throw bad('bad epoch')
+  const w = s.workload
+  const spec: VmSpec = {
+    id: s.id,
+    name: s.name ?? s.id,
+    vcpus: s.vcpus ?? 1,
+    memoryMiB: s.memoryMib ?? 0,
+    diskMiB: s.diskMib ?? 0,
+    workload: {
+      dirtyMiBps: w?.dirtyMibps ?? 0,
+      hotSetMiB: w?.hotSetMib ?? 0,
+      cpu: w?.cpu ?? 0,
+      diskWriteMiBps: w?.diskWriteMibps ?? 0,
+    },
+  }
+  if (spec.memoryMiB * 1024 * 1024 !== g.pageSize * g.pageCount)
+    throw bad('memory size does not match the page count')
+  if (spec.diskMiB * 1024 * 1024 !== g.blockSize * g.blockCount)
+    throw bad('disk size does not match the block count')
+  return { migrationId: id, spec, epoch, geometry: g, mode, streams, compression: o.compression === true }
+}
+
+export interface IncomingInit {
+  offer: ValidOffer
+  from: string
+  to: string
+  control: ControlChannel
+  instance: VmInstance
+  reservation: { release(): void }
+  hooks: DestinationHooks
+  timeouts: TransferTimeouts
+  logger: Logger
+  signal: AbortSignal
+  onChange: (view: MigrationView) => void
+  onOutcome: (outcome: Outcome, epoch?: number) => void
+}
+
+type State = 'receiving' | 'switched' | 'committing' | 'committed' | 'postcopy' | 'ended'
+
+export class IncomingMigration {
+  readonly id: string
+  readonly done: Promise<MigrationView>
+  readonly #i: IncomingInit
+  readonly #log: Logger
+  readonly #ac = new AbortController()
+  readonly #signal: AbortSignal
+  readonly #c: Counters = emptyCounters()
+  readonly #streams: (Framed | undefined)[]
+  readonly #tables: { memory: DedupTable; disk: DedupTable }[] = []
+  readonly #zeroPage: Uint8Array
+  readonly #zeroBlock: Uint8Array
+  #state: State = 'receiving'
+  #phase: Phase = 'precopy'
+  #round = 0
+  #lastRound = 0
+  readonly #startedAt = Date.now()
+  readonly #t0 = performance.now()
+  #totalMs: number | undefined
+  #epoch: number | undefined
+  #error: { code: string; message: string } | undefined
+  #postcopy = false
+  // Post-copy (and auto, which may switch): per-page content hashes of the source image
+  readonly #pageHashes: Uint8Array | undefined
+  readonly #nonZero: Bitmap | undefined
+  #pending: Bitmap | undefined
+  #received: Bitmap | undefined
+  #receivedCount = 0
+  #localWritten: Bitmap | undefined
+  #requested: Bitmap | undefined
+  #faultQueue: number[] = []
+  #wakeReceived: (() => void) | undefined
+  #lastEmit = 0
+
+  constructor(init: IncomingInit) {
+    this.#i = init
+    this.id = init.offer.migrationId
+    this.#log = init.logger.child({ migration: this.id, vm: init.offer.spec.id, side: 'in' })
+    this.#signal = AbortSignal.any([this.#ac.signal, init.signal])
+    setMaxListeners(Number.POSITIVE_INFINITY, this.#signal)
+    this.#streams = new Array(init.offer.streams).fill(undefined)
+    for (let k = 0; k < init.offer.streams; k++)
+      this.#tables.push({ memory: new DedupTable(), disk: new DedupTable() })
+    const g = init.offer.geometry
+    this.#zeroPage = new Uint8Array(g.pageSize)
+    this.#zeroBlock = new Uint8Array(g.blockSize)
+    if (init.offer.mode !== 'precopy') {
+      this.#pageHashes = new Uint8Array(g.pageCount * HASH_BYTES)
+      this.#nonZero = new Bitmap(g.pageCount)
+    }
+    init.onOutcome('pending')
+    this.done = this.#run()
+  }
+
+  get vmId(): string {
+    return this.#i.offer.spec.id
+  }
+
+  get from(): string {
+    return this.#i.from
+  }
+
+  view(): MigrationView {
+    return {
+      id: this.id,
+      vmId: this.vmId,
+      direction: 'in',
+      from: this.#i.from,
+      to: this.#i.to,
+      mode: this.#i.offer.mode,
+      postcopy: this.#postcopy,
+      phase: this.#phase,
+      round: this.#round,
+      startedAt: this.#startedAt,
+      ...this.#c,
+      dirtyRateMiBps: 0,
+      bandwidthMiBps: 0,
+      ...(this.#totalMs !== undefined ? { totalMs: this.#totalMs } : {}),
+      ...(this.#epoch !== undefined ? { epoch: this.#epoch } : {}),
+      ...(this.#error ? { error: this.#error } : {}),
+    }
+  }
+
+  /** Drops the migration unless it has committed; false if too late. */
+  cancel(): boolean {
+    if (this.#state === 'committing' || this.#state === 'committed' || this.#state === 'postcopy')
+      return false
+    if (this.#state === 'ended') return false
+    this.#ac.abort(new CancelledError())
+    return true
+  }
+
+  /** Binds data stream `index` (from the DataHello); false if the slot is taken or out of range. */
+  attachData(framed: Framed, index: number): boolean {
+    if (this.#state !== 'receiving' || index >= this.#streams.length || this.#streams[index]) return false
+    this.#streams[index] = framed
+    void this.#receive(index, framed).catch((err: unknown) => {
+      const e = asMigrationError(err, 'LINK')
+      framed.abort(e)
+      this.#ac.abort(e)
+    })
+    return true
+  }
+
+  #setPhase(p: Phase): void {
+    this.#phase = p
+    this.#emit(true)
+  }
+
+  #emit(force = false): void {
+    const now = performance.now()
+    if (!force && now - this.#lastEmit < 100) return
+    this.#lastEmit = now
+    try {
+      this.#i.onChange(this.view())
+    } catch {
+      // listeners' problem
+    }
+  }
+
+  async #run(): Promise<MigrationView> {
+    const { control, instance, offer, hooks, timeouts } = this.#i
+    let resumed = false
+    try {
+      const sw = await control.expect(['switchover'], this.#signal)
+      const s = sw.switchover!
+      if (this.#streams.some((f) => f === undefined))
+        throw new ProtocolError('switchover before every data stream opened')
+      if ((s.round ?? 0) < this.#lastRound) {
+        throw new ProtocolError(`switchover at round ${s.round}, last frame of round ${this.#lastRound}`)
+      }
+      this.#state = 'switched'
+      this.#setPhase('verify')
+      if (s.postcopy) {
+        if (offer.mode === 'precopy' || !this.#pageHashes)
+          throw new ProtocolError('post-copy in a pre-copy migration')
+        let pending: Bitmap
+        try {
+          pending = Bitmap.fromBytes(s.pending ?? new Uint8Array(0), offer.geometry.pageCount)
+        } catch (err) {
+          throw new ProtocolError(`bad pending bitmap: ${(err as Error).message}`)
+        }
+        this.#pending = pending
+        this.#received = new Bitmap(offer.geometry.pageCount)
+        this.#localWritten = new Bitmap(offer.geometry.pageCount)
+        this.#requested = new Bitmap(offer.geometry.pageCount)
+        const disk = await diskDigestOf(instance.disk, this.#signal)
+        const ok = disk === s.diskDigest
+        await control.send(
+          { verified: { ok, digest: disk, message: ok ? '' : 'disk digest differs' } },
+          this.#signal,
+        )
+        if (!ok) throw new VerifyFailedError(`disk digest ${disk} differs from the source's ${s.diskDigest}`)
+      } else {
+        const d = await instance.digest()
+        const ok = d.combined === s.digest
+        await control.send(
+          { verified: { ok, digest: d.combined, message: ok ? '' : 'digest differs' } },
+          this.#signal,
+        )
+        if (!ok) throw new VerifyFailedError(`digest ${d.combined} differs from the source's ${s.digest}`)
+      }
+      this.#setPhase('handover')
+      const c = await withTimeout(timeouts.stepTimeoutMs * 2, 'COMMIT', this.#signal, (sig) =>
+        control.expect(['commit'], sig),
+      )
+      const newEpoch = c.commit?.epoch ?? 0
+      if (newEpoch !== offer.epoch + 1)
+        throw new ProtocolError(`COMMIT with epoch ${newEpoch}, expected ${offer.epoch + 1}`)
+      // From here the VM is ours once the journal has it: no cancel, no discard on a dead stream
+      this.#state = 'committing'
+      this.#epoch = newEpoch
+      await hooks.onCommit?.(this.view(), instance, newEpoch, { signal: this.#i.signal })
+      this.#state = 'committed'
+      this.#i.onOutcome('committed', newEpoch)
+      this.#i.reservation.release()
+      if (s.postcopy) {
+        this.#postcopy = true
+        instance.memory.startDirtyTracking()
+        instance.memory.takeDirtyPages()
+      }
+      await instance.resume()
+      resumed = true
+      await control.send({ running: { epoch: newEpoch } }, this.#i.signal).catch((err: unknown) => {
+        // The source asks the status protocol when RUNNING does not arrive
+        this.#log.warn({ err: asMigrationError(err).message }, 'could not send RUNNING')
+      })
+      if (s.postcopy) await this.#postcopyPhase()
+      this.#finish('done')
+    } catch (err) {
+      await this.#fail(err, resumed)
+    } finally {
+      this.#stopFaultPolling()
+      await Promise.allSettled([control.framed.close(), ...this.#streams.map((f) => f?.close())])
+    }
+    return this.view()
+  }
+
+  // ------------------------------------------------------------------ data
+
+  async #receive(k: number, framed: Framed): Promise<void> {
+    const g = this.#i.offer.geometry
+    let seq = 0
+    while (true) {
+      const bytes = await framed.read(this.#signal)
+      if (bytes === null) return
+      const f = parseFrame(bytes, g)
+      if (f.seq !== seq) throw new ProtocolError(`frame ${f.seq} on stream ${k}, expected ${seq}`)
+      seq++
+      if (f.codec === 'lz4' && !this.#i.offer.compression)
+        throw new ProtocolError('lz4 frame without compression')
+      await this.#apply(k, f)
+      this.#c.frames++
+      this.#c.wireBytes += bytes.length
+      if (f.codec === 'lz4') this.#c.compressedFrames++
+      await framed.write(pb.DataAck.encode({ seq: f.seq, bytes: bytes.length }).finish(), this.#signal)
+      this.#emit()
+    }
+  }
+
+  async #apply(k: number, f: ParsedFrame): Promise<void> {
+    const postcopy = this.#state === 'committed' || this.#state === 'postcopy'
+    if (!postcopy && this.#state !== 'receiving') throw new ProtocolError(`data frame while ${this.#state}`)
+    if (!postcopy) {
+      if (f.round < this.#lastRound)
+        throw new ProtocolError(`frame of round ${f.round} after round ${this.#lastRound}`)
+      this.#lastRound = f.round
+      this.#round = f.round
+    }
+    const g = this.#i.offer.geometry
+    const payload =
+      f.codec === 'lz4' ? await decompressPayload(f.payload, f.rawLength, FRAME_PAYLOAD_BYTES) : f.payload
+    this.#signal.throwIfAborted()
+    const { memory, disk } = this.#i.instance
+    const diskWrites: Promise<void>[] = []
+    let off = 0
+    for (const run of f.runs) {
+      const unit = run.space === 'memory' ? g.pageSize : g.blockSize
+      if (postcopy && (run.space !== 'memory' || run.kind === 'ref' || run.hashes)) {
+        throw new ProtocolError('post-copy frames carry memory pages only')
+      }
+      const table = this.#tables[k]![run.space]
+      for (let j = 0; j < run.count; j++) {
+        const idx = run.first + j
+        const hash = run.hashes?.subarray(j * HASH_BYTES, (j + 1) * HASH_BYTES)
+        let data: Uint8Array
+        if (run.kind === 'data') {
+          data = payload.subarray(off, off + unit)
+          off += unit
+          if (hash) {
+            if (!table.register(idx, hashKey(hash))) throw new ProtocolError('dedup table overflow')
+          } else {
+            table.forget(idx)
+          }
+        } else if (run.kind === 'zero') {
+          data = run.space === 'memory' ? this.#zeroPage : this.#zeroBlock
+          table.forget(idx)
+        } else {
+          const key = hashKey(hash!)
+          const from = table.lookup(key)
+          if (from === undefined) throw new ProtocolError(`reference to content stream ${k} never registered`)
+          if (run.space === 'memory') {
+            data = memory.readPage(from)
+          } else {
+            // The referenced block may still be on its way to the file
+            await Promise.all(diskWrites.splice(0))
+            data = await disk.readBlock(from)
+          }
+          table.register(idx, key)
+          if (run.space === 'memory') this.#c.dedupPages++
+          else this.#c.dedupBlocks++
+        }
+        if (run.space === 'memory') {
+          this.#c.pagesSent++
+          if (run.kind === 'zero') this.#c.zeroPages++
+          if (postcopy) this.#postcopyPage(idx, run.kind === 'zero' ? null : data)
+          else {
+            memory.writePage(idx, data)
+            this.#trackHash(idx, run.kind === 'zero' ? null : data, hash)
+          }
+        } else {
+          this.#c.blocksSent++
+          if (run.kind === 'zero') this.#c.zeroBlocks++
+          diskWrites.push(disk.writeBlock(idx, data))
+        }
+        if (run.kind === 'data') this.#c.bytesSent += unit
+      }
+    }
+    await Promise.all(diskWrites)
+  }
+
+  /** Keeps the per-page hash of the source image (modes that may post-copy). */
+  #trackHash(idx: number, data: Uint8Array | null, hash: Uint8Array | undefined): void {
+    if (!this.#pageHashes || !this.#nonZero) return
+    if (data === null) {
+      this.#nonZero.clear(idx)
+      return
+    }
+    this.#pageHashes.set(hash ?? contentHash(data), idx * HASH_BYTES)
+    this.#nonZero.set(idx)
+  }
+
+  // ------------------------------------------------------------------ post-copy
+
+  #pollTimer: NodeJS.Timeout | undefined
+
+  #stopFaultPolling(): void {
+    if (this.#pollTimer) clearInterval(this.#pollTimer)
+    this.#pollTimer = undefined
+  }
+
+  async #postcopyPhase(): Promise<void> {
+    const { control, timeouts } = this.#i
+    this.#state = 'postcopy'
+    this.#setPhase('postcopy')
+    const pending = this.#pending!
+    let pushDone: string | undefined
+    const reader = (async () => {
+      const m = await control.expect(['pushDone'], this.#signal)
+      pushDone = m.pushDone?.pageDigest ?? ''
+      this.#wakeReceived?.()
+    })()
+    const readerFailed = reader.then(
+      () => new Promise<never>(() => undefined),
+      (err: unknown) => {
+        throw err
+      },
+    )
+    readerFailed.catch(() => undefined)
+    this.#pollTimer = setInterval(() => {
+      try {
+        this.#absorbLocalWrites()
+        this.#sendFaults()
+      } catch (err) {
+        this.#ac.abort(asMigrationError(err))
+      }
+    }, FAULT_POLL_MS)
+    this.#pollTimer.unref()
+    const all = pending.count()
+    // Wakes on every received page or the push-done; a watchdog fails a push that stalls
+    let lastProgress = performance.now()
+    let stalled: Error | undefined
+    const watchdog = setInterval(() => {
+      if (performance.now() - lastProgress > timeouts.stallTimeoutMs) {
+        stalled = new LinkError(`no post-copy page for ${timeouts.stallTimeoutMs} ms`)
+        this.#wakeReceived?.()
+      }
+    }, 1000)
+    watchdog.unref()
+    const aborted = new Promise<never>((_, reject) => {
+      if (this.#signal.aborted) reject(this.#signal.reason)
+      this.#signal.addEventListener('abort', () => reject(this.#signal.reason), { once: true })
+    })
+    aborted.catch(() => undefined)
+    try {
+      while (this.#receivedCount < all || pushDone === undefined) {
+        const before = this.#receivedCount
+        await Promise.race([
+          new Promise<void>((resolve) => (this.#wakeReceived = resolve)),
+          readerFailed,
+          aborted,
+        ])
+        if (stalled) throw stalled
+        if (this.#receivedCount !== before) lastProgress = performance.now()
+      }
+    } finally {
+      clearInterval(watchdog)
+    }
+    this.#stopFaultPolling()
+    const d = new PageListDigest()
+    for (const i of this.#nonZero!.indices())
+      d.add(i, this.#pageHashes!.subarray(i * HASH_BYTES, (i + 1) * HASH_BYTES))
+    const got = d.hex()
+    const ok = got === pushDone
+    await control.send({ complete: { ok, message: ok ? '' : `page digest ${got} differs` } }, this.#i.signal)
+    if (!ok) throw new VerifyFailedError(`post-copy page digest ${got} differs from the source's ${pushDone}`)
+  }
+
+  /** Guest writes since the last look: a write to a page still missing is a fault. */
+  #absorbLocalWrites(): void {
+    const memory = this.#i.instance.memory
+    const pending = this.#pending!
+    for (const i of memory.takeDirtyPages().indices()) {
+      if (!pending.get(i) || this.#received!.get(i)) continue
+      this.#localWritten!.set(i)
+      if (!this.#requested!.get(i)) {
+        this.#requested!.set(i)
+        this.#faultQueue.push(i)
+      }
+    }
+  }
+
+  #sendFaults(): void {
+    while (this.#faultQueue.length > 0) {
+      const pages = this.#faultQueue.splice(0, MAX_FETCH_PAGES)
+      this.#c.faultPages += pages.length
+      this.#i.control.send({ fetch: { pages } }, this.#i.signal).catch((err: unknown) => {
+        this.#ac.abort(asMigrationError(err, 'LINK'))
+      })
+    }
+  }
+
+  #postcopyPage(idx: number, data: Uint8Array | null): void {
+    const pending = this.#pending!
+    if (!pending.get(idx) || this.#received!.get(idx))
+      throw new ProtocolError(`page ${idx} pushed twice or not pending`)
+    this.#absorbLocalWrites()
+    this.#received!.set(idx)
+    this.#receivedCount++
+    // The guest's own write is newer than the source's page: keep it
+    if (!this.#localWritten!.get(idx)) this.#i.instance.memory.writePage(idx, data ?? this.#zeroPage)
+    this.#trackHash(idx, data === null || isZero(data) ? null : data, undefined)
+    this.#wakeReceived?.()
+  }
+
+  // ------------------------------------------------------------------ end
+
+  #finish(phase: 'done' | 'failed' | 'cancelled'): void {
+    this.#state = 'ended'
+    this.#totalMs = performance.now() - this.#t0
+    this.#setPhase(phase)
+  }
+
+  async #fail(err: unknown, resumed: boolean): Promise<void> {
+    const e =
+      this.#ac.signal.aborted && this.#ac.signal.reason instanceof MigrationError
+        ? this.#ac.signal.reason
+        : asMigrationError(err)
+    this.#error = { code: e.code, message: e.message }
+    const { control, instance } = this.#i
+    control.framed.abort(new Error(`migration failed: ${e.code}`))
+    for (const f of this.#streams) f?.abort(new Error('migration failed'))
+    if (this.#state === 'committed' || this.#state === 'postcopy') {
+      // Ours for good (the epoch moved): after a broken post-copy the guest cannot get its missing
+      // pages, so it is stopped where it is (paused) rather than run on holes
+      this.#error = {
+        code: this.#postcopy ? 'POSTCOPY_LOST' : e.code,
+        message: e.message,
+      }
+      if (this.#postcopy && resumed) await instance.pause().catch(() => undefined)
+      this.#log.error({ err: e.message }, 'migration failed after commit')
+      this.#finish('failed')
+      return
+    }
+    this.#i.onOutcome('aborted')
+    this.#i.reservation.release()
+    await instance.destroy().catch((destroyErr: unknown) => {
+      this.#log.error({ err: asMigrationError(destroyErr).message }, 'could not discard the incoming VM')
+    })
+    this.#log.info({ code: e.code, err: e.message }, 'incoming migration discarded')
+    this.#finish(e instanceof CancelledError ? 'cancelled' : 'failed')
+  }
+}
+
+/** Binds an incoming data stream: reads its DataHello (bounded), then hands it to `attach`. */
+export async function readDataHello(
+  framed: Framed,
+  signal: AbortSignal,
+): Promise<{ migrationId: string; reservationId: string; streamIndex: number }> {
+  const bytes = await framed.read(signal)
+  if (bytes === null) throw new LinkError('data stream ended before its hello')
+  let h: InstanceType<typeof pb.DataHello>
+  try {
+    h = pb.DataHello.decode(bytes)
+  } catch {
+    throw new ProtocolError('undecodable data hello')
+  }
+  if (h.migrationId.length === 0 || h.migrationId.length > MAX_ID_LENGTH)
+    throw new ProtocolError('bad migration id')
+  return { migrationId: h.migrationId, reservationId: h.reservationId, streamIndex: h.streamIndex }
+}
+
+export function newDataFramed(stream: ConstructorParameters<typeof Framed>[0]): Framed {
+  return new Framed(stream, MAX_FRAME_BYTES, DATA_READ_BUFFER)
+}
+
+function isZero(data: Uint8Array): boolean {
+  return (
+    Buffer.from(data.buffer, data.byteOffset, data.byteLength).equals(ZERO_4K.subarray(0, data.length)) &&
+    data.length <= ZERO_4K.length
+  )
+}
+
+const ZERO_4K = Buffer.alloc(64 * 1024)
+
+export type { Space }

@@ -1,0 +1,88 @@
+// What a migration exposes while it runs and after: counters, rates, ETA, times, failure reason.
+import type { Mode } from './policy.js'
+
+export type Phase =
+  | 'offer'
+  | 'precopy'
+  | 'postcopy'
+  | 'stopcopy'
+  | 'verify'
+  | 'handover'
+  | 'done'
+  | 'failed'
+  | 'cancelled'
+
+export const TERMINAL_PHASES: readonly Phase[] = ['done', 'failed', 'cancelled']
+
+export interface MigrationView {
+  id: string
+  vmId: string
+  /** 'out' on the source, 'in' on the destination. */
+  direction: 'out' | 'in'
+  /** Peer ids (strings). */
+  from: string
+  to: string
+  mode: Mode
+  /** True once an auto (or post-copy) migration resumed the VM at the destination before all pages. */
+  postcopy: boolean
+  phase: Phase
+  round: number
+  startedAt: number
+  /** VM bytes carried as content (DATA units, before compression). */
+  bytesSent: number
+  /** Encoded frame and control bytes (what the streams carried before encryption). */
+  wireBytes: number
+  pagesSent: number
+  blocksSent: number
+  zeroPages: number
+  zeroBlocks: number
+  dedupPages: number
+  dedupBlocks: number
+  frames: number
+  compressedFrames: number
+  /** Post-copy: pages the destination asked for because its guest touched them. */
+  faultPages: number
+  dirtyRateMiBps: number
+  bandwidthMiBps: number
+  etaMs?: number
+  /** Once terminal. */
+  totalMs?: number
+  /** Pause at the source until the destination's RUNNING arrived (source side). */
+  downtimeMs?: number
+  /** The epoch the VM has at the destination after the commit. */
+  epoch?: number
+  error?: { code: string; message: string }
+}
+
+export type Counters = Pick<
+  MigrationView,
+  | 'bytesSent'
+  | 'wireBytes'
+  | 'pagesSent'
+  | 'blocksSent'
+  | 'zeroPages'
+  | 'zeroBlocks'
+  | 'dedupPages'
+  | 'dedupBlocks'
+  | 'frames'
+  | 'compressedFrames'
+  | 'faultPages'
+>
+
+export function emptyCounters(): Counters {
+  return {
+    bytesSent: 0,
+    wireBytes: 0,
+    pagesSent: 0,
+    blocksSent: 0,
+    zeroPages: 0,
+    zeroBlocks: 0,
+    dedupPages: 0,
+    dedupBlocks: 0,
+    frames: 0,
+    compressedFrames: 0,
+    faultPages: 0,
+  }
+}
+
+export const MiB = 1024 * 1024

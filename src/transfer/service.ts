@@ -1,0 +1,354 @@
+// MigrationService: live migration in and out of this host over libp2p (the js-libp2p service shape:
+// narrow components, an all-optional init, start/stop, typed events). The agent supplies the VMs and
+// the journal through `MigrationComponents` and its hooks (see types.ts for when each hook runs).
+import { randomUUID } from 'node:crypto'
+import { EventEmitter, setMaxListeners } from 'node:events'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import type { Logger } from 'pino'
+import { pb } from '../proto/index.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, MAX_DATA_STREAMS, STATUS_PROTOCOL } from './constants.js'
+import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from './destination.js'
+import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
+import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
+import { type MigrationView, TERMINAL_PHASES } from './progress.js'
+import { OutgoingMigration } from './source.js'
+import { type Outcome, queryStatus, serveStatus } from './status.js'
+import type { MigrationComponents, TransferTimeouts } from './types.js'
+import { ControlChannel, withTimeout } from './wire.js'
+
+export interface MigrationServiceInit {
+  /** Outgoing migrations at once (more are refused with BUSY); default 2. */
+  maxOutgoing?: number
+  /** Incoming migrations at once (more are refused with BUSY); default 2. */
+  maxIncoming?: number
+  /** Defaults for `migrate` options. */
+  defaults?: Partial<ResolvedOptions>
+  timeouts?: Partial<TransferTimeouts>
+  /** Finished migrations kept for `get`/`list`; default 100. */
+  keepFinished?: number
+  /** Outcomes remembered for status queries; default 4096. */
+  keepOutcomes?: number
+}
+
+export interface MigrationEvents {
+  /** Any change (throttled to ~10/s per migration while data flows; every phase change). */
+  progress: [MigrationView]
+  /** A migration reached done, failed or cancelled. */
+  finished: [MigrationView]
+}
+
+type Entry = OutgoingMigration | IncomingMigration
+
+const REFUSE_TO_PB: Record<RefusalCode, number> = {
+  UNKNOWN_VM: pb.RefuseCode.UNKNOWN_VM,
+  NO_CAPACITY: pb.RefuseCode.NO_CAPACITY,
+  ALREADY_MIGRATING: pb.RefuseCode.ALREADY_MIGRATING,
+  BUSY: pb.RefuseCode.BUSY,
+  BAD_OFFER: pb.RefuseCode.BAD_OFFER,
+  VM_EXISTS: pb.RefuseCode.VM_EXISTS,
+  STOPPING: pb.RefuseCode.STOPPING,
+  REFUSED: pb.RefuseCode.REFUSE_UNSPECIFIED,
+}
+
+export class MigrationService extends EventEmitter<MigrationEvents> {
+  readonly #c: MigrationComponents
+  readonly #log: Logger
+  readonly #maxOut: number
+  readonly #maxIn: number
+  readonly #defaults: Partial<ResolvedOptions>
+  readonly #timeouts: TransferTimeouts
+  readonly #keepFinished: number
+  readonly #keepOutcomes: number
+  readonly #active = new Map<string, Entry>()
+  readonly #finished = new Map<string, MigrationView>()
+  readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
+  #ac = new AbortController()
+  #started = false
+
+  constructor(components: MigrationComponents, init: MigrationServiceInit = {}) {
+    super()
+    this.#c = components
+    this.#log = components.logger.child({ component: 'transfer' })
+    this.#maxOut = init.maxOutgoing ?? DEFAULTS.maxOutgoing
+    this.#maxIn = init.maxIncoming ?? DEFAULTS.maxIncoming
+    this.#defaults = init.defaults ?? {}
+    this.#timeouts = {
+      dialTimeoutMs: init.timeouts?.dialTimeoutMs ?? DEFAULTS.dialTimeoutMs,
+      stepTimeoutMs: init.timeouts?.stepTimeoutMs ?? DEFAULTS.stepTimeoutMs,
+      stallTimeoutMs: init.timeouts?.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs,
+      statusTimeoutMs: init.timeouts?.statusTimeoutMs ?? DEFAULTS.statusTimeoutMs,
+      windowBytes: init.timeouts?.windowBytes ?? DEFAULTS.windowBytes,
+    }
+    this.#keepFinished = init.keepFinished ?? 100
+    this.#keepOutcomes = init.keepOutcomes ?? 4096
+  }
+
+  readonly [Symbol.toStringTag] = '@skymesh/transfer'
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    this.#ac = new AbortController()
+    // Every migration and every step listens to it
+    setMaxListeners(Number.POSITIVE_INFINITY, this.#ac.signal)
+    const { host } = this.#c
+    const limit = { maxInboundStreams: 4 * MAX_DATA_STREAMS, maxOutboundStreams: 4 * MAX_DATA_STREAMS }
+    await host.handle(CONTROL_PROTOCOL, (stream, conn) => this.#onControl(stream, conn), {
+      maxInboundStreams: 16,
+    })
+    await host.handle(DATA_PROTOCOL, (stream, conn) => this.#onData(stream, conn), limit)
+    await host.handle(STATUS_PROTOCOL, (stream) => this.#onStatus(stream), { maxInboundStreams: 16 })
+    this.#started = true
+  }
+
+  /** Refuses new work, cancels what can be cancelled, waits (bounded) for everything to settle. */
+  async stop(): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    await this.#c.host.unhandle([CONTROL_PROTOCOL, DATA_PROTOCOL, STATUS_PROTOCOL]).catch(() => undefined)
+    for (const m of this.#active.values()) m.cancel()
+    this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
+    const all = [...this.#active.values()].map((m) => m.done)
+    await Promise.race([Promise.allSettled(all), new Promise((r) => setTimeout(r, 10_000).unref())])
+  }
+
+  /**
+   * Starts moving `vmId` to `to`; returns at once (progress through `get`/events, the end through
+   * `done(id)`). Throws MigrationRefusedError for UNKNOWN_VM, ALREADY_MIGRATING, BUSY, BAD_OFFER.
+   */
+  migrate(vmId: string, to: PeerId, options: MigrateOptions = {}): MigrationView {
+    if (!this.#started) throw new MigrationRefusedError('STOPPING', 'the migration service is not running')
+    const opts = resolveOptions(options, this.#defaults)
+    const vm = this.#c.lookupVm(vmId)
+    if (!vm) throw new MigrationRefusedError('UNKNOWN_VM', `no VM ${vmId} on this host`)
+    if (vm.instance.state !== 'running' && vm.instance.state !== 'paused') {
+      throw new MigrationRefusedError('BAD_OFFER', `VM ${vmId} is ${vm.instance.state}`)
+    }
+    if (this.#migratingVm(vmId))
+      throw new MigrationRefusedError('ALREADY_MIGRATING', `VM ${vmId} is already migrating`)
+    if (to.equals(this.#c.host.peerId))
+      throw new MigrationRefusedError('BAD_OFFER', 'cannot migrate a VM to its own host')
+    if (this.#count('out') >= this.#maxOut) {
+      throw new MigrationRefusedError('BUSY', `${this.#maxOut} outgoing migrations already run`)
+    }
+    const signal = options.signal ? AbortSignal.any([options.signal, this.#ac.signal]) : this.#ac.signal
+    const m = new OutgoingMigration({
+      id: randomUUID(),
+      host: this.#c.host,
+      to,
+      instance: vm.instance,
+      spec: vm.spec,
+      epoch: vm.epoch,
+      options: opts,
+      hooks: this.#c.hooks ?? {},
+      timeouts: this.#timeouts,
+      logger: this.#log,
+      signal,
+      onChange: (v) => this.emit('progress', v),
+    })
+    options.signal?.addEventListener('abort', () => m.cancel(), { once: true })
+    this.#track(m)
+    return m.view()
+  }
+
+  list(): MigrationView[] {
+    return [...[...this.#active.values()].map((m) => m.view()), ...this.#finished.values()]
+  }
+
+  get(id: string): MigrationView | undefined {
+    return this.#active.get(id)?.view() ?? this.#finished.get(id)
+  }
+
+  /** The migration's final view (resolves, never rejects, once it is done, failed or cancelled). */
+  done(id: string): Promise<MigrationView> {
+    const m = this.#active.get(id)
+    if (m) return m.done
+    const f = this.#finished.get(id)
+    if (f) return Promise.resolve(f)
+    return Promise.reject(new MigrationError('UNKNOWN_MIGRATION', `no migration ${id}`))
+  }
+
+  /**
+   * Cancels a migration before its handover (the VM keeps running at the source). Throws
+   * UNKNOWN_MIGRATION, or TOO_LATE once COMMIT was sent / the migration ended.
+   */
+  cancel(id: string): void {
+    const m = this.#active.get(id)
+    if (!m) {
+      if (this.#finished.has(id)) throw new MigrationError('TOO_LATE', `migration ${id} has ended`)
+      throw new MigrationError('UNKNOWN_MIGRATION', `no migration ${id}`)
+    }
+    if (!m.cancel()) throw new MigrationError('TOO_LATE', `migration ${id} is past its handover`)
+  }
+
+  /** Asks `peer` whether migration `id` committed there (for an agent resolving a journaled handover). */
+  async queryStatus(peer: PeerId, id: string, opts: { signal: AbortSignal }): Promise<Outcome> {
+    return (await queryStatus(this.#c.host, peer, id, opts)).outcome
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  #count(direction: 'in' | 'out'): number {
+    let n = direction === 'in' ? this.#pendingIn.size : 0
+    for (const m of this.#active.values()) if (m instanceof OutgoingMigration === (direction === 'out')) n++
+    return n
+  }
+
+  #migratingVm(vmId: string): boolean {
+    for (const m of this.#active.values()) if (m.view().vmId === vmId) return true
+    for (const p of this.#pendingIn.values()) if (p.vmId === vmId) return true
+    return false
+  }
+
+  #track(m: Entry): void {
+    this.#active.set(m.id, m)
+    void m.done.then((v) => {
+      this.#active.delete(m.id)
+      this.#finished.set(m.id, v)
+      while (this.#finished.size > this.#keepFinished)
+        this.#finished.delete(this.#finished.keys().next().value!)
+      this.emit('finished', v)
+    })
+  }
+
+  #setOutcome(id: string, outcome: Outcome, epoch?: number): void {
+    this.#outcomes.delete(id)
+    this.#outcomes.set(id, { outcome, ...(epoch !== undefined ? { epoch } : {}) })
+    while (this.#outcomes.size > this.#keepOutcomes)
+      this.#outcomes.delete(this.#outcomes.keys().next().value!)
+  }
+
+  async #onControl(stream: Stream, conn: Connection): Promise<void> {
+    const control = new ControlChannel(stream)
+    const signal = this.#ac.signal
+    const refuse = async (code: RefusalCode, message: string) => {
+      this.#log.info({ code, message, from: conn.remotePeer.toString() }, 'migration refused')
+      await control.send({ refuse: { code: REFUSE_TO_PB[code], message } }, signal).catch(() => undefined)
+      await control.framed.close()
+    }
+    let offer: ReturnType<typeof validateOffer>
+    try {
+      const m = await withTimeout(this.#timeouts.stepTimeoutMs, 'offer', signal, (s) =>
+        control.expect(['offer'], s),
+      )
+      offer = validateOffer(m.offer)
+    } catch (err) {
+      const e = asMigrationError(err)
+      if (e instanceof MigrationRefusedError) await refuse(e.code, e.message)
+      else control.framed.abort(e)
+      return
+    }
+    const vmId = offer.spec.id
+    if (!this.#started) return refuse('STOPPING', 'the migration service is stopping')
+    if (this.#active.has(offer.migrationId) || this.#outcomes.has(offer.migrationId)) {
+      return refuse('BAD_OFFER', `migration id ${offer.migrationId} was used before`)
+    }
+    if (this.#c.lookupVm(vmId)) return refuse('VM_EXISTS', `VM ${vmId} already runs on this host`)
+    if (this.#migratingVm(vmId)) return refuse('ALREADY_MIGRATING', `VM ${vmId} is already migrating here`)
+    if (this.#count('in') >= this.#maxIn)
+      return refuse('BUSY', `${this.#maxIn} incoming migrations already run`)
+    const placeholder = { id: offer.migrationId, vmId }
+    this.#pendingIn.set(placeholder.id, placeholder)
+    const from = conn.remotePeer.toString()
+    // Counted against the limit from here on, while the reservation and the VM are made
+    let release: () => void = () => undefined
+    try {
+      const r = this.#c.hooks?.reserve
+        ? await this.#c.hooks.reserve(
+            { migrationId: offer.migrationId, from, spec: offer.spec, epoch: offer.epoch },
+            { signal },
+          )
+        : { ok: true as const, release: () => undefined }
+      if (!r.ok) return await refuse(r.code, r.message)
+      release = () => r.release()
+      let instance: Awaited<ReturnType<MigrationComponents['driver']['prepareIncoming']>>
+      try {
+        instance = await this.#c.driver.prepareIncoming(offer.spec, { dir: this.#c.vmDir(vmId) })
+      } catch (err) {
+        release()
+        return await refuse('NO_CAPACITY', `cannot create the VM: ${asMigrationError(err).message}`)
+      }
+      const g = offer.geometry
+      if (
+        instance.memory.pageSize !== g.pageSize ||
+        instance.memory.pageCount !== g.pageCount ||
+        instance.disk.blockSize !== g.blockSize ||
+        instance.disk.blockCount !== g.blockCount
+      ) {
+        release()
+        await instance.destroy().catch(() => undefined)
+        return await refuse('BAD_OFFER', 'the offered geometry does not match the VM spec here')
+      }
+      const reservationId = randomUUID()
+      const m = new IncomingMigration({
+        offer,
+        from,
+        to: this.#c.host.peerId.toString(),
+        control,
+        instance,
+        reservation: { release },
+        hooks: this.#c.hooks ?? {},
+        timeouts: this.#timeouts,
+        logger: this.#log,
+        signal,
+        onChange: (v) => this.emit('progress', v),
+        onOutcome: (o, epoch) => this.#setOutcome(offer.migrationId, o, epoch),
+      })
+      this.#reservations.set(offer.migrationId, reservationId)
+      this.#track(m)
+      void m.done.then(() => this.#reservations.delete(offer.migrationId))
+      await control.send({ accept: { reservationId } }, signal).catch((err: unknown) => {
+        control.framed.abort(asMigrationError(err))
+      })
+    } catch (err) {
+      release()
+      control.framed.abort(asMigrationError(err))
+    } finally {
+      this.#pendingIn.delete(placeholder.id)
+    }
+  }
+
+  readonly #pendingIn = new Map<string, { id: string; vmId: string }>()
+  readonly #reservations = new Map<string, string>()
+
+  async #onData(stream: Stream, conn: Connection): Promise<void> {
+    const framed = newDataFramed(stream)
+    try {
+      const hello = await withTimeout(this.#timeouts.stepTimeoutMs, 'data hello', this.#ac.signal, (s) =>
+        readDataHello(framed, s),
+      )
+      const m = this.#active.get(hello.migrationId)
+      if (
+        !(m instanceof IncomingMigration) ||
+        m.from !== conn.remotePeer.toString() ||
+        this.#reservations.get(hello.migrationId) !== hello.reservationId ||
+        !m.attachData(framed, hello.streamIndex)
+      ) {
+        framed.abort(new Error('unknown migration or stream'))
+      }
+    } catch (err) {
+      framed.abort(asMigrationError(err))
+    }
+  }
+
+  async #onStatus(stream: Stream): Promise<void> {
+    await serveStatus(
+      stream,
+      async (id) => {
+        const known = this.#outcomes.get(id)
+        if (known) return known
+        const journal = await this.#c.hooks?.lookupOutcome?.(id)
+        return { outcome: journal ?? 'unknown' }
+      },
+      this.#ac.signal,
+    )
+  }
+}
+
+/** js-libp2p style factory: `migrationService(init)(components)`. */
+export function migrationService(
+  init: MigrationServiceInit = {},
+): (c: MigrationComponents) => MigrationService {
+  return (c) => new MigrationService(c, init)
+}
+
+export { TERMINAL_PHASES }

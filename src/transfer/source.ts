@@ -1,0 +1,830 @@
+// The source side of one migration: offer, pre-copy rounds (or the disk alone for post-copy), pause,
+// stop-copy, verify, handover, and the post-copy push. See README.md "Exactly one running copy" for
+// what happens on each failure; the short version:
+// - anything that fails before COMMIT is sent: the VM is resumed here (if paused) and the migration
+//   ends `failed` (or `cancelled`); the destination discards its copy when its streams die;
+// - COMMIT sent but no RUNNING: the VM stays paused here and the destination is asked (status
+//   protocol, with backoff, within `statusTimeoutMs`) whether it committed: yes -> release, no ->
+//   resume here, no answer -> HANDOVER_IN_DOUBT with the VM still paused (never two copies running).
+
+import { setMaxListeners } from 'node:events'
+import type { PeerId } from '@libp2p/interface'
+import type { Logger } from 'pino'
+import { pb } from '../proto/index.js'
+import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
+import { compressPayload } from './compress.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL } from './constants.js'
+import { CostModel } from './cost.js'
+import { DataSender } from './data-sender.js'
+import { contentHash, DedupTable, hashKey } from './dedup.js'
+import { diskDigestOf, pageDigestOf } from './digest.js'
+import {
+  asMigrationError,
+  CancelledError,
+  HandoverInDoubtError,
+  LinkError,
+  MigrationError,
+  MigrationRefusedError,
+  ProtocolError,
+  type RefusalCode,
+  VerifyFailedError,
+} from './errors.js'
+import { encodeFrame, FrameBuilder, type Space } from './frame.js'
+import type { ResolvedOptions } from './options.js'
+import { decideNextRound, estimateEtaMs, type RoundDecision } from './policy.js'
+import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
+import { sleep, TokenBucket } from './rate.js'
+import { type Outcome, queryStatus } from './status.js'
+import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
+import { ControlChannel, withTimeout } from './wire.js'
+
+/** Pages (and blocks) go to streams in shards of this many, so an index always uses the same stream. */
+const PAGE_SHARD = 64
+const BLOCK_SHARD = 4
+
+export interface OutgoingInit {
+  id: string
+  host: MigrationHost
+  to: PeerId
+  instance: VmInstance
+  spec: VmSpec
+  epoch: number
+  options: ResolvedOptions
+  hooks: SourceHooks
+  timeouts: TransferTimeouts
+  logger: Logger
+  /** The service's lifetime: aborted when it stops. */
+  signal: AbortSignal
+  onChange: (view: MigrationView) => void
+}
+
+const MODE_TO_PB = {
+  precopy: pb.MigrationMode.PRECOPY,
+  postcopy: pb.MigrationMode.POSTCOPY,
+  auto: pb.MigrationMode.AUTO,
+}
+
+const REFUSE_FROM_PB: Record<number, RefusalCode> = {
+  [pb.RefuseCode.UNKNOWN_VM]: 'UNKNOWN_VM',
+  [pb.RefuseCode.NO_CAPACITY]: 'NO_CAPACITY',
+  [pb.RefuseCode.ALREADY_MIGRATING]: 'ALREADY_MIGRATING',
+  [pb.RefuseCode.BUSY]: 'BUSY',
+  [pb.RefuseCode.BAD_OFFER]: 'BAD_OFFER',
+  [pb.RefuseCode.VM_EXISTS]: 'VM_EXISTS',
+  [pb.RefuseCode.STOPPING]: 'STOPPING',
+}
+
+export class OutgoingMigration {
+  readonly id: string
+  readonly done: Promise<MigrationView>
+  readonly #i: OutgoingInit
+  readonly #log: Logger
+  readonly #ac = new AbortController()
+  readonly #signal: AbortSignal
+  readonly #c: Counters = emptyCounters()
+  readonly #cost: CostModel
+  readonly #bucket: TokenBucket | undefined
+  #phase: Phase = 'offer'
+  #round = 0
+  #postcopy = false
+  readonly #startedAt = Date.now()
+  readonly #t0 = performance.now()
+  #totalMs: number | undefined
+  #downtimeMs: number | undefined
+  #pausedAt: number | undefined
+  #newEpoch: number | undefined
+  #error: { code: string; message: string } | undefined
+  #bandwidthBps = 0
+  #dirtyBps = 0
+  #roundRemaining = 0
+  #commitSent = false
+  #control: ControlChannel | undefined
+  #senders: DataSender[] = []
+  #tables: { memory: DedupTable; disk: DedupTable }[] = []
+  #lastEmit = 0
+
+  constructor(init: OutgoingInit) {
+    this.id = init.id
+    this.#i = init
+    this.#log = init.logger.child({ migration: init.id, vm: init.spec.id })
+    this.#signal = AbortSignal.any([this.#ac.signal, init.signal])
+    setMaxListeners(Number.POSITIVE_INFINITY, this.#signal)
+    this.#cost = new CostModel(init.options.compression, init.options.dedup)
+    this.#bucket = init.options.bandwidthMiBps
+      ? new TokenBucket(init.options.bandwidthMiBps * MiB)
+      : undefined
+    this.done = this.#run()
+  }
+
+  get phase(): Phase {
+    return this.#phase
+  }
+
+  view(): MigrationView {
+    const now = performance.now()
+    const bw = this.#cost.link.rate(now) || this.#bandwidthBps
+    return {
+      id: this.id,
+      vmId: this.#i.spec.id,
+      direction: 'out',
+      from: this.#i.host.peerId.toString(),
+      to: this.#i.to.toString(),
+      mode: this.#i.options.mode,
+      postcopy: this.#postcopy,
+      phase: this.#phase,
+      round: this.#round,
+      startedAt: this.#startedAt,
+      ...this.#c,
+      dirtyRateMiBps: this.#dirtyBps / MiB,
+      bandwidthMiBps: bw / MiB,
+      etaMs: estimateEtaMs({
+        phase: this.#phase,
+        roundRemainingBytes: this.#roundRemaining,
+        dirtyBps: this.#dirtyBps,
+        bandwidthBps: bw,
+        downtimeMs: this.#i.options.downtimeMs,
+      }),
+      ...(this.#totalMs !== undefined ? { totalMs: this.#totalMs } : {}),
+      ...(this.#downtimeMs !== undefined ? { downtimeMs: this.#downtimeMs } : {}),
+      ...(this.#newEpoch !== undefined ? { epoch: this.#newEpoch } : {}),
+      ...(this.#error ? { error: this.#error } : {}),
+    }
+  }
+
+  /** Rolls back if the handover has not started; false (and nothing changes) once COMMIT is sent. */
+  cancel(): boolean {
+    if (this.#commitSent || this.#totalMs !== undefined) return false
+    this.#ac.abort(new CancelledError())
+    return true
+  }
+
+  #setPhase(p: Phase): void {
+    this.#phase = p
+    this.#log.debug({ phase: p, round: this.#round }, 'migration phase')
+    this.#emit(true)
+  }
+
+  #emit(force = false): void {
+    const now = performance.now()
+    if (!force && now - this.#lastEmit < 100) return
+    this.#lastEmit = now
+    try {
+      this.#i.onChange(this.view())
+    } catch {
+      // a listener's failure is not the migration's
+    }
+  }
+
+  async #run(): Promise<MigrationView> {
+    const { instance } = this.#i
+    let paused = false
+    try {
+      await this.#offer()
+      await this.#openDataStreams()
+      instance.memory.startDirtyTracking()
+      instance.disk.startDirtyTracking()
+      const decision = await this.#precopy()
+      // Stop-copy: the guest stops here; from now on every ms counts as downtime
+      this.#setPhase('stopcopy')
+      await instance.pause()
+      paused = true
+      this.#pausedAt = performance.now()
+      if (decision.action === 'postcopy' || this.#i.options.mode === 'postcopy') {
+        this.#postcopy = true
+        await this.#switchoverPostcopy(decision.action === 'postcopy')
+      } else {
+        await this.#switchoverPrecopy()
+      }
+      await this.#handover()
+      if (this.#postcopy) await this.#push()
+      await this.#release()
+      this.#finish('done')
+    } catch (err) {
+      await this.#fail(err, paused)
+    } finally {
+      try {
+        instance.memory.stopDirtyTracking()
+        instance.disk.stopDirtyTracking()
+      } catch {
+        // the VM may be gone (released)
+      }
+      await this.#closeStreams()
+    }
+    return this.view()
+  }
+
+  // ------------------------------------------------------------------ offer
+
+  async #offer(): Promise<void> {
+    const { host, to, spec, instance, epoch, options, timeouts } = this.#i
+    const stream = await withTimeout(timeouts.dialTimeoutMs, 'dial', this.#signal, (signal) =>
+      host.dialProtocol(to, CONTROL_PROTOCOL, { signal }),
+    )
+    const control = new ControlChannel(stream)
+    this.#control = control
+    await control.send(
+      {
+        offer: {
+          migrationId: this.id,
+          spec: {
+            id: spec.id,
+            name: spec.name,
+            vcpus: spec.vcpus,
+            memoryMib: spec.memoryMiB,
+            diskMib: spec.diskMiB,
+            workload: {
+              dirtyMibps: spec.workload.dirtyMiBps,
+              hotSetMib: spec.workload.hotSetMiB,
+              cpu: spec.workload.cpu,
+              diskWriteMibps: spec.workload.diskWriteMiBps,
+            },
+          },
+          epoch,
+          pageSize: instance.memory.pageSize,
+          pageCount: instance.memory.pageCount,
+          blockSize: instance.disk.blockSize,
+          blockCount: instance.disk.blockCount,
+          mode: MODE_TO_PB[options.mode],
+          streams: options.streams,
+          compression: options.compression !== 'off',
+          dedup: options.dedup !== 'off',
+        },
+      },
+      this.#signal,
+    )
+    const answer = await withTimeout(timeouts.stepTimeoutMs, 'the offer answer', this.#signal, (s) =>
+      control.expect(['accept', 'refuse'], s),
+    )
+    if (answer.msg === 'refuse') {
+      const code = REFUSE_FROM_PB[answer.refuse?.code ?? 0] ?? 'REFUSED'
+      throw new MigrationRefusedError(code, answer.refuse?.message || `refused by ${to}: ${code}`)
+    }
+    this.#reservationId = answer.accept?.reservationId ?? ''
+    // From now on the destination has nothing to say until asked: anything else (garbage, an abort,
+    // the stream ending) fails the migration at once, not at the next step
+    control.accepting(null)
+    control.pump(this.#i.signal, (err) => {
+      if (!this.#commitSent) this.#ac.abort(asMigrationError(err))
+    })
+  }
+
+  #reservationId = ''
+
+  async #openDataStreams(): Promise<void> {
+    const { host, to, options, timeouts } = this.#i
+    const dedupOn = options.dedup !== 'off'
+    for (let k = 0; k < options.streams; k++) {
+      const stream = await withTimeout(timeouts.dialTimeoutMs, 'data stream', this.#signal, (signal) =>
+        host.dialProtocol(to, DATA_PROTOCOL, { signal }),
+      )
+      const sender = new DataSender(stream, {
+        window: timeouts.windowBytes,
+        stallTimeoutMs: timeouts.stallTimeoutMs,
+        bucket: this.#bucket,
+        onAck: (bytes) => this.#cost.link.add(bytes),
+        signal: this.#signal,
+      })
+      this.#senders.push(sender)
+      this.#tables.push({
+        memory: new DedupTable(dedupOn ? undefined : 0),
+        disk: new DedupTable(dedupOn ? undefined : 0),
+      })
+      await sender.hello(this.id, this.#reservationId, k)
+      this.#c.wireBytes += sender.framed.written
+    }
+  }
+
+  // ------------------------------------------------------------------ pre-copy
+
+  /** Rounds until the rest fits the downtime (or the cap, or auto's switch); returns the decision. */
+  async #precopy(): Promise<RoundDecision> {
+    const { instance, options } = this.#i
+    const memory = instance.memory
+    const disk = instance.disk
+    const withMemory = options.mode !== 'postcopy'
+    this.#setPhase('precopy')
+    // Round 0: every non-zero page and every allocated block (the destination starts all zero)
+    const history: number[] = []
+    let pages: Iterable<number> | null = withMemory ? range(memory.pageCount) : null
+    let blocks: Iterable<number> | null = disk.allocatedBlocks().indices()
+    while (true) {
+      const t = performance.now()
+      const before = this.#c.bytesSent
+      await this.#sendRound(this.#round, pages, blocks, this.#round === 0)
+      const ms = performance.now() - t
+      const sent = this.#c.bytesSent - before
+      // Rounds that carried little are dominated by latency: keep the rate of a fuller round
+      if (sent >= MiB || this.#bandwidthBps === 0) this.#bandwidthBps = (sent / Math.max(ms, 1)) * 1000
+      const dirtyPages = withMemory ? memory.takeDirtyPages() : null
+      const dirtyBlocks = disk.takeDirtyBlocks()
+      const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
+      this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
+      history.push(remaining)
+      const decision = decideNextRound({
+        mode: withMemory ? options.mode : 'precopy',
+        round: this.#round,
+        remainingBytes: remaining,
+        history,
+        bandwidthBps: this.#bandwidthBps,
+        downtimeMs: options.downtimeMs,
+        maxRounds: options.maxRounds,
+      })
+      this.#log.debug({ round: this.#round, ms, sent, remaining, decision }, 'pre-copy round done')
+      if (decision.action !== 'round') {
+        // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
+        this.#leftover = { pages: dirtyPages, blocks: dirtyBlocks }
+        return decision
+      }
+      this.#round++
+      pages = dirtyPages?.indices() ?? null
+      blocks = dirtyBlocks.indices()
+      this.#emit(true)
+    }
+  }
+
+  #leftover:
+    | { pages: { indices(): Iterable<number> } | null; blocks: { indices(): Iterable<number> } }
+    | undefined
+
+  /** Sends the given pages and blocks over all streams and waits until all of it is acknowledged. */
+  async #sendRound(
+    round: number,
+    pages: Iterable<number> | null,
+    blocks: Iterable<number> | null,
+    skipZero: boolean,
+  ): Promise<void> {
+    const n = this.#senders.length
+    const pl: number[][] = Array.from({ length: n }, () => [])
+    const bl: number[][] = Array.from({ length: n }, () => [])
+    if (pages) for (const i of pages) pl[Math.floor(i / PAGE_SHARD) % n]!.push(i)
+    if (blocks) for (const i of blocks) bl[Math.floor(i / BLOCK_SHARD) % n]!.push(i)
+    const { memory, disk } = this.#i.instance
+    this.#roundRemaining =
+      pl.reduce((a, l) => a + l.length, 0) * memory.pageSize +
+      bl.reduce((a, l) => a + l.length, 0) * disk.blockSize
+    await Promise.all(this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero)))
+    await Promise.all(this.#senders.map((s) => s.flush()))
+    this.#roundRemaining = 0
+  }
+
+  /** One stream's share of a round: frames of pages, then of blocks. */
+  async #sendUnits(
+    k: number,
+    round: number,
+    pages: number[],
+    blocks: number[],
+    skipZero: boolean,
+  ): Promise<void> {
+    const { memory, disk } = this.#i.instance
+    const b = new FrameBuilder()
+    const frame = new FrameState(this.#cost)
+    for (const i of pages) {
+      if (!b.fits(memory.pageSize)) await this.#emitFrame(k, round, b, frame)
+      if (memory.isZeroPage(i)) {
+        this.#c.zeroPages++
+        if (!skipZero) {
+          b.addZero('memory', i)
+          this.#tables[k]!.memory.forget(i)
+          this.#c.pagesSent++
+        }
+        continue
+      }
+      this.#addUnit(k, b, frame, 'memory', i, memory.readPage(i))
+    }
+    const zero = Buffer.alloc(disk.blockSize)
+    for (const i of blocks) {
+      if (!b.fits(disk.blockSize)) await this.#emitFrame(k, round, b, frame)
+      const data = await disk.readBlock(i)
+      this.#signal.throwIfAborted()
+      if (zero.equals(data)) {
+        this.#c.zeroBlocks++
+        if (!skipZero) {
+          b.addZero('disk', i)
+          this.#tables[k]!.disk.forget(i)
+          this.#c.blocksSent++
+        }
+        continue
+      }
+      this.#addUnit(k, b, frame, 'disk', i, data)
+    }
+    if (!b.empty) await this.#emitFrame(k, round, b, frame)
+  }
+
+  /** Adds a non-zero unit as DATA (registered if hashing) or as a REF to content already sent. */
+  #addUnit(k: number, b: FrameBuilder, f: FrameState, space: Space, i: number, data: Uint8Array): void {
+    const table = this.#tables[k]![space]
+    if (space === 'memory') this.#c.pagesSent++
+    else this.#c.blocksSent++
+    if (!f.hashing) {
+      table.forget(i)
+      b.addData(space, i, data)
+      return
+    }
+    const t = performance.now()
+    const h = contentHash(data)
+    const key = hashKey(h)
+    f.hashMs += performance.now() - t
+    f.hashBytes += data.length
+    f.hashUnits++
+    if (table.lookup(key) !== undefined) {
+      f.hits++
+      table.register(i, key)
+      b.addRef(space, i, h)
+      if (space === 'memory') this.#c.dedupPages++
+      else this.#c.dedupBlocks++
+      return
+    }
+    if (table.register(i, key)) {
+      b.addData(space, i, data, h)
+    } else {
+      table.forget(i)
+      b.addData(space, i, data)
+    }
+  }
+
+  async #emitFrame(k: number, round: number, b: FrameBuilder, f: FrameState): Promise<void> {
+    const sender = this.#senders[k]!
+    const { runs, payload } = b.take()
+    f.finish()
+    let body = payload
+    let codec: 'none' | 'lz4' = 'none'
+    if (payload.length >= 4096 && this.#cost.compressNext()) {
+      const t = performance.now()
+      const c = await compressPayload(payload)
+      this.#cost.recordCompression(payload.length, c.length, performance.now() - t)
+      if (c.length < payload.length * 0.97) {
+        body = c
+        codec = 'lz4'
+        this.#c.compressedFrames++
+      }
+    }
+    const bytes = encodeFrame({
+      seq: sender.nextSeq,
+      round,
+      runs,
+      payload: body,
+      codec,
+      rawLength: payload.length,
+    })
+    this.#c.frames++
+    this.#c.bytesSent += payload.length
+    const before = sender.framed.written
+    await sender.send(bytes)
+    this.#c.wireBytes += sender.framed.written - before
+    this.#roundRemaining = Math.max(0, this.#roundRemaining - payload.length)
+    this.#emit()
+  }
+
+  // ------------------------------------------------------------------ switchover
+
+  async #switchoverPrecopy(): Promise<void> {
+    const { instance, timeouts } = this.#i
+    const left = this.#leftover!
+    // Pages dirtied since the last round's snapshot, including while the guest was stopping
+    const pages = new Bitmap(instance.memory.pageCount)
+    for (const i of left.pages?.indices() ?? []) pages.set(i)
+    for (const i of instance.memory.takeDirtyPages().indices()) pages.set(i)
+    const blocks = new Bitmap(instance.disk.blockCount)
+    for (const i of left.blocks.indices()) blocks.set(i)
+    for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
+    this.#round++
+    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false)
+    this.#setPhase('verify')
+    const digest = await instance.digest()
+    const control = this.#control!
+    await control.send({ switchover: { round: this.#round, digest: digest.combined } }, this.#signal)
+    const v = await withTimeout(timeouts.stepTimeoutMs, 'verification', this.#signal, (s) =>
+      control.expect(['verified'], s),
+    )
+    if (!v.verified?.ok) {
+      throw new VerifyFailedError(
+        `the destination's digest ${v.verified?.digest ?? '?'} differs from ${digest.combined}: ${v.verified?.message ?? ''}`,
+      )
+    }
+  }
+
+  #pending: Bitmap | undefined
+
+  async #switchoverPostcopy(switched: boolean): Promise<void> {
+    const { instance, timeouts } = this.#i
+    const memory = instance.memory
+    const left = this.#leftover!
+    // Pages the destination lacks: after pre-copy rounds (auto), the dirty ones; in pure post-copy,
+    // every non-zero page (the destination starts zeroed)
+    const pending = new Bitmap(memory.pageCount)
+    if (switched) {
+      for (const i of left.pages?.indices() ?? []) pending.set(i)
+      for (const i of memory.takeDirtyPages().indices()) pending.set(i)
+    } else {
+      for (let i = 0; i < memory.pageCount; i++) if (!memory.isZeroPage(i)) pending.set(i)
+    }
+    this.#pending = pending
+    const blocks = new Bitmap(instance.disk.blockCount)
+    for (const i of left.blocks.indices()) blocks.set(i)
+    for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
+    this.#round++
+    // The disk is complete before the switchover (as QEMU mirrors it): only memory is post-copied
+    await this.#sendRound(this.#round, null, blocks.indices(), false)
+    this.#setPhase('verify')
+    const diskDigest = await diskDigestOf(instance.disk, this.#signal)
+    const control = this.#control!
+    await control.send(
+      { switchover: { round: this.#round, postcopy: true, pending: pending.toBytes(), diskDigest } },
+      this.#signal,
+    )
+    const v = await withTimeout(timeouts.stepTimeoutMs, 'verification', this.#signal, (s) =>
+      control.expect(['verified'], s),
+    )
+    if (!v.verified?.ok) {
+      throw new VerifyFailedError(`the destination's disk digest differs: ${v.verified?.message ?? ''}`)
+    }
+  }
+
+  // ------------------------------------------------------------------ handover
+
+  async #handover(): Promise<void> {
+    const { hooks, epoch, timeouts } = this.#i
+    this.#setPhase('handover')
+    // Journal first: an agent that restarts after this knows to ask the destination, not to resume
+    await hooks.onHandover?.(this.view(), { signal: this.#signal })
+    this.#signal.throwIfAborted()
+    const newEpoch = epoch + 1
+    const control = this.#control!
+    this.#commitSent = true
+    try {
+      await control.send({ commit: { epoch: newEpoch } }, this.#i.signal)
+      const r = await withTimeout(timeouts.stepTimeoutMs, 'RUNNING', this.#i.signal, (s) =>
+        control.expect(['running'], s),
+      )
+      if (r.running?.epoch !== newEpoch) throw new ProtocolError(`RUNNING with epoch ${r.running?.epoch}`)
+    } catch (err) {
+      this.#log.warn(
+        { err: asMigrationError(err).message },
+        'commit sent but no RUNNING: asking the destination',
+      )
+      const outcome = await this.#resolveInDoubt()
+      if (outcome === 'aborted') {
+        // The destination never resumed it and never will (it refuses a late commit): ours again
+        this.#commitSent = false
+        throw new LinkError(
+          `commit not acknowledged and the destination did not commit (${asMigrationError(err).message})`,
+        )
+      }
+      if (outcome === 'unknown') {
+        throw new HandoverInDoubtError(
+          `commit sent, the destination did not answer within ${timeouts.statusTimeoutMs} ms: the VM stays paused here`,
+        )
+      }
+      if (this.#postcopy) {
+        // It runs there, but its missing pages can no longer come from here over this stream
+        throw new MigrationError(
+          'POSTCOPY_LOST',
+          'the destination committed but the post-copy stream is lost',
+        )
+      }
+    }
+    this.#newEpoch = newEpoch
+    this.#downtimeMs = performance.now() - this.#pausedAt!
+  }
+
+  /** Asks the destination whether it committed, with backoff, within the status timeout. */
+  async #resolveInDoubt(): Promise<Outcome | 'unknown'> {
+    const { host, to, timeouts } = this.#i
+    const deadline = performance.now() + timeouts.statusTimeoutMs
+    let delay = 100
+    while (performance.now() < deadline && !this.#i.signal.aborted) {
+      try {
+        const r = await queryStatus(host, to, this.id, {
+          signal: AbortSignal.any([
+            this.#i.signal,
+            AbortSignal.timeout(Math.min(5000, timeouts.statusTimeoutMs)),
+          ]),
+        })
+        this.#log.info({ outcome: r.outcome }, 'destination status')
+        if (r.outcome === 'committed' || r.outcome === 'aborted') return r.outcome
+        if (r.outcome === 'unknown') return 'aborted'
+      } catch (err) {
+        this.#log.debug({ err: asMigrationError(err).message }, 'status query failed')
+      }
+      await sleep(Math.min(delay, Math.max(0, deadline - performance.now())), this.#i.signal).catch(
+        () => undefined,
+      )
+      delay = Math.min(delay * 2, 5000)
+    }
+    return 'unknown'
+  }
+
+  // ------------------------------------------------------------------ post-copy push
+
+  async #push(): Promise<void> {
+    const { instance, timeouts } = this.#i
+    const memory = instance.memory
+    const control = this.#control!
+    const pending = this.#pending!
+    this.#setPhase('postcopy')
+    const sent = new Bitmap(memory.pageCount)
+    const urgent: number[] = []
+    // Post-copy must not die with the migration's cancel signal: only the service stopping ends it
+    const signal = this.#i.signal
+    let complete: { ok: boolean; message: string } | undefined
+    let wakeComplete: (() => void) | undefined
+    const reader = (async () => {
+      while (true) {
+        const m = await control.expect(['fetch', 'complete'], signal)
+        if (m.msg === 'complete') {
+          complete = { ok: m.complete?.ok === true, message: m.complete?.message ?? '' }
+          wakeComplete?.()
+          return
+        }
+        for (const p of m.fetch?.pages ?? []) {
+          if (p >= memory.pageCount) throw new ProtocolError(`fetch of page ${p}`)
+          if (pending.get(p) && !sent.get(p)) urgent.push(p)
+        }
+      }
+    })()
+    const readerFailed = reader.catch((err: unknown) => {
+      throw asMigrationError(err, 'LINK')
+    })
+    readerFailed.catch(() => undefined)
+    const digest = pageDigestOf(memory, signal)
+    digest.catch(() => undefined)
+    this.#roundRemaining = pending.count() * memory.pageSize
+    const n = this.#senders.length
+    const shards: number[][] = Array.from({ length: n }, () => [])
+    for (const i of pending.indices()) shards[Math.floor(i / PAGE_SHARD) % n]!.push(i)
+    const round = this.#round + 1
+    const worker = async (k: number) => {
+      const b = new FrameBuilder()
+      const sender = this.#senders[k]!
+      const own = shards[k]!
+      let next = 0
+      while (true) {
+        // Faulting pages first, in small frames: they hold up the guest
+        while (urgent.length > 0 && b.fits(memory.pageSize)) {
+          const p = urgent.shift()!
+          if (sent.get(p)) continue
+          sent.set(p)
+          this.#c.faultPages++
+          this.#addPushed(b, p)
+        }
+        if (b.empty) {
+          while (next < own.length && b.fits(memory.pageSize) && urgent.length === 0) {
+            const p = own[next++]!
+            if (sent.get(p)) continue
+            sent.set(p)
+            this.#addPushed(b, p)
+          }
+        }
+        if (b.empty) {
+          if (next >= own.length) return
+          continue
+        }
+        const { runs, payload } = b.take()
+        const bytes = encodeFrame({
+          seq: sender.nextSeq,
+          round,
+          runs,
+          payload,
+          codec: 'none',
+          rawLength: payload.length,
+        })
+        this.#c.frames++
+        this.#c.bytesSent += payload.length
+        const before = sender.framed.written
+        await sender.send(bytes)
+        this.#c.wireBytes += sender.framed.written - before
+        this.#roundRemaining = Math.max(0, this.#roundRemaining - payload.length)
+        this.#emit()
+      }
+    }
+    await Promise.race([Promise.all(this.#senders.map((_, k) => worker(k))), readerFailed])
+    await Promise.race([Promise.all(this.#senders.map((s) => s.flush())), readerFailed])
+    await control.send({ pushDone: { pageDigest: await digest } }, signal)
+    if (!complete) {
+      await withTimeout(timeouts.stepTimeoutMs, 'post-copy completion', signal, async (s) => {
+        await Promise.race([
+          new Promise<void>((resolve, reject) => {
+            wakeComplete = resolve
+            s.addEventListener('abort', () => reject(s.reason), { once: true })
+          }),
+          readerFailed,
+        ])
+      })
+    }
+    if (!complete?.ok) {
+      throw new VerifyFailedError(
+        `post-copy image check failed at the destination: ${complete?.message ?? ''}`,
+      )
+    }
+  }
+
+  #addPushed(b: FrameBuilder, p: number): void {
+    const memory = this.#i.instance.memory
+    this.#c.pagesSent++
+    if (memory.isZeroPage(p)) {
+      this.#c.zeroPages++
+      b.addZero('memory', p)
+    } else {
+      b.addData('memory', p, memory.readPage(p))
+    }
+  }
+
+  // ------------------------------------------------------------------ end
+
+  async #release(): Promise<void> {
+    const { hooks, instance } = this.#i
+    if (hooks.onReleased) await hooks.onReleased(this.view(), instance)
+    else await instance.destroy()
+  }
+
+  #finish(phase: 'done' | 'failed' | 'cancelled'): void {
+    this.#totalMs = performance.now() - this.#t0
+    this.#roundRemaining = 0
+    this.#setPhase(phase)
+    this.#log.info(
+      {
+        phase,
+        totalMs: Math.round(this.#totalMs),
+        downtimeMs: this.#downtimeMs && Math.round(this.#downtimeMs),
+        rounds: this.#round,
+        bytes: this.#c.bytesSent,
+        wire: this.#c.wireBytes,
+        error: this.#error,
+      },
+      'migration finished',
+    )
+  }
+
+  async #fail(err: unknown, paused: boolean): Promise<void> {
+    const e =
+      this.#ac.signal.aborted && this.#ac.signal.reason instanceof MigrationError
+        ? this.#ac.signal.reason
+        : asMigrationError(err)
+    this.#error = { code: e.code, message: e.message }
+    const { instance, hooks } = this.#i
+    // Make the destination drop what it has at once (it would anyway when the streams end)
+    const abortErr = new Error(`migration failed: ${e.code}`)
+    this.#control?.framed.abort(abortErr)
+    for (const s of this.#senders) s.abort(abortErr)
+    if (this.#commitSent) {
+      // After COMMIT we never resume blindly: the VM stays paused here
+      this.#finish('failed')
+      try {
+        await hooks.onInDoubt?.(this.view())
+      } catch (hookErr) {
+        this.#log.error({ err: asMigrationError(hookErr).message }, 'onInDoubt hook failed')
+      }
+      return
+    }
+    if (paused) {
+      try {
+        await instance.resume()
+      } catch (resumeErr) {
+        this.#log.error(
+          { err: asMigrationError(resumeErr).message },
+          'could not resume the VM after a failed migration',
+        )
+      }
+    }
+    this.#finish(e instanceof CancelledError ? 'cancelled' : 'failed')
+    try {
+      await hooks.onAborted?.(this.view())
+    } catch (hookErr) {
+      this.#log.error({ err: asMigrationError(hookErr).message }, 'onAborted hook failed')
+    }
+  }
+
+  async #closeStreams(): Promise<void> {
+    const closing: Promise<void>[] = []
+    for (const s of this.#senders) {
+      s.finishing()
+      closing.push(s.close())
+    }
+    if (this.#control) closing.push(this.#control.framed.close())
+    await Promise.allSettled(closing)
+  }
+}
+
+/** Per-frame choices and hashing figures. */
+class FrameState {
+  hashing: boolean
+  hashMs = 0
+  hashBytes = 0
+  hashUnits = 0
+  hits = 0
+  constructor(readonly cost: CostModel) {
+    this.hashing = cost.hashNext()
+  }
+  finish(): void {
+    if (this.hashUnits > 0) this.cost.recordHashing(this.hashBytes, this.hits, this.hashUnits, this.hashMs)
+    this.hashMs = 0
+    this.hashBytes = 0
+    this.hashUnits = 0
+    this.hits = 0
+    this.hashing = this.cost.hashNext()
+  }
+}
+
+function* range(n: number): Generator<number> {
+  for (let i = 0; i < n; i++) yield i
+}

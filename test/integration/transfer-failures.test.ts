@@ -1,0 +1,253 @@
+import '../../src/node/polyfill.js'
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as delay } from 'node:timers/promises'
+import { lpStream } from '@libp2p/utils'
+import { pb } from '../../src/proto/index.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL, MigrationRefusedError } from '../../src/transfer/index.js'
+import { connect, createTestNode, fillVm, type TestNode } from '../../src/transfer/testing.js'
+
+const timeouts = { stepTimeoutMs: 5000, stallTimeoutMs: 5000, statusTimeoutMs: 5000, dialTimeoutMs: 3000 }
+
+/** The VM runs at `a` (its digest moves as its workload writes) and is held by no other node. */
+async function assertRunsOnlyAt(a: TestNode, vmId: string, others: TestNode[]): Promise<void> {
+  const vm = a.vms.get(vmId)
+  assert.ok(vm, 'still registered at the source')
+  assert.equal(vm.instance.state, 'running')
+  const d1 = (await vm.instance.digest()).combined
+  await delay(200)
+  const d2 = (await vm.instance.digest()).combined
+  assert.notEqual(d1, d2, 'its workload still runs')
+  for (const o of others) assert.equal(o.vms.has(vmId), false, 'no other copy')
+}
+
+describe('migration failures leave the VM running at the source', { timeout: 180_000 }, () => {
+  const nodes: TestNode[] = []
+  let a: TestNode
+  let b: TestNode
+  let c: TestNode
+
+  before(async () => {
+    a = await createTestNode({ timeouts })
+    b = await createTestNode({ timeouts, maxIncoming: 1 })
+    c = await createTestNode({ timeouts })
+    nodes.push(a, b, c)
+    await connect(a, b)
+    await connect(a, c)
+  })
+
+  after(async () => {
+    await Promise.all(nodes.map((n) => n.stop()))
+  })
+
+  const busy = { memoryMiB: 32, workload: { dirtyMiBps: 2, hotSetMiB: 4, diskWriteMiBps: 0.5 } }
+
+  it('refuses an unknown VM and a migration of a VM already moving', { timeout: 20_000 }, async () => {
+    assert.throws(
+      () => a.service.migrate('nope', b.host.peerId),
+      (e: unknown) => e instanceof MigrationRefusedError && e.code === 'UNKNOWN_VM',
+    )
+    const vm = await a.createVm('dup-1', busy)
+    await fillVm(vm, 2000, 10)
+    const v = a.service.migrate('dup-1', c.host.peerId, { bandwidthMiBps: 8 })
+    assert.throws(
+      () => a.service.migrate('dup-1', b.host.peerId),
+      (e: unknown) => e instanceof MigrationRefusedError && e.code === 'ALREADY_MIGRATING',
+    )
+    a.service.cancel(v.id)
+    const end = await a.service.done(v.id)
+    assert.equal(end.phase, 'cancelled')
+    await assertRunsOnlyAt(a, 'dup-1', [b, c])
+  })
+
+  it('reports the destination refusing for capacity and for being busy', { timeout: 30_000 }, async () => {
+    await a.createVm('cap-1', busy)
+    b.overrides.reserve = async () => ({ ok: false, code: 'NO_CAPACITY', message: 'full' })
+    try {
+      const end = await a.service.done(a.service.migrate('cap-1', b.host.peerId).id)
+      assert.equal(end.phase, 'failed')
+      assert.equal(end.error?.code, 'NO_CAPACITY')
+    } finally {
+      delete b.overrides.reserve
+    }
+    await assertRunsOnlyAt(a, 'cap-1', [b, c])
+    // b takes one incoming migration at a time
+    const slow = await a.createVm('busy-a', busy)
+    await fillVm(slow, 3000, 10)
+    const first = a.service.migrate('busy-a', b.host.peerId, { bandwidthMiBps: 8 })
+    await delay(300)
+    const second = await a.service.done(a.service.migrate('cap-1', b.host.peerId).id)
+    assert.equal(second.error?.code, 'BUSY')
+    a.service.cancel(first.id)
+    await a.service.done(first.id)
+    await assertRunsOnlyAt(a, 'busy-a', [b, c])
+    await assertRunsOnlyAt(a, 'cap-1', [b, c])
+  })
+
+  it('refuses a VM the destination already holds', { timeout: 20_000 }, async () => {
+    await a.createVm('twin', busy)
+    await c.createVm('twin', busy)
+    const end = await a.service.done(a.service.migrate('twin', c.host.peerId).id)
+    assert.equal(end.error?.code, 'VM_EXISTS')
+    assert.equal(a.vms.get('twin')?.instance.state, 'running')
+  })
+
+  it('cancel rolls back: running at the source, discarded at the destination', {
+    timeout: 20_000,
+  }, async () => {
+    const vm = await a.createVm('cancel-1', busy)
+    await fillVm(vm, 4000, 10)
+    const v = a.service.migrate('cancel-1', c.host.peerId, { bandwidthMiBps: 8 })
+    await delay(400)
+    a.service.cancel(v.id)
+    const end = await a.service.done(v.id)
+    assert.equal(end.phase, 'cancelled')
+    assert.equal(end.error?.code, 'CANCELLED')
+    const inEnd = await waitFor(
+      () => c.service.get(v.id),
+      (x) => x?.phase === 'failed' || x?.phase === 'cancelled',
+    )
+    assert.ok(inEnd)
+    await assertRunsOnlyAt(a, 'cancel-1', [b, c])
+    assert.equal(a.calls.filter((x) => x.migrationId === v.id && x.hook === 'onAborted').length, 1)
+  })
+
+  it('destination host stopped mid-transfer: VM stays at the source; a retry elsewhere succeeds', {
+    timeout: 40_000,
+  }, async () => {
+    const victim = await createTestNode({ timeouts })
+    nodes.push(victim)
+    await connect(a, victim)
+    const vm = await a.createVm('cut-1', busy)
+    await fillVm(vm, 6000, 20)
+    const v = a.service.migrate('cut-1', victim.host.peerId, { bandwidthMiBps: 10 })
+    await waitFor(
+      () => a.service.get(v.id),
+      (x) => (x?.bytesSent ?? 0) > 2 * 1024 * 1024,
+    )
+    await victim.host.stop()
+    const end = await a.service.done(v.id)
+    assert.equal(end.phase, 'failed')
+    assert.ok(['LINK', 'TIMEOUT'].includes(end.error!.code), JSON.stringify(end.error))
+    await assertRunsOnlyAt(a, 'cut-1', [b, c, victim])
+    const retry = await a.service.done(a.service.migrate('cut-1', c.host.peerId).id)
+    assert.equal(retry.phase, 'done', JSON.stringify(retry.error))
+    assert.equal(c.vms.get('cut-1')?.instance.state, 'running')
+    assert.equal(a.vms.has('cut-1'), false)
+  })
+
+  it('garbage from a fake destination aborts cleanly; the retry succeeds', { timeout: 30_000 }, async () => {
+    const evil = await createTestNode({ timeouts })
+    nodes.push(evil)
+    await evil.service.stop()
+    // Accepts the offer, then answers garbage
+    await evil.host.handle(CONTROL_PROTOCOL, async (stream) => {
+      const lp = lpStream(stream, { maxDataLength: 1 << 20 })
+      await lp.read()
+      await lp.write(pb.MigrationControl.encode({ accept: { reservationId: 'x' } }).finish())
+      await lp.write(Uint8Array.from([0xff, 0xff, 0xff, 0x01, 0x02, 0x99]))
+    })
+    await evil.host.handle(DATA_PROTOCOL, async (stream) => {
+      for await (const _ of stream) {
+        // swallow
+      }
+    })
+    await connect(a, evil)
+    const vm = await a.createVm('garbage-1', busy)
+    await fillVm(vm, 500, 5)
+    const end = await a.service.done(a.service.migrate('garbage-1', evil.host.peerId).id)
+    assert.equal(end.phase, 'failed')
+    assert.equal(end.error?.code, 'PROTOCOL', JSON.stringify(end.error))
+    await assertRunsOnlyAt(a, 'garbage-1', [b, c, evil])
+    const retry = await a.service.done(a.service.migrate('garbage-1', c.host.peerId).id)
+    assert.equal(retry.phase, 'done', JSON.stringify(retry.error))
+  })
+
+  it('garbage data frames make the destination discard its copy', { timeout: 30_000 }, async () => {
+    const spec = { id: 'forged', name: 'forged', vcpus: 1, memoryMib: 32, diskMib: 64 }
+    const control = lpStream(await a.host.dialProtocol(b.host.peerId, CONTROL_PROTOCOL), {
+      maxDataLength: 1 << 20,
+    })
+    await control.write(
+      pb.MigrationControl.encode({
+        offer: {
+          migrationId: 'forged-1',
+          spec,
+          epoch: 1,
+          pageSize: 4096,
+          pageCount: (32 * 1024 * 1024) / 4096,
+          blockSize: 65536,
+          blockCount: 1024,
+          streams: 1,
+        },
+      }).finish(),
+    )
+    const accept = pb.MigrationControl.decode((await control.read()).subarray())
+    assert.equal(accept.msg, 'accept')
+    const data = lpStream(await a.host.dialProtocol(b.host.peerId, DATA_PROTOCOL), { maxDataLength: 1 << 20 })
+    await data.write(
+      pb.DataHello.encode({
+        migrationId: 'forged-1',
+        reservationId: accept.accept!.reservationId,
+        streamIndex: 0,
+      }).finish(),
+    )
+    // A frame whose run points past the end of memory
+    await data.write(
+      pb.DataFrame.encode({ seq: 0, runs: [{ space: 0, kind: 1, first: 1 << 30, count: 5 }] }).finish(),
+    )
+    const inEnd = await waitFor(
+      () => b.service.get('forged-1'),
+      (x) => x?.phase === 'failed',
+    )
+    assert.equal(inEnd?.error?.code, 'PROTOCOL')
+    assert.equal(b.vms.has('forged'), false)
+  })
+
+  it('commit refused by the destination journal: the source resumes the VM', {
+    timeout: 30_000,
+  }, async () => {
+    const vm = await a.createVm('journal-1', busy)
+    await fillVm(vm, 500, 5)
+    c.overrides.onCommit = async () => {
+      throw new Error('disk full')
+    }
+    try {
+      const end = await a.service.done(a.service.migrate('journal-1', c.host.peerId).id)
+      assert.equal(end.phase, 'failed')
+      assert.equal(end.error?.code, 'LINK', JSON.stringify(end.error))
+    } finally {
+      delete c.overrides.onCommit
+    }
+    await assertRunsOnlyAt(a, 'journal-1', [b, c])
+  })
+
+  it('link cut right after COMMIT: the source asks, learns it committed, releases', {
+    timeout: 30_000,
+  }, async () => {
+    const vm = await a.createVm('cut-commit', busy)
+    await fillVm(vm, 500, 5)
+    c.overrides.onCommit = async () => {
+      // The worst moment: the destination has COMMIT, the source will never see RUNNING on this stream
+      await c.host.hangUp(a.host.peerId)
+    }
+    try {
+      const end = await a.service.done(a.service.migrate('cut-commit', c.host.peerId).id)
+      assert.equal(end.phase, 'done', JSON.stringify(end.error))
+    } finally {
+      delete c.overrides.onCommit
+    }
+    assert.equal(a.vms.has('cut-commit'), false)
+    assert.equal(c.vms.get('cut-commit')?.instance.state, 'running')
+  })
+})
+
+async function waitFor<T>(get: () => T, ok: (v: T) => boolean, ms = 10_000): Promise<T> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    const v = get()
+    if (ok(v)) return v
+    await delay(20)
+  }
+  throw new Error('condition not met in time')
+}
