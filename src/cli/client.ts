@@ -3,6 +3,8 @@ import type {
   ClusterView,
   ClusterVm,
   CreateVmRequest,
+  MigrateVmRequest,
+  MigrationView,
   NodeInfo,
   PeerInfo,
   VmDigest,
@@ -64,6 +66,24 @@ export class ApiClient {
 
   vmDigest(id: string): Promise<VmDigest> {
     return this.request('GET', `/v1/vms/${encodeURIComponent(id)}/digest`)
+  }
+
+  /** Starts a live migration (202); the answer is its first view. */
+  migrateVm(id: string, req: MigrateVmRequest): Promise<MigrationView> {
+    return this.request('POST', `/v1/vms/${encodeURIComponent(id)}/migrate`, req)
+  }
+
+  listMigrations(): Promise<{ migrations: MigrationView[] }> {
+    return this.request('GET', '/v1/migrations')
+  }
+
+  getMigration(id: string): Promise<MigrationView> {
+    return this.request('GET', `/v1/migrations/${encodeURIComponent(id)}`)
+  }
+
+  /** Asks to cancel; 409 INVALID_STATE once it is past its handover. */
+  cancelMigration(id: string): Promise<MigrationView> {
+    return this.request('DELETE', `/v1/migrations/${encodeURIComponent(id)}`)
   }
 
   cluster(): Promise<ClusterView> {

@@ -2,6 +2,7 @@
 export { ApiClient, type ApiClientInit } from './client.js'
 export { agentFlags, type RunAgent } from './commands/agent.js'
 export { newSwarmKey, SWARM_KEY_LENGTH } from './commands/mesh-key.js'
+export { findMigration, findPeer, type MigrateDeps, migrateRequest } from './commands/migrate.js'
 export { createRequest, findVm } from './commands/vm.js'
 export {
   type AgentFile,

@@ -5,6 +5,7 @@ import { type RunAgent, registerAgentCommand } from './commands/agent.js'
 import { registerClusterCommands } from './commands/cluster.js'
 import { registerDemoCommand } from './commands/demo.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
+import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNodeCommands } from './commands/node.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
@@ -13,6 +14,8 @@ import type { CliIo } from './io.js'
 export interface ProgramDeps {
   /** Defaults to `runAgent` from src/node/run.ts, loaded when `agent` runs. */
   runAgent?: RunAgent
+  /** `vm migrate --wait`: poll interval and Ctrl-C source (tests make them fast and scripted). */
+  migrate?: MigrateDeps
 }
 
 export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
@@ -33,7 +36,8 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
 
   registerAgentCommand(program, deps.runAgent)
   registerNodeCommands(program, io)
-  registerVmCommands(program, io)
+  registerVmCommands(program, io, deps.migrate)
+  registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)

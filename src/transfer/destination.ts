@@ -53,6 +53,8 @@ export interface ValidOffer {
   mode: Mode
   streams: number
   compression: boolean
+  /** The VM was paused at the source; it stays paused after the handover. */
+  paused: boolean
 }
 
 const MODE_FROM_PB: Record<number, Mode> = {
@@ -109,7 +111,16 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     throw bad('memory size does not match the page count')
   if (spec.diskMiB * 1024 * 1024 !== g.blockSize * g.blockCount)
     throw bad('disk size does not match the block count')
-  return { migrationId: id, spec, epoch, geometry: g, mode, streams, compression: o.compression === true }
+  return {
+    migrationId: id,
+    spec,
+    epoch,
+    geometry: g,
+    mode,
+    streams,
+    compression: o.compression === true,
+    paused: o.paused === true,
+  }
 }
 
 export interface IncomingInit {
@@ -310,7 +321,8 @@ export class IncomingMigration {
         instance.memory.startDirtyTracking()
         instance.memory.takeDirtyPages()
       }
-      await instance.resume()
+      // A VM its owner had paused arrives paused (and so byte for byte as it left).
+      if (!offer.paused || s.postcopy) await instance.resume()
       resumed = true
       await control.send({ running: { epoch: newEpoch } }, this.#i.signal).catch((err: unknown) => {
         // The source asks the status protocol when RUNNING does not arrive

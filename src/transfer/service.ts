@@ -117,9 +117,13 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
    */
   migrate(vmId: string, to: PeerId, options: MigrateOptions = {}): MigrationView {
     if (!this.#started) throw new MigrationRefusedError('STOPPING', 'the migration service is not running')
-    const opts = resolveOptions(options, this.#defaults)
     const vm = this.#c.lookupVm(vmId)
     if (!vm) throw new MigrationRefusedError('UNKNOWN_VM', `no VM ${vmId} on this host`)
+    // A paused VM dirties nothing: pre-copy moves it in one round and it arrives paused.
+    const opts = resolveOptions(
+      vm.instance.state === 'paused' ? { ...options, mode: 'precopy' } : options,
+      this.#defaults,
+    )
     if (vm.instance.state !== 'running' && vm.instance.state !== 'paused') {
       throw new MigrationRefusedError('BAD_OFFER', `VM ${vmId} is ${vm.instance.state}`)
     }

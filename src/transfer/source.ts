@@ -98,6 +98,8 @@ export class OutgoingMigration {
   #dirtyBps = 0
   #roundRemaining = 0
   #commitSent = false
+  /** The VM was paused by its owner before the migration: it stays paused, here or there. */
+  #wasPaused = false
   #control: ControlChannel | undefined
   #senders: DataSender[] = []
   #tables: { memory: DedupTable; disk: DedupTable }[] = []
@@ -158,6 +160,13 @@ export class OutgoingMigration {
     return true
   }
 
+  /** Milestones of the downtime (ms since the pause), for the logs. */
+  readonly #marks: Record<string, number> = {}
+
+  #mark(name: string): void {
+    if (this.#pausedAt !== undefined) this.#marks[name] = Math.round(performance.now() - this.#pausedAt)
+  }
+
   #setPhase(p: Phase): void {
     this.#phase = p
     this.#log.debug({ phase: p, round: this.#round }, 'migration phase')
@@ -178,6 +187,7 @@ export class OutgoingMigration {
   async #run(): Promise<MigrationView> {
     const { instance } = this.#i
     let paused = false
+    this.#wasPaused = instance.state === 'paused'
     try {
       await this.#offer()
       await this.#openDataStreams()
@@ -189,6 +199,7 @@ export class OutgoingMigration {
       await instance.pause()
       paused = true
       this.#pausedAt = performance.now()
+      this.#mark('paused')
       if (decision.action === 'postcopy' || this.#i.options.mode === 'postcopy') {
         this.#postcopy = true
         await this.#switchoverPostcopy(decision.action === 'postcopy')
@@ -196,7 +207,15 @@ export class OutgoingMigration {
         await this.#switchoverPrecopy()
       }
       await this.#handover()
-      if (this.#postcopy) await this.#push()
+      if (this.#postcopy) {
+        try {
+          await this.#push()
+        } catch (err) {
+          // The guest runs at the destination on pages only we have: a broken push loses it
+          const e = asMigrationError(err)
+          throw e instanceof VerifyFailedError ? e : new MigrationError('POSTCOPY_LOST', e.message)
+        }
+      }
       await this.#release()
       this.#finish('done')
     } catch (err) {
@@ -248,6 +267,7 @@ export class OutgoingMigration {
           streams: options.streams,
           compression: options.compression !== 'off',
           dedup: options.dedup !== 'off',
+          paused: this.#wasPaused,
         },
       },
       this.#signal,
@@ -490,12 +510,16 @@ export class OutgoingMigration {
     this.#round++
     await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false)
     this.#setPhase('verify')
+    this.#mark('lastRound')
     const digest = await instance.digest()
+    this.#mark('digest')
     const control = this.#control!
+    control.accepting(['verified'])
     await control.send({ switchover: { round: this.#round, digest: digest.combined } }, this.#signal)
     const v = await withTimeout(timeouts.stepTimeoutMs, 'verification', this.#signal, (s) =>
       control.expect(['verified'], s),
     )
+    this.#mark('verified')
     if (!v.verified?.ok) {
       throw new VerifyFailedError(
         `the destination's digest ${v.verified?.digest ?? '?'} differs from ${digest.combined}: ${v.verified?.message ?? ''}`,
@@ -528,6 +552,7 @@ export class OutgoingMigration {
     this.#setPhase('verify')
     const diskDigest = await diskDigestOf(instance.disk, this.#signal)
     const control = this.#control!
+    control.accepting(['verified'])
     await control.send(
       { switchover: { round: this.#round, postcopy: true, pending: pending.toBytes(), diskDigest } },
       this.#signal,
@@ -547,9 +572,12 @@ export class OutgoingMigration {
     this.#setPhase('handover')
     // Journal first: an agent that restarts after this knows to ask the destination, not to resume
     await hooks.onHandover?.(this.view(), { signal: this.#signal })
+    this.#mark('journaled')
     this.#signal.throwIfAborted()
     const newEpoch = epoch + 1
     const control = this.#control!
+    // Post-copy: the destination may ask for pages as soon as its guest runs, even before RUNNING lands
+    control.accepting(this.#postcopy ? ['running', 'fetch', 'complete'] : ['running'])
     this.#commitSent = true
     try {
       await control.send({ commit: { epoch: newEpoch } }, this.#i.signal)
@@ -585,6 +613,7 @@ export class OutgoingMigration {
     }
     this.#newEpoch = newEpoch
     this.#downtimeMs = performance.now() - this.#pausedAt!
+    this.#mark('running')
   }
 
   /** Asks the destination whether it committed, with backoff, within the status timeout. */
@@ -750,6 +779,7 @@ export class OutgoingMigration {
         bytes: this.#c.bytesSent,
         wire: this.#c.wireBytes,
         error: this.#error,
+        downtime: this.#marks,
       },
       'migration finished',
     )
@@ -776,7 +806,7 @@ export class OutgoingMigration {
       }
       return
     }
-    if (paused) {
+    if (paused && !this.#wasPaused) {
       try {
         await instance.resume()
       } catch (resumeErr) {

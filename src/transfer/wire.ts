@@ -130,7 +130,7 @@ export class ControlChannel {
     })().catch((err: unknown) => fail(err instanceof Error ? err : new Error(String(err))))
   }
 
-  /** Kinds that may arrive now (pump mode); null: none. */
+  /** Kinds that may arrive now (pump mode; the owner sets it per step); null: none. */
   accepting(kinds: readonly ControlKind[] | null): void {
     this.#accept = kinds
   }
@@ -148,8 +148,9 @@ export class ControlChannel {
   ): Promise<Control & { msg: K }> {
     let m: Control
     if (this.#pumping) {
-      this.#accept = kinds
-      while (this.#queue.length === 0) {
+      // Messages of other accepted kinds stay queued for their own expect
+      const want = (q: Control) => (kinds as readonly string[]).includes(q.msg ?? '')
+      while (!this.#queue.some(want)) {
         if (this.#pumpError) throw this.#pumpError
         signal?.throwIfAborted()
         let onAbort: (() => void) | undefined
@@ -161,7 +162,7 @@ export class ControlChannel {
         if (onAbort) signal?.removeEventListener('abort', onAbort)
         this.#wake = undefined
       }
-      m = this.#queue.shift()!
+      m = this.#queue.splice(this.#queue.findIndex(want), 1)[0]!
     } else {
       m = await this.#recvRaw(signal)
       if (m.msg === 'abort') throw abortError(m)

@@ -133,6 +133,23 @@ describe('swim member list: incarnation rules', () => {
     assert.equal(l.get(A), undefined)
   })
 
+  it('refuses newcomers beyond maxMembers', () => {
+    const l = new MemberList({
+      self: { peerId: SELF, addrs: [], site: '', incarnation: 1 },
+      probeIntervalMs: PROBE,
+      suspicionMult: 4,
+      suspicionMaxTimeoutMult: 6,
+      reapAfterMs: 1000,
+      maxMembers: 3,
+      now: T0,
+    })
+    assert.equal(l.apply(upd(A, 'alive', 1), T0).accepted, true)
+    assert.equal(l.addSeed(B, [], T0).accepted, true)
+    assert.deepEqual(l.apply(upd(C, 'alive', 1), T0), { accepted: false, full: true })
+    assert.equal(l.addSeed(C, [], T0).full, true)
+    assert.equal(l.apply(upd(A, 'alive', 2), T0).accepted, true, 'known members still update')
+  })
+
   it('a seed is a placeholder at incarnation 0 that any real record outranks', () => {
     const l = list()
     const r = l.addSeed(A, [ADDR], T0)

@@ -1,4 +1,5 @@
-// `skymesh vm create|ls|show|rm|pause|resume`. A VM is named by its id or its name.
+// `skymesh vm create|ls|show|rm|pause|resume` (and `migrate`, from migrate.ts). A VM is named by its id or
+// its name.
 import type { Command } from 'commander'
 import type { CreateVmRequest, VmRecord } from '../../node/types.js'
 import type { WorkloadSpec } from '../../vm/types.js'
@@ -8,6 +9,7 @@ import { ApiError, ExitCode, reportError } from '../errors.js'
 import { formatAge, formatMiB, formatRate, keyValues, shortId, table } from '../format.js'
 import { type CliIo, printJson } from '../io.js'
 import { parseMiB, parseNonNegative, parsePositiveInt } from '../parse.js'
+import { type MigrateDeps, registerMigrateCommand } from './migrate.js'
 
 type Opts = ConnectionOptions & { json?: boolean }
 
@@ -21,7 +23,7 @@ interface CreateOpts extends Opts {
   diskWrite?: number
 }
 
-export function registerVmCommands(program: Command, io: CliIo): void {
+export function registerVmCommands(program: Command, io: CliIo, migrate: MigrateDeps = {}): void {
   const vm = program.command('vm').description('create, list and manage VMs')
 
   addConnectionOptions(
@@ -132,6 +134,8 @@ export function registerVmCommands(program: Command, io: CliIo): void {
       io.stdout.write(`${action === 'pause' ? 'paused' : 'resumed'} VM ${vm.name} (${vm.id}): ${vm.state}\n`)
     })
   }
+
+  registerMigrateCommand(vm, io, migrate)
 }
 
 export function createRequest(name: string, opts: CreateOpts): CreateVmRequest {

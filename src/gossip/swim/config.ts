@@ -45,6 +45,8 @@ export interface SwimInit {
   dialTimeoutMs?: number
   /** Every this often, PING one dead member in case it is back (Serf's reconnect). Default 30 000. */
   reconnectIntervalMs?: number
+  /** Members kept at most (tombstones included); gossip about more is dropped. Default 16 384. */
+  maxMembers?: number
   /** leave() waits at most this long for the LEFT update to be sent out. Default 1000. */
   leavePropagateMs?: number
   /** Byte budget of the piggybacked updates of one message. Default 32 KiB. */
@@ -75,6 +77,7 @@ export interface SwimConfig {
   reapAfterMs: number
   dialTimeoutMs: number
   reconnectIntervalMs: number
+  maxMembers: number
   leavePropagateMs: number
   maxPiggybackBytes: number
   maxQueuedBroadcasts: number
@@ -94,6 +97,7 @@ export const SWIM_DEFAULTS: Readonly<SwimConfig> = Object.freeze({
   reapAfterMs: 24 * 60 * 60 * 1000,
   dialTimeoutMs: 5000,
   reconnectIntervalMs: 30_000,
+  maxMembers: 16_384,
   leavePropagateMs: 1000,
   maxPiggybackBytes: 32 * 1024,
   maxQueuedBroadcasts: 4096,
@@ -119,9 +123,10 @@ export function resolveSwimConfig(init: SwimInit = {}): Readonly<SwimConfig> {
     cfg.probeTimeoutMs <= 0 ||
     cfg.gossipIntervalMs <= 0 ||
     cfg.dialTimeoutMs <= 0 ||
-    cfg.reconnectIntervalMs <= 0
+    cfg.reconnectIntervalMs <= 0 ||
+    cfg.maxMembers < 1
   ) {
-    throw new SwimConfigError('swim: intervals and timeouts must be > 0')
+    throw new SwimConfigError('swim: intervals, timeouts and maxMembers must be > 0')
   }
   if (cfg.probeTimeoutMs > cfg.probeIntervalMs) {
     throw new SwimConfigError('swim: probeTimeoutMs must not exceed probeIntervalMs')

@@ -1,4 +1,10 @@
 // Public surface of SWIM membership and failure detection.
+//
+// Wiring (the agent): `const s = new Swim({ host, logger, self: { site, addrs } }, init)`, `await
+// s.start()`; on libp2p `peer:connect` call `s.addSeed(peerId, addrs)`; feed anti-entropy members
+// to `s.mergeMembers()` and serve `s.snapshot()`; listen to `member:alive|suspect|dead|left`;
+// metrics from `init.onDrop` / `init.onMessage` or `s.stats()`; on shutdown `await s.leave()`
+// then `await s.stop()` before stopping the host.
 export { BroadcastQueue, type BroadcastQueueOptions, retransmitLimit, type TakeOptions } from './broadcast.js'
 export { memberFromWire, memberToWire } from './codec.js'
 export {
@@ -17,6 +23,7 @@ export type { SwimEventName, SwimEvents } from './events.js'
 export { LocalHealth } from './health.js'
 export {
   type ApplyResult,
+  DEFAULT_MAX_MEMBERS,
   type MemberEvent,
   MemberList,
   type MemberListOptions,

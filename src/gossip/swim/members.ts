@@ -36,6 +36,8 @@ export interface ApplyResult {
   refuted?: boolean
   /** A member not known before. */
   added?: boolean
+  /** A new member was refused: the list is at maxMembers. */
+  full?: boolean
 }
 
 export interface MemberListOptions {
@@ -44,6 +46,8 @@ export interface MemberListOptions {
   suspicionMult: number
   suspicionMaxTimeoutMult: number
   reapAfterMs: number
+  /** Members kept at most (ourselves and tombstones included); newcomers beyond are refused. */
+  maxMembers?: number
   now: number
 }
 
@@ -58,6 +62,8 @@ interface MemberRecord {
 }
 
 const STALE: ApplyResult = Object.freeze({ accepted: false })
+const FULL: ApplyResult = Object.freeze({ accepted: false, full: true })
+export const DEFAULT_MAX_MEMBERS = 16_384
 
 export class MemberList {
   readonly selfId: string
@@ -153,6 +159,7 @@ export class MemberList {
       if (cur.addrs.length === 0 && addrs.length > 0) cur.addrs = [...addrs]
       return STALE
     }
+    if (this.isFull()) return FULL
     const r: MemberRecord = {
       peerId,
       addrs: [...addrs],
@@ -341,7 +348,12 @@ export class MemberList {
     return { accepted: true, broadcast: toUpdate(this.me), refuted: true }
   }
 
+  private isFull(): boolean {
+    return this.records.size >= (this.opts.maxMembers ?? DEFAULT_MAX_MEMBERS)
+  }
+
   private add(u: MemberUpdate, now: number, accuser?: string): ApplyResult {
+    if (this.isFull()) return FULL
     const r: MemberRecord = {
       peerId: u.peerId,
       addrs: [...u.addrs],

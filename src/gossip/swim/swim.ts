@@ -171,6 +171,7 @@ export class Swim extends EventTarget {
       suspicionMult: this.config.suspicionMult,
       suspicionMaxTimeoutMult: this.config.suspicionMaxTimeoutMult,
       reapAfterMs: this.config.reapAfterMs,
+      maxMembers: this.config.maxMembers,
       now,
     })
     this.queue = new BroadcastQueue({
@@ -629,8 +630,8 @@ export class Swim extends EventTarget {
       }
       return d.value
     } catch (err) {
-      const reason = readErrorReason(err)
-      if (reason) this.drop(reason)
+      // A peer dying mid-exchange is a failure, not bad input; only an oversized answer is a drop.
+      if (readErrorReason(err) === 'oversized') this.drop('oversized')
       stream?.abort(asError(err))
       if (!answered) this.undelivered(req)
       if (!signal.aborted) this.log.trace({ peer, err }, 'swim exchange failed')
@@ -796,7 +797,8 @@ export class Swim extends EventTarget {
   }
 
   private handleResult(res: ApplyResult, isUpdate = true): void {
-    if (isUpdate) {
+    if (res.full) this.drop('too-many-items')
+    else if (isUpdate) {
       if (res.accepted) this.counters.updatesApplied++
       else this.counters.updatesStale++
     }
