@@ -1,6 +1,12 @@
 // What `skymesh demo` shows each tick: pure functions from a snapshot of the agents to text, and the
 // bookkeeping of the scripted failure (when to kill and restart, what each agent saw and when).
 import type { ClusterHost, ClusterView, ClusterVm, NodeInfo, VmRecord } from '../node/types.js'
+import {
+  type MigrationTrack,
+  migrationLinePart,
+  migrationsSection,
+  vmMigrationNotes,
+} from './demo-migrate.js'
 import { formatDuration, formatMiB, formatRate, shortId, table } from './format.js'
 
 export interface AgentSnapshot {
@@ -84,12 +90,16 @@ export function vmsTable(agents: AgentSnapshot[], vms: VmRecord[]): string {
   )
 }
 
-/** The mesh's VMs as gossip tells one agent: a VM whose host was declared dead shows `host-lost`. */
-export function meshVmsTable(agents: AgentSnapshot[], vms: ClusterVm[]): string {
+/**
+ * The mesh's VMs as gossip tells one agent: a VM whose host was declared dead shows `host-lost`.
+ * `notes` (by VM id) add a MIGRATION column: a VM on its way, or just moved.
+ */
+export function meshVmsTable(agents: AgentSnapshot[], vms: ClusterVm[], notes?: Map<string, string>): string {
   if (vms.length === 0) return 'no VMs\n'
   const sorted = [...vms].sort((a, b) => a.name.localeCompare(b.name, 'en', { numeric: true }))
+  const noted = notes !== undefined && sorted.some((v) => notes.has(v.id))
   return table(
-    ['VM', 'HOST', 'EPOCH', 'STATUS', 'STATE', 'MEMORY', 'DIRTY'],
+    ['VM', 'HOST', 'EPOCH', 'STATUS', 'STATE', 'MEMORY', 'DIRTY', ...(noted ? ['MIGRATION'] : [])],
     sorted.map((v) => [
       v.name,
       hostLabel(agents, v.host),
@@ -98,8 +108,9 @@ export function meshVmsTable(agents: AgentSnapshot[], vms: ClusterVm[]): string 
       v.state,
       formatMiB(v.memoryMiB),
       formatRate(v.dirtyMiBps),
+      ...(noted ? [notes.get(v.id) ?? ''] : []),
     ]),
-    ['left', 'left', 'right', 'left', 'left', 'right', 'right'],
+    ['left', 'left', 'right', 'left', 'left', 'right', 'right', 'left'],
   )
 }
 
@@ -470,6 +481,8 @@ export interface ViewExtras {
   startedAt?: number
   /** What the scripted failure does (failureLine). */
   failure?: string
+  /** The scripted migrations: the track, what the schedule does next (migrationLine), the time. */
+  migrations?: { track: MigrationTrack; line?: string; now: number }
 }
 
 /** The full-screen view (the caller clears the screen first). */
@@ -490,10 +503,12 @@ export function renderView(
   }
   if (extras.meshVms) {
     out += `\nVMs of the mesh as agent #${extras.meshVms.from} sees them (its /v1/cluster/vms):\n`
-    out += meshVmsTable(agents, extras.meshVms.vms)
+    const m = extras.migrations
+    out += meshVmsTable(agents, extras.meshVms.vms, m && vmMigrationNotes(m.track, m.now))
   } else {
     out += `\n${vmsTable(agents, mergeVms(agents))}`
   }
+  if (extras.migrations) out += `\n${migrationsSection(extras.migrations.track, extras.migrations.line)}`
   if (t && t.events.length > 0) {
     out +=
       '\nevents (detection times from each agent\'s own status change; "~": known only to the 1 s tick):\n'
@@ -523,5 +538,7 @@ export function renderLine(agents: AgentSnapshot[], elapsedMs: number, extras: V
   if (agents.some((a) => a.cluster)) {
     line += `, mesh ${agents.map((a) => `#${a.index} ${meshCell(a.cluster, agents.length)}`).join('; ')}`
   }
+  const moving = extras.migrations ? migrationLinePart(extras.migrations.track) : ''
+  if (moving) line += `, ${moving}`
   return `${line}\n`
 }

@@ -1,7 +1,8 @@
 // `skymesh demo`: a throwaway local mesh. Spawns N agents (two sites) in temp data dirs, creates a
 // few small VMs over the API, shows a live view (each agent's own view of the mesh, the mesh's VMs),
-// optionally SIGKILLs the last agent and restarts it to show failure detection and rejoin, and on
-// --duration / SIGINT / SIGTERM stops every agent (SIGKILL after 5 s) and removes the temp dirs.
+// optionally SIGKILLs the last agent and restarts it to show failure detection and rejoin, live-migrates
+// a busy VM every few seconds (following it on its source agent), and on --duration / SIGINT / SIGTERM
+// stops every agent (SIGKILL after 5 s) and removes the temp dirs.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
@@ -12,6 +13,21 @@ import { fileURLToPath } from 'node:url'
 import type { ClusterView, ClusterVm, CreateVmRequest, VmRecord } from '../node/types.js'
 import { ApiClient } from './client.js'
 import type { AgentFile } from './connection.js'
+import {
+  agentsToAvoid,
+  type MigrationPick,
+  type MigrationTrack,
+  migrationLine,
+  migrationSummary,
+  newMigrationTrack,
+  nextMigrationStep,
+  noteMigrationError,
+  noteMigrationSkip,
+  noteMigrationStart,
+  noteMigrationView,
+  pickMigration,
+  planMigrations,
+} from './demo-migrate.js'
 import {
   type AgentSnapshot,
   eventLine,
@@ -44,6 +60,8 @@ export interface DemoOptions {
   killAfterS?: number
   /** Restart it this many seconds after the kill (0: never; absent: the default). */
   restartAfterS?: number
+  /** Live-migrate a busy VM this often, in seconds (0: never; absent: the default if the run is long enough). */
+  migrateEveryS?: number
   json?: boolean
   /** The skymesh entry script the agents run (default: bin/skymesh.js of this package). */
   binPath?: string
@@ -68,9 +86,15 @@ export interface DemoSummary {
   durationS: number
   events: { atS: number; text: string }[]
   failure?: ReturnType<typeof failureSummary>
+  /** The scripted live migrations, in start order. */
+  migrations: ReturnType<typeof migrationSummary>
 }
 
 const KILL_AFTER_MS = 5000
+/** How often a migration in progress is asked for its progress, and the live view redrawn meanwhile. */
+const MIGRATION_POLL_MS = 250
+/** A source that does not answer this many polls in a row (while its process lives) loses its migration. */
+const MIGRATION_POLL_FAILURES = 20
 const TAIL_CHARS = 4000
 const CLEAR_HOME = '\x1b[2J\x1b[H'
 
@@ -127,7 +151,13 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     killAfterS: opts.killAfterS,
     restartAfterS: opts.restartAfterS,
   })
-  for (const n of notes) log(`note: ${n}`)
+  const migration = planMigrations({
+    agents: opts.agents,
+    vms: opts.vms,
+    durationS: opts.durationS,
+    migrateEveryS: opts.migrateEveryS,
+  })
+  for (const n of [...notes, ...migration.notes]) log(`note: ${n}`)
   // Background work (the other agents starting, a restart) is awaited before cleanup, so no agent
   // is spawned after the stop and every child ends up in `agents`.
   const background: Promise<unknown>[] = []
@@ -147,6 +177,7 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     let bootError: unknown
     const clock: FailureClock = {}
     let tracker = newTracker(opts.agents, plan)
+    let migs: MigrationTrack = newMigrationTrack()
     const booting = (async () => {
       for (let i = 1; i < opts.agents; i++) {
         stop.signal.throwIfAborted()
@@ -177,9 +208,51 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
       await waitReady(a, startTimeoutMs, stop.signal)
     }
 
+    // Asks the source for the migration until it ends; the source keeps it after the VM left.
+    const migrate = async (pick: MigrationPick, key: number) => {
+      const ended = (r: { track: MigrationTrack; event?: string }) => {
+        migs = r.track
+        if (r.event) tracker = noteEvent(tracker, Date.now(), r.event)
+        return r.event !== undefined
+      }
+      const source = agents[pick.from]
+      if (!source?.client) return void ended(noteMigrationError(migs, key, 'no client', Date.now()))
+      let id: string
+      try {
+        const first = await source.client.migrateVm(pick.vmId, { to: pick.toPeer, mode: pick.mode })
+        id = first.id
+        if (ended(noteMigrationView(migs, key, first, Date.now()))) return
+      } catch (err) {
+        return void ended(noteMigrationError(migs, key, reason(err), Date.now()))
+      }
+      let failures = 0
+      while (!stop.signal.aborted) {
+        await sleep(MIGRATION_POLL_MS, undefined, { signal: stop.signal }).catch(() => {})
+        if (stop.signal.aborted) return
+        // a restart replaces the entry: that process never knew the migration
+        if (agents[pick.from] !== source || source.exit) {
+          return void ended(noteMigrationError(migs, key, `agent #${pick.from} went away`, Date.now()))
+        }
+        try {
+          const view = await source.client.getMigration(id)
+          failures = 0
+          if (ended(noteMigrationView(migs, key, view, Date.now()))) return
+        } catch (err) {
+          if (++failures >= MIGRATION_POLL_FAILURES) {
+            return void ended(noteMigrationError(migs, key, reason(err), Date.now()))
+          }
+        }
+      }
+    }
+
     // events can be inserted before later ones (an agent's own time of a change), so remember each
     const printed = new Set<string>()
     let deadline = Number.POSITIVE_INFINITY
+    let snap: AgentSnapshot[] = []
+    let meshVms: Awaited<ReturnType<typeof meshVmsOf>>
+    let snapAt = Number.NEGATIVE_INFINITY
+    let snapAsked = snapAt
+    let lineAt = snapAt
     for (;;) {
       if (bootError !== undefined) throw bootError
       if (stop.signal.aborted) break
@@ -187,6 +260,7 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
       if (clock.runningAt !== undefined && opts.durationS !== undefined) {
         deadline = clock.runningAt + opts.durationS * 1000
       }
+      const endsAt = Number.isFinite(deadline) ? deadline : undefined
       const step = nextFailureStep(plan, clock, now0)
       if (step.due === 'kill' && plan) {
         const victim = agents[plan.target]!
@@ -208,16 +282,53 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
         )
       }
 
-      const snap = await snapshot(agents, opts.agents, root)
+      // a due migration is picked from a fresh snapshot; between ticks (a migration in progress) the
+      // view is only redrawn from the last one
+      const mstep = nextMigrationStep(migration.plan, migs, clock.runningAt, endsAt, now0)
+      const fresh = step.due !== undefined || mstep.due === true || now0 >= snapAt + tickMs - 20
+      if (fresh) {
+        snapAsked = Date.now()
+        snap = await snapshot(agents, opts.agents, root)
+        snapAt = Date.now()
+        tracker = trackTick(tracker, snap, snapAt)
+        meshVms = await meshVmsOf(agents, plan?.target)
+      }
+
+      if (mstep.due) {
+        const now1 = Date.now()
+        // a VM that moved while the snapshot was taken may still be listed on its old host there
+        const exclude = new Set(
+          migs.migrations.filter((m) => (m.endedAt ?? now1) >= snapAsked).map((m) => m.vmId),
+        )
+        const pick = pickMigration({
+          agents: snap,
+          exclude,
+          avoid: agentsToAvoid(plan, clock, tracker, now1),
+          lastMoved: new Map(migs.migrations.map((m) => [m.vmId, m.requestedAt])),
+          seq: migs.seq,
+        })
+        if (pick) {
+          const r = noteMigrationStart(migs, pick, now1)
+          migs = r.track
+          tracker = noteEvent(tracker, now1, r.event)
+          background.push(migrate(pick, r.key))
+        } else migs = noteMigrationSkip(migs, now1, 'no busy VM with a live destination')
+      }
+
       const now = Date.now()
-      tracker = trackTick(tracker, snap, now)
-      const meshVms = await meshVmsOf(agents, plan?.target)
       if (!opts.json) {
         const extras: ViewExtras = {
           meshVms,
           tracker,
           startedAt,
           failure: plan ? failureLine(plan, clock, startedAt, now) : undefined,
+          migrations: migration.plan
+            ? {
+                track: migs,
+                line: migrationLine(migration.plan, migs, clock.runningAt, endsAt, now),
+                now,
+              }
+            : undefined,
         }
         const elapsed = now - startedAt
         if (live) {
@@ -235,14 +346,21 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
             printed.add(key)
             io.stdout.write(eventLine(e, startedAt))
           }
-          io.stdout.write(renderLine(snap, elapsed, extras))
+          // a due migration takes its own snapshot: one status line a tick is enough
+          if (fresh && now - lineAt >= tickMs / 2) {
+            lineAt = now
+            io.stdout.write(renderLine(snap, elapsed, extras))
+          }
         }
       }
 
+      const moving = live && migs.migrations.some((m) => m.endedAt === undefined)
       const wake = Math.min(
-        now + tickMs,
+        snapAt + tickMs,
+        moving ? now + MIGRATION_POLL_MS : Number.POSITIVE_INFINITY,
         deadline,
         nextFailureStep(plan, clock, now).at ?? Number.POSITIVE_INFINITY,
+        nextMigrationStep(migration.plan, migs, clock.runningAt, endsAt, now).at ?? Number.POSITIVE_INFINITY,
       )
       if (Date.now() >= deadline) break
       await sleep(Math.max(0, wake - Date.now()), undefined, { signal: stop.signal }).catch(() => {})
@@ -267,6 +385,7 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
         durationS: Math.round((Date.now() - clock.runningAt) / 100) / 10,
         events: tracker.events.map((e) => ({ atS: Math.round((e.at - startedAt) / 100) / 10, text: e.text })),
         failure: failureSummary(tracker, startedAt),
+        migrations: migrationSummary(migs, startedAt),
       }
       io.stdout.write(`${JSON.stringify(summary, null, 2)}\n`)
     }
@@ -286,6 +405,11 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     await rm(root, { recursive: true, force: true })
     log(`stopped; removed ${root}`)
   }
+}
+
+function reason(err: unknown): string {
+  if (err instanceof ApiError) return `${err.code}: ${err.message}`
+  return err instanceof Error ? (err.message.split('\n')[0] ?? '') : String(err)
 }
 
 function siteOf(index: number): string {

@@ -5,7 +5,7 @@ import type { PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
-import { Counter } from 'prom-client'
+import { Counter, Gauge, Histogram } from 'prom-client'
 import {
   type IncomingOffer,
   type LocalVm,
@@ -52,6 +52,9 @@ export class AgentMigrations {
   private readonly reservations = new Map<string, Resources>()
   private readonly log: Logger
   private readonly outcomes: Counter
+  private readonly durations: Histogram
+  private readonly downtimes: Histogram
+  private readonly wireBytes: Counter
 
   constructor(private readonly init: MigrationsInit) {
     this.log = init.logger
@@ -60,6 +63,37 @@ export class AgentMigrations {
       help: 'Migrations by direction and outcome',
       labelNames: ['direction', 'outcome'],
       registers: [init.metrics],
+    })
+    this.durations = new Histogram({
+      name: 'skymesh_migration_duration_seconds',
+      help: 'Total time of finished outgoing migrations',
+      labelNames: ['mode'],
+      buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300],
+      registers: [init.metrics],
+    })
+    this.downtimes = new Histogram({
+      name: 'skymesh_migration_downtime_seconds',
+      help: 'Downtime (pause at the source until running at the destination) of finished migrations',
+      labelNames: ['mode'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+      registers: [init.metrics],
+    })
+    this.wireBytes = new Counter({
+      name: 'skymesh_migration_wire_bytes_total',
+      help: 'Bytes outgoing migrations put on their streams (before encryption)',
+      registers: [init.metrics],
+    })
+    const active = () => this.service.list().filter((m) => !['done', 'failed', 'cancelled'].includes(m.phase))
+    new Gauge({
+      name: 'skymesh_migrations_active',
+      help: 'Migrations in progress by direction',
+      labelNames: ['direction'],
+      registers: [init.metrics],
+      collect() {
+        const now = active()
+        this.set({ direction: 'out' }, now.filter((m) => m.direction === 'out').length)
+        this.set({ direction: 'in' }, now.filter((m) => m.direction === 'in').length)
+      },
     })
     this.service = new MigrationService({
       host: init.host,
@@ -239,6 +273,12 @@ export class AgentMigrations {
     await this.closeJournal(m.id, 'committed')
     this.outcomes.inc({ direction: 'out', outcome: 'done' })
     this.log.info({ vm: m.vmId, to: m.to, migration: m.id }, 'VM left for its new host')
+    // The final figures (total time, downtime) are set once the engine finishes: read them then.
+    void this.service.done(m.id).then((f) => {
+      if (f.totalMs !== undefined) this.durations.observe({ mode: f.mode }, f.totalMs / 1000)
+      if (f.downtimeMs !== undefined) this.downtimes.observe({ mode: f.mode }, f.downtimeMs / 1000)
+      this.wireBytes.inc(f.wireBytes)
+    })
   }
 
   private async onAborted(m: MigrationView): Promise<void> {

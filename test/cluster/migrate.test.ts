@@ -108,6 +108,9 @@ describe('live migration between agents', () => {
       assert.equal((await c.request('GET', `/v1/vms/${vm.id}`)).body.state, 'running')
       assert.equal((await a.request('GET', `/v1/vms/${vm.id}`)).status, 404)
     }
+    const metrics = (await a.request('GET', '/metrics')).body as string
+    assert.match(metrics, /skymesh_migrations_total\{direction="out",outcome="done"\} [4-9]/)
+    assert.match(metrics, /skymesh_migration_downtime_seconds_count\{mode="postcopy"\} [1-9]/)
   })
 
   it('refuses bad migrations with a reason and changes nothing', async () => {

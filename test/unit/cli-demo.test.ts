@@ -3,6 +3,26 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
+  agentsToAvoid,
+  KILL_GUARD_MS,
+  type MigrationPick,
+  type MigrationTrack,
+  migrationLine,
+  migrationLinePart,
+  migrationSummary,
+  migrationsSection,
+  newMigrationTrack,
+  nextMigrationStep,
+  noteMigrationError,
+  noteMigrationSkip,
+  noteMigrationStart,
+  noteMigrationView,
+  pickMigration,
+  planMigrations,
+  progressBar,
+  vmMigrationNotes,
+} from '../../src/cli/demo-migrate.js'
+import {
   type AgentSnapshot,
   agentsTable,
   type DemoTracker,
@@ -23,7 +43,14 @@ import {
   secs,
   trackTick,
 } from '../../src/cli/demo-view.js'
-import type { ClusterHost, ClusterView, ClusterVm, NodeInfo } from '../../src/node/types.js'
+import type {
+  ClusterHost,
+  ClusterView,
+  ClusterVm,
+  MigrationView,
+  NodeInfo,
+  VmRecord,
+} from '../../src/node/types.js'
 
 const PEERS = [0, 1, 2, 3].map((i) => `12D3KooWPeer${i}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxabcde${i}`)
 const T0 = Date.parse('2026-01-01T00:00:00Z')
@@ -489,5 +516,432 @@ describe('demo: what each agent saw of the killed one', () => {
     assert.deepEqual(t.observers[0]?.alive, { at: T0 + 3000, approx: true })
     assert.equal(t.rejoinedAt, T0 + 3000)
     assert.equal(t.allDeadAt, undefined, 'it never saw #1 dead')
+  })
+})
+
+// --- live migrations ---
+
+const MiB = 1024 * 1024
+
+function vmRecord(name: string, host: number, over: Partial<VmRecord> = {}): VmRecord {
+  return {
+    id: `vm-${name}`,
+    name,
+    vcpus: 1,
+    memoryMiB: 32,
+    diskMiB: 64,
+    workload: { dirtyMiBps: 4, hotSetMiB: 16, cpu: 0, diskWriteMiBps: 0 },
+    state: 'running',
+    host: PEERS[host]!,
+    epoch: 1,
+    createdAt: new Date(T0).toISOString(),
+    updatedAt: new Date(T0).toISOString(),
+    ...over,
+  }
+}
+
+/** Agent i hosting `vms` (its own /v1/vms). */
+function hosting(i: number, vms: VmRecord[], error?: string): AgentSnapshot {
+  return error ? agent(i, undefined, error) : { ...agent(i, view(i, ALL)), vms }
+}
+
+function migrationView(over: Partial<MigrationView> = {}): MigrationView {
+  return {
+    id: 'mig-1',
+    vmId: 'vm-demo-3',
+    direction: 'out',
+    from: PEERS[0]!,
+    to: PEERS[2]!,
+    mode: 'auto',
+    postcopy: false,
+    phase: 'precopy',
+    round: 1,
+    startedAt: T0,
+    bytesSent: 0,
+    wireBytes: 0,
+    pagesSent: 0,
+    blocksSent: 0,
+    zeroPages: 0,
+    zeroBlocks: 0,
+    dedupPages: 0,
+    dedupBlocks: 0,
+    frames: 0,
+    compressedFrames: 0,
+    faultPages: 0,
+    dirtyRateMiBps: 4,
+    bandwidthMiBps: 0,
+    ...over,
+  }
+}
+
+const PICK: MigrationPick = {
+  vmId: 'vm-demo-3',
+  vmName: 'demo-3',
+  memoryMiB: 64,
+  epoch: 1,
+  from: 0,
+  to: 2,
+  fromPeer: PEERS[0]!,
+  toPeer: PEERS[2]!,
+  mode: 'auto',
+}
+
+describe('demo: live migration schedule', () => {
+  it('migrates every 8 s by default when the run is long enough, never in a short run unless asked', () => {
+    assert.deepEqual(planMigrations({ agents: 4, vms: 6 }), { plan: { everyMs: 8000 }, notes: [] })
+    assert.deepEqual(planMigrations({ agents: 3, vms: 3, durationS: 4 }), { notes: [] })
+    assert.deepEqual(planMigrations({ agents: 4, vms: 6, durationS: 45 }), {
+      plan: { everyMs: 8000 },
+      notes: [],
+    })
+    assert.deepEqual(planMigrations({ agents: 4, vms: 4, durationS: 40, migrateEveryS: 6 }), {
+      plan: { everyMs: 6000 },
+      notes: [],
+    })
+    assert.deepEqual(planMigrations({ agents: 2, vms: 2, durationS: 10, migrateEveryS: 2 }), {
+      plan: { everyMs: 2000 },
+      notes: [],
+    })
+  })
+
+  it('turns off with 0, and says why an explicit interval cannot take effect', () => {
+    assert.deepEqual(planMigrations({ agents: 4, vms: 6, migrateEveryS: 0 }), { notes: [] })
+    assert.deepEqual(planMigrations({ agents: 1, vms: 6 }), { notes: [] })
+    assert.match(planMigrations({ agents: 1, vms: 6, migrateEveryS: 5 }).notes[0]!, /at least 2 agents/)
+    assert.match(planMigrations({ agents: 3, vms: 0, migrateEveryS: 5 }).notes[0]!, /at least one VM/)
+    const late = planMigrations({ agents: 3, vms: 3, durationS: 4, migrateEveryS: 2 })
+    assert.equal(late.plan, undefined)
+    assert.match(late.notes[0]!, /--migrate-every 2 leaves no time .* \(--duration 4\)/)
+  })
+
+  it('says when the next one is due, waits for the one in progress, and stops before the end', () => {
+    const plan = { everyMs: 8000 }
+    const t0 = newMigrationTrack()
+    assert.deepEqual(nextMigrationStep(undefined, t0, T0, undefined, T0 + 99_000), {})
+    assert.deepEqual(
+      nextMigrationStep(plan, t0, undefined, undefined, T0),
+      {},
+      'nothing before the VMs exist',
+    )
+    assert.deepEqual(nextMigrationStep(plan, t0, T0, undefined, T0 + 1000), { at: T0 + 8000 })
+    assert.deepEqual(nextMigrationStep(plan, t0, T0, undefined, T0 + 8000), { due: true, at: T0 + 8000 })
+    const started = noteMigrationStart(t0, PICK, T0 + 8200).track
+    assert.deepEqual(nextMigrationStep(plan, started, T0, undefined, T0 + 17_000), { waiting: true })
+    const done = noteMigrationView(started, 0, migrationView({ phase: 'done' }), T0 + 9000).track
+    // counted from the start of the last one
+    assert.deepEqual(nextMigrationStep(plan, done, T0, undefined, T0 + 10_000), { at: T0 + 16_200 })
+    // the run ends at +18 s: one at +16.2 s would be cut by the stop
+    assert.deepEqual(nextMigrationStep(plan, done, T0, T0 + 18_000, T0 + 10_000), {})
+    const skipped = noteMigrationSkip(t0, T0 + 8000, 'no busy VM with a live destination')
+    assert.deepEqual(nextMigrationStep(plan, skipped, T0, undefined, T0 + 8100), { at: T0 + 10_000 })
+  })
+
+  it('keeps the failure target out from shortly before the kill until every agent sees it back', () => {
+    const plan = { target: 3, killAfterMs: 20_000, restartAfterMs: 15_000 }
+    assert.deepEqual(agentsToAvoid(undefined, { runningAt: T0 }, {}, T0), [])
+    assert.deepEqual(agentsToAvoid(plan, { runningAt: T0 }, {}, T0 + 20_000 - KILL_GUARD_MS - 1), [])
+    assert.deepEqual(agentsToAvoid(plan, { runningAt: T0 }, {}, T0 + 20_000 - KILL_GUARD_MS), [3])
+    const killed = { runningAt: T0, killedAt: T0 + 20_000 }
+    assert.deepEqual(agentsToAvoid(plan, killed, {}, T0 + 30_000), [3])
+    const restarted = { ...killed, restartedAt: T0 + 35_000 }
+    assert.deepEqual(agentsToAvoid(plan, restarted, {}, T0 + 37_000), [3], 'restarting')
+    assert.deepEqual(agentsToAvoid(plan, restarted, { rejoinedAt: T0 + 38_000 }, T0 + 39_000), [])
+  })
+})
+
+describe('demo: which VM moves where', () => {
+  // #0 and #2 on site-a, #1 and #3 on site-b
+  const snap = () => [
+    hosting(0, [
+      vmRecord('demo-1', 0),
+      vmRecord('demo-5', 0, { workload: { ...vmRecord('x', 0).workload, dirtyMiBps: 0 } }),
+    ]),
+    hosting(1, [vmRecord('demo-2', 1, { workload: { ...vmRecord('x', 0).workload, dirtyMiBps: 0 } })]),
+    hosting(2, [vmRecord('demo-3', 2, { memoryMiB: 64 })]),
+    hosting(3, [vmRecord('demo-4', 3)]),
+  ]
+
+  it('moves a busy VM to an agent of the other site, modes in turn', () => {
+    const p0 = pickMigration({ agents: snap(), seq: 0 })
+    assert.deepEqual(p0, {
+      vmId: 'vm-demo-1',
+      vmName: 'demo-1',
+      memoryMiB: 32,
+      epoch: 1,
+      from: 0,
+      to: 1,
+      fromPeer: PEERS[0],
+      toPeer: PEERS[1],
+      mode: 'precopy',
+    })
+    const p1 = pickMigration({ agents: snap(), seq: 1 })
+    assert.equal(p1?.mode, 'auto')
+    assert.equal(p1?.to, 3, 'round-robin over the other site')
+    assert.equal(pickMigration({ agents: snap(), seq: 2 })?.mode, 'postcopy')
+    assert.equal(pickMigration({ agents: snap(), seq: 3 })?.mode, 'precopy')
+  })
+
+  it('moves the VM that waited longest next, never one without a workload', () => {
+    const lastMoved = new Map([['vm-demo-1', T0]])
+    assert.equal(pickMigration({ agents: snap(), seq: 1, lastMoved })?.vmName, 'demo-3')
+    lastMoved.set('vm-demo-3', T0 + 8000)
+    assert.equal(pickMigration({ agents: snap(), seq: 2, lastMoved })?.vmName, 'demo-4')
+    lastMoved.set('vm-demo-4', T0 + 16_000)
+    assert.equal(pickMigration({ agents: snap(), seq: 3, lastMoved })?.vmName, 'demo-1')
+  })
+
+  it('skips VMs migrating or just moved, and agents that are down or to avoid', () => {
+    const s = snap()
+    s[0]!.vms![0]!.migration = { id: 'm', direction: 'out', peer: PEERS[1]!, phase: 'precopy' }
+    const exclude = new Set(['vm-demo-3'])
+    // demo-1 is migrating, demo-3 just moved, demo-4's host is the one to avoid: nothing left
+    assert.equal(pickMigration({ agents: s, exclude, avoid: [3], seq: 0 }), undefined)
+    const p = pickMigration({ agents: snap(), exclude, avoid: [1], seq: 0 })
+    assert.equal(p?.vmName, 'demo-1')
+    // the only other-site agent left is #3
+    assert.equal(p?.to, 3)
+    const down = snap()
+    down[1] = hosting(1, [], 'killed (SIGKILL)')
+    down[3] = hosting(3, [], 'restarting')
+    // no agent on the other site: the same site will do
+    assert.equal(pickMigration({ agents: down, seq: 0 })?.to, 2)
+  })
+
+  it('ignores a VM an agent lists but no longer hosts, and agents without room', () => {
+    const s = [
+      hosting(0, [vmRecord('demo-1', 2, { epoch: 1 })]),
+      hosting(2, [vmRecord('demo-1', 2, { epoch: 2 })]),
+      hosting(1, []),
+    ]
+    const p = pickMigration({ agents: s, seq: 0 })
+    assert.equal(p?.from, 2)
+    assert.equal(p?.epoch, 2)
+    const full = s.map((a) =>
+      a.index === 1 ? { ...a, node: { ...a.node!, used: { ...a.node!.used, memoryMiB: 4090 } } } : a,
+    )
+    assert.equal(pickMigration({ agents: full, seq: 0 })?.to, 0)
+  })
+})
+
+describe('demo: following a migration', () => {
+  function story(): {
+    started: MigrationTrack
+    running: MigrationTrack
+    done: MigrationTrack
+    events: string[]
+  } {
+    const events: string[] = []
+    const s = noteMigrationStart(newMigrationTrack(), PICK, T0)
+    events.push(s.event)
+    const r = noteMigrationView(
+      s.track,
+      s.key,
+      migrationView({ bytesSent: 29 * MiB, bandwidthMiBps: 96.5, etaMs: 400, round: 1 }),
+      T0 + 500,
+    )
+    const d = noteMigrationView(
+      r.track,
+      s.key,
+      migrationView({
+        phase: 'done',
+        round: 3,
+        bytesSent: 40 * MiB,
+        wireBytes: 20 * MiB,
+        totalMs: 912,
+        downtimeMs: 80,
+        epoch: 2,
+      }),
+      T0 + 1000,
+    )
+    events.push(d.event!)
+    return { started: s.track, running: r.track, done: d.track, events }
+  }
+
+  it('logs the start and the arrival with its time, downtime and epoch', () => {
+    const s = story()
+    assert.deepEqual(s.events, [
+      'demo-3 migrating #0 → #2 (auto)',
+      'demo-3 arrived on #2 in 0.9 s, downtime 80 ms, epoch 2',
+    ])
+    assert.equal(s.done.migrations[0]!.endedAt, T0 + 1000)
+    assert.equal(s.started.migrations[0]!.endedAt, undefined, 'the track it was given is unchanged')
+    // a late view of an ended migration changes nothing
+    const again = noteMigrationView(s.done, 0, migrationView({ phase: 'precopy' }), T0 + 2000)
+    assert.equal(again.event, undefined)
+    assert.equal(again.track.migrations[0]!.view?.phase, 'done')
+  })
+
+  it('logs failures, cancels, a switch to post-copy, and migrations that could not start', () => {
+    const s = noteMigrationStart(newMigrationTrack(), PICK, T0)
+    const failed = noteMigrationView(
+      s.track,
+      0,
+      migrationView({ phase: 'failed', error: { code: 'PEER_GONE', message: 'stream reset' } }),
+      T0 + 1,
+    )
+    assert.equal(failed.event, 'demo-3 migration #0 → #2 failed (PEER_GONE: stream reset)')
+    const cancelled = noteMigrationView(s.track, 0, migrationView({ phase: 'cancelled' }), T0 + 1)
+    assert.equal(cancelled.event, 'demo-3 migration #0 → #2 cancelled, stays on #0')
+    const switched = noteMigrationView(
+      s.track,
+      0,
+      migrationView({ phase: 'done', postcopy: true, totalMs: 1500, downtimeMs: 12, epoch: 2 }),
+      T0 + 1,
+    )
+    assert.equal(
+      switched.event,
+      'demo-3 arrived on #2 in 1.5 s, downtime 12 ms, epoch 2 (switched to post-copy)',
+    )
+    const refused = noteMigrationError(s.track, 0, 'BAD_REQUEST: not a live host', T0 + 1)
+    assert.equal(refused.event, 'demo-3: could not start the migration #0 → #2: BAD_REQUEST: not a live host')
+    assert.equal(noteMigrationError(refused.track, 0, 'again', T0 + 2).event, undefined)
+  })
+
+  it('draws a text progress bar capped at 100 %', () => {
+    assert.equal(progressBar(0, 10), '[..........]   0%')
+    assert.equal(progressBar(0.45, 20), '[#########...........]  45%')
+    assert.equal(progressBar(1.7, 10), '[##########] 100%')
+    assert.equal(progressBar(Number.NaN, 4), '[....]   0%')
+  })
+
+  it('shows the migration in progress and the last finished ones', () => {
+    const s = story()
+    const running = migrationsSection(s.running, '(every 8s)')
+    const lines = running.trimEnd().split('\n')
+    assert.equal(lines[0], 'MIGRATIONS  (every 8s)')
+    assert.match(
+      lines[1]!,
+      /^VM\s+FROM → TO\s+MODE\s+PHASE\s+ROUND\s+PROGRESS \(sent \/ memory\)\s+MiB\/s\s+ETA$/,
+    )
+    // 29 of the VM's 64 MiB
+    assert.match(
+      lines[2]!,
+      /^demo-3\s+#0 → #2\s+auto\s+precopy\s+1\s+\[#########\.{11}\] {2}45%\s+96\.5\s+400 ms$/,
+    )
+    assert.equal(lines.length, 3)
+    const done = migrationsSection(s.done).trimEnd().split('\n')
+    assert.equal(done[1], '  none in progress')
+    assert.equal(done[2], 'last one finished:')
+    assert.match(
+      done[3]!,
+      /^VM\s+FROM → TO\s+MODE\s+RESULT\s+TOTAL\s+DOWNTIME\s+ON THE WIRE \(vs memory\)\s+EPOCH$/,
+    )
+    assert.match(done[4]!, /^demo-3\s+#0 → #2\s+auto\s+done\s+912 ms\s+80 ms\s+20 MiB \(0\.31× 64 MiB\)\s+2$/)
+    assert.equal(migrationsSection(newMigrationTrack()), 'MIGRATIONS\n  none yet\n')
+  })
+
+  it('lists only the last three finished, marks a switch to post-copy and failures', () => {
+    let t = newMigrationTrack()
+    for (let k = 0; k < 5; k++) {
+      const s = noteMigrationStart(t, { ...PICK, vmName: `demo-${k}`, vmId: `vm-${k}` }, T0 + k)
+      const v =
+        k === 4
+          ? migrationView({ phase: 'failed', error: { code: 'VERIFY_FAILED', message: 'x' } })
+          : migrationView({ phase: 'done', postcopy: k === 3 })
+      t = noteMigrationView(s.track, s.key, v, T0 + k + 1).track
+    }
+    const out = migrationsSection(t)
+    assert.match(out, /last 3 finished:/)
+    assert.doesNotMatch(out, /demo-1 /)
+    assert.match(out, /demo-3\s+#0 → #2\s+auto→postcopy\s+done/)
+    assert.match(out, /demo-4\s+#0 → #2\s+auto\s+failed: VERIFY_FAILED/)
+    assert.equal(migrationLinePart(t), 'migrations 4/5 done')
+  })
+
+  it('marks the VM in the mesh table while it moves and a moment after', () => {
+    const s = story()
+    assert.deepEqual([...vmMigrationNotes(s.started, T0)], [['vm-demo-3', 'migrating → #2 (requested)']])
+    assert.deepEqual([...vmMigrationNotes(s.running, T0)], [['vm-demo-3', 'migrating → #2 (precopy)']])
+    assert.deepEqual([...vmMigrationNotes(s.done, T0 + 2000)], [['vm-demo-3', 'moved #0 → #2']])
+    assert.equal(vmMigrationNotes(s.done, T0 + 60_000).size, 0)
+  })
+
+  it('describes the schedule for the section title', () => {
+    const plan = { everyMs: 8000 }
+    const t = newMigrationTrack()
+    assert.equal(
+      migrationLine(plan, t, undefined, undefined, T0),
+      '(every 8s, modes in turn, from when the VMs exist)',
+    )
+    assert.equal(
+      migrationLine(plan, t, T0, undefined, T0 + 3000),
+      '(every 8s, modes in turn; next, precopy, in 5s)',
+    )
+    assert.equal(
+      migrationLine(plan, story().running, T0, undefined, T0 + 3000),
+      '(every 8s, modes in turn; next once this one ends)',
+    )
+    assert.equal(
+      migrationLine(plan, t, T0, T0 + 10_000, T0 + 3000),
+      '(every 8s, modes in turn; no more before the end)',
+    )
+    assert.match(
+      migrationLine(plan, noteMigrationSkip(t, T0 + 8000, 'no busy VM'), T0, undefined, T0 + 8000),
+      /next, precopy, in 2s; no busy VM, trying again\)$/,
+    )
+  })
+
+  it('puts the section in the full view and the VM with its new host and epoch in the mesh table', () => {
+    const s = story()
+    const snap = [0, 1, 2, 3].map((i) => agent(i, view(i, ALL)))
+    const before = renderView(snap, 20_000, 'stops at 45s', {
+      meshVms: { from: 0, vms: [clusterVm('demo-3', 0, 'ok')] },
+      migrations: { track: s.running, line: '(every 8s)', now: T0 + 500 },
+    })
+    assert.match(
+      before,
+      /\ndemo-3\s+#0 12D3…abcde0\s+1\s+ok\s+running\s+32 MiB\s+2 MiB\/s\s+migrating → #2 \(precopy\)\n/,
+    )
+    assert.match(before, /\nMIGRATIONS {2}\(every 8s\)\n/)
+    assert.match(before, /demo-3\s+#0 → #2\s+auto\s+precopy\s+1\s+\[#+\.+\]/)
+    const after = renderView(snap, 22_000, 'stops at 45s', {
+      meshVms: { from: 0, vms: [{ ...clusterVm('demo-3', 2, 'ok'), epoch: 2 }] },
+      migrations: { track: s.done, now: T0 + 2000 },
+    })
+    assert.match(after, /\ndemo-3\s+#2 12D3…abcde2\s+2\s+ok\s+running\s+32 MiB\s+2 MiB\/s\s+moved #0 → #2\n/)
+    assert.match(after, /last one finished:/)
+    // no MIGRATION column without notes
+    const plain = renderView(snap, 99_000, 'x', {
+      meshVms: { from: 0, vms: [clusterVm('demo-3', 2, 'ok')] },
+      migrations: { track: s.done, now: T0 + 60_000 },
+    })
+    assert.doesNotMatch(plain, /MIGRATION\b(?!S)/)
+    assert.doesNotMatch(renderView(snap, 1000, 'x', {}), /MIGRATIONS/)
+  })
+
+  it('adds the migration in progress to the one-line view', () => {
+    const snap = [agent(0, view(0, ['alive', 'alive'])), agent(1, view(1, ['alive', 'alive']))]
+    const line = renderLine(snap, 3000, { migrations: { track: story().running, now: T0 } })
+    assert.match(line, /, migrating demo-3 #0 → #2 \(auto\) precopy 45%\n$/)
+    assert.doesNotMatch(renderLine(snap, 3000, {}), /migrat/)
+  })
+
+  it('summarizes the migrations for --json', () => {
+    const [m] = migrationSummary(story().done, T0 - 20_000)
+    assert.deepEqual(m, {
+      vm: 'demo-3',
+      vmId: 'vm-demo-3',
+      id: 'mig-1',
+      from: 0,
+      to: 2,
+      fromPeer: PEERS[0],
+      toPeer: PEERS[2],
+      mode: 'auto',
+      postcopy: false,
+      phase: 'done',
+      requestedAtS: 20,
+      rounds: 3,
+      totalMs: 912,
+      downtimeMs: 80,
+      memoryMiB: 64,
+      bytesSent: 40 * MiB,
+      wireBytes: 20 * MiB,
+      epochBefore: 1,
+      epoch: 2,
+      error: undefined,
+    })
+    const lost = noteMigrationError(noteMigrationStart(newMigrationTrack(), PICK, T0).track, 0, 'gone', T0)
+    assert.deepEqual(migrationSummary(lost.track, T0)[0]!.error, { code: 'DEMO', message: 'gone' })
+    assert.equal(migrationSummary(lost.track, T0)[0]!.phase, 'lost')
   })
 })

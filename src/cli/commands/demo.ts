@@ -12,6 +12,7 @@ interface DemoFlags {
   duration?: number
   killAfter?: number
   restartAfter?: number
+  migrateEvery?: number
   json?: boolean
 }
 
@@ -34,6 +35,12 @@ export function registerDemoCommand(program: Command, io: CliIo): void {
         '(default: 15; 0: never)',
       parseNonNegative,
     )
+    .option(
+      '--migrate-every <seconds>',
+      'live-migrate a busy VM to another agent this often, pre-copy, auto and post-copy in turn ' +
+        '(default: 8 if the run lasts at least 20 s or has no --duration; 0: never)',
+      parseNonNegative,
+    )
     .option('--json', 'print one JSON summary at the end instead of the live view')
     .action(async (opts: DemoFlags) => {
       if (opts.agents > MAX_AGENTS) throw new UsageError(`--agents: at most ${MAX_AGENTS} on one machine`)
@@ -45,6 +52,7 @@ export function registerDemoCommand(program: Command, io: CliIo): void {
           durationS: opts.duration,
           killAfterS: opts.killAfter,
           restartAfterS: opts.restartAfter,
+          migrateEveryS: opts.migrateEvery,
           json: opts.json,
         },
         io,
