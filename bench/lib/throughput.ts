@@ -1,0 +1,260 @@
+// Loopback throughput of the transports the migration engine could use: raw TCP (node:net), TLS
+// (node:tls, a self-signed certificate made in-process) and libp2p (tcp + noise + yamux, the agent's
+// host) with one or several streams, over one or several connections.
+//
+// Every transfer is the same: an 8-byte big-endian length, then that many bytes; the receiver answers
+// one byte once it has them all, and the sender's clock runs from its first write to that byte.
+import '../../src/node/polyfill.js'
+import { once } from 'node:events'
+import net from 'node:net'
+import tls from 'node:tls'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { Connection, Stream } from '@libp2p/interface'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createHost, type Host } from '../../src/node/p2p.js'
+import { selfSignedCert } from './tls-cert.js'
+
+export const THROUGHPUT_PROTOCOL = '/skymesh/bench/throughput/1.0.0'
+const ACK = new Uint8Array([0x6b])
+const HEADER = 8
+
+export interface ReceiverInfo {
+  tcpPort: number
+  tlsPort: number
+  multiaddrs: string[]
+  /** The receiver's certificate (PEM), for the sender to trust. */
+  ca: string
+}
+
+export interface Receivers {
+  info: ReceiverInfo
+  close(): Promise<void>
+}
+
+/** Counts a transfer's bytes; true once the header's length has arrived (header included). */
+class Counter {
+  #header = Buffer.alloc(HEADER)
+  #headerGot = 0
+  #expected = -1
+  #got = 0
+
+  /** Adds a chunk; returns true when the transfer is complete. */
+  add(chunk: { byteLength: number; subarray(start?: number, end?: number): Uint8Array }): boolean {
+    if (this.#headerGot < HEADER) {
+      const take = Math.min(HEADER - this.#headerGot, chunk.byteLength)
+      this.#header.set(chunk.subarray(0, take), this.#headerGot)
+      this.#headerGot += take
+      if (this.#headerGot === HEADER) this.#expected = Number(this.#header.readBigUInt64BE(0))
+      this.#got += chunk.byteLength - take
+    } else {
+      this.#got += chunk.byteLength
+    }
+    return this.#expected >= 0 && this.#got >= this.#expected
+  }
+}
+
+function serveSocket(socket: net.Socket): void {
+  const c = new Counter()
+  socket.on('error', () => socket.destroy())
+  socket.on('data', (chunk: Buffer) => {
+    if (c.add(chunk)) socket.end(ACK)
+  })
+}
+
+/** Starts a TCP, a TLS and a libp2p receiver on 127.0.0.1. */
+export async function startReceivers(): Promise<Receivers> {
+  const tcp = net.createServer(serveSocket)
+  tcp.listen(0, '127.0.0.1')
+  await once(tcp, 'listening')
+  const { key, cert } = selfSignedCert()
+  const tlsServer = tls.createServer({ key, cert }, serveSocket)
+  tlsServer.listen(0, '127.0.0.1')
+  await once(tlsServer, 'listening')
+  const host = await createHost({
+    privateKey: await generateKeyPair('Ed25519'),
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+  })
+  await host.handle(
+    THROUGHPUT_PROTOCOL,
+    async (stream: Stream) => {
+      const c = new Counter()
+      try {
+        for await (const chunk of stream) {
+          if (c.add(chunk)) {
+            stream.send(ACK)
+            await stream.close()
+            return
+          }
+        }
+      } catch (err) {
+        stream.abort(err instanceof Error ? err : new Error(String(err)))
+      }
+    },
+    { maxInboundStreams: 64 },
+  )
+  return {
+    info: {
+      tcpPort: (tcp.address() as net.AddressInfo).port,
+      tlsPort: (tlsServer.address() as net.AddressInfo).port,
+      multiaddrs: host.getMultiaddrs().map(String),
+      ca: cert,
+    },
+    async close() {
+      tcp.close()
+      tlsServer.close()
+      await host.stop()
+    },
+  }
+}
+
+// ------------------------------------------------------------------ senders
+
+function header(total: number): Buffer {
+  const h = Buffer.alloc(HEADER)
+  h.writeBigUInt64BE(BigInt(total))
+  return h
+}
+
+/** Writes `total` bytes (in `chunk`-sized writes, waiting for 'drain') and waits for the ack. */
+async function pumpSocket(socket: net.Socket, total: number, chunk: Buffer): Promise<void> {
+  const acked = new Promise<void>((resolve, reject) => {
+    socket.once('data', () => resolve())
+    socket.once('error', reject)
+    socket.once('close', () => reject(new Error('the connection closed before the ack')))
+  })
+  acked.catch(() => undefined)
+  socket.write(header(total))
+  let left = total
+  while (left > 0) {
+    const n = Math.min(left, chunk.length)
+    left -= n
+    if (!socket.write(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+      await Promise.race([once(socket, 'drain'), acked])
+    }
+  }
+  await acked
+}
+
+/** Milliseconds to send `total` bytes over a fresh TCP connection (connection set up before the clock). */
+export async function tcpTransfer(port: number, total: number, chunk: Buffer): Promise<number> {
+  const socket = net.connect({ port, host: '127.0.0.1', noDelay: true })
+  await once(socket, 'connect')
+  try {
+    const t = performance.now()
+    await pumpSocket(socket, total, chunk)
+    return performance.now() - t
+  } finally {
+    socket.destroy()
+  }
+}
+
+export interface TlsResult {
+  ms: number
+  protocol: string
+  cipher: string
+}
+
+/** As `tcpTransfer`, over TLS (handshake before the clock); the receiver's certificate is verified. */
+export async function tlsTransfer(
+  port: number,
+  ca: string,
+  total: number,
+  chunk: Buffer,
+): Promise<TlsResult> {
+  const socket = tls.connect({ port, host: '127.0.0.1', ca, servername: 'localhost' })
+  await once(socket, 'secureConnect')
+  try {
+    const t = performance.now()
+    await pumpSocket(socket, total, chunk)
+    return {
+      ms: performance.now() - t,
+      protocol: socket.getProtocol() ?? '?',
+      cipher: socket.getCipher().standardName,
+    }
+  } finally {
+    socket.destroy()
+  }
+}
+
+/** Sends `total` bytes on a libp2p stream with v3 backpressure (`send()` false -> `onDrain()`). */
+export async function pumpStream(
+  stream: Stream,
+  total: number,
+  chunk: Uint8Array,
+  beforeSend?: (bytes: number) => Promise<void>,
+): Promise<void> {
+  const acked = (async () => {
+    for await (const c of stream) if (c.byteLength > 0) return
+    throw new Error('the stream ended before the ack')
+  })()
+  acked.catch(() => undefined)
+  stream.send(header(total))
+  let left = total
+  while (left > 0) {
+    const n = Math.min(left, chunk.length)
+    left -= n
+    await beforeSend?.(n)
+    if (!stream.send(n === chunk.length ? chunk : chunk.subarray(0, n))) {
+      await Promise.race([stream.onDrain(), acked])
+    }
+  }
+  await acked
+  await stream.close().catch(() => undefined)
+}
+
+export interface Libp2pSender {
+  host: Host
+  stop(): Promise<void>
+}
+
+export async function startLibp2pSender(): Promise<Libp2pSender> {
+  const host = await createHost({
+    privateKey: await generateKeyPair('Ed25519'),
+    listen: ['/ip4/127.0.0.1/tcp/0'],
+  })
+  return { host, stop: async () => await host.stop() }
+}
+
+export interface Libp2pResult {
+  ms: number
+  connections: number
+  streams: number
+}
+
+/**
+ * Opens `n` distinct connections to `addr` (the first a normal dial, the others forced), paced: a
+ * libp2p host refuses more than 5 inbound connections per second from one address by default
+ * (connectionManager.inboundConnectionThreshold), and the agent's host keeps that default.
+ */
+export async function openConnections(sender: Libp2pSender, addr: string, n: number): Promise<Connection[]> {
+  const ma = multiaddr(addr)
+  const conns: Connection[] = []
+  for (let k = 0; k < n; k++) {
+    if (k > 0) await new Promise((r) => setTimeout(r, 300))
+    conns.push(await sender.host.dial(ma, { force: k > 0, signal: AbortSignal.timeout(10_000) }))
+  }
+  return conns
+}
+
+/** `total` bytes split over `streams` new streams on each of `conns` (open connections). */
+export async function libp2pTransfer(
+  conns: Connection[],
+  total: number,
+  chunk: Uint8Array,
+  streams: number,
+): Promise<Libp2pResult> {
+  const distinct = new Set(conns.map((c) => c.id)).size
+  const all: Stream[] = []
+  try {
+    for (const c of conns) {
+      for (let s = 0; s < streams; s++) all.push(await c.newStream(THROUGHPUT_PROTOCOL))
+    }
+    const per = Math.floor(total / all.length)
+    const t = performance.now()
+    await Promise.all(all.map((s, k) => pumpStream(s, k === 0 ? total - per * (all.length - 1) : per, chunk)))
+    return { ms: performance.now() - t, connections: distinct, streams: all.length }
+  } catch (err) {
+    for (const s of all) s.abort(err instanceof Error ? err : new Error(String(err)))
+    throw err
+  }
+}
