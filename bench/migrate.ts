@@ -13,7 +13,7 @@ import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import v8 from 'node:v8'
 import vm from 'node:vm'
@@ -84,6 +84,8 @@ interface Args {
   sameProcessThroughput: boolean
   /** false: migration hosts whose libp2p connection monitor does not abort on a missed ping. */
   pingAbort: boolean
+  /** JSON output, relative to the working directory. */
+  out: string
 }
 
 function parseArgs(argv: string[]): Args {
@@ -104,6 +106,7 @@ function parseArgs(argv: string[]): Args {
     skipThroughput: false,
     sameProcessThroughput: true,
     pingAbort: true,
+    out: 'bench/results/migrate.json',
   }
   const list = (v: string) => v.split(',').filter(Boolean)
   for (let i = 0; i < argv.length; i++) {
@@ -134,6 +137,7 @@ function parseArgs(argv: string[]): Args {
           '  --no-same-process      section 1 only with the receiver in a child process',
           '  --ping-abort on|off    off: migration hosts whose libp2p connection monitor does not abort a',
           "                         connection on a missed heartbeat ping (default on: the agent's host)",
+          '  --out FILE             JSON results (default bench/results/migrate.json)',
         ].join('\n'),
       )
       process.exit(0)
@@ -151,6 +155,7 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--budget-min') args.budgetMin = Number(v)
     else if (a === '--warmup-ms') args.warmupMs = Number(v)
     else if (a === '--ping-abort') args.pingAbort = v !== 'off'
+    else if (a === '--out') args.out = v
     else throw new Error(`unknown option ${a} (try --help)`)
     i++
   }
@@ -553,7 +558,7 @@ async function migrateOnce(
 
 const modeLabel = (r: RunResult) => (r.mode === 'auto' && r.switchedToPostcopy ? 'auto→post' : r.mode)
 
-function runRow(r: RunResult, ratios: 'loopback' | 'limited'): string[] {
+function runRow(r: RunResult, ratios: 'loopback' | 'limited', failures: RunResult[]): string[] {
   const v = r.view
   const head = [
     ...(ratios === 'limited' ? [r.link] : []),
@@ -570,7 +575,7 @@ function runRow(r: RunResult, ratios: 'loopback' | 'limited'): string[] {
   return [
     ...head,
     f(r.measuredDirtyMiBps),
-    r.status === 'done' ? f((v.totalMs ?? Number.NaN) / 1000, 2) : `FAILED ${r.reason ?? ''}`,
+    r.status === 'done' ? f((v.totalMs ?? Number.NaN) / 1000, 2) : `FAILED [${failures.push(r)}]`,
     f(v.downtimeMs, 1),
     f(v.wireBytes / vmBytes, 3),
     f(v.bytesSent / vmBytes, 3),
@@ -578,7 +583,7 @@ function runRow(r: RunResult, ratios: 'loopback' | 'limited'): string[] {
     pages,
     `${v.compressedFrames}/${v.frames}`,
     String(v.faultPages),
-    r.digestVerified ? 'ok' : 'FAIL',
+    r.digestVerified ? 'ok' : v.error?.code === 'VERIFY_FAILED' ? 'FAIL' : 'n/a',
     ratio(r.vsPlainCopy),
     ratio(ratios === 'loopback' ? r.vsRawTcp : r.vsIdeal),
   ]
@@ -586,6 +591,7 @@ function runRow(r: RunResult, ratios: 'loopback' | 'limited'): string[] {
 
 function printRuns(title: string, runs: RunResult[], ratios: 'loopback' | 'limited'): void {
   console.log(`\n${title}\n`)
+  const failures: RunResult[] = []
   console.log(
     table(
       [
@@ -607,9 +613,17 @@ function printRuns(title: string, runs: RunResult[], ratios: 'loopback' | 'limit
         '× copy',
         ratios === 'loopback' ? '× raw TCP' : '× ideal',
       ],
-      runs.filter((r) => r.status !== 'skipped').map((r) => runRow(r, ratios)),
+      runs.filter((r) => r.status !== 'skipped').map((r) => runRow(r, ratios, failures)),
     ),
   )
+  if (failures.length) {
+    console.log('\nFailed (the VM kept running at the source unless the error says POSTCOPY_LOST):')
+    failures.forEach((r, k) => {
+      console.log(
+        `[${k + 1}] ${r.reason ?? 'no reason'} (after ${f((r.view?.totalMs ?? Number.NaN) / 1000, 1)} s)`,
+      )
+    })
+  }
 }
 
 function printDowntime(runs: RunResult[]): void {
@@ -718,11 +732,11 @@ async function runPlanned(
     const r = await migrateOnce(a, b, s, Math.max(120_000, est * 5))
     const key = `${s.link}|${s.sizeMiB}|${s.workload}`
     seen.set(key, Math.max(seen.get(key) ?? 0, performance.now() - t))
-    if (r.view?.totalMs !== undefined && base) {
+    if (r.status === 'done' && r.view?.totalMs !== undefined && base) {
       r.vsPlainCopy = r.view.totalMs / base.plainCopyMs
       if (base.rawTcpMs !== undefined) r.vsRawTcp = r.view.totalMs / base.rawTcpMs
     }
-    if (r.view?.totalMs !== undefined && s.linkBps && r.vmBytes) {
+    if (r.status === 'done' && r.view?.totalMs !== undefined && s.linkBps && r.vmBytes) {
       r.vsIdeal = r.view.totalMs / ((r.vmBytes / s.linkBps) * 1000)
     }
     into.push(r)
@@ -837,11 +851,15 @@ console.log(
     'dirty MiB/s: what the workload achieved just before the migration. wire/VM: encoded frames + control / VM;',
     '  sent/VM: content carried (before lz4, after zero-skipping and dedup). zero/dedup pages: pages sent as ZERO',
     '  (or skipped in round 0) / as a reference. lz4 frames: compressed / all. faults: post-copy pages the guest touched.',
-    'digest: the engine verified the destination (pre-copy: VM digest before the handover; post-copy: disk digest, then',
-    '  the page digest at the end); "ok" = the migration ended done. × copy: total / plain copy of the same VM (same',
-    "  content, paused, every page sent, one stream); × raw TCP: total / raw TCP for the plain copy's bytes;",
-    "  × ideal: total / (VM bytes / link rate). Bandwidth limits: the engine's token bucket on data frames",
-    '  (control messages and noise/yamux overhead unlimited), over loopback (no added latency or loss).',
+    "total: the engine's totalMs, offer to the end, including the source releasing its copy (destroy: disk fsync + rm).",
+    "downtime: the engine's downtimeMs, pause at the source until RUNNING from the destination.",
+    'digest: the engine verified the destination (pre-copy: VM digest before the handover; post-copy: disk digest,',
+    '  then the page digest at the end); "ok" = the migration ended done; "n/a" = it failed for another reason first.',
+    '× copy: total / plain copy of the same VM (same content, paused, every page sent, one stream, same run);',
+    "  × raw TCP: total / raw TCP for the plain copy's bytes; × ideal: total / (VM bytes / link rate).",
+    "Bandwidth limits: the engine's token bucket on data frames (control messages and noise/yamux overhead are not",
+    '  limited), over loopback (no added latency or loss).',
+    `libp2p hosts: ${args.pingAbort ? "the agent's (createHost), whose connection monitor aborts a connection whose heartbeat ping times out" : 'bench-only copy of the agent host with connectionMonitor.abortConnectionOnPingFailure = false (--ping-abort off)'}.`,
   ].join('\n'),
 )
 
@@ -991,9 +1009,9 @@ console.log(
     .join(' ')}; run took ${f(elapsedS())} s.`,
 )
 
-const outDir = join(process.cwd(), 'bench/results')
-await mkdir(outDir, { recursive: true })
-const file = join(outDir, 'migrate.json')
+// npm runs scripts from the package root
+const file = resolve(process.cwd(), args.out)
+await mkdir(dirname(file), { recursive: true })
 await writeFile(
   file,
   `${JSON.stringify(
