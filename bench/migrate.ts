@@ -94,14 +94,14 @@ function parseArgs(argv: string[]): Args {
     quick,
     payloadMiB: quick ? 64 : 512,
     reps: quick ? 1 : 3,
-    sizes: quick ? [64, 128] : [256, 1024],
+    sizes: quick ? [64] : [256, 1024],
     workloads: ['idle', 'hot10', 'hot100'],
     modes: ['precopy', 'postcopy', 'auto'],
     compression: ['off', 'auto'],
     limitedSize: quick ? 32 : 256,
     linksMbit: [1000, 100],
-    limitedWorkloads: ['idle', 'hot10', 'hot100'],
-    budgetMin: quick ? 4 : 15,
+    limitedWorkloads: quick ? ['idle', 'hot10'] : ['idle', 'hot10', 'hot100'],
+    budgetMin: quick ? 3 : 15,
     warmupMs: quick ? 300 : 1000,
     skipThroughput: false,
     sameProcessThroughput: true,
@@ -121,7 +121,7 @@ function parseArgs(argv: string[]): Args {
       console.log(
         [
           'usage: npm run bench:migrate -- [options]',
-          '  --quick                small sizes (64,128 MiB VMs, 64 MiB payload, 1 rep), ~2 min',
+          '  --quick                small sizes (64 MiB VMs, 32 MiB limited, 64 MiB payload, 1 rep), ~2-3 min',
           '  --payload-mib N        throughput payload (default 512)',
           '  --reps N               throughput repetitions, median reported (default 3)',
           '  --sizes 256,1024       VM memory sizes in MiB (loopback migrations)',
@@ -916,7 +916,7 @@ if (!loop(1024, 'hot100').length)
   goals.push({
     goal: 'downtime <= 50 ms, 1 GiB, 64 MiB hot at 100 MiB/s',
     figure: '-',
-    verdict: 'not measured (no 1 GiB run)',
+    verdict: 'not measured (no such run)',
   })
 for (const r of loop(1024, 'idle')) {
   goals.push({
@@ -936,7 +936,7 @@ if (!loop(1024, 'idle').length)
   goals.push({
     goal: 'idle 1 GiB mostly-zero VM in < 1 s',
     figure: '-',
-    verdict: 'not measured (no 1 GiB run)',
+    verdict: 'not measured (no such run)',
   })
 
 const fullRuns = [...runs, ...limitedRuns].filter(
