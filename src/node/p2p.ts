@@ -30,6 +30,10 @@ export async function createHost(init: HostInit) {
     streamMuxers: [yamux()],
     connectionProtector: init.psk ? preSharedKey({ psk: init.psk, timeout: init.dialTimeoutMs }) : undefined,
     connectionManager: { dialTimeout: init.dialTimeoutMs ?? 5000 },
+    // The monitor pings every peer and, by default, aborts a connection whose ping is late: a link
+    // saturated by a migration answers late, and aborting it kills the migration it carries. SWIM
+    // (src/gossip) is the failure detector; the monitor only keeps idle connections warm.
+    connectionMonitor: { pingInterval: 30_000, abortConnectionOnPingFailure: false },
     services: {
       identify: identify(),
       ping: ping(),

@@ -92,6 +92,12 @@ export class HandoverInDoubtError extends MigrationError {
 /** Wraps anything thrown into a MigrationError, keeping a MigrationError as it is. */
 export function asMigrationError(err: unknown, fallback: MigrationErrorCode = 'INTERNAL'): MigrationError {
   if (err instanceof MigrationError) return err
+  // libp2p v3 streams fail with Events (StreamAbortEvent, StreamResetEvent...) that carry the error
+  if (typeof Event !== 'undefined' && err instanceof Event) {
+    const inner = (err as Event & { error?: unknown }).error
+    if (inner !== undefined && inner !== err) return asMigrationError(inner, fallback)
+    return new LinkError(`stream ${err.type}`)
+  }
   const msg = err instanceof Error ? err.message : String(err)
   const name = err instanceof Error ? err.name : ''
   if (name === 'AbortError' || name === 'TimeoutError') return new MigrationError('TIMEOUT', msg)
