@@ -85,17 +85,28 @@ function waitExit(proc: ChildProcess): Promise<number | null> {
 }
 
 export async function startAgent(
-  opts: { dataDir?: string; args?: string[]; site?: string; bootstrap?: string[]; timeoutMs?: number } = {},
+  opts: {
+    dataDir?: string
+    args?: string[]
+    site?: string
+    bootstrap?: string[]
+    timeoutMs?: number
+    /** Run inside this network namespace (`ip netns exec`; see netns.ts). */
+    netns?: string
+    /** Address for libp2p and the API (default 127.0.0.1). */
+    listenHost?: string
+  } = {},
 ): Promise<RunningAgent> {
   const dataDir = opts.dataDir ?? (await tempDir())
+  const listenHost = opts.listenHost ?? '127.0.0.1'
   const args = [
     'agent',
     '--data-dir',
     dataDir,
     '--listen',
-    '/ip4/127.0.0.1/tcp/0',
+    `/ip4/${listenHost}/tcp/0`,
     '--api',
-    '127.0.0.1:0',
+    `${listenHost}:0`,
     '--log-level',
     'debug',
     ...(opts.site ? ['--site', opts.site] : []),
@@ -104,7 +115,11 @@ export async function startAgent(
   ]
   const agentFile = join(dataDir, 'agent.json')
   await rm(agentFile, { force: true })
-  const proc = spawn(process.execPath, [CLI, ...args], {
+  // `ip netns exec` execs the command in place: the child's pid is the agent's
+  const [cmd, cmdArgs] = opts.netns
+    ? ['ip', ['netns', 'exec', opts.netns, process.execPath, CLI, ...args]]
+    : [process.execPath, [CLI, ...args]]
+  const proc = spawn(cmd, cmdArgs, {
     env: { ...process.env, SKYMESH_LOG_FORMAT: 'json' },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
