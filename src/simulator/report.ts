@@ -21,11 +21,11 @@ export function table(results: readonly ModeResult[]): string {
     ['still overloaded at end', (r) => `${r.overload.openAtEnd}`],
     ['events (done/unresolved/yielded/failed)', (r) => outcomes(r)],
     [
-      'event: open -> plan p50 / p99 (ms)',
+      'overload event: open -> plan p50 / p99 (ms)',
       (r) => (r.mode === 'cooperative' ? `${r.events.toPlanP50Ms} / ${r.events.toPlanP99Ms}` : '-'),
     ],
     [
-      'event: open -> relieved p50 / p99 (s)',
+      'overload event: open -> relieved p50 / p99 (s)',
       (r) =>
         r.mode === 'cooperative'
           ? `${round(r.events.toDoneP50Ms / 1000, 1)} / ${round(r.events.toDoneP99Ms / 1000, 1)}`

@@ -6,7 +6,8 @@
 //   host,<id>,<site>,<cpu cores>,<memory MiB>[,<disk MiB>]
 //   vm,<id>,<host id or empty>,<vcpus>,<memory MiB>[,<dirty MiB/s>]
 //   load,<time s>,<vm id>,<cpu cores in use>
-// A VM without a host is placed first-fit (in file order). Without host records, --hosts identical hosts
+// A VM's demand at time 0 is its load record at 0 (else 30 % of its vcpus) and holds until its next
+// record; demand is capped at its vcpus. A VM without a host is placed first-fit (in file order). Without host records, --hosts identical hosts
 // (32 cores, 128 GiB) are made. Load records may come in any order; a VM's demand holds until its next.
 import { readFileSync } from 'node:fs'
 import { type HostView, type Resources, type Rng, seededRng, type VmConstraints } from '../placement/index.js'
@@ -252,8 +253,7 @@ export function parseCsvTrace(text: string, opts: { hosts?: number; durationMs?:
   const vmIndex = new Map<string, number>()
   const used = hosts.map(() => ({ cpu: 0, mem: 0 }))
   const firstLoad = new Map<string, number>()
-  for (const l of [...loadRows].sort((a, b) => a.t - b.t))
-    if (!firstLoad.has(l.vm)) firstLoad.set(l.vm, l.cpu)
+  for (const l of loadRows) if (l.t === 0) firstLoad.set(l.vm, l.cpu)
   const vms: TraceVm[] = vmRows.map((r, k) => {
     if (vmIndex.has(r.id)) throw new TraceError(`line ${r.line}: duplicate vm ${r.id}`)
     vmIndex.set(r.id, k)

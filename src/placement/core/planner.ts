@@ -20,6 +20,7 @@ import {
   type PlanRequest,
   POLICIES,
   type Problem,
+  type Resources,
   type VmView,
 } from './types.js'
 import { DEST, NONE, SOURCE, Workspace } from './workspace.js'
@@ -173,24 +174,46 @@ function relieve(ws: Workspace, i: number, movable: (v: VmView) => boolean): voi
     if (e.cpu <= 0 && e.mem <= 0 && e.disk <= 0) return
     const left = candidates.filter((v) => !tried.has(v.id))
     if (left.length === 0) return
-    const covers = (v: VmView) =>
-      (e.cpu <= 0 || v.demand.cpu >= e.cpu) &&
-      (e.mem <= 0 || v.demand.mem >= e.mem) &&
-      (e.disk <= 0 || v.demand.disk >= e.disk)
-    // One VM that covers the whole excess, the cheapest to move; else the one that helps most.
-    const whole = left.filter(covers).sort((a, b) => a.memoryBytes - b.memoryBytes || byId(a, b))
-    const share = (v: VmView) =>
-      Math.max(
-        e.cpu > 0 && cap.cpu > 0 ? v.demand.cpu / cap.cpu : 0,
-        e.mem > 0 && cap.mem > 0 ? v.demand.mem / cap.mem : 0,
-        e.disk > 0 && cap.disk > 0 ? v.demand.disk / cap.disk : 0,
-      )
-    const v = whole[0] ?? left.sort((a, b) => share(b) - share(a) || byId(a, b))[0]!
-    tried.add(v.id)
-    if (share(v) <= 0) continue
-    const to = ws.findDest(v, i, { wake: cfg.wakeStandby })
-    if (to >= 0) ws.move(v, i, to, 'overload')
+    const pick = cheapestCover(left, e, cap)
+    for (const v of pick) {
+      tried.add(v.id)
+      const to = ws.findDest(v, i, { wake: cfg.wakeStandby })
+      if (to >= 0) ws.move(v, i, to, 'overload')
+    }
   }
+}
+
+/**
+ * Which VMs to move to remove the excess `e` with the fewest bytes (migration time is bytes over the
+ * host's link, so fewer bytes relieve it sooner): the cheapest single VM that covers all of it, or a
+ * greedy set by relief per byte, whichever moves less. Without any cover: the VM that helps most.
+ */
+function cheapestCover(left: VmView[], e: Resources, cap: Resources): VmView[] {
+  const share = (v: VmView) =>
+    Math.max(
+      e.cpu > 0 && cap.cpu > 0 ? v.demand.cpu / cap.cpu : 0,
+      e.mem > 0 && cap.mem > 0 ? v.demand.mem / cap.mem : 0,
+      e.disk > 0 && cap.disk > 0 ? v.demand.disk / cap.disk : 0,
+    )
+  const useful = left.filter((v) => share(v) > 0)
+  if (useful.length === 0) return left
+  const covers = (d: Resources) =>
+    (e.cpu <= 0 || d.cpu >= e.cpu) && (e.mem <= 0 || d.mem >= e.mem) && (e.disk <= 0 || d.disk >= e.disk)
+  const single = useful.filter((v) => covers(v.demand)).sort((a, b) => a.memoryBytes - b.memoryBytes || byId(a, b))[0]
+  const perByte = (v: VmView) => share(v) / Math.max(1, v.memoryBytes)
+  const set: VmView[] = []
+  const sum = { cpu: 0, mem: 0, disk: 0 }
+  for (const v of [...useful].sort((a, b) => perByte(b) - perByte(a) || byId(a, b))) {
+    if (covers(sum)) break
+    set.push(v)
+    sum.cpu += v.demand.cpu
+    sum.mem += v.demand.mem
+    sum.disk += v.demand.disk
+  }
+  const bytes = (vs: VmView[]) => vs.reduce((s, v) => s + v.memoryBytes, 0)
+  if (covers(sum) && (!single || bytes(set) < bytes([single]))) return set
+  if (single) return [single]
+  return [useful.sort((a, b) => share(b) - share(a) || byId(a, b))[0]!]
 }
 
 /** Follow-the-sun: VMs on this host that prefer another site now move there if a host has room. */
