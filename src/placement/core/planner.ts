@@ -199,7 +199,9 @@ function cheapestCover(left: VmView[], e: Resources, cap: Resources): VmView[] {
   if (useful.length === 0) return left
   const covers = (d: Resources) =>
     (e.cpu <= 0 || d.cpu >= e.cpu) && (e.mem <= 0 || d.mem >= e.mem) && (e.disk <= 0 || d.disk >= e.disk)
-  const single = useful.filter((v) => covers(v.demand)).sort((a, b) => a.memoryBytes - b.memoryBytes || byId(a, b))[0]
+  const single = useful
+    .filter((v) => covers(v.demand))
+    .sort((a, b) => a.memoryBytes - b.memoryBytes || byId(a, b))[0]
   const perByte = (v: VmView) => share(v) / Math.max(1, v.memoryBytes)
   const set: VmView[] = []
   const sum = { cpu: 0, mem: 0, disk: 0 }
