@@ -1,0 +1,11 @@
+// The pure placement core: no I/O, no clock, no randomness of its own (time and a seeded RNG come in).
+export { cmp, type FfdResult, firstFitDecreasing, lowerBound } from './bounds.js'
+export { FitIndex } from './fit-index.js'
+export { PlanRequestError, plan } from './planner.js'
+export { addTo, EPS, fits, utilization, zero } from './resources.js'
+export { type Rng, seededRng } from './rng.js'
+export { schedule } from './schedule.js'
+export { hourOfDay, preferredSite } from './sites.js'
+export { type HostLoad, problemOf, TriggerTracker } from './triggers.js'
+export * from './types.js'
+export { type PlanCheck, validatePlan } from './validate.js'

@@ -1,0 +1,21 @@
+// The cooperative placement protocol (DVMS-like) as a pure state machine; the wire form is
+// proto/placement.proto.
+export {
+  dispatch,
+  type EventRecord,
+  type EventRef,
+  type MemberSnapshot,
+  type Outcome,
+  type Output,
+  olderThan,
+  type PlacementMessage,
+  type PlacementPorts,
+} from './messages.js'
+export {
+  DEFAULT_PROTOCOL,
+  PlacementNode,
+  type PlacementNodeInit,
+  type Planner,
+  type ProtocolConfig,
+  type Ring,
+} from './node.js'
