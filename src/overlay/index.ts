@@ -3,6 +3,13 @@ export * from './frame.js'
 export { allocateIp, parseSubnet, type Subnet, subnetContains, usableRange } from './ipam.js'
 export { allocateMac, BROADCAST_MAC, isGroupMac, isMac, type Mac, macFromBytes, macToBytes } from './mac.js'
 export {
+  type NetworkConfig,
+  type OverlayGossip,
+  OverlayService,
+  type OverlayServiceInit,
+  type ProbeReport,
+} from './service.js'
+export {
   DEFAULT_MTU,
   DROP_REASONS,
   type DropReason,
@@ -16,3 +23,4 @@ export {
 } from './switch.js'
 export { type NicStats, type PingResult, SyntheticNic } from './synthetic-nic.js'
 export { OVERLAY_PROTOCOL, OverlayTransport, type TransportStats } from './transport.js'
+export * from './types.js'
