@@ -6,6 +6,7 @@ import { registerClusterCommands } from './commands/cluster.js'
 import { registerDemoCommand } from './commands/demo.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
+import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
@@ -39,6 +40,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerVmCommands(program, io, deps.migrate)
   registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
+  registerNetCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

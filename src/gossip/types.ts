@@ -50,6 +50,8 @@ export interface HostStateView {
   receivedAtMs: number
   agentVersion: string
   addrs: string[]
+  /** The overlay's announcement (encoded OverlayHostState), carried as is. */
+  overlay?: Uint8Array
 }
 
 /** What the local agent publishes about itself (the gossip module adds peer id, version, time). */
@@ -61,6 +63,8 @@ export interface LocalHostState {
   vms: VmSummaryView[]
   agentVersion: string
   addrs: string[]
+  /** Encoded OverlayHostState (src/overlay); gossip only carries it. */
+  overlay?: Uint8Array
 }
 
 /** Where a VM runs: from the hosts' states, ordered by epoch. */

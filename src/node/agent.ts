@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
+import { OverlayError, OverlayService } from '../overlay/index.js'
 import { createDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
@@ -26,13 +27,20 @@ import type {
   ClusterHost,
   ClusterView,
   ClusterVm,
+  CreateNetworkRequest,
   CreateVmRequest,
   MigrateVmRequest,
   MigrationView,
+  NetworkApi,
+  NetworkDetail,
+  NetworkSummary,
   NodeInfo,
   PeerInfo,
+  PingReport,
+  PingRequest,
   Resources,
   VmDigest,
+  VmNicView,
   VmRecord,
 } from './types.js'
 import { VERSION } from './version.js'
@@ -53,7 +61,7 @@ export interface AgentInit {
   logger: Logger
 }
 
-export class Agent implements AgentService {
+export class Agent implements AgentService, NetworkApi {
   readonly metrics = new Registry()
   private readonly config: AgentConfig
   private readonly log: Logger
@@ -64,6 +72,7 @@ export class Agent implements AgentService {
   private bootstrapper?: Bootstrapper
   private gossip?: Gossip
   private migrations?: AgentMigrations
+  private overlay?: OverlayService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
   private readonly records = new Map<string, StoredVm>()
@@ -164,6 +173,7 @@ export class Agent implements AgentService {
       { swim: config.gossip.swim, state: config.gossip.state },
     )
     await this.gossip.start()
+    await this.startOverlay()
     this.migrations = new AgentMigrations({
       host: this.host,
       logger: this.log.child({ component: 'transfer' }),
@@ -188,9 +198,12 @@ export class Agent implements AgentService {
           this.serial(async () => {
             await this.saveRecord(rec)
             this.adopt(instance)
+            const from = this.migrations?.activeFor(rec.id)?.from
+            this.overlay?.arrived(rec.id, rec.epoch, from, () => instance.state === 'running')
           }),
         releaseOutgoing: (id) =>
           this.serial(async () => {
+            this.overlay?.departed(id, this.migrations?.activeFor(id)?.to)
             const instance = this.instances.get(id)
             this.instances.delete(id)
             await instance?.destroy()
@@ -217,6 +230,7 @@ export class Agent implements AgentService {
 
     this.api = createApiServer({
       agent: this,
+      networks: this,
       token: this.token,
       logger: this.log.child({ component: 'api' }),
       host: config.api.host,
@@ -256,6 +270,7 @@ export class Agent implements AgentService {
       }
       this.instances.clear()
     })
+    await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
     await this.host?.stop()
     await this.driver?.close()
@@ -285,12 +300,12 @@ export class Agent implements AgentService {
 
   listVms(): VmRecord[] {
     return [...this.records.values()]
-      .map((r) => this.withMigration(publicRecord(r)))
+      .map((r) => this.withNics(this.withMigration(publicRecord(r))))
       .sort((a, b) => a.createdAt.localeCompare(b.createdAt))
   }
 
   getVm(id: string): VmRecord {
-    return this.withMigration(publicRecord(this.requireRecord(id)))
+    return this.withNics(this.withMigration(publicRecord(this.requireRecord(id))))
   }
 
   migrateVm(id: string, req: MigrateVmRequest): MigrationView {
@@ -340,6 +355,10 @@ export class Agent implements AgentService {
         )
       }
       const id = `vm-${randomBytes(6).toString('hex')}`
+      // Addresses first: an unknown network refuses the VM before anything is made.
+      const nics = req.networks?.length
+        ? this.overlayCall(() => this.requireOverlay().allocate(id, req.networks ?? []))
+        : []
       const spec: VmSpec = {
         id,
         name: req.name,
@@ -363,12 +382,15 @@ export class Agent implements AgentService {
         }
         await this.saveRecord(rec)
         this.adopt(instance)
+        const created = instance
+        this.overlay?.attach(id, nics, () => created.state === 'running')
         this.nodeMetrics?.vmOperations.inc({ op: 'create', outcome: 'ok' })
         this.log.info({ vm: id, name: req.name, memoryMiB: req.memoryMiB }, 'VM created')
-        return publicRecord(rec)
+        return this.withNics(publicRecord(rec))
       } catch (err) {
         // Leave nothing behind: no half-made VM, no record.
         await instance?.destroy().catch(() => {})
+        this.overlay?.release(id)
         await rm(dir, { recursive: true, force: true })
         this.records.delete(id)
         await this.store?.deleteVm(id).catch(() => {})
@@ -387,6 +409,7 @@ export class Agent implements AgentService {
       else await rm(this.vmDir(id), { recursive: true, force: true })
       this.instances.delete(id)
       this.records.delete(id)
+      this.overlay?.release(id)
       await this.requireStore().deleteVm(id)
       this.gossip?.notifyChanged()
       this.nodeMetrics?.vmOperations.inc({ op: 'delete', outcome: 'ok' })
@@ -509,7 +532,84 @@ export class Agent implements AgentService {
     throw new AgentError('VM_NOT_FOUND', `no VM '${idOrName}' in the mesh (as far as gossip tells)`)
   }
 
+  // --- NetworkApi (the overlay) ---
+
+  listNetworks(): NetworkSummary[] {
+    return this.requireOverlay().listNetworks()
+  }
+
+  createNetwork(req: CreateNetworkRequest): NetworkSummary {
+    return this.overlayCall(() => this.requireOverlay().createNetwork(req))
+  }
+
+  getNetwork(name: string): NetworkDetail {
+    return this.overlayCall(() => this.requireOverlay().getNetwork(name))
+  }
+
+  vmNics(id: string): VmNicView[] {
+    this.requireRecord(id)
+    const overlay = this.requireOverlay()
+    return overlay.nicsOf(id).map((n) => ({ ...n, stats: overlay.endpoint(id, n.network)?.stats }))
+  }
+
+  async pingFromVm(id: string, req: PingRequest): Promise<PingReport> {
+    this.requireRecord(id)
+    const overlay = this.requireOverlay()
+    return this.overlayCall(() => overlay.probe(id, req.ip, req)).catch((err: unknown) => {
+      throw err instanceof OverlayError ? new AgentError(err.code, err.message, err.details) : err
+    })
+  }
+
   // --- internals ---
+
+  /** The overlay: networks from config and the store, frames over libp2p, NICs of local VMs. */
+  private async startOverlay(): Promise<void> {
+    const gossip = this.requireGossip()
+    const store = this.requireStore()
+    this.overlay = new OverlayService({
+      self: this.peerId,
+      host: this.requireHost(),
+      logger: this.log.child({ component: 'overlay' }),
+      metrics: this.metrics,
+      networks: this.config.networks,
+      dialTimeoutMs: this.config.dialTimeoutMs,
+      store: {
+        load: () => store.getMeta('overlay'),
+        save: (snapshot) => store.putMeta('overlay', snapshot),
+      },
+      gossip: {
+        hosts: () => gossip.hosts(),
+        where: (vmId) => gossip.where(vmId),
+        subscribe: (fn) => {
+          gossip.state.on('host:update', fn)
+          return () => gossip.state.off('host:update', fn)
+        },
+        notifyChanged: () => gossip.notifyChanged(),
+      },
+    })
+    await this.overlay.start()
+    // VMs resumed before the overlay started get their NICs back.
+    for (const [id, instance] of this.instances) this.overlay.plug(id, () => instance.state === 'running')
+  }
+
+  private overlayCall<T>(fn: () => T): T {
+    try {
+      return fn()
+    } catch (err) {
+      if (err instanceof OverlayError) throw new AgentError(err.code, err.message, err.details)
+      throw err
+    }
+  }
+
+  private withNics(rec: VmRecord): VmRecord {
+    const nics = this.overlay?.nicsOf(rec.id)
+    return nics?.length ? { ...rec, nics: nics.map(({ network, mac, ip }) => ({ network, mac, ip })) } : rec
+  }
+
+  private requireOverlay(): OverlayService {
+    if (!this.overlay) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.overlay
+  }
 
   /** What gossip publishes about this host. */
   private localState(): LocalHostState {
@@ -539,6 +639,7 @@ export class Agent implements AgentService {
       vms,
       agentVersion: VERSION,
       addrs: this.addrs(),
+      overlay: this.overlay?.announcement(),
     }
   }
 

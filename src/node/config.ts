@@ -78,6 +78,14 @@ const fileSchema = z.strictObject({
     .partial(),
   /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
   dialTimeoutMs: z.number().int().min(100).max(120000),
+  /** Virtual networks this host knows from the start (the overlay); more can be created by API. */
+  networks: z.array(
+    z.strictObject({
+      name: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, 'expected 1-63 letters, digits, . _ -'),
+      subnet: z.string().regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, 'expected an IPv4 CIDR like 10.10.0.0/24'),
+      mtu: z.number().int().min(576).max(9000).optional(),
+    }),
+  ),
 })
 
 export type AgentConfig = Readonly<{
@@ -93,6 +101,7 @@ export type AgentConfig = Readonly<{
   capacity: Readonly<{ vcpus: number; memoryMiB: number; diskMiB: number }>
   bootstrapIntervalSec: number
   dialTimeoutMs: number
+  networks: readonly { name: string; subnet: string; mtu?: number }[]
   gossip: Readonly<{
     swim: {
       probeIntervalMs?: number
@@ -188,6 +197,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     capacity: Object.freeze({ ...defaultCapacity(), ...c.capacity }),
     bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,
     dialTimeoutMs: c.dialTimeoutMs ?? 5000,
+    networks: c.networks ?? [],
     gossip: splitGossip(c.gossip ?? {}),
   }
   return Object.freeze(config)

@@ -1,6 +1,8 @@
 // Shapes the agent shows through its API (and the CLI reads). JSON-safe: strings, numbers, arrays.
 import type { Registry } from 'prom-client'
 import type { MemberStatus } from '../gossip/types.js'
+import type { NicStats } from '../overlay/synthetic-nic.js'
+import type { NetworkDetail, NetworkSummary } from '../overlay/types.js'
 import type { MigrationView } from '../transfer/index.js'
 import type { VmState, WorkloadSpec } from '../vm/types.js'
 
@@ -55,6 +57,8 @@ export interface VmRecord {
   updatedAt: string
   /** Set while a live migration of this VM runs (in or out). */
   migration?: { id: string; direction: 'in' | 'out'; peer: string; phase: string }
+  /** Its NICs on virtual networks (overlay): MAC and IP stay the same wherever it runs. */
+  nics?: { network: string; mac: string; ip: string }[]
 }
 
 export interface MigrateVmRequest {
@@ -76,6 +80,8 @@ export interface CreateVmRequest {
   memoryMiB: number
   diskMiB: number
   workload?: Partial<WorkloadSpec>
+  /** Virtual networks to attach the VM to (one NIC each). */
+  networks?: string[]
 }
 
 export interface VmDigest {
@@ -163,4 +169,54 @@ export interface AgentService {
   /** One VM of the mesh by id (or unique name). Throws AgentError VM_NOT_FOUND. */
   where(idOrName: string): ClusterVm
   readonly metrics: Registry
+}
+
+// ---------------------------------------------------------------- overlay (virtual networks)
+
+export type { NetworkDetail, NetworkMember, NetworkSummary } from '../overlay/types.js'
+
+export interface CreateNetworkRequest {
+  name: string
+  subnet: string
+  mtu?: number
+}
+
+/** A NIC of a local VM with its synthetic endpoint's counters. */
+export interface VmNicView {
+  vmId: string
+  network: string
+  mac: string
+  ip: string
+  stats?: NicStats
+}
+
+/** `POST /v1/vms/:id/ping`: ICMP echoes from the VM's synthetic NIC (a test and diagnosis hook). */
+export interface PingRequest {
+  ip: string
+  network?: string
+  count?: number
+  intervalMs?: number
+  timeoutMs?: number
+  size?: number
+}
+
+export interface PingReport {
+  ip: string
+  sent: number
+  received: number
+  lost: number
+  rttMs: { min: number; avg: number; max: number } | null
+  /** Sequence numbers (1-based, in send order) that got no reply. */
+  lostSeqs: number[]
+}
+
+/** What the network routes need; `Agent` implements it. */
+export interface NetworkApi {
+  listNetworks(): NetworkSummary[]
+  /** Throws BAD_REQUEST (bad name/subnet/mtu) or NAME_TAKEN. */
+  createNetwork(req: CreateNetworkRequest): NetworkSummary
+  /** Throws NOT_FOUND. */
+  getNetwork(name: string): NetworkDetail
+  vmNics(id: string): VmNicView[]
+  pingFromVm(id: string, req: PingRequest): Promise<PingReport>
 }

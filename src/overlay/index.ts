@@ -1,3 +1,26 @@
 // Overlay: the virtual L2 network (per-VM IP/MAC, frames over libp2p, ARP proxy, announcements).
-// Built in the overlay issue.
-export {}
+export * from './frame.js'
+export { allocateIp, parseSubnet, type Subnet, subnetContains, usableRange } from './ipam.js'
+export { allocateMac, BROADCAST_MAC, isGroupMac, isMac, type Mac, macFromBytes, macToBytes } from './mac.js'
+export {
+  type NetworkConfig,
+  type OverlayGossip,
+  OverlayService,
+  type OverlayServiceInit,
+  type ProbeReport,
+} from './service.js'
+export {
+  DEFAULT_MTU,
+  DROP_REASONS,
+  type DropReason,
+  FORWARD_KINDS,
+  type ForwardKind,
+  type Outcome,
+  type PortInit,
+  type RemoteNic,
+  type SwitchStats,
+  VirtualSwitch,
+} from './switch.js'
+export { type NicStats, type PingResult, SyntheticNic } from './synthetic-nic.js'
+export { OVERLAY_PROTOCOL, OverlayTransport, type TransportStats } from './transport.js'
+export * from './types.js'

@@ -21,6 +21,7 @@ interface CreateOpts extends Opts {
   hotSet?: number
   cpu?: number
   diskWrite?: number
+  network?: string[]
 }
 
 export function registerVmCommands(program: Command, io: CliIo, migrate: MigrateDeps = {}): void {
@@ -37,7 +38,12 @@ export function registerVmCommands(program: Command, io: CliIo, migrate: Migrate
       .option('--dirty <MiBps>', 'workload: memory dirtied per second (MiB/s)', parseNonNegative)
       .option('--hot-set <MiB>', 'workload: size of the set of pages it writes (MiB)', parseNonNegative)
       .option('--cpu <share>', 'workload: share of one CPU it uses (0..vcpus)', parseNonNegative)
-      .option('--disk-write <MiBps>', 'workload: disk written per second (MiB/s)', parseNonNegative),
+      .option('--disk-write <MiBps>', 'workload: disk written per second (MiB/s)', parseNonNegative)
+      .option(
+        '--network <name>',
+        'attach to a virtual network (repeatable)',
+        (v: string, acc: string[] = []) => [...acc, v],
+      ),
   ).action(async (name: string, opts: CreateOpts) => {
     const client = await connect(opts, io)
     const vm = await client.createVm(createRequest(name, opts))
@@ -146,6 +152,7 @@ export function createRequest(name: string, opts: CreateOpts): CreateVmRequest {
   if (opts.cpu !== undefined) workload.cpu = opts.cpu
   if (opts.diskWrite !== undefined) workload.diskWriteMiBps = opts.diskWrite
   if (Object.keys(workload).length > 0) req.workload = workload
+  if (opts.network?.length) req.networks = opts.network
   return req
 }
 

@@ -34,6 +34,7 @@ export function toHostStateMessage(local: LocalHostState, init: BuildStateInit):
     timestampMs: init.timestampMs,
     agentVersion: local.agentVersion,
     addrs,
+    overlay: local.overlay,
   })
 }
 
@@ -75,6 +76,7 @@ export function toHostStateView(peerId: string, m: HostStateMessage, receivedAtM
         return []
       }
     }),
+    overlay: m.overlay?.length ? m.overlay : undefined,
   }
 }
 

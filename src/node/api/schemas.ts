@@ -67,6 +67,10 @@ export const createVmSchema = z
       memoryMiB: intIn(LIMITS.memoryMiB.min, LIMITS.memoryMiB.max),
       diskMiB: intIn(LIMITS.diskMiB.min, LIMITS.diskMiB.max),
       workload: workloadSchema.optional(),
+      networks: z
+        .array(nameSchema, expect('an array of network names'))
+        .max(16, expect('at most 16 networks'))
+        .optional(),
     },
     expect('a JSON object'),
   )
@@ -107,6 +111,40 @@ export const migrateVmSchema = z.strictObject(
     maxRounds: intIn(1, 1000).optional(),
     streams: intIn(1, 16).optional(),
     compression: z.enum(['auto', 'on', 'off'], expect("'auto', 'on' or 'off'")).optional(),
+  },
+  expect('a JSON object'),
+)
+
+/** `POST /v1/networks`. */
+export const createNetworkSchema = z.strictObject(
+  {
+    name: nameSchema,
+    subnet: (() => {
+      const e = expect('an IPv4 CIDR like 10.10.0.0/24')
+      return z
+        .string(e)
+        .max(18, e)
+        .regex(/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/, e)
+    })(),
+    mtu: intIn(576, 9000).optional(),
+  },
+  expect('a JSON object'),
+)
+
+export const networkParamsSchema = z.strictObject({ name: nameSchema })
+
+/** `POST /v1/vms/:id/ping`: echoes from the VM's synthetic NIC. */
+export const pingSchema = z.strictObject(
+  {
+    ip: (() => {
+      const e = expect('an IPv4 address')
+      return z.string(e).regex(/^\d{1,3}(\.\d{1,3}){3}$/, e)
+    })(),
+    network: nameSchema.optional(),
+    count: intIn(1, 10_000).optional(),
+    intervalMs: intIn(1, 10_000).optional(),
+    timeoutMs: intIn(1, 60_000).optional(),
+    size: intIn(0, 9000).optional(),
   },
   expect('a JSON object'),
 )

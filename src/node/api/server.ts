@@ -2,13 +2,14 @@
 // error shape. Serve it on loopback only; the token lives in DIR/api-token.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
-import type { AgentService } from '../types.js'
+import type { AgentService, NetworkApi } from '../types.js'
 import { installAuth } from './auth.js'
 import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { clusterRoutes } from './routes/cluster.js'
 import { migrationRoutes } from './routes/migrations.js'
+import { networkRoutes } from './routes/networks.js'
 import { nodeRoutes } from './routes/node.js'
 import { vmRoutes } from './routes/vms.js'
 import { LIMITS } from './schemas.js'
@@ -19,6 +20,8 @@ export const DEFAULT_BODY_LIMIT = 64 * 1024
 
 export interface ApiServerInit {
   agent: AgentService
+  /** The virtual networks (overlay); their routes exist only when given. */
+  networks?: NetworkApi
   /** The bearer token every route but /healthz requires. Must not be empty. */
   token: string
   logger: Logger
@@ -64,6 +67,7 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   vmRoutes(app, init.agent)
   clusterRoutes(app, init.agent)
   migrationRoutes(app, init.agent)
+  if (init.networks) networkRoutes(app, init.networks)
 
   let closing: Promise<void> | undefined
   return {

@@ -1,0 +1,263 @@
+// Frames between agents: the libp2p protocol /skymesh/overlay/1. One long-lived outbound stream per
+// peer carries length-prefixed OverlayBatch messages; frames queued while a write is in flight go
+// out together in the next batch, so a burst costs few messages and a lone frame waits for nothing.
+// Who sent a batch is the authenticated remote peer of the connection (noise; pnet keeps strangers
+// out); what it may send is the switch's business.
+import type { PeerId, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { lpStream } from '@libp2p/utils'
+import type { Logger } from 'pino'
+import { pb } from '../proto/index.js'
+
+export const OVERLAY_PROTOCOL = '/skymesh/overlay/1'
+/** Largest batch on the wire; a peer sending more is cut off. */
+export const MAX_BATCH_BYTES = 4 * 1024 * 1024
+export const MAX_BATCH_FRAMES = 4096
+export const MAX_BATCH_ANNOUNCES = 1024
+
+export interface WireFrame {
+  network: string
+  data: Uint8Array
+  relayed: boolean
+}
+
+export interface WireAnnounce {
+  vmId: string
+  epoch: number
+}
+
+export interface OverlayHost {
+  handle(
+    protocol: string,
+    handler: (stream: Stream, conn: { remotePeer: PeerId }) => void | Promise<void>,
+    opts?: { maxInboundStreams?: number; maxOutboundStreams?: number },
+  ): Promise<void>
+  unhandle(protocol: string): Promise<void>
+  dialProtocol(peer: PeerId, protocol: string, opts?: { signal?: AbortSignal }): Promise<Stream>
+}
+
+export interface TransportInit {
+  host: OverlayHost
+  logger: Logger
+  /** A decoded batch from `peer`; announcements first, then frames in order. */
+  onBatch: (peer: string, announces: WireAnnounce[], frames: WireFrame[]) => void
+  /** A batch that could not be decoded or was too large. */
+  onMalformed?: (peer: string) => void
+  dialTimeoutMs?: number
+  /** Frames waiting per peer before more are refused (counted as unreachable by the switch). */
+  maxQueue?: number
+  /** After a failed dial, frames for that peer are refused this long. */
+  retryAfterMs?: number
+}
+
+interface Link {
+  peer: string
+  frames: WireFrame[]
+  queuedBytes: number
+  announces: WireAnnounce[]
+  lp?: ReturnType<typeof lpStream>
+  stream?: Stream
+  pumping: boolean
+  scheduled: boolean
+  downUntil: number
+}
+
+export interface TransportStats {
+  batchesOut: number
+  batchesIn: number
+  bytesOut: number
+  bytesIn: number
+  dialFailures: number
+  framesLost: number
+}
+
+export class OverlayTransport {
+  private readonly links = new Map<string, Link>()
+  private readonly inbound = new Set<Stream>()
+  private started = false
+  readonly stats: TransportStats = {
+    batchesOut: 0,
+    batchesIn: 0,
+    bytesOut: 0,
+    bytesIn: 0,
+    dialFailures: 0,
+    framesLost: 0,
+  }
+
+  constructor(private readonly init: TransportInit) {}
+
+  async start(): Promise<void> {
+    await this.init.host.handle(
+      OVERLAY_PROTOCOL,
+      (stream, conn) => this.serve(stream, conn.remotePeer.toString()),
+      {
+        maxInboundStreams: 4,
+        maxOutboundStreams: 4,
+      },
+    )
+    this.started = true
+  }
+
+  async stop(): Promise<void> {
+    this.started = false
+    await this.init.host.unhandle(OVERLAY_PROTOCOL).catch(() => {})
+    for (const link of this.links.values()) {
+      link.frames = []
+      link.stream?.abort(new Error('overlay stopping'))
+    }
+    for (const s of this.inbound) s.abort(new Error('overlay stopping'))
+    this.links.clear()
+    this.inbound.clear()
+  }
+
+  /** Queues a frame for `peer`; false if it cannot take it (peer unreachable or too far behind). */
+  send(peer: string, frame: WireFrame): boolean {
+    if (!this.started) return false
+    const link = this.link(peer)
+    if (link.downUntil > Date.now()) return false
+    if (link.frames.length >= (this.init.maxQueue ?? 8192)) return false
+    link.frames.push(frame)
+    link.queuedBytes += frame.data.length
+    this.schedule(link)
+    return true
+  }
+
+  announce(peer: string, a: WireAnnounce): void {
+    if (!this.started) return
+    const link = this.link(peer)
+    link.announces.push(a)
+    this.schedule(link)
+  }
+
+  private link(peer: string): Link {
+    let link = this.links.get(peer)
+    if (!link) {
+      link = {
+        peer,
+        frames: [],
+        queuedBytes: 0,
+        announces: [],
+        pumping: false,
+        scheduled: false,
+        downUntil: 0,
+      }
+      this.links.set(peer, link)
+    }
+    return link
+  }
+
+  private schedule(link: Link): void {
+    if (link.pumping || link.scheduled) return
+    link.scheduled = true
+    // Frames sent in the same tick leave in one batch.
+    queueMicrotask(() => {
+      link.scheduled = false
+      void this.pump(link)
+    })
+  }
+
+  private async pump(link: Link): Promise<void> {
+    if (link.pumping) return
+    link.pumping = true
+    try {
+      while (this.started && (link.frames.length || link.announces.length)) {
+        const batch = this.takeBatch(link)
+        if (!(await this.write(link, batch))) {
+          // One more try on a fresh stream (the old one may have closed while idle).
+          if (!(await this.write(link, batch))) {
+            this.stats.framesLost += batch.frames.length + link.frames.length
+            link.frames = []
+            link.queuedBytes = 0
+            link.announces = []
+            link.downUntil = Date.now() + (this.init.retryAfterMs ?? 1000)
+          }
+        }
+      }
+    } finally {
+      link.pumping = false
+    }
+  }
+
+  private takeBatch(link: Link): { frames: WireFrame[]; announces: WireAnnounce[] } {
+    let bytes = 0
+    let n = 0
+    const limit = MAX_BATCH_BYTES - 64 * 1024
+    while (n < link.frames.length && n < MAX_BATCH_FRAMES) {
+      bytes += (link.frames[n]?.data.length ?? 0) + 64
+      if (bytes > limit && n > 0) break
+      n++
+    }
+    const frames = link.frames.splice(0, n)
+    for (const f of frames) link.queuedBytes -= f.data.length
+    return { frames, announces: link.announces.splice(0, MAX_BATCH_ANNOUNCES) }
+  }
+
+  private async write(
+    link: Link,
+    batch: { frames: WireFrame[]; announces: WireAnnounce[] },
+  ): Promise<boolean> {
+    try {
+      if (!link.lp) {
+        const stream = await this.init.host.dialProtocol(peerIdFromString(link.peer), OVERLAY_PROTOCOL, {
+          signal: AbortSignal.timeout(this.init.dialTimeoutMs ?? 5000),
+        })
+        link.stream = stream
+        link.lp = lpStream(stream, { maxDataLength: MAX_BATCH_BYTES })
+      }
+      const buf = pb.OverlayBatch.encode({
+        frames: batch.frames,
+        announces: batch.announces,
+      }).finish()
+      await link.lp.write(buf)
+      this.stats.batchesOut++
+      this.stats.bytesOut += buf.length
+      return true
+    } catch (err) {
+      this.stats.dialFailures += link.lp ? 0 : 1
+      this.init.logger.debug({ peer: link.peer, err: (err as Error).message }, 'overlay link failed')
+      link.stream?.abort(err as Error)
+      link.stream = undefined
+      link.lp = undefined
+      return false
+    }
+  }
+
+  private async serve(stream: Stream, peer: string): Promise<void> {
+    this.inbound.add(stream)
+    const lp = lpStream(stream, { maxDataLength: MAX_BATCH_BYTES })
+    try {
+      while (this.started) {
+        const buf = (await lp.read()).subarray()
+        this.stats.batchesIn++
+        this.stats.bytesIn += buf.length
+        let batch: InstanceType<typeof pb.OverlayBatch>
+        try {
+          batch = pb.OverlayBatch.decode(buf)
+        } catch {
+          this.init.onMalformed?.(peer)
+          continue
+        }
+        if (batch.frames.length > MAX_BATCH_FRAMES || batch.announces.length > MAX_BATCH_ANNOUNCES) {
+          this.init.onMalformed?.(peer)
+          continue
+        }
+        this.init.onBatch(
+          peer,
+          batch.announces.map((a) => ({ vmId: a.vmId ?? '', epoch: Number(a.epoch ?? 0) })),
+          batch.frames.map((f) => ({
+            network: f.network ?? '',
+            data: f.data ?? new Uint8Array(0),
+            relayed: f.relayed === true,
+          })),
+        )
+      }
+    } catch (err) {
+      const name = (err as Error).name ?? ''
+      if (/InvalidDataLength|InvalidMessageLength/.test(name)) this.init.onMalformed?.(peer)
+      // otherwise: the peer closed or reset the stream
+    } finally {
+      this.inbound.delete(stream)
+      stream.abort(new Error('overlay stream done'))
+    }
+  }
+}
