@@ -114,7 +114,55 @@ describe('agents in network namespaces across two sites', { skip: why }, () => {
       await mesh.shapeSite('west', {})
     }
   })
+
+  it('a delayed wide-area link adds its delay to the round trip between sites', async () => {
+    const east = mesh.hostsOf('east')[0]!
+    const west = mesh.hostsOf('west')[0]!
+    const before = await measureRtt(east.ns, west.ns, west.ip)
+    await mesh.shapeSite('west', { delayMs: 40 })
+    try {
+      const delayed = await measureRtt(east.ns, west.ns, west.ip)
+      assert.ok(
+        delayed >= 40,
+        `RTT ${delayed.toFixed(1)} ms with a 40 ms delay (was ${before.toFixed(1)} ms)`,
+      )
+      assert.ok(delayed < 40 + before + 200, `RTT ${delayed.toFixed(1)} ms with a 40 ms delay`)
+    } finally {
+      await mesh.shapeSite('west', {})
+    }
+    const after = await measureRtt(east.ns, west.ns, west.ip)
+    assert.ok(after < 40, `RTT back to ${after.toFixed(1)} ms once the delay is removed`)
+  })
 })
+
+/** Median TCP round trip (ms) from a client in `fromNs` to an echo server in `toNs` at `ip`. */
+async function measureRtt(fromNs: string, toNs: string, ip: string): Promise<number> {
+  const port = 20_000 + Math.floor(Math.random() * 10_000)
+  const echo = `require('net').createServer(s=>s.pipe(s)).listen(${port},'${ip}',()=>console.log('up'));setTimeout(()=>process.exit(0),20000)`
+  const server = spawn('ip', ['netns', 'exec', toNs, process.execPath, '-e', echo], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.stdout.once('data', () => resolve())
+      server.once('exit', (c) => reject(new Error(`echo server exited ${c}`)))
+    })
+    const client = `const s=require('net').connect(${port},'${ip}',()=>{s.setNoDelay(true);const r=[];let t=performance.now();s.on('data',()=>{r.push(performance.now()-t);if(r.length<7){t=performance.now();s.write('x')}else{r.sort((a,b)=>a-b);console.log(r[3]);process.exit(0)}});s.write('x')});setTimeout(()=>process.exit(1),15000)`
+    const out = await new Promise<string>((resolve, reject) => {
+      const c = spawn('ip', ['netns', 'exec', fromNs, process.execPath, '-e', client], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      })
+      let text = ''
+      c.stdout.on('data', (d) => {
+        text += d
+      })
+      c.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`rtt client exited ${code}`))))
+    })
+    return Number(out.trim())
+  } finally {
+    server.kill('SIGKILL')
+  }
+}
 
 /** Sends `bytes` to a sink started in `ns` and returns the achieved Mbit/s. */
 async function measureThroughput(ns: string, ip: string, bytes: number): Promise<number> {

@@ -7,13 +7,20 @@
 //
 //   root ns ── veth ── [core ns: bridge] ── veth ── [router ns of site s: bridge] ── veth ── [host ns]
 //   10.N.0.254             10.N.0.0/24        10.N.0.s      10.N.s.1/24                 10.N.s.(10+k)
-import { execFile } from 'node:child_process'
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { randomInt } from 'node:crypto'
 import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { type RunningAgent, startAgent } from './agent-process.js'
 
 const run = promisify(execFile)
+
+/** test/helpers/delay-line.py (it is not compiled: from dist/, look in the source tree). */
+const DELAY_LINE = fileURLToPath(new URL('./delay-line.py', import.meta.url)).replace(
+  /\/dist\/test\/helpers\//,
+  '/test/helpers/',
+)
 
 export interface SiteSpec {
   name: string
@@ -34,6 +41,11 @@ export interface LinkShape {
   rateMbit?: number
   /** Probability (0..1) that a packet crossing the site's wide-area link is dropped. */
   loss?: number
+  /**
+   * One-way delay (ms) added to every packet leaving the site for another site (through a
+   * user-space delay line, see delay-line.py): the RTT between sites s and t is delay(s) + delay(t).
+   */
+  delayMs?: number
 }
 
 /** Why the harness cannot run here, or undefined when it can. */
@@ -62,6 +74,7 @@ export class NetnsMesh {
   readonly #net: number
   readonly #sites: SiteSpec[]
   readonly #namespaces: string[] = []
+  readonly #delayLines = new Map<number, ChildProcess>()
   #rootVeth = ''
   #destroyed = false
 
@@ -176,6 +189,34 @@ export class NetnsMesh {
         ])
       }
     }
+    await this.#setDelay(s, shape.delayMs ?? 0)
+  }
+
+  /** Routes the site's outbound inter-site packets through a delay line (or straight, for 0). */
+  async #setDelay(s: number, delayMs: number): Promise<void> {
+    const router = this.#routerNs(s)
+    const old = this.#delayLines.get(s)
+    if (old) {
+      old.kill('SIGKILL')
+      this.#delayLines.delete(s)
+    }
+    await run('ip', ['-n', router, 'rule', 'del', 'iif', 'lan', 'lookup', '100']).catch(() => undefined)
+    if (delayMs <= 0) return
+    const line = spawn('ip', ['netns', 'exec', router, 'python3', DELAY_LINE, 'dl', String(delayMs)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    this.#delayLines.set(s, line)
+    let stderr = ''
+    line.stderr?.on('data', (d) => {
+      stderr += d
+    })
+    await new Promise<void>((resolve, reject) => {
+      line.stdout?.once('data', () => resolve())
+      line.once('exit', (code) => reject(new Error(`delay line exited with ${code}: ${stderr}`)))
+    })
+    // Packets from the site's hosts to other sites go into the delay line, and come back out of
+    // it into the main table (its packets arrive on `dl`, not `lan`, so they are not looped).
+    await run('ip', ['-n', router, 'rule', 'add', 'iif', 'lan', 'lookup', '100'])
   }
 
   /** Cuts every packet between two sites (both directions) until heal(). */
@@ -208,6 +249,8 @@ export class NetnsMesh {
   async destroy(): Promise<void> {
     if (this.#destroyed) return
     this.#destroyed = true
+    for (const line of this.#delayLines.values()) line.kill('SIGKILL')
+    this.#delayLines.clear()
     if (this.#rootVeth) await run('ip', ['link', 'del', this.#rootVeth]).catch(() => undefined)
     // Deleting a namespace deletes its interfaces and their veth peers.
     for (const ns of this.#namespaces.reverse()) await run('ip', ['netns', 'del', ns]).catch(() => undefined)
@@ -285,6 +328,12 @@ export class NetnsMesh {
       await run('ip', ['-n', router, 'addr', 'add', `10.${n}.${s}.1/24`, 'dev', 'lan'])
       await run('ip', ['-n', router, 'link', 'set', 'lan', 'up'])
       await run('ip', ['netns', 'exec', router, 'sysctl', '-qw', 'net.ipv4.ip_forward=1'])
+      // The delay line's device (see #setDelay); packets re-enter from it with foreign sources.
+      await run('ip', ['-n', router, 'tuntap', 'add', 'dev', 'dl', 'mode', 'tun'])
+      for (const dev of ['all', 'default', 'dl']) {
+        await run('ip', ['netns', 'exec', router, 'sysctl', '-qw', `net.ipv4.conf.${dev}.rp_filter=0`])
+      }
+      await run('ip', ['-n', router, 'link', 'set', 'dl', 'up'])
       // Chains for loss and cuts, hooked into forwarding (only routed, inter-site packets).
       for (const chain of ['SMLOSS', 'SMCUT']) {
         await this.#iptables(router, ['-N', chain])
@@ -321,15 +370,10 @@ export class NetnsMesh {
     for (let s = 1; s <= this.#sites.length; s++) {
       for (let t = 1; t <= this.#sites.length; t++) {
         if (s === t) continue
-        await run('ip', [
-          '-n',
-          this.#routerNs(s),
-          'route',
-          'add',
-          `10.${n}.${t}.0/24`,
-          'via',
-          `10.${n}.0.${t}`,
-        ])
+        const router = this.#routerNs(s)
+        await run('ip', ['-n', router, 'route', 'add', `10.${n}.${t}.0/24`, 'via', `10.${n}.0.${t}`])
+        // the same destinations through the delay line, for packets the rule of #setDelay sends here
+        await run('ip', ['-n', router, 'route', 'add', `10.${n}.${t}.0/24`, 'dev', 'dl', 'table', '100'])
       }
     }
   }
