@@ -107,7 +107,7 @@ export class Agent implements AgentService, NetworkApi {
     const psk = config.meshKey ? await readMeshKey(config.meshKey) : undefined
     await mkdir(config.dataDir, { recursive: true, mode: 0o700 })
     await mkdir(join(config.dataDir, 'vms'), { recursive: true })
-    this.token = await loadOrCreateToken(config.dataDir)
+    this.token = await loadOrCreateToken(config.dataDir, config.apiTokenFile)
     const privateKey = await loadOrCreatePeerKey(config.dataDir)
     try {
       this.store = await Store.open(join(config.dataDir, 'store'))

@@ -22,6 +22,7 @@ export interface AgentFlags {
   site?: string
   driver?: string
   meshKey?: string
+  apiTokenFile?: string
   config?: string
   logLevel?: string
 }
@@ -56,6 +57,8 @@ const fileSchema = z.strictObject({
     error: (iss) => `unknown driver ${JSON.stringify(iss.input)} (known: ${KNOWN_DRIVERS.join(', ')})`,
   }),
   meshKey: z.string().min(1),
+  /** A file holding the API token to use (e.g. a secret shared with Prometheus); default: generated. */
+  apiTokenFile: z.string().min(1),
   logLevel: z.enum(LOG_LEVELS, {
     error: (iss) => `unknown log level ${JSON.stringify(iss.input)} (known: ${LOG_LEVELS.join(', ')})`,
   }),
@@ -97,6 +100,7 @@ export type AgentConfig = Readonly<{
   site: string
   driver: (typeof KNOWN_DRIVERS)[number]
   meshKey: string | undefined
+  apiTokenFile: string | undefined
   logLevel: string
   capacity: Readonly<{ vcpus: number; memoryMiB: number; diskMiB: number }>
   bootstrapIntervalSec: number
@@ -172,6 +176,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     site: flags.site,
     driver: flags.driver,
     meshKey: flags.meshKey,
+    apiTokenFile: flags.apiTokenFile,
     logLevel: flags.logLevel ?? env.SKYMESH_LOG_LEVEL,
   }
   for (const [k, v] of Object.entries(fromFlags)) if (v !== undefined) merged[k] = v
@@ -193,6 +198,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     site: c.site ?? 'default',
     driver: c.driver ?? 'synthetic',
     meshKey: c.meshKey ? resolve(c.meshKey) : undefined,
+    apiTokenFile: c.apiTokenFile ? resolve(c.apiTokenFile) : undefined,
     logLevel: c.logLevel ?? 'info',
     capacity: Object.freeze({ ...defaultCapacity(), ...c.capacity }),
     bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,

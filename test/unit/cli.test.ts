@@ -457,6 +457,7 @@ describe('cli: help, version, agent, mesh-key', () => {
       site: 'eu',
       driver: undefined,
       meshKey: undefined,
+      apiTokenFile: undefined,
       config: undefined,
       logLevel: 'debug',
     })

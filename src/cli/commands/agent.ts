@@ -20,6 +20,7 @@ export function registerAgentCommand(program: Command, runAgent?: RunAgent): voi
     .option('--site <name>', 'the site (data centre, cloud region) this host is in')
     .option('--driver <name>', 'VM driver: synthetic or qemu')
     .option('--mesh-key <file>', 'pre-shared key of a private mesh (see `skymesh mesh-key`)')
+    .option('--api-token-file <file>', 'use the API token in this file (default: a generated DIR/api-token)')
     .option('--config <file>', 'config file (flags override it)')
     .option('--log-level <level>', 'trace, debug, info, warn, error')
     .action(async (opts: AgentOpts) => {
@@ -41,6 +42,7 @@ export function agentFlags(opts: AgentOpts): AgentFlags {
     site: opts.site,
     driver: opts.driver,
     meshKey: opts.meshKey,
+    apiTokenFile: opts.apiTokenFile,
     config: opts.config,
     logLevel: opts.logLevel,
   }
