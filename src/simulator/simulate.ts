@@ -687,7 +687,7 @@ class Sim {
     if (focus.length === 0) return
     const view = this.view()
     const t = performance.now()
-    const p = planCore(view, { focus, now: this.now }, this.pcfg)
+    const p = planCore(view, { focus, now: this.now, baselines: false }, this.pcfg)
     const ms = performance.now() - t
     this.plannerMs.push(ms)
     if (this.cfg.validatePlans && !validatePlan(view, p, this.pcfg).ok) this.violations.invalidPlans++

@@ -333,7 +333,11 @@ export class PlacementNode {
     const snaps = [...o.members.values()]
     const view: ClusterView = { hosts: snaps.map((s) => s.host), vms: snaps.flatMap((s) => s.vms) }
     o.plannerRuns++
-    const p = this.planner(view, { policies: POLICIES_FOR[o.ref.kind], focus: [this.self], now }, this.cfg)
+    const p = this.planner(
+      view,
+      { policies: POLICIES_FOR[o.ref.kind], focus: [this.self], now, baselines: false },
+      this.cfg,
+    )
     const fixed = p.resolved.some((r) => r.host === this.self && r.kind === o.ref.kind)
     if (!fixed || p.moves.length === 0) return
     o.plan = p
