@@ -351,7 +351,10 @@ class Sim {
         count: this.plannerMs.length,
         p50: round(quantile(this.plannerMs, 0.5), 3),
         p99: round(quantile(this.plannerMs, 0.99), 3),
-        max: round(this.plannerMs.length ? Math.max(...this.plannerMs) : Number.NaN, 3),
+        max: round(
+          this.plannerMs.length ? this.plannerMs.reduce((m, x) => Math.max(m, x), 0) : Number.NaN,
+          3,
+        ),
       },
       migrations: this.migrations,
       bytes: Math.round(this.bytes),

@@ -139,6 +139,7 @@ function repair(ws: Workspace, i: number): void {
     }
     return
   }
+  if (!ws.vmsOn[i]!.some((v) => v.constraints)) return
   const seen = new Set<string>()
   for (const v of [...ws.vmsOn[i]!].sort(byId)) {
     const c = v.constraints
@@ -225,6 +226,7 @@ function cheapestCover(left: VmView[], e: Resources, cap: Resources): VmView[] {
 function follow(ws: Workspace, i: number, now: number, movable: (v: VmView) => boolean): void {
   const h = ws.hosts[i]!
   if (ws.role[i]! & DEST || (h.state !== 'up' && h.state !== 'draining')) return
+  if (!ws.vmsOn[i]!.some((v) => v.constraints?.sites)) return
   for (const v of [...ws.vmsOn[i]!].sort(byId)) {
     const site = preferredSite(v.constraints?.sites, now)
     if (site === undefined || site === h.site || !movable(v) || v.constraints?.pin !== undefined) continue

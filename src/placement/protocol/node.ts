@@ -45,6 +45,8 @@ export interface ProtocolConfig {
   retryBackoffMs: number
   /** After yielding to an older event, wait about this long before reopening (ms). */
   yieldBackoffMs: number
+  /** Ring positions a leader looks ahead per join, skipping hosts the gossip view rules out. */
+  maxScan: number
 }
 
 export const DEFAULT_PROTOCOL: Readonly<ProtocolConfig> = Object.freeze({
@@ -53,6 +55,7 @@ export const DEFAULT_PROTOCOL: Readonly<ProtocolConfig> = Object.freeze({
   maxPartition: 12,
   retryBackoffMs: 30_000,
   yieldBackoffMs: 1_000,
+  maxScan: 64,
 })
 
 export interface Ring {
@@ -270,7 +273,7 @@ export class PlacementNode {
       this.close('unresolved', now, out)
       return
     }
-    const n = this.init.ring.size()
+    const n = Math.min(this.init.ring.size(), this.pcfg.maxScan)
     let c = o.cursor
     for (let k = 0; k < n; k++) {
       c = this.init.ring.next(c)
