@@ -8,6 +8,7 @@ export {
   type Outcome,
   type Output,
   olderThan,
+  outranks,
   type PlacementMessage,
   type PlacementPorts,
 } from './messages.js'

@@ -5,9 +5,10 @@
 // A host reserved by an event belongs to exactly that event (its lease), so two partitions never plan
 // on the same host. A leader grows its partition along the ring: it asks the next peer to join, runs the
 // planner on the members' states after each join, and executes the first plan that fixes its problem.
-// A busy peer is skipped; if its event is younger and still growing, the leader asks it to yield (the
-// older event always wins, so some event always progresses: no livelock; nobody waits on a reserved
-// host, so no deadlock). Leases expire unless renewed: a crashed leader frees its members, a crashed
+// A busy peer is skipped; if its event ranks lower (a consolidation against an overload or drain, else
+// the younger) and is still growing, the leader asks it to yield. The ranking is a total order, so the
+// top event never yields and always progresses: no livelock; nobody waits on a reserved host, so no
+// deadlock. Leases expire unless renewed: a crashed leader frees its members, a crashed
 // member drops out of its partition.
 import {
   type ClusterView,
@@ -30,7 +31,7 @@ import {
   type EventRef,
   type MemberSnapshot,
   type Output,
-  olderThan,
+  outranks,
   type PlacementMessage,
 } from './messages.js'
 
@@ -311,7 +312,7 @@ export class PlacementNode {
   private onBusy(from: string, eventId: string, holder: EventRef, now: number, out: Output[]): void {
     const o = this.own
     if (!o || o.ref.id !== eventId || o.pending?.host !== from) return
-    if (olderThan(o.ref, holder) && !o.yieldAsked.has(holder.id) && !o.pending.retried) {
+    if (outranks(o.ref, holder) && !o.yieldAsked.has(holder.id) && !o.pending.retried) {
       // We have priority: ask the younger partition to give its hosts up, and ask this host once more.
       o.yieldAsked.add(holder.id)
       out.push(send(holder.leader, { type: 'yield', eventId: holder.id, to: o.ref }))
@@ -325,9 +326,12 @@ export class PlacementNode {
 
   private onYield(eventId: string, to: EventRef, now: number, out: Output[]): void {
     const o = this.own
-    if (!o || o.ref.id !== eventId || o.state !== 'growing' || !olderThan(to, o.ref)) return
+    if (!o || o.ref.id !== eventId || o.state !== 'growing' || !outranks(to, o.ref)) return
+    const kind = o.ref.kind
     this.close('yielded', now, out)
     this.retryAt = now + this.pcfg.yieldBackoffMs * (1 + this.init.rng())
+    // A consolidation that gave way waits its whole grace again: it is an opportunity, not a fault.
+    if (kind === 'underload') this.tracker.reset(this.self, now)
   }
 
   private tryPlan(now: number, out: Output[]): void {
