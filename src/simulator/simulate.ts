@@ -351,7 +351,10 @@ class Sim {
         count: this.plannerMs.length,
         p50: round(quantile(this.plannerMs, 0.5), 3),
         p99: round(quantile(this.plannerMs, 0.99), 3),
-        max: round(this.plannerMs.length ? Math.max(...this.plannerMs) : Number.NaN, 3),
+        max: round(
+          this.plannerMs.length ? this.plannerMs.reduce((m, x) => Math.max(m, x), 0) : Number.NaN,
+          3,
+        ),
       },
       migrations: this.migrations,
       bytes: Math.round(this.bytes),
@@ -687,7 +690,7 @@ class Sim {
     if (focus.length === 0) return
     const view = this.view()
     const t = performance.now()
-    const p = planCore(view, { focus, now: this.now }, this.pcfg)
+    const p = planCore(view, { focus, now: this.now, baselines: false }, this.pcfg)
     const ms = performance.now() - t
     this.plannerMs.push(ms)
     if (this.cfg.validatePlans && !validatePlan(view, p, this.pcfg).ok) this.violations.invalidPlans++

@@ -109,6 +109,7 @@ describe('planner on small cases with a known optimum', () => {
     assert.equal(p.stats.activeBefore, 4)
     assert.equal(p.stats.activeAfter, 1)
     assert.equal(p.stats.lowerBound, 1)
+    assert.equal(p.stats.ffd, 1)
     assert.equal(p.moves.length, 3)
     assert.deepEqual(p.emptied.length, 3)
     assert.ok(validatePlan(view, p, cfg).ok)

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
+  type EventRef,
   type HostView,
   type MemberSnapshot,
   type Output,
+  outranks,
   type PlacementMessage,
   PlacementNode,
   type ProtocolConfig,
@@ -112,6 +114,21 @@ class Net {
 }
 
 describe('cooperative protocol', () => {
+  it('ranks events: overloads and drains before consolidations, then the older, a total order', () => {
+    const e = (id: string, kind: EventRef['kind'], openedAt: number): EventRef => ({
+      id,
+      leader: id,
+      kind,
+      openedAt,
+    })
+    assert.ok(outranks(e('a', 'overload', 10), e('b', 'underload', 1)))
+    assert.ok(!outranks(e('b', 'underload', 1), e('a', 'overload', 10)))
+    assert.ok(outranks(e('a', 'drain', 5), e('b', 'underload', 1)))
+    assert.ok(outranks(e('a', 'overload', 1), e('b', 'overload', 2)))
+    assert.ok(outranks(e('a', 'overload', 1), e('b', 'overload', 1)), 'ties by id')
+    assert.ok(!outranks(e('b', 'overload', 1), e('a', 'overload', 1)))
+  })
+
   it('an overloaded host forms a partition along the ring, migrates, and releases everyone', () => {
     const net = new Net({ a: [4, 4, 2], b: [7], c: [2], d: [6] })
     net.run(10_000)

@@ -36,6 +36,15 @@ describe('simulator', () => {
     assert.deepEqual(seen, ['d', 'b', 'e', 'a', 'c'])
   })
 
+  it('migration cost follows the engine model: at least memory / bandwidth + downtime, more when dirtier', () => {
+    const GiB = 1024 ** 3
+    const idle = migrationCost(8 * GiB, 0, 1.25e9, 300)
+    assert.ok(Math.abs(idle.ms - ((8 * GiB) / 1.25e9) * 1000 - 300) < 1)
+    assert.equal(idle.bytes, 8 * GiB)
+    const busy = migrationCost(8 * GiB, 200 * 1024 ** 2, 1.25e9, 300)
+    assert.ok(busy.ms > idle.ms && busy.bytes > idle.bytes)
+  })
+
   it('a small cooperative simulation runs, is deterministic for a seed, and its numbers add up', () => {
     const a = simulate(small(), { mode: 'cooperative', seed: 1, keepRecords: true })
     const b = simulate(small(), { mode: 'cooperative', seed: 1, keepRecords: true })

@@ -8,16 +8,20 @@ import { DIMS, type HostView, type Resources, type VmView } from './types.js'
  * capacities hold the summed demand (ceil(sum / capacity) when hosts are alike); the max over resources.
  */
 export function lowerBound(hosts: readonly HostView[], vms: readonly VmView[]): number {
+  const need = { cpu: 0, mem: 0, disk: 0 }
+  for (const v of vms) {
+    need.cpu += v.demand.cpu
+    need.mem += v.demand.mem
+    need.disk += v.demand.disk
+  }
   let bound = 0
   for (const d of DIMS) {
-    let need = 0
-    for (const v of vms) need += v.demand[d]
-    if (need <= EPS) continue
+    if (need[d] <= EPS) continue
     const caps = hosts.map((h) => h.capacity[d]).sort((a, b) => b - a)
     let k = 0
     let sum = 0
-    while (sum + EPS < need && k < caps.length) sum += caps[k++]!
-    bound = Math.max(bound, sum + EPS < need ? Number.POSITIVE_INFINITY : k)
+    while (sum + EPS < need[d] && k < caps.length) sum += caps[k++]!
+    bound = Math.max(bound, sum + EPS < need[d] ? Number.POSITIVE_INFINITY : k)
   }
   return bound
 }

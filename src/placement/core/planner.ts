@@ -7,7 +7,7 @@
 // backoffMs ago stays (except for hard repairs), a host is emptied only if all its VMs can leave (the
 // gain of a consolidation is a whole host), and overload relief stops as soon as the host is back under
 // its goal. The moves are then grouped into waves under the per-host in/out caps.
-import { lowerBound } from './bounds.js'
+import { firstFitDecreasing, lowerBound } from './bounds.js'
 import { utilization } from './resources.js'
 import { schedule } from './schedule.js'
 import { preferredSite } from './sites.js'
@@ -112,6 +112,9 @@ export function plan(view: ClusterView, req: PlanRequest, config: Partial<Placem
       activeBefore,
       activeAfter,
       lowerBound: lowerBound(scopeHosts, scopeVms),
+      ...(req.baselines === false
+        ? {}
+        : { ffd: firstFitDecreasing(scopeHosts, scopeVms, 1 - cfg.headroom).hosts }),
       migrations: moves.length,
       bytes: moves.reduce((s, m) => s + m.bytes, 0),
     },
@@ -136,6 +139,7 @@ function repair(ws: Workspace, i: number): void {
     }
     return
   }
+  if (!ws.vmsOn[i]!.some((v) => v.constraints)) return
   const seen = new Set<string>()
   for (const v of [...ws.vmsOn[i]!].sort(byId)) {
     const c = v.constraints
@@ -222,6 +226,7 @@ function cheapestCover(left: VmView[], e: Resources, cap: Resources): VmView[] {
 function follow(ws: Workspace, i: number, now: number, movable: (v: VmView) => boolean): void {
   const h = ws.hosts[i]!
   if (ws.role[i]! & DEST || (h.state !== 'up' && h.state !== 'draining')) return
+  if (!ws.vmsOn[i]!.some((v) => v.constraints?.sites)) return
   for (const v of [...ws.vmsOn[i]!].sort(byId)) {
     const site = preferredSite(v.constraints?.sites, now)
     if (site === undefined || site === h.site || !movable(v) || v.constraints?.pin !== undefined) continue

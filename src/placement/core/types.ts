@@ -128,6 +128,8 @@ export interface PlanRequest {
   focus?: readonly string[]
   /** Planning time (ms since epoch): back-off and time-of-day rules read it. */
   now: number
+  /** Compute the FFD baseline for the scope into stats.ffd (default true; costly on a whole cluster). */
+  baselines?: boolean
 }
 
 export interface PlanStats {
@@ -137,6 +139,8 @@ export interface PlanStats {
   activeAfter: number
   /** ceil(sum of demand / capacity), per resource, over the scope: no placement uses fewer hosts. */
   lowerBound: number
+  /** Hosts First-Fit-Decreasing uses for the scope's VMs from scratch, with the same headroom. */
+  ffd?: number
   migrations: number
   bytes: number
 }

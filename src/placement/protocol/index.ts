@@ -1,5 +1,15 @@
 // The cooperative placement protocol (DVMS-like) as a pure state machine; the wire form is
 // proto/placement.proto.
+
+export {
+  decodePlacementMessage,
+  encodePlacementMessage,
+  MAX_BAN,
+  MAX_MESSAGE_BYTES,
+  MAX_SITE_RULES,
+  MAX_VMS_PER_MEMBER,
+  PlacementCodecError,
+} from './codec.js'
 export {
   dispatch,
   type EventRecord,
@@ -8,6 +18,7 @@ export {
   type Outcome,
   type Output,
   olderThan,
+  outranks,
   type PlacementMessage,
   type PlacementPorts,
 } from './messages.js'

@@ -84,3 +84,12 @@ export function dispatch(outputs: readonly Output[], ports: PlacementPorts): voi
 export function olderThan(a: EventRef, b: EventRef): boolean {
   return a.openedAt < b.openedAt || (a.openedAt === b.openedAt && a.id < b.id)
 }
+
+/**
+ * Whether event a may ask b to yield: faults (overload, drain) outrank opportunities (underload),
+ * then the older wins. A total order, so the top event never yields and always progresses.
+ */
+export function outranks(a: EventRef, b: EventRef): boolean {
+  const rank = (e: EventRef) => (e.kind === 'underload' ? 1 : 0)
+  return rank(a) < rank(b) || (rank(a) === rank(b) && olderThan(a, b))
+}

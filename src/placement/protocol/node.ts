@@ -5,9 +5,10 @@
 // A host reserved by an event belongs to exactly that event (its lease), so two partitions never plan
 // on the same host. A leader grows its partition along the ring: it asks the next peer to join, runs the
 // planner on the members' states after each join, and executes the first plan that fixes its problem.
-// A busy peer is skipped; if its event is younger and still growing, the leader asks it to yield (the
-// older event always wins, so some event always progresses: no livelock; nobody waits on a reserved
-// host, so no deadlock). Leases expire unless renewed: a crashed leader frees its members, a crashed
+// A busy peer is skipped; if its event ranks lower (a consolidation against an overload or drain, else
+// the younger) and is still growing, the leader asks it to yield. The ranking is a total order, so the
+// top event never yields and always progresses: no livelock; nobody waits on a reserved host, so no
+// deadlock. Leases expire unless renewed: a crashed leader frees its members, a crashed
 // member drops out of its partition.
 import {
   type ClusterView,
@@ -30,7 +31,7 @@ import {
   type EventRef,
   type MemberSnapshot,
   type Output,
-  olderThan,
+  outranks,
   type PlacementMessage,
 } from './messages.js'
 
@@ -45,6 +46,8 @@ export interface ProtocolConfig {
   retryBackoffMs: number
   /** After yielding to an older event, wait about this long before reopening (ms). */
   yieldBackoffMs: number
+  /** Ring positions a leader looks ahead per join, skipping hosts the gossip view rules out. */
+  maxScan: number
 }
 
 export const DEFAULT_PROTOCOL: Readonly<ProtocolConfig> = Object.freeze({
@@ -53,6 +56,7 @@ export const DEFAULT_PROTOCOL: Readonly<ProtocolConfig> = Object.freeze({
   maxPartition: 12,
   retryBackoffMs: 30_000,
   yieldBackoffMs: 1_000,
+  maxScan: 64,
 })
 
 export interface Ring {
@@ -270,7 +274,7 @@ export class PlacementNode {
       this.close('unresolved', now, out)
       return
     }
-    const n = this.init.ring.size()
+    const n = Math.min(this.init.ring.size(), this.pcfg.maxScan)
     let c = o.cursor
     for (let k = 0; k < n; k++) {
       c = this.init.ring.next(c)
@@ -308,7 +312,7 @@ export class PlacementNode {
   private onBusy(from: string, eventId: string, holder: EventRef, now: number, out: Output[]): void {
     const o = this.own
     if (!o || o.ref.id !== eventId || o.pending?.host !== from) return
-    if (olderThan(o.ref, holder) && !o.yieldAsked.has(holder.id) && !o.pending.retried) {
+    if (outranks(o.ref, holder) && !o.yieldAsked.has(holder.id) && !o.pending.retried) {
       // We have priority: ask the younger partition to give its hosts up, and ask this host once more.
       o.yieldAsked.add(holder.id)
       out.push(send(holder.leader, { type: 'yield', eventId: holder.id, to: o.ref }))
@@ -322,9 +326,12 @@ export class PlacementNode {
 
   private onYield(eventId: string, to: EventRef, now: number, out: Output[]): void {
     const o = this.own
-    if (!o || o.ref.id !== eventId || o.state !== 'growing' || !olderThan(to, o.ref)) return
+    if (!o || o.ref.id !== eventId || o.state !== 'growing' || !outranks(to, o.ref)) return
+    const kind = o.ref.kind
     this.close('yielded', now, out)
     this.retryAt = now + this.pcfg.yieldBackoffMs * (1 + this.init.rng())
+    // A consolidation that gave way waits its whole grace again: it is an opportunity, not a fault.
+    if (kind === 'underload') this.tracker.reset(this.self, now)
   }
 
   private tryPlan(now: number, out: Output[]): void {
@@ -333,7 +340,11 @@ export class PlacementNode {
     const snaps = [...o.members.values()]
     const view: ClusterView = { hosts: snaps.map((s) => s.host), vms: snaps.flatMap((s) => s.vms) }
     o.plannerRuns++
-    const p = this.planner(view, { policies: POLICIES_FOR[o.ref.kind], focus: [this.self], now }, this.cfg)
+    const p = this.planner(
+      view,
+      { policies: POLICIES_FOR[o.ref.kind], focus: [this.self], now, baselines: false },
+      this.cfg,
+    )
     const fixed = p.resolved.some((r) => r.host === this.self && r.kind === o.ref.kind)
     if (!fixed || p.moves.length === 0) return
     o.plan = p
