@@ -549,7 +549,11 @@ export class Agent implements AgentService, NetworkApi {
   vmNics(id: string): VmNicView[] {
     this.requireRecord(id)
     const overlay = this.requireOverlay()
-    return overlay.nicsOf(id).map((n) => ({ ...n, stats: overlay.endpoint(id, n.network)?.stats }))
+    return overlay.nicsOf(id).map((n) => ({
+      ...n,
+      stats: overlay.endpoint(id, n.network)?.stats,
+      firstFrameAfterArrivalMs: overlay.firstFrameAfterArrival(id, n.network),
+    }))
   }
 
   async pingFromVm(id: string, req: PingRequest): Promise<PingReport> {

@@ -188,6 +188,8 @@ export interface VmNicView {
   mac: string
   ip: string
   stats?: NicStats
+  /** For a VM that arrived by migration: ms from its arrival here to the first frame it received. */
+  firstFrameAfterArrivalMs?: number
 }
 
 /** `POST /v1/vms/:id/ping`: ICMP echoes from the VM's synthetic NIC (a test and diagnosis hook). */

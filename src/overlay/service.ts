@@ -85,6 +85,8 @@ export class OverlayService {
   /** Fresher locations from OverlayAnnounce, until gossip has caught up with them. */
   private readonly announced = new Map<string, { host: string; epoch: number }>()
   private readonly endpoints = new Map<string, SyntheticNic>()
+  /** When VMs arrived here by migration (wall-clock ms). */
+  private readonly arrivals = new Map<string, number>()
   private unsubscribe?: () => void
   private pruneTimer?: NodeJS.Timeout
   private saving: Promise<void> = Promise.resolve()
@@ -265,6 +267,7 @@ export class OverlayService {
   release(vmId: string): void {
     if (!this.unplug(vmId)) return
     this.localNics.delete(vmId)
+    this.arrivals.delete(vmId)
     this.recompute()
     this.persist()
     this.init.gossip.notifyChanged()
@@ -275,6 +278,7 @@ export class OverlayService {
     const nics = this.localNics.get(vmId) ?? []
     this.unplug(vmId)
     this.localNics.delete(vmId)
+    this.arrivals.delete(vmId)
     if (to) {
       const until = Date.now() + this.graceMs
       for (const n of nics) this.switch.forwardMoved(n.network, n.mac, to, until)
@@ -293,6 +297,7 @@ export class OverlayService {
   arrived(vmId: string, epoch: number, from: string | undefined, running: () => boolean): NicRecord[] {
     const nics = (this.meshNics.get(vmId) ?? []).map((n) => ({ ...n }))
     if (nics.length === 0) return []
+    this.arrivals.set(vmId, Date.now())
     this.localNics.set(vmId, nics)
     this.announced.delete(vmId)
     this.recompute()
@@ -310,6 +315,13 @@ export class OverlayService {
     for (const n of nics) this.switch.announce(vmId, n.network)
     this.log.info({ vm: vmId, epoch, hosts: hosts.size, nics: nics.length }, 'VM announced on the overlay')
     return nics
+  }
+
+  /** After a migration: ms from the handover (arrival here) to the first frame the VM received. */
+  firstFrameAfterArrival(vmId: string, network: string): number | undefined {
+    const at = this.arrivals.get(vmId)
+    const first = this.endpoints.get(`${vmId}\0${network}`)?.firstFrameAt
+    return at !== undefined && first !== undefined ? first - at : undefined
   }
 
   nicsOf(vmId: string): NicRecord[] {

@@ -70,6 +70,8 @@ export class SyntheticNic {
     gratuitousArps: 0,
   }
   readonly arpCache = new Map<string, Mac>()
+  /** Wall-clock ms of the first frame this NIC processed (after a migration: the first at the new host). */
+  firstFrameAt?: number
   private seq = 0
   private readonly pendingEcho = new Map<number, (at: number) => void>()
   private readonly pendingArp = new Map<string, Array<(mac: Mac) => void>>()
@@ -106,6 +108,7 @@ export class SyntheticNic {
     }
     this.stats.rxFrames++
     this.stats.rxBytes += frame.length
+    this.firstFrameAt ??= Date.now()
     for (const fn of this.listeners) fn(frame)
     if (eth.ethertype === ETHERTYPE_ARP) {
       this.onArp(eth.payload)

@@ -122,6 +122,11 @@ export class OverlayTransport {
     return true
   }
 
+  /** Frames waiting for `peer` (a sender can pace itself on it). */
+  queued(peer: string): number {
+    return this.links.get(peer)?.frames.length ?? 0
+  }
+
   announce(peer: string, a: WireAnnounce): void {
     if (!this.started) return
     const link = this.link(peer)

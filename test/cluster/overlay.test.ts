@@ -153,7 +153,7 @@ describe('overlay network between agents', () => {
     assert.equal(nicsB[0].stats.misdelivered, 0)
   })
 
-  it('after a live migration, frames reach the VM at its new host; MAC and IP stay', async () => {
+  it('after a live migration, frames reach the VM at its new host; MAC and IP stay', async (t) => {
     const ipB = vb.nics?.[0]?.ip ?? ''
     // Echoes every 20 ms for the whole migration, from a VM on a third host.
     const probe = ping(a, va, ipB, { count: 150, intervalMs: 20, timeoutMs: 1000 })
@@ -170,6 +170,7 @@ describe('overlay network between agents', () => {
     )
     assert.equal(m.phase, 'done', JSON.stringify(m.error))
     const during = await probe
+    t.diagnostic(`echoes during the migration: ${JSON.stringify(during)}; downtime ${m.downtimeMs} ms`)
     const moved = (await c.request('GET', `/v1/vms/${vb.id}`)).body as Vm
     assert.deepEqual(moved.nics, vb.nics, 'same MAC and IP on the new host')
     // The echoes sent after the migration was over were all answered: the last ones are not lost.
@@ -183,6 +184,10 @@ describe('overlay network between agents', () => {
     assert.equal(red.vms.find((v: { vmId: string }) => v.vmId === vb.id).host, c.peerId)
     const metricsC = (await c.request('GET', '/metrics')).body as string
     assert.ok(metric(metricsC, 'skymesh_overlay_announced_total') >= 1, 'the destination announced the VM')
+    const metricsB = (await b.request('GET', '/metrics')).body as string
+    t.diagnostic(
+      `relayed by the source: ${metric(metricsB, 'skymesh_overlay_frames_total', '{path="relayed"}')}`,
+    )
   })
 
   it('deleting a VM frees its NIC mesh-wide', async () => {

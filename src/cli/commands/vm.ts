@@ -52,6 +52,7 @@ export function registerVmCommands(program: Command, io: CliIo, migrate: Migrate
       `created VM ${vm.name} (${vm.id}) on ${shortId(vm.host)}: ${vm.vcpus} vcpu, ` +
         `${formatMiB(vm.memoryMiB)} memory, ${formatMiB(vm.diskMiB)} disk, ${vm.state}\n`,
     )
+    for (const n of vm.nics ?? []) io.stdout.write(`  network ${n.network}: ip ${n.ip}, mac ${n.mac}\n`)
   })
 
   addConnectionOptions(vm.command('ls').alias('list').description('list VMs')).action(async (opts: Opts) => {
