@@ -121,6 +121,7 @@ export class Agent implements AgentService {
       announce: config.announce,
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
+      pubsub: config.gossip.pubsub,
     })
     this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
 
@@ -137,6 +138,7 @@ export class Agent implements AgentService {
     this.peerTracker = new PeerTracker({
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
+      latency: (peerId) => this.gossip?.swim.rtt(peerId),
       hello: () => ({
         version: VERSION,
         site: config.site,
