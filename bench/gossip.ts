@@ -4,6 +4,7 @@
 // killed agent. Baseline measured in the same run: the one-hop libp2p ping round trip between agents.
 // Prints a table and writes bench/results/gossip.json.
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import os from 'node:os'
 import { join } from 'node:path'
 import { type RunningAgent, removeDir, sleep, startAgent, waitFor } from '../test/helpers/agent-process.js'
 
@@ -55,6 +56,21 @@ interface ClusterHost {
   stateVersion?: number
   receivedAtMs?: number
   stateTimestampMs?: number
+}
+
+/** Messages this agent sent so far: SWIM (ping, ack, ping-req, nack), host states published on
+ * gossipsub, states sent by anti-entropy (gossipsub relays are in the bytes, not counted here). */
+async function messagesOut(a: RunningAgent): Promise<number> {
+  const text = String((await a.request('GET', '/metrics')).body)
+  let total = 0
+  for (const line of text.split('\n')) {
+    if (
+      line.startsWith('skymesh_gossip_messages_total{direction="out"') ||
+      line.startsWith('skymesh_gossip_hoststate_messages{direction="out"')
+    )
+      total += Number(line.slice(line.lastIndexOf(' ') + 1))
+  }
+  return total
 }
 
 async function cluster(a: RunningAgent): Promise<ClusterHost[]> {
@@ -113,12 +129,16 @@ async function measure(n: number, args: Args, agents: RunningAgent[]) {
   await sleep(3000)
   const before = await Promise.all(agents.map((a) => wchar(a.pid)))
   const cpuBefore = await Promise.all(agents.map((a) => cpuSeconds(a.pid)))
+  const msgBefore = await Promise.all(agents.map(messagesOut))
   const restStart = Date.now()
   await sleep(args.restSec * 1000)
   const after = await Promise.all(agents.map((a) => wchar(a.pid)))
   const cpuAfter = await Promise.all(agents.map((a) => cpuSeconds(a.pid)))
+  const msgAfter = await Promise.all(agents.map(messagesOut))
   const restMs = Date.now() - restStart
+  const loadAvg1m = os.loadavg()[0]!
   const perAgentBps = after.map((b, i) => ((b - before[i]!) * 1000) / restMs)
+  const perAgentMps = msgAfter.map((m, i) => ((m - msgBefore[i]!) * 1000) / restMs)
   const perAgentCpu = cpuAfter.map((c, i) => ((c - cpuBefore[i]!) * 1000 * 100) / restMs)
 
   // Baseline: one-hop ping round trips the agents measured between themselves.
@@ -191,16 +211,29 @@ async function measure(n: number, args: Args, agents: RunningAgent[]) {
       samples: fromApi.length,
     },
     restBytesPerAgentPerSec: { p50: quantile(perAgentBps, 0.5), max: Math.max(...perAgentBps) },
+    restMessagesPerAgentPerSec: { p50: quantile(perAgentMps, 0.5), max: Math.max(...perAgentMps) },
+    loadAvg1mAtRest: loadAvg1m,
     restCpuPercentPerAgent: { p50: quantile(perAgentCpu, 0.5), max: Math.max(...perAgentCpu) },
     detectMs: { p50: quantile(detect, 0.5), max: Math.max(...detect) },
   }
 }
 
 const args = parseArgs(process.argv.slice(2))
-const results = []
+const results: Awaited<ReturnType<typeof runSize>>[] = []
+// npm runs scripts from the package root.
+const outDir = join(process.cwd(), 'bench/results')
+await mkdir(outDir, { recursive: true })
+const file = join(outDir, 'gossip.json')
+const machine = { cpus: os.cpus().length, memGiB: Math.round(os.totalmem() / 2 ** 30), node: process.version }
 for (const n of args.sizes) {
   console.error(`bench:gossip: ${n} agents…`)
   results.push(await runSize(n, args))
+  console.error(JSON.stringify(results.at(-1)))
+  // Written after each size, so a long run that is cut short keeps what it measured.
+  await writeFile(
+    file,
+    `${JSON.stringify({ date: new Date().toISOString(), args, machine, results }, null, 2)}\n`,
+  )
 }
 
 const f = (x: number, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : '-')
@@ -214,7 +247,9 @@ const rows = results.map((r) => [
   f(r.convergenceMs.fromPublishP99 / r.pingRttMsP50, 1),
   f(r.restBytesPerAgentPerSec.p50),
   f(r.restBytesPerAgentPerSec.max),
+  f(r.restMessagesPerAgentPerSec.p50, 1),
   f(r.restCpuPercentPerAgent.p50, 1),
+  f(r.loadAvg1mAtRest, 1),
   f(r.detectMs.p50),
   f(r.detectMs.max),
 ])
@@ -228,7 +263,9 @@ const head = [
   'p99/rtt',
   'rest B/s/agent p50',
   'max',
+  'rest msg/s/agent',
   'rest cpu %',
+  'load 1m',
   'detect p50 ms',
   'detect max ms',
 ]
@@ -240,13 +277,10 @@ for (const r of rows) console.log(line(r))
 console.log(
   '\nconv: from the owner publishing its new state to each agent accepting it (p50/p99 over agents × changes);' +
     ' api→all: from the API call (includes the 100 ms debounce). rest: bytes written per agent process per' +
-    ' second at rest (all sockets, /proc/PID/io). detect: kill -9 to each survivor declaring it dead.' +
+    ' second at rest (all sockets, /proc/PID/io); msg: SWIM messages + host states published + states sent by' +
+    ' anti-entropy (gossipsub relays not counted). load 1m: machine load average (2 cores) at rest.' +
+    ' detect: kill -9 to each survivor declaring it dead.' +
     ' memberlist/Serf: probe 1 s, gossip 200 ms, fanout 3; ~1.4 s to 99.99 % at 10k nodes (simulated).',
 )
 
-// npm runs scripts from the package root.
-const outDir = join(process.cwd(), 'bench/results')
-await mkdir(outDir, { recursive: true })
-const file = join(outDir, 'gossip.json')
-await writeFile(file, `${JSON.stringify({ date: new Date().toISOString(), args, results }, null, 2)}\n`)
 console.error(`wrote ${file}`)

@@ -25,6 +25,12 @@ export interface GossipInit {
   state?: HostStateInit
   /** Bound on the join pull from a newly connected peer. Default 10 s. */
   joinTimeoutMs?: number
+  /**
+   * A joining agent pulls a snapshot from its first this-many peers, not from every peer it
+   * connects to (each snapshot holds the whole mesh); a peer back from dead is pulled from again.
+   * Default 2.
+   */
+  joinSyncPeers?: number
 }
 
 export class Gossip {
@@ -33,7 +39,11 @@ export class Gossip {
   private readonly log: Logger
   private readonly metrics?: GossipMetrics
   private readonly synced = new Set<string>()
+  /** Peers declared dead or left: pull from them again when they come back (a partition healed). */
+  private readonly returning = new Set<string>()
+  private joinSyncs = 0
   private readonly joinTimeoutMs: number
+  private readonly joinSyncPeers: number
 
   constructor(
     private readonly components: GossipComponents,
@@ -41,6 +51,7 @@ export class Gossip {
   ) {
     this.log = components.logger
     this.joinTimeoutMs = init.joinTimeoutMs ?? 10_000
+    this.joinSyncPeers = init.joinSyncPeers ?? 2
     const metrics = components.metrics ? createGossipMetrics(components.metrics, () => this) : undefined
     this.metrics = metrics
     this.swim = new Swim(
@@ -137,13 +148,18 @@ export class Gossip {
     this.swim.addSeed(peer, addrs)
     const id = peer.toString()
     if (this.synced.has(id)) return
+    const back = this.returning.delete(id)
+    if (!back && this.joinSyncs >= this.joinSyncPeers) return
     this.synced.add(id)
+    if (!back) this.joinSyncs++
     this.state
       .syncWith(peer, { signal: AbortSignal.timeout(this.joinTimeoutMs), wantMembers: true })
       .then((r) => this.log.debug({ peer: id, accepted: r.accepted }, 'joined through anti-entropy'))
       .catch((err: unknown) => {
-        // Try again on the next connection to it; the periodic exchange repairs the rest.
+        // Try again on the next connection (to it or another); the periodic exchange repairs the rest.
         this.synced.delete(id)
+        if (back) this.returning.add(id)
+        else this.joinSyncs--
         this.log.debug({ peer: id, err: (err as Error).message }, 'join sync failed')
       })
   }
@@ -171,12 +187,14 @@ export class Gossip {
   private readonly onDead = (evt: CustomEvent<MemberView>) => {
     this.state.markHost(evt.detail.peerId, 'lost')
     this.synced.delete(evt.detail.peerId)
+    this.returning.add(evt.detail.peerId)
     this.log.warn({ peer: evt.detail.peerId }, 'member dead: its VMs are host-lost')
   }
 
   private readonly onLeft = (evt: CustomEvent<MemberView>) => {
     this.state.markHost(evt.detail.peerId, 'left')
     this.synced.delete(evt.detail.peerId)
+    this.returning.add(evt.detail.peerId)
     this.log.info({ peer: evt.detail.peerId }, 'member left')
   }
 

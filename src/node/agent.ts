@@ -130,6 +130,7 @@ export class Agent implements AgentService, NetworkApi {
       announce: config.announce,
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
+      pubsub: config.gossip.pubsub,
     })
     this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
 
@@ -146,6 +147,7 @@ export class Agent implements AgentService, NetworkApi {
     this.peerTracker = new PeerTracker({
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
+      latency: (peerId) => this.gossip?.swim.rtt(peerId),
       hello: () => ({
         version: VERSION,
         site: config.site,

@@ -77,6 +77,9 @@ const fileSchema = z.strictObject({
       heartbeatMs: z.number().int().min(100).max(3600000),
       debounceMs: z.number().int().min(0).max(60000),
       syncIntervalMs: z.number().int().min(0).max(3600000),
+      meshDegree: z.number().int().min(1).max(32),
+      gossipPeers: z.number().int().min(0).max(64),
+      pubsubHeartbeatMs: z.number().int().min(100).max(60000),
     })
     .partial(),
   /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
@@ -116,6 +119,7 @@ export type AgentConfig = Readonly<{
       suspicionMult?: number
     }
     state: { heartbeatMs?: number; debounceMs?: number; syncIntervalMs?: number }
+    pubsub: { meshDegree?: number; gossipPeers?: number; heartbeatMs?: number }
   }>
 }>
 
@@ -211,9 +215,10 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
 
 /** The flat `gossip:` config section, split into what membership and host state each take. */
 function splitGossip(g: Partial<Record<string, number>>): AgentConfig['gossip'] {
-  const { heartbeatMs, debounceMs, syncIntervalMs, ...swim } = g
+  const { heartbeatMs, debounceMs, syncIntervalMs, meshDegree, gossipPeers, pubsubHeartbeatMs, ...swim } = g
   const state = { heartbeatMs, debounceMs, syncIntervalMs }
+  const pubsub = { meshDegree, gossipPeers, heartbeatMs: pubsubHeartbeatMs }
   const defined = <T extends object>(o: T) =>
     Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined))
-  return Object.freeze({ swim: defined(swim), state: defined(state) })
+  return Object.freeze({ swim: defined(swim), state: defined(state), pubsub: defined(pubsub) })
 }

@@ -1,5 +1,7 @@
 // Who we are connected to: the hello exchange (/skymesh/hello/1.0.0) right after a connection opens
-// tells each agent the other's site, version and driver; periodic pings measure latency.
+// tells each agent the other's site, version and driver, and one ping measures latency. After that
+// the latency comes from SWIM's probe round trips (`latency`): periodic pings of every peer would
+// duplicate the failure detector's traffic (N-1 streams per agent per round).
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
@@ -22,6 +24,9 @@ export interface PeerTrackerInit {
   logger: Logger
   /** Our own hello, built fresh each time it is sent. */
   hello: () => HelloMessage
+  /** Latest round trip to a peer measured elsewhere (SWIM probes), preferred over our own ping. */
+  latency?: (peerId: string) => number | undefined
+  /** Ping every connected peer this often; 0 (the default) pings each peer once, after hello. */
   pingIntervalMs?: number
   timeoutMs?: number
 }
@@ -46,8 +51,11 @@ export class PeerTracker {
     })
     host.addEventListener('peer:connect', this.onConnect)
     host.addEventListener('peer:disconnect', this.onDisconnect)
-    this.pingTimer = setInterval(() => void this.pingAll(), this.init.pingIntervalMs ?? 30_000)
-    this.pingTimer.unref()
+    const every = this.init.pingIntervalMs ?? 0
+    if (every > 0) {
+      this.pingTimer = setInterval(() => void this.pingAll(), every)
+      this.pingTimer.unref()
+    }
   }
 
   async stop(): Promise<void> {
@@ -76,7 +84,7 @@ export class PeerTracker {
           site: d.site,
           version: d.version,
           driver: d.driver,
-          latencyMs: d.latencyMs,
+          latencyMs: this.init.latency?.(peerId) ?? d.latencyMs,
           connectedAt: new Date(first.timeline.open).toISOString(),
         }
       })

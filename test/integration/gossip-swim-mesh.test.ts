@@ -132,6 +132,32 @@ describe('swim over real libp2p hosts', { timeout: 120_000 }, () => {
     }
   })
 
+  it('probes and gossip reuse one long-lived stream per peer', { timeout: 20_000 }, async () => {
+    const before = nodes.map((n) => n.swim.stats())
+    // Twenty probe intervals: each member gets probed about four times, and pushes go out on top.
+    await new Promise((r) => setTimeout(r, 20 * (FAST.probeIntervalMs ?? 200)))
+    let pings = 0
+    let opened = 0
+    nodes.forEach((n, i) => {
+      const s = n.swim.stats()
+      pings += s.messagesOut.ping - (before[i]?.messagesOut.ping ?? 0)
+      opened += s.streamsOpened - (before[i]?.streamsOpened ?? 0)
+    })
+    assert.ok(pings >= 40, `${pings} pings sent`)
+    // A stream per exchange (the old way) opens as many streams as pings; a channel breaks only
+    // when its connection does or after several silent timeouts in a row.
+    assert.ok(opened * 4 <= pings, `${opened} streams opened for ${pings} pings`)
+    const n = nodes[1] as TestNode
+    for (const m of nodes) {
+      if (m === n) continue
+      const open = n.host
+        .getConnections(m.host.peerId)
+        .flatMap((c) => c.streams)
+        .filter((s) => s.protocol === SWIM_PROTOCOL && s.direction === 'outbound' && s.status === 'open')
+      assert.ok(open.length <= 2, `${open.length} outbound SWIM streams open to one peer`)
+    }
+  })
+
   it('drops garbage, oversized and over-count messages, counts them, and keeps working', {
     timeout: 20_000,
   }, async () => {

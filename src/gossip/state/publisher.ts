@@ -7,6 +7,8 @@ import type { LocalHostState } from '../types.js'
 import { toHostStateMessage } from './convert.js'
 import { encodeSignedHostState, type OpenedHostState, signHostState } from './envelope.js'
 
+export const DEFAULT_HEARTBEAT_MS = 5 * 60_000
+
 export interface PublisherComponents {
   privateKey: PrivateKey
   logger: Logger
@@ -20,7 +22,11 @@ export interface PublisherComponents {
 export interface PublisherInit {
   /** Delay that gathers a burst of changes into one message; default 100 ms. */
   debounceMs?: number
-  /** Longest time between two messages; default 30 s. */
+  /**
+   * Longest time between two messages; default 5 min. Not what keeps views right (anti-entropy
+   * repairs missed messages, SWIM tells liveness): every heartbeat of every host goes to the whole
+   * mesh, so at 30 s it was most of the bytes at rest.
+   */
   heartbeatMs?: number
   now?: () => number
 }
@@ -45,7 +51,7 @@ export class Publisher {
     this.peerId = id.toString()
     this.peerIdBytes = id.toMultihash().bytes
     this.debounceMs = init.debounceMs ?? 100
-    this.heartbeatMs = init.heartbeatMs ?? 30_000
+    this.heartbeatMs = init.heartbeatMs ?? DEFAULT_HEARTBEAT_MS
     this.now = init.now ?? Date.now
   }
 

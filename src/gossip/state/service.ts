@@ -60,9 +60,12 @@ export interface HostStateComponents {
 export interface HostStateInit {
   /** Gathers a burst of changes into one message; default 100 ms. */
   debounceMs?: number
-  /** Longest time between two publications of our state; default 30 s. */
+  /** Longest time between two publications of our state; default 5 min (see Publisher). */
   heartbeatMs?: number
-  /** Anti-entropy with one random connected peer this often; default 20 s (0 disables). */
+  /**
+   * Anti-entropy with one random connected peer this often; default 30 s (0 disables). Above 32
+   * peers it stretches as memberlist's push/pull does: x (ceil(log2 n - log2 32) + 1).
+   */
   syncIntervalMs?: number
   /** Bound on one anti-entropy exchange, either side; default 10 s. */
   syncTimeoutMs?: number
@@ -138,6 +141,12 @@ const DROP_REASONS: readonly DropReason[] = [
 /** Not the sender's fault (ordering, our own echo): gossipsub ignores these instead of penalising. */
 const BENIGN: ReadonlySet<DropReason> = new Set(['stale', 'replayed', 'self'])
 const REVERSE_SYNC_MIN_INTERVAL_MS = 1000
+const DEFAULT_SYNC_INTERVAL_MS = 30_000
+
+/** memberlist's pushPullScale: 1 up to 32 members, then one more per doubling. */
+export function pushPullScale(n: number): number {
+  return n <= 32 ? 1 : Math.ceil(Math.log2(n) - Math.log2(32)) + 1
+}
 const TOMBSTONE_PRUNE_MS = 60_000
 
 const zeroDrops = (): Record<DropReason, number> =>
@@ -213,11 +222,7 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
       maxOutboundStreams: 2,
     })
     if (this.init.syncOnConnect) host.addEventListener('peer:connect', this.onConnect)
-    const interval = this.init.syncIntervalMs ?? 20_000
-    if (interval > 0) {
-      this.syncTimer = setInterval(() => this.syncWithRandomPeer(), interval)
-      this.syncTimer.unref()
-    }
+    this.scheduleSync()
     this.pruneTimer = setInterval(() => this.prune(Date.now()), TOMBSTONE_PRUNE_MS)
     this.pruneTimer.unref()
     await this.publisher.start()
@@ -227,7 +232,7 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     if (!this.running) return
     this.running = false
     this.publisher.stop()
-    clearInterval(this.syncTimer)
+    clearTimeout(this.syncTimer)
     clearInterval(this.pruneTimer)
     this.lifetime.abort(new Error('host state service stopped'))
     const { host } = this.components
@@ -515,6 +520,17 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     this.table.locations.prune(now)
     for (const [peer, at] of this.reverseAt)
       if (now - at > REVERSE_SYNC_MIN_INTERVAL_MS) this.reverseAt.delete(peer)
+  }
+
+  private scheduleSync(): void {
+    const base = this.init.syncIntervalMs ?? DEFAULT_SYNC_INTERVAL_MS
+    if (base <= 0 || !this.running) return
+    const ms = base * pushPullScale(this.components.host.getPeers().length + 1)
+    this.syncTimer = setTimeout(() => {
+      this.syncWithRandomPeer()
+      this.scheduleSync()
+    }, ms)
+    this.syncTimer.unref()
   }
 
   private syncWithRandomPeer(): void {

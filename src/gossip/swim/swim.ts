@@ -12,6 +12,7 @@ import type { Logger } from 'pino'
 import { type MemberMessage, pb } from '../../proto/index.js'
 import type { DropReason, MemberStatus, MemberView } from '../types.js'
 import { BroadcastQueue } from './broadcast.js'
+import { SwimChannels } from './channels.js'
 import {
   addrsFromWire,
   addrsToWire,
@@ -72,6 +73,8 @@ export interface SwimStats {
   updatesApplied: number
   /** Updates we already knew or that lost to what we know (normal redundancy, not drops). */
   updatesStale: number
+  /** Outbound SWIM streams opened (each carries every request to one peer while it lasts). */
+  streamsOpened: number
   /** Lifeguard local health multiplier (0 is healthy). */
   localHealth: number
   /** Updates waiting in the broadcast queue. */
@@ -97,7 +100,8 @@ const LEAVE_FANOUT = 16
 /** A join sync sends at most this many messages (32 records each); anti-entropy covers bigger meshes. */
 const MAX_SYNC_MESSAGES = 64
 const MAX_CONCURRENT_SYNCS = 8
-const SYNC_FULL_MESH = 128
+/** About this many members send a newcomer their list (its seed's anti-entropy pull does too). */
+const SYNC_SENDERS = 4
 
 /** No record, a placeholder from addSeed, or one that had died or left: it needs our list. */
 function isNewcomer(prev: MemberUpdate | undefined): boolean {
@@ -136,8 +140,10 @@ export class Swim extends EventTarget {
   private readonly list: MemberList
   private readonly queue: BroadcastQueue<QueuedUpdate>
   private readonly health: LocalHealth
-  private readonly counters: Omit<SwimStats, 'localHealth' | 'queued' | 'members'>
+  private readonly counters: Omit<SwimStats, 'localHealth' | 'queued' | 'members' | 'streamsOpened'>
+  private streamsOpenedBefore = 0
   private controller?: AbortController
+  private channels?: SwimChannels
   private probeTimer?: NodeJS.Timeout
   private gossipTimer?: NodeJS.Timeout
   private tickTimer?: NodeJS.Timeout
@@ -148,6 +154,8 @@ export class Swim extends EventTarget {
   private gossiping = false
   private readonly dialing = new Map<string, Promise<void>>()
   private readonly syncing = new Set<string>()
+  /** Round trip of the last direct PING/ACK per member (ms). */
+  private readonly rtts = new Map<string, number>()
   private selfWire?: { incarnation: number; status: MemberStatus; wire: MemberMessage; bytes: number }
 
   constructor(components: SwimComponents, init: SwimInit = {}) {
@@ -214,10 +222,19 @@ export class Swim extends EventTarget {
     if (this.controller) return
     this.controller = new AbortController()
     setMaxListeners(Number.POSITIVE_INFINITY, this.controller.signal)
+    this.channels = new SwimChannels({
+      host: this.host,
+      protocol: SWIM_PROTOCOL,
+      maxMessageBytes: MAX_MESSAGE_BYTES,
+      logger: this.log,
+      openTimeoutMs: this.config.dialTimeoutMs,
+      signal: this.controller.signal,
+      onDrop: (reason) => this.drop(reason),
+    })
     await this.host.handle(SWIM_PROTOCOL, (stream, connection) => this.onStream(stream, connection), {
-      // A PING_REQ holds its stream while it probes the target; a few per connection suffice.
-      maxInboundStreams: 64,
-      maxOutboundStreams: 64,
+      // One long-lived channel per direction and connection; a few spare for reopening.
+      maxInboundStreams: 8,
+      maxOutboundStreams: 8,
     })
     // Nobody has heard of us yet: take the listen addresses without a new incarnation.
     this.list.setSelfAddrs(this.selfAddrs(), false)
@@ -243,6 +260,9 @@ export class Swim extends EventTarget {
     if (!controller) return
     this.controller = undefined
     controller.abort()
+    this.channels?.closeAll()
+    this.streamsOpenedBefore += this.channels?.opened ?? 0
+    this.channels = undefined
     clearTimeout(this.probeTimer)
     clearInterval(this.gossipTimer)
     clearInterval(this.tickTimer)
@@ -278,6 +298,11 @@ export class Swim extends EventTarget {
   /** Everyone we know, ourselves included, dead and left members until they are reaped. */
   members(): MemberView[] {
     return this.list.views()
+  }
+
+  /** Round trip of our last PING answered by this member, in ms (a latency figure for free). */
+  rtt(peerId: string): number | undefined {
+    return this.rtts.get(peerId)
   }
 
   member(peerId: string): MemberView | undefined {
@@ -348,6 +373,7 @@ export class Swim extends EventTarget {
       messagesIn: { ...this.counters.messagesIn },
       messagesOut: { ...this.counters.messagesOut },
       drops: { ...this.counters.drops },
+      streamsOpened: this.streamsOpenedBefore + (this.channels?.opened ?? 0),
       localHealth: this.health.value,
       queued: this.queue.size,
       members,
@@ -506,9 +532,10 @@ export class Swim extends EventTarget {
   private scheduleSync(peer: string): void {
     const controller = this.controller
     if (!controller || this.syncing.has(peer) || this.syncing.size >= MAX_CONCURRENT_SYNCS) return
-    // Every member a newcomer meets syncs it in a small mesh; in a big one about SYNC_FULL_MESH do.
+    // Every member a newcomer meets syncs it in a tiny mesh; otherwise about SYNC_SENDERS do: each
+    // list is the whole mesh, and 49 of them at once were most of the cost of a join at 50 agents.
     const n = this.list.numLive()
-    if (n > SYNC_FULL_MESH && this.random() >= SYNC_FULL_MESH / n) return
+    if (n > SYNC_SENDERS && this.random() >= SYNC_SENDERS / n) return
     this.syncing.add(peer)
     this.syncTo(peer, controller.signal)
       .catch((err) => this.log.debug({ err, peer }, 'join sync failed'))
@@ -536,7 +563,7 @@ export class Swim extends EventTarget {
         stopSignal,
         AbortSignal.timeout(this.health.scale(this.config.probeTimeoutMs) * 2),
       ])
-      const res = await this.exchange(peer, target.addrs, req, 'ping', signal)
+      const res = await this.exchange(peer, target.addrs, seq, req, 'ping', signal)
       if (res && res.type === T.ACK && res.seq === seq) this.ingest(res.updates, peer)
       return res !== undefined
     }
@@ -560,12 +587,14 @@ export class Swim extends EventTarget {
 
   private async ping(target: MemberUpdate, seq: number, signal: AbortSignal): Promise<ProbeResult> {
     const req = this.message(T.PING, seq, target.peerId)
-    const res = await this.exchange(target.peerId, target.addrs, req, 'ping', signal)
+    const sentAt = performance.now()
+    const res = await this.exchange(target.peerId, target.addrs, seq, req, 'ping', signal)
     if (!res) return 'fail'
     if (res.type !== T.ACK || res.seq !== seq) {
       this.drop('malformed')
       return 'fail'
     }
+    this.rtts.set(target.peerId, performance.now() - sentAt)
     this.ingest(res.updates, target.peerId)
     return 'ack'
   }
@@ -581,7 +610,7 @@ export class Swim extends EventTarget {
       target: peerIdBytes(target.peerId),
       targetAddrs: addrsToWire(target.addrs),
     })
-    const res = await this.exchange(helper.peerId, helper.addrs, req, 'ping-req', signal)
+    const res = await this.exchange(helper.peerId, helper.addrs, seq, req, 'ping-req', signal)
     if (!res) return 'fail'
     if ((res.type !== T.ACK && res.type !== T.NACK) || res.seq !== seq) {
       this.drop('malformed')
@@ -596,43 +625,27 @@ export class Swim extends EventTarget {
     return 'ack'
   }
 
-  /** Open a stream, send one request, read one answer. Undefined on any failure (never throws). */
+  /** Send one request on the peer's channel, wait for its answer. Undefined on any failure (never throws). */
   private async exchange(
     peer: string,
     addrs: readonly string[],
+    seq: number,
     req: Outgoing,
     kind: SwimMessageKind,
     signal: AbortSignal,
   ): Promise<SwimMessage | undefined> {
-    let stream: Stream | undefined
     let answered = false
     try {
+      const channels = this.channels
+      if (!channels) throw new Error('swim: stopped')
       const peerId = peerIdFromString(peer)
       await this.connect(peerId, addrs, signal)
-      stream = await this.host.dialProtocol(peerId, SWIM_PROTOCOL, { signal })
-      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
-      await lp.write(req.bytes, { signal })
       this.countOut(kind, req.bytes.length)
-      const bytes = (await lp.read({ signal })).subarray()
+      const answer = await channels.request(peerId, seq, req.bytes, signal)
       answered = true
-      const d = decodeMessage(bytes)
-      if (!d.ok) {
-        this.drop(d.reason)
-        stream.abort(new Error(`swim: ${d.reason} answer`))
-        return undefined
-      }
-      this.countIn(d.value.type, bytes.length)
-      try {
-        await stream.close({ signal })
-      } catch (err) {
-        // The answer is in; a failed close only costs the stream.
-        stream.abort(asError(err))
-      }
-      return d.value
+      this.countIn(answer.msg.type, answer.bytes)
+      return answer.msg
     } catch (err) {
-      // A peer dying mid-exchange is a failure, not bad input; only an oversized answer is a drop.
-      if (readErrorReason(err) === 'oversized') this.drop('oversized')
-      stream?.abort(asError(err))
       if (!answered) this.undelivered(req)
       if (!signal.aborted) this.log.trace({ peer, err }, 'swim exchange failed')
       return undefined
@@ -685,7 +698,11 @@ export class Swim extends EventTarget {
 
   // ----------------------------------------------------------------------------- handler (listener)
 
-  /** One inbound exchange. Never throws: bad input is dropped, counted and the stream aborted. */
+  /**
+   * An inbound channel: requests until the peer closes it, each answered on the same stream (a
+   * PING at once, a PING_REQ when its probe is done). Never throws: bad input is dropped, counted
+   * and the stream aborted (the peer opens a new one).
+   */
   private async onStream(stream: Stream, connection: Connection): Promise<void> {
     const controller = this.controller
     if (!controller) {
@@ -693,19 +710,18 @@ export class Swim extends EventTarget {
       return
     }
     const from = connection.remotePeer.toString()
-    const signal = anySignal([
-      controller.signal,
-      AbortSignal.timeout(this.config.probeTimeoutMs * (this.config.awarenessMaxMultiplier + 1)),
-    ])
-    try {
-      const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES })
+    for (let n = 0; ; n++) {
       let bytes: Uint8Array
       try {
-        bytes = (await lp.read({ signal })).subarray()
+        bytes = (await lp.read({ signal: controller.signal })).subarray()
       } catch (err) {
         const reason = readErrorReason(err)
-        if (reason) this.drop(reason)
-        stream.abort(asError(err))
+        // The end of the stream between two requests is the peer closing its channel.
+        const closedBetween = reason === 'malformed' && n > 0 && (err as Error).name === 'UnexpectedEOFError'
+        if (reason && !closedBetween && !controller.signal.aborted) this.drop(reason)
+        if (closedBetween) await stream.close().catch((e: unknown) => stream.abort(asError(e)))
+        else stream.abort(asError(err))
         return
       }
       const d = decodeMessage(bytes)
@@ -714,12 +730,10 @@ export class Swim extends EventTarget {
         return
       }
       const msg = d.value
-      let reply: Outgoing
-      let replyKind: SwimMessageKind = 'ack'
       if (msg.type === T.PING) {
         this.countIn(msg.type, bytes.length)
         this.ingest(msg.updates, from)
-        reply = this.message(T.ACK, msg.seq, from)
+        this.reply(lp, stream, this.message(T.ACK, msg.seq, from), 'ack', controller.signal)
       } else if (msg.type === T.PING_REQ) {
         const target = peerIdStringFromBytes(msg.target)
         const targetAddrs = addrsFromWire(msg.targetAddrs)
@@ -731,27 +745,36 @@ export class Swim extends EventTarget {
         this.ingest(msg.updates, from)
         // The requester's direct probe failed: first-hand evidence (a Lifeguard confirmation).
         this.handleResult(this.list.observeFailure(target, from, Date.now()), false)
-        const ok = await this.probeFor(target, targetAddrs, signal)
-        if (!ok) this.handleResult(this.list.observeFailure(target, this.selfId, Date.now()), false)
-        reply = this.message(ok ? T.ACK : T.NACK, msg.seq, from)
-        replyKind = ok ? 'ack' : 'nack'
+        // Probing takes a while: keep reading the channel meanwhile.
+        void this.probeFor(target, targetAddrs, controller.signal).then((ok) => {
+          if (!ok) this.handleResult(this.list.observeFailure(target, this.selfId, Date.now()), false)
+          const reply = this.message(ok ? T.ACK : T.NACK, msg.seq, from)
+          this.reply(lp, stream, reply, ok ? 'ack' : 'nack', controller.signal)
+        })
       } else {
-        // ACK and NACK only come back on streams we opened.
+        // ACK and NACK only come back on channels we opened.
         this.reject(stream, 'malformed')
         return
       }
-      try {
-        await lp.write(reply.bytes, { signal })
-      } catch (err) {
-        this.undelivered(reply)
-        throw err
-      }
-      this.countOut(replyKind, reply.bytes.length)
-      await stream.close({ signal })
-    } catch (err) {
-      stream.abort(asError(err))
-      if (!signal.aborted) this.log.trace({ from, err }, 'swim inbound exchange failed')
     }
+  }
+
+  /** Write one answer on an inbound channel; a failed write aborts the stream (the peer reopens). */
+  private reply(
+    lp: ReturnType<typeof lpStream>,
+    stream: Stream,
+    out: Outgoing,
+    kind: SwimMessageKind,
+    stop: AbortSignal,
+  ): void {
+    const signal = anySignal([stop, AbortSignal.timeout(this.config.dialTimeoutMs)])
+    lp.write(out.bytes, { signal }).then(
+      () => this.countOut(kind, out.bytes.length),
+      (err: unknown) => {
+        this.undelivered(out)
+        stream.abort(asError(err))
+      },
+    )
   }
 
   /** PING_REQ on behalf of another member: ACK when the target answers before our NACK deadline. */
@@ -816,6 +839,7 @@ export class Swim extends EventTarget {
     }
     if (res.event) {
       const { type, member } = res.event
+      if (type === 'dead' || type === 'left') this.rtts.delete(member.peerId)
       this.log.info({ peer: member.peerId, status: type, incarnation: member.incarnation }, 'member status')
       this.dispatchEvent(new CustomEvent(`member:${type}`, { detail: member }))
     }
