@@ -286,7 +286,7 @@ export class IncomingMigration {
         this.#received = new Bitmap(offer.geometry.pageCount)
         this.#localWritten = new Bitmap(offer.geometry.pageCount)
         this.#requested = new Bitmap(offer.geometry.pageCount)
-        const disk = await diskDigestOf(instance.disk, this.#signal)
+        const disk = await diskDigestOf(instance.disk)
         const ok = disk === s.diskDigest
         await control.send(
           { verified: { ok, digest: disk, message: ok ? '' : 'disk digest differs' } },
@@ -374,6 +374,9 @@ export class IncomingMigration {
     const payload =
       f.codec === 'lz4' ? await decompressPayload(f.payload, f.rawLength, FRAME_PAYLOAD_BYTES) : f.payload
     this.#signal.throwIfAborted()
+    // Guest writes up to now (the guest cannot run while this frame is applied: same thread), once per
+    // frame: polling them per page made post-copy O(pages^2)
+    if (postcopy) this.#absorbLocalWrites()
     const { memory, disk } = this.#i.instance
     const diskWrites: Promise<void>[] = []
     let off = 0
@@ -418,8 +421,9 @@ export class IncomingMigration {
           if (run.kind === 'zero') this.#c.zeroPages++
           if (postcopy) this.#postcopyPage(idx, run.kind === 'zero' ? null : data)
           else {
+            // writePage hashes the page (the VM keeps it for its digest): reuse that hash
             memory.writePage(idx, data)
-            this.#trackHash(idx, run.kind === 'zero' ? null : data, hash)
+            if (this.#pageHashes) this.#trackHash(idx, run.kind === 'zero' ? null : memory.pageHash(idx))
           }
         } else {
           this.#c.blocksSent++
@@ -432,14 +436,14 @@ export class IncomingMigration {
     await Promise.all(diskWrites)
   }
 
-  /** Keeps the per-page hash of the source image (modes that may post-copy). */
-  #trackHash(idx: number, data: Uint8Array | null, hash: Uint8Array | undefined): void {
+  /** Keeps the per-page hash of the source image (modes that may post-copy); null: a zero page. */
+  #trackHash(idx: number, pageHash: Uint8Array | null): void {
     if (!this.#pageHashes || !this.#nonZero) return
-    if (data === null) {
+    if (pageHash === null) {
       this.#nonZero.clear(idx)
       return
     }
-    this.#pageHashes.set(hash ?? contentHash(data), idx * HASH_BYTES)
+    this.#pageHashes.set(pageHash.subarray(0, HASH_BYTES), idx * HASH_BYTES)
     this.#nonZero.set(idx)
   }
 
@@ -547,12 +551,16 @@ export class IncomingMigration {
     const pending = this.#pending!
     if (!pending.get(idx) || this.#received!.get(idx))
       throw new ProtocolError(`page ${idx} pushed twice or not pending`)
-    this.#absorbLocalWrites()
     this.#received!.set(idx)
     this.#receivedCount++
     // The guest's own write is newer than the source's page: keep it
-    if (!this.#localWritten!.get(idx)) this.#i.instance.memory.writePage(idx, data ?? this.#zeroPage)
-    this.#trackHash(idx, data === null || isZero(data) ? null : data, undefined)
+    const memory = this.#i.instance.memory
+    if (!this.#localWritten!.get(idx)) {
+      memory.writePage(idx, data ?? this.#zeroPage)
+      this.#trackHash(idx, memory.pageHash(idx))
+    } else {
+      this.#trackHash(idx, data === null || isZero(data) ? null : contentHash(data))
+    }
     this.#wakeReceived?.()
   }
 

@@ -13,10 +13,10 @@ import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
 import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
 import { compressPayload } from './compress.js'
-import { CONTROL_PROTOCOL, DATA_PROTOCOL } from './constants.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL, HASH_BYTES } from './constants.js'
 import { CostModel } from './cost.js'
 import { DataSender } from './data-sender.js'
-import { contentHash, DedupTable, hashKey } from './dedup.js'
+import { DedupTable, hashKey } from './dedup.js'
 import { diskDigestOf, pageDigestOf } from './digest.js'
 import {
   asMigrationError,
@@ -400,7 +400,10 @@ export class OutgoingMigration {
     const frame = new FrameState(this.#cost)
     for (const i of pages) {
       if (!b.fits(memory.pageSize)) await this.#emitFrame(k, round, b, frame)
-      if (memory.isZeroPage(i)) {
+      // The VM caches the hash until the page is written again: hashing as we send keeps the digest
+      // at the pause down to the last round's pages (and gives dedup its key for free)
+      const h = memory.pageHash(i)
+      if (h === null) {
         this.#c.zeroPages++
         if (!skipZero) {
           b.addZero('memory', i)
@@ -409,14 +412,23 @@ export class OutgoingMigration {
         }
         continue
       }
-      this.#addUnit(k, b, frame, 'memory', i, memory.readPage(i))
+      this.#addUnit(
+        k,
+        b,
+        frame,
+        'memory',
+        i,
+        h,
+        (dst, off) => memory.readPageInto(i, dst, off),
+        memory.pageSize,
+      )
     }
-    const zero = Buffer.alloc(disk.blockSize)
     for (const i of blocks) {
       if (!b.fits(disk.blockSize)) await this.#emitFrame(k, round, b, frame)
       const data = await disk.readBlock(i)
+      const h = await disk.blockHash(i)
       this.#signal.throwIfAborted()
-      if (zero.equals(data)) {
+      if (h === null) {
         this.#c.zeroBlocks++
         if (!skipZero) {
           b.addZero('disk', i)
@@ -425,29 +437,33 @@ export class OutgoingMigration {
         }
         continue
       }
-      this.#addUnit(k, b, frame, 'disk', i, data)
+      this.#addUnit(k, b, frame, 'disk', i, h, data)
     }
     if (!b.empty) await this.#emitFrame(k, round, b, frame)
   }
 
-  /** Adds a non-zero unit as DATA (registered if hashing) or as a REF to content already sent. */
-  #addUnit(k: number, b: FrameBuilder, f: FrameState, space: Space, i: number, data: Uint8Array): void {
+  /** Adds a non-zero unit as DATA (registered if deduplicating) or as a REF to content already sent. */
+  #addUnit(
+    k: number,
+    b: FrameBuilder,
+    f: FrameState,
+    space: Space,
+    i: number,
+    fullHash: Uint8Array,
+    data: Uint8Array | ((dst: Uint8Array, off: number) => void),
+    unit = 0,
+  ): void {
     const table = this.#tables[k]![space]
     if (space === 'memory') this.#c.pagesSent++
     else this.#c.blocksSent++
     if (!f.hashing) {
       table.forget(i)
-      b.addData(space, i, data)
+      b.addData(space, i, data, undefined, unit || undefined)
       return
     }
-    const t = performance.now()
-    const h = contentHash(data)
+    const h = fullHash.subarray(0, HASH_BYTES)
     const key = hashKey(h)
-    f.hashMs += performance.now() - t
-    f.hashBytes += data.length
-    f.hashUnits++
     if (table.lookup(key) !== undefined) {
-      f.hits++
       table.register(i, key)
       b.addRef(space, i, h)
       if (space === 'memory') this.#c.dedupPages++
@@ -455,10 +471,10 @@ export class OutgoingMigration {
       return
     }
     if (table.register(i, key)) {
-      b.addData(space, i, data, h)
+      b.addData(space, i, data, h, unit || undefined)
     } else {
       table.forget(i)
-      b.addData(space, i, data)
+      b.addData(space, i, data, undefined, unit || undefined)
     }
   }
 
@@ -550,7 +566,7 @@ export class OutgoingMigration {
     // The disk is complete before the switchover (as QEMU mirrors it): only memory is post-copied
     await this.#sendRound(this.#round, null, blocks.indices(), false)
     this.#setPhase('verify')
-    const diskDigest = await diskDigestOf(instance.disk, this.#signal)
+    const diskDigest = await diskDigestOf(instance.disk)
     const control = this.#control!
     control.accepting(['verified'])
     await control.send(
@@ -835,24 +851,14 @@ export class OutgoingMigration {
   }
 }
 
-/** Per-frame choices and hashing figures. */
+/** Per-frame choices. Units are hashed anyway (the VM caches it for the digest), so dedup costs only
+ *  16 bytes a unit on the wire: it is on unless turned off. */
 class FrameState {
-  hashing: boolean
-  hashMs = 0
-  hashBytes = 0
-  hashUnits = 0
-  hits = 0
+  readonly hashing: boolean
   constructor(readonly cost: CostModel) {
-    this.hashing = cost.hashNext()
+    this.hashing = cost.dedup !== 'off'
   }
-  finish(): void {
-    if (this.hashUnits > 0) this.cost.recordHashing(this.hashBytes, this.hits, this.hashUnits, this.hashMs)
-    this.hashMs = 0
-    this.hashBytes = 0
-    this.hashUnits = 0
-    this.hits = 0
-    this.hashing = this.cost.hashNext()
-  }
+  finish(): void {}
 }
 
 function* range(n: number): Generator<number> {
