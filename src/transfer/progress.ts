@@ -45,6 +45,8 @@ export interface MigrationView {
   dirtyRateMiBps: number
   bandwidthMiBps: number
   etaMs?: number
+  /** Auto-converge: the share (0..0.99) of the guest's execution held back at the source, if any. */
+  throttle?: number
   /** Once terminal. */
   totalMs?: number
   /** Pause at the source until the destination's RUNNING arrived (source side). */

@@ -31,7 +31,7 @@ import {
 } from './errors.js'
 import { encodeFrame, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
-import { decideNextRound, estimateEtaMs, type RoundDecision } from './policy.js'
+import { decideNextRound, estimateEtaMs, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
@@ -41,6 +41,8 @@ import { ControlChannel, withTimeout } from './wire.js'
 /** Pages (and blocks) go to streams in shards of this many, so an index always uses the same stream. */
 const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
+/** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
+const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
 
 export interface OutgoingInit {
   id: string
@@ -104,6 +106,9 @@ export class OutgoingMigration {
   #senders: DataSender[] = []
   #tables: { memory: DedupTable; disk: DedupTable }[] = []
   #lastEmit = 0
+  /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
+  #throttleStep = 0
+  #throttle = 0
 
   constructor(init: OutgoingInit) {
     this.id = init.id
@@ -146,6 +151,7 @@ export class OutgoingMigration {
         bandwidthBps: bw,
         downtimeMs: this.#i.options.downtimeMs,
       }),
+      ...(this.#throttle > 0 ? { throttle: this.#throttle } : {}),
       ...(this.#totalMs !== undefined ? { totalMs: this.#totalMs } : {}),
       ...(this.#downtimeMs !== undefined ? { downtimeMs: this.#downtimeMs } : {}),
       ...(this.#newEpoch !== undefined ? { epoch: this.#newEpoch } : {}),
@@ -221,6 +227,11 @@ export class OutgoingMigration {
     } catch (err) {
       await this.#fail(err, paused)
     } finally {
+      try {
+        if (this.#throttle > 0) instance.throttle?.(0)
+      } catch {
+        // the VM may be gone (released)
+      }
       try {
         instance.memory.stopDirtyTracking()
         instance.disk.stopDirtyTracking()
@@ -340,7 +351,7 @@ export class OutgoingMigration {
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)
-      const decision = decideNextRound({
+      let decision = decideNextRound({
         mode: withMemory ? options.mode : 'precopy',
         round: this.#round,
         remainingBytes: remaining,
@@ -349,6 +360,7 @@ export class OutgoingMigration {
         downtimeMs: options.downtimeMs,
         maxRounds: options.maxRounds,
       })
+      if (this.#autoConverge(decision, history)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, decision }, 'pre-copy round done')
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
@@ -360,6 +372,27 @@ export class OutgoingMigration {
       blocks = dirtyBlocks.indices()
       this.#emit(true)
     }
+  }
+
+  /**
+   * Auto-converge (pre-copy mode, a guest that can be slowed): when a round did not shrink the rest
+   * by SHRINK_FACTOR, or pre-copy would stop for lack of progress, hold back more of the guest and go
+   * on. True if it did (another round follows).
+   */
+  #autoConverge(decision: RoundDecision, history: number[]): boolean {
+    const { instance, options } = this.#i
+    if (options.mode !== 'precopy' || !options.autoConverge || !instance.throttle) return false
+    if (this.#throttleStep >= THROTTLE_STEPS.length || this.#round + 1 >= options.maxRounds) return false
+    const n = history.length
+    const notShrinking = n >= 2 && history[n - 1]! >= history[n - 2]! * SHRINK_FACTOR
+    const gaveUp = decision.action === 'stop' && decision.reason === 'no-progress'
+    if (!(gaveUp || (decision.action === 'round' && notShrinking))) return false
+    this.#throttle = THROTTLE_STEPS[this.#throttleStep++]!
+    instance.throttle(this.#throttle)
+    // Rounds from here are judged against the slower guest
+    history.splice(0, n - 1)
+    this.#log.info({ round: this.#round, throttle: this.#throttle }, 'auto-converge: guest throttled')
+    return true
   }
 
   #leftover:
@@ -792,6 +825,7 @@ export class OutgoingMigration {
         totalMs: Math.round(this.#totalMs),
         downtimeMs: this.#downtimeMs && Math.round(this.#downtimeMs),
         rounds: this.#round,
+        throttle: this.#throttle,
         bytes: this.#c.bytesSent,
         wire: this.#c.wireBytes,
         error: this.#error,

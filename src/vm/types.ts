@@ -117,6 +117,11 @@ export interface VmInstance {
    */
   digest(): Promise<{ memory: string; disk: string; combined: string }>
   stats(): VmStats
+  /**
+   * Optional: holds back `fraction` (0..0.99) of the guest's execution, so it dirties memory that much
+   * slower (a migration's auto-converge, as QEMU's cpu-throttle); 0 lifts it.
+   */
+  throttle?(fraction: number): void
   /** Called with the new state whenever it changes (e.g. a guest that crashes). */
   onStateChange(listener: (state: VmState) => void): () => void
 }
