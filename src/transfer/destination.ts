@@ -24,6 +24,7 @@ import {
   MAX_FRAME_BYTES,
   MAX_ID_LENGTH,
 } from './constants.js'
+import type { ContentStore, StoredPage } from './content-store.js'
 import { contentHash, DedupTable, hashKey } from './dedup.js'
 import { diskDigestOf, PageListDigest } from './digest.js'
 import {
@@ -134,6 +135,8 @@ export interface IncomingInit {
   timeouts: TransferTimeouts
   logger: Logger
   signal: AbortSignal
+  /** This host's content store: pages the source may reference after a content query. */
+  store?: ContentStore
   onChange: (view: MigrationView) => void
   onOutcome: (outcome: Outcome, epoch?: number) => void
 }
@@ -173,6 +176,8 @@ export class IncomingMigration {
   #faultQueue: number[] = []
   #wakeReceived: (() => void) | undefined
   #lastEmit = 0
+  /** Store pages the source was told we hold (kept for this migration even if the store evicts them). */
+  readonly #pinned = new Map<string, StoredPage>()
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -264,7 +269,11 @@ export class IncomingMigration {
     const { control, instance, offer, hooks, timeouts } = this.#i
     let resumed = false
     try {
-      const sw = await control.expect(['switchover'], this.#signal)
+      let sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
+      while (sw.msg === 'contentQuery') {
+        await this.#answerContentQuery(sw.contentQuery?.hashes ?? new Uint8Array(0))
+        sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
+      }
       const s = sw.switchover!
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
@@ -339,6 +348,22 @@ export class IncomingMigration {
     return this.view()
   }
 
+  /** Which of these content hashes our store holds (a bitmap); those pages are pinned for us. */
+  async #answerContentQuery(hashes: Uint8Array): Promise<void> {
+    if (!this.#i.offer.geometry.dedup) throw new ProtocolError('content query in a migration without dedup')
+    const n = hashes.length / HASH_BYTES
+    const have = new Uint8Array(Math.ceil(n / 8))
+    const store = this.#i.store
+    for (let j = 0; j < n && store; j++) {
+      const key = hashKey(hashes.subarray(j * HASH_BYTES, (j + 1) * HASH_BYTES))
+      const found = store.lookup(key)
+      if (!found) continue
+      this.#pinned.set(key, found)
+      have[j >>> 3]! |= 1 << (j & 7)
+    }
+    await this.#i.control.send({ contentReply: { have } }, this.#signal)
+  }
+
   // ------------------------------------------------------------------ data
 
   async #receive(k: number, framed: Framed): Promise<void> {
@@ -404,16 +429,23 @@ export class IncomingMigration {
         } else {
           const key = hashKey(hash!)
           const from = table.lookup(key)
-          if (from === undefined) throw new ProtocolError(`reference to content stream ${k} never registered`)
-          if (run.space === 'memory') {
-            data = memory.readPage(from)
+          const stored = from === undefined && run.space === 'memory' ? this.#pinned.get(key) : undefined
+          if (from === undefined && !stored)
+            throw new ProtocolError(`reference to content stream ${k} never registered`)
+          if (stored) {
+            data = stored.image.page(stored.page)
+            this.#c.storePages++
+          } else if (run.space === 'memory') {
+            data = memory.readPage(from!)
           } else {
             // The referenced block may still be on its way to the file
             await Promise.all(diskWrites.splice(0))
-            data = await disk.readBlock(from)
+            data = await disk.readBlock(from!)
           }
           table.register(idx, key)
-          if (run.space === 'memory') this.#c.dedupPages++
+          if (stored) {
+            // counted above
+          } else if (run.space === 'memory') this.#c.dedupPages++
           else this.#c.dedupBlocks++
         }
         if (run.space === 'memory') {
@@ -568,6 +600,7 @@ export class IncomingMigration {
 
   #finish(phase: 'done' | 'failed' | 'cancelled'): void {
     this.#state = 'ended'
+    this.#pinned.clear()
     this.#totalMs = performance.now() - this.#t0
     this.#setPhase(phase)
   }

@@ -11,9 +11,10 @@ import { setMaxListeners } from 'node:events'
 import type { PeerId } from '@libp2p/interface'
 import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
-import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
+import { Bitmap, type RetainedMemory, type VmInstance, type VmSpec } from '../vm/index.js'
 import { compressPayload } from './compress.js'
-import { CONTROL_PROTOCOL, DATA_PROTOCOL, HASH_BYTES } from './constants.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL, HASH_BYTES, MAX_QUERY_HASHES } from './constants.js'
+import type { ContentStore } from './content-store.js'
 import { CostModel } from './cost.js'
 import { DataSender } from './data-sender.js'
 import { DedupTable, hashKey } from './dedup.js'
@@ -55,6 +56,8 @@ export interface OutgoingInit {
   hooks: SourceHooks
   timeouts: TransferTimeouts
   logger: Logger
+  /** Where the released VM's memory is kept as a dedup source (none: not kept). */
+  store?: ContentStore
   /** The service's lifetime: aborted when it stops. */
   signal: AbortSignal
   onChange: (view: MigrationView) => void
@@ -224,6 +227,9 @@ export class OutgoingMigration {
       }
       await this.#release()
       this.#finish('done')
+      // Indexed after the figures are taken (a full 1 GiB image: ~0.2 s), before `done` resolves
+      if (this.#retained) this.#i.store?.retain(this.#i.spec.id, this.#retained)
+      this.#retained = undefined
     } catch (err) {
       await this.#fail(err, paused)
     } finally {
@@ -291,6 +297,13 @@ export class OutgoingMigration {
       throw new MigrationRefusedError(code, answer.refuse?.message || `refused by ${to}: ${code}`)
     }
     this.#reservationId = answer.accept?.reservationId ?? ''
+    // The destination holds content (a copy of this VM that left it, ...): ask which of our pages
+    if (
+      Number(answer.accept?.contentEntries ?? 0) > 0 &&
+      options.dedup !== 'off' &&
+      options.mode !== 'postcopy'
+    )
+      await this.#queryContent(control)
     // From now on the destination has nothing to say until asked: anything else (garbage, an abort,
     // the stream ending) fails the migration at once, not at the next step
     control.accepting(null)
@@ -300,6 +313,50 @@ export class OutgoingMigration {
   }
 
   #reservationId = ''
+  #retained: RetainedMemory | undefined
+  /** Content hashes (keys) of pages the destination said it holds. */
+  readonly #destHas = new Set<string>()
+
+  /**
+   * Asks the destination which of our non-zero pages' contents it holds (hashing them now: the VM
+   * keeps the hashes, so round 0 does not hash again). Pages it holds then go as REF runs.
+   */
+  async #queryContent(control: ControlChannel): Promise<void> {
+    const { instance, timeouts } = this.#i
+    const memory = instance.memory
+    const seen = new Set<string>()
+    let batch: Uint8Array[] = []
+    let keys: string[] = []
+    const ask = async () => {
+      await control.send({ contentQuery: { hashes: Buffer.concat(batch) } }, this.#signal)
+      const r = await withTimeout(timeouts.stepTimeoutMs, 'the content reply', this.#signal, (s) =>
+        control.expect(['contentReply'], s),
+      )
+      const have = r.contentReply?.have ?? new Uint8Array(0)
+      if (have.length !== Math.ceil(keys.length / 8))
+        throw new ProtocolError('content reply of the wrong size')
+      for (let j = 0; j < keys.length; j++) if (have[j >>> 3]! & (1 << (j & 7))) this.#destHas.add(keys[j]!)
+      batch = []
+      keys = []
+    }
+    for (let i = 0; i < memory.pageCount; i++) {
+      if (i % 8192 === 8191) {
+        await new Promise<void>((r) => setImmediate(r))
+        this.#signal.throwIfAborted()
+      }
+      const h = memory.pageHash(i)
+      if (!h) continue
+      const h16 = h.subarray(0, HASH_BYTES)
+      const key = hashKey(h16)
+      if (seen.has(key)) continue
+      seen.add(key)
+      batch.push(h16)
+      keys.push(key)
+      if (keys.length === MAX_QUERY_HASHES) await ask()
+    }
+    if (keys.length > 0) await ask()
+    this.#log.debug({ asked: seen.size, held: this.#destHas.size }, 'destination content')
+  }
 
   async #openDataStreams(): Promise<void> {
     const { host, to, options, timeouts } = this.#i
@@ -496,10 +553,12 @@ export class OutgoingMigration {
     }
     const h = fullHash.subarray(0, HASH_BYTES)
     const key = hashKey(h)
-    if (table.lookup(key) !== undefined) {
+    const inStream = table.lookup(key) !== undefined
+    if (inStream || (space === 'memory' && this.#destHas.has(key))) {
       table.register(i, key)
       b.addRef(space, i, h)
-      if (space === 'memory') this.#c.dedupPages++
+      if (!inStream) this.#c.storePages++
+      else if (space === 'memory') this.#c.dedupPages++
       else this.#c.dedupBlocks++
       return
     }
@@ -810,7 +869,9 @@ export class OutgoingMigration {
   // ------------------------------------------------------------------ end
 
   async #release(): Promise<void> {
-    const { hooks, instance } = this.#i
+    const { hooks, instance, store } = this.#i
+    // Kept (the buffer, not a copy) before the VM is destroyed; indexed once the migration is over
+    this.#retained = store ? instance.memory.retain?.() : undefined
     if (hooks.onReleased) await hooks.onReleased(this.view(), instance)
     else await instance.destroy()
   }

@@ -77,6 +77,23 @@ export interface VmMemory {
   /** Returns the pages dirtied since the last call (or since tracking started) and clears them. */
   takeDirtyPages(): DirtyBitmap
   stopDirtyTracking(): void
+  /**
+   * Optional: the memory as it is now, kept readable after the VM is stopped. Call only on a paused VM
+   * that will not run again (e.g. released after a migration).
+   */
+  retain?(): RetainedMemory
+}
+
+/** Memory kept after its VM is gone (a migration source keeps it as a dedup source). Read-only. */
+export interface RetainedMemory {
+  readonly pageSize: number
+  readonly pageCount: number
+  /** The non-zero pages, ascending. */
+  nonZeroPages(): number[]
+  /** sha256 of page `i`, or null if it is zero. */
+  pageHash(i: number): Uint8Array | null
+  /** A read-only view of page `i`. */
+  page(i: number): Uint8Array
 }
 
 export interface VmDisk {

@@ -94,6 +94,21 @@ export class UnitHashCache {
     return Buffer.from(this.#hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN))
   }
 
+  /** Indices of the units that were non-zero when hashed, ascending. */
+  nonZeroIndices(): number[] {
+    const out: number[] = []
+    const words = this.#nonZero
+    for (let w = 0; w < words.length; w++) {
+      let v = words[w]!
+      while (v !== 0) {
+        const low = v & -v
+        out.push(w * 32 + 31 - Math.clz32(low))
+        v = (v ^ low) >>> 0
+      }
+    }
+    return out
+  }
+
   /** Indices of the stale units, ascending. */
   *staleIndices(): Generator<number> {
     const words = this.#stale

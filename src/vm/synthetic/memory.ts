@@ -2,7 +2,7 @@
 
 import { constants as bufferConstants } from 'node:buffer'
 import { Bitmap } from '../bitmap.js'
-import { PAGE_SIZE, VmError, type VmMemory } from '../types.js'
+import { PAGE_SIZE, type RetainedMemory, VmError, type VmMemory } from '../types.js'
 import { sha256, UnitHashCache } from './hash-cache.js'
 
 const WORDS_PER_PAGE = PAGE_SIZE / 4
@@ -120,6 +120,23 @@ export class SyntheticMemory implements VmMemory {
 
   stopDirtyTracking(): void {
     this.#dirty = null
+  }
+
+  retain(): RetainedMemory {
+    const buf = this.#live()
+    for (const i of this.#hashes.staleIndices()) this.#refresh(i)
+    const hashes = this.#hashes
+    const pageCount = this.pageCount
+    return {
+      pageSize: PAGE_SIZE,
+      pageCount,
+      nonZeroPages: () => hashes.nonZeroIndices(),
+      pageHash: (i) => hashes.get(i),
+      page: (i) => {
+        if (!Number.isInteger(i) || i < 0 || i >= pageCount) throw new RangeError(`page ${i} out of range`)
+        return buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)
+      },
+    }
   }
 
   // --- for the driver and the workload (not part of VmMemory) ---
