@@ -228,7 +228,11 @@ export class OutgoingMigration {
       await this.#release()
       this.#finish('done')
       // Indexed after the figures are taken (a full 1 GiB image: ~0.2 s), before `done` resolves
-      if (this.#retained) this.#i.store?.retain(this.#i.spec.id, this.#retained)
+      try {
+        if (this.#retained) this.#i.store?.retain(this.#i.spec.id, this.#retained)
+      } catch (err) {
+        this.#log.debug({ err: asMigrationError(err).message }, 'memory not indexed for dedup')
+      }
       this.#retained = undefined
     } catch (err) {
       await this.#fail(err, paused)
@@ -871,7 +875,12 @@ export class OutgoingMigration {
   async #release(): Promise<void> {
     const { hooks, instance, store } = this.#i
     // Kept (the buffer, not a copy) before the VM is destroyed; indexed once the migration is over
-    this.#retained = store ? instance.memory.retain?.() : undefined
+    try {
+      this.#retained = store ? instance.memory.retain?.() : undefined
+    } catch (err) {
+      // Only an optimisation: the release goes on
+      this.#log.debug({ err: asMigrationError(err).message }, 'memory not kept for dedup')
+    }
     if (hooks.onReleased) await hooks.onReleased(this.view(), instance)
     else await instance.destroy()
   }
