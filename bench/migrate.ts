@@ -732,7 +732,7 @@ function printDowntime(runs: RunResult[]): void {
       [
         'run (link, MiB, load, mode, lz4)',
         'last round acked',
-        'source digest',
+        'source digest (overlaps the acks)',
         'dest verified',
         'journaled',
         'RUNNING',

@@ -466,6 +466,8 @@ export class OutgoingMigration {
     pages: Iterable<number> | null,
     blocks: Iterable<number> | null,
     skipZero: boolean,
+    /** Runs once every frame of the round is sent, while the acknowledgements are still on their way. */
+    whileAcked?: () => Promise<void>,
   ): Promise<void> {
     const n = this.#senders.length
     const pl: number[][] = Array.from({ length: n }, () => [])
@@ -477,7 +479,7 @@ export class OutgoingMigration {
       pl.reduce((a, l) => a + l.length, 0) * memory.pageSize +
       bl.reduce((a, l) => a + l.length, 0) * disk.blockSize
     await Promise.all(this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero)))
-    await Promise.all(this.#senders.map((s) => s.flush()))
+    await Promise.all([...this.#senders.map((s) => s.flush()), whileAcked?.()])
     this.#roundRemaining = 0
   }
 
@@ -620,11 +622,16 @@ export class OutgoingMigration {
     for (const i of left.blocks.indices()) blocks.set(i)
     for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
     this.#round++
-    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false)
+    // The source digest depends only on the paused VM (its page hashes are fresh once the last frames
+    // are built): computed while the destination applies them, not after
+    let digest: { combined: string } | undefined
+    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false, async () => {
+      digest = await instance.digest()
+      this.#mark('digest')
+    })
     this.#setPhase('verify')
     this.#mark('lastRound')
-    const digest = await instance.digest()
-    this.#mark('digest')
+    if (!digest) throw new MigrationError('INTERNAL', 'no source digest')
     const control = this.#control!
     control.accepting(['verified'])
     await control.send({ switchover: { round: this.#round, digest: digest.combined } }, this.#signal)
@@ -660,9 +667,11 @@ export class OutgoingMigration {
     for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
     this.#round++
     // The disk is complete before the switchover (as QEMU mirrors it): only memory is post-copied
-    await this.#sendRound(this.#round, null, blocks.indices(), false)
+    let diskDigest = ''
+    await this.#sendRound(this.#round, null, blocks.indices(), false, async () => {
+      diskDigest = await diskDigestOf(instance.disk)
+    })
     this.#setPhase('verify')
-    const diskDigest = await diskDigestOf(instance.disk)
     const control = this.#control!
     control.accepting(['verified'])
     await control.send(
