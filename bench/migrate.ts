@@ -957,7 +957,7 @@ console.log(
     '  hot set rewritten at N MiB/s (random pages of it). Written pages: 60 % random, 30 % text-like, 10 % copies of 64.',
     'dirty MiB/s: what the workload achieved just before the migration. wire/VM: encoded frames + control / VM;',
     '  sent/VM: content carried (before lz4, after zero-skipping and dedup). zero/dedup pages: pages sent as ZERO',
-    '  (or skipped in round 0) / as a reference. lz4 frames: compressed / all. faults: post-copy pages the guest touched.',
+    '  (or skipped in round 0; pages never written are not even looked at) / as a reference. lz4 frames: compressed / all. faults: post-copy pages the guest touched.',
     "total: the engine's totalMs, offer to the end, including the source releasing its copy (destroy: rm, no fsync).",
     'rounds: pre-copy rounds (+ the stop-copy); "thr N%": auto-converge held back N % of the guest at the end.',
     "downtime: the engine's downtimeMs, pause at the source until RUNNING from the destination.",

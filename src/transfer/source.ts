@@ -397,7 +397,10 @@ export class OutgoingMigration {
     this.#setPhase('precopy')
     // Round 0: every non-zero page and every allocated block (the destination starts all zero)
     const history: number[] = []
-    let pages: Iterable<number> | null = withMemory ? range(memory.pageCount) : null
+    // Pages never written are zero and the destination starts zeroed: only the others are looked at
+    let pages: Iterable<number> | null = withMemory
+      ? (memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
+      : null
     let blocks: Iterable<number> | null = disk.allocatedBlocks().indices()
     while (true) {
       const t = performance.now()
@@ -659,7 +662,8 @@ export class OutgoingMigration {
       for (const i of left.pages?.indices() ?? []) pending.set(i)
       for (const i of memory.takeDirtyPages().indices()) pending.set(i)
     } else {
-      for (let i = 0; i < memory.pageCount; i++) if (!memory.isZeroPage(i)) pending.set(i)
+      for (const i of memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
+        if (!memory.isZeroPage(i)) pending.set(i)
     }
     this.#pending = pending
     const blocks = new Bitmap(instance.disk.blockCount)

@@ -68,6 +68,11 @@ export interface VmMemory {
   /** True if page `i` is all zeroes (cheap to skip on the wire). */
   isZeroPage(i: number): boolean
   /**
+   * Optional: a superset of the non-zero pages, ascending (e.g. the pages ever written), so a full
+   * pass can skip memory known to be zero without looking at each page.
+   */
+  maybeNonZeroPages?(): Iterable<number>
+  /**
    * sha256 of page `i` (32 bytes), or null if it is all zeroes. Cached until the page is written, so
    * hashing pages as they are sent makes the digest at the end of a migration cheap.
    */

@@ -101,6 +101,11 @@ export class SyntheticMemory implements VmMemory {
     return this.#hashes.digest()
   }
 
+  maybeNonZeroPages(): Iterable<number> {
+    this.#live()
+    return this.#touched.clone().indices()
+  }
+
   isZeroPage(i: number): boolean {
     this.#live()
     this.#check(i)
