@@ -78,6 +78,8 @@ interface Args {
   limitedSize: number
   linksMbit: number[]
   limitedWorkloads: WorkloadName[]
+  /** VM sizes for the A -> B -> A runs (dedup against the copy the VM left behind); [] = none. */
+  roundTripSizes: number[]
   budgetMin: number
   warmupMs: number
   skipThroughput: boolean
@@ -101,6 +103,7 @@ function parseArgs(argv: string[]): Args {
     limitedSize: quick ? 32 : 256,
     linksMbit: [1000, 100],
     limitedWorkloads: quick ? ['idle', 'hot10'] : ['idle', 'hot10', 'hot100'],
+    roundTripSizes: quick ? [64] : [256, 1024],
     budgetMin: quick ? 3 : 15,
     warmupMs: quick ? 300 : 1000,
     skipThroughput: false,
@@ -131,6 +134,7 @@ function parseArgs(argv: string[]): Args {
           '  --limited-size 256     VM size for the bandwidth-limited runs (0: none)',
           '  --links 1000,100       link rates in Mbit/s for them',
           '  --limited-workloads idle,hot10,hot100',
+          '  --round-trip 256,1024  VM sizes moved A -> B -> A (the way back dedups against the copy left at A)',
           '  --budget-min 15        skip (and say so) what would end past this many minutes',
           '  --warmup-ms 1000       the workload runs this long before each migration',
           '  --skip-throughput      no section 1',
@@ -152,6 +156,7 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--limited-size') args.limitedSize = Number(v)
     else if (a === '--links') args.linksMbit = list(v).map(Number)
     else if (a === '--limited-workloads') args.limitedWorkloads = list(v) as WorkloadName[]
+    else if (a === '--round-trip') args.roundTripSizes = list(v).map(Number)
     else if (a === '--budget-min') args.budgetMin = Number(v)
     else if (a === '--warmup-ms') args.warmupMs = Number(v)
     else if (a === '--ping-abort') args.pingAbort = v !== 'off'
@@ -554,6 +559,87 @@ async function migrateOnce(
   }
 }
 
+interface RoundTrip {
+  sizeMiB: number
+  workload: WorkloadName
+  vmBytes: number
+  out?: MigrationView
+  back?: MigrationView
+  error?: string
+}
+
+/** Moves a VM a -> b, lets it run there for the warm-up, and moves it back b -> a (lz4 off: bytes as sent). */
+async function roundTrip(sizeMiB: number, workload: WorkloadName): Promise<RoundTrip> {
+  const id = `rt-${++vmSeq}`
+  const r: RoundTrip = { sizeMiB, workload, vmBytes: 0 }
+  try {
+    const instance = await createVm(a, id, planFor(sizeMiB, workload), vmSeq)
+    r.vmBytes =
+      instance.memory.pageCount * instance.memory.pageSize +
+      instance.disk.allocatedBlocks().count() * instance.disk.blockSize
+    await sleep(args.warmupMs)
+    r.out = await a.service.done(a.service.migrate(id, b.host.peerId, { compression: 'off' }).id)
+    if (r.out.phase !== 'done') throw new Error(`a -> b ${r.out.error?.code}: ${r.out.error?.message}`)
+    await sleep(args.warmupMs)
+    r.back = await b.service.done(b.service.migrate(id, a.host.peerId, { compression: 'off' }).id)
+    if (r.back.phase !== 'done') throw new Error(`b -> a ${r.back.error?.code}: ${r.back.error?.message}`)
+  } catch (err) {
+    r.error = err instanceof Error ? err.message : String(err)
+  } finally {
+    await dropVm(b, id)
+    await dropVm(a, id)
+    a.logs.length = 0
+    b.logs.length = 0
+    gc()
+  }
+  log(
+    `round trip ${sizeMiB} MiB ${workload}: out ${f((r.out?.bytesSent ?? 0) / MiB)} MiB, back ${f((r.back?.bytesSent ?? 0) / MiB)} MiB${r.error ? ` (${r.error})` : ''}`,
+  )
+  return r
+}
+
+function printRoundTrips(rts: RoundTrip[]): void {
+  if (!rts.length) return
+  console.log(
+    "\n### 4. A -> B -> A: dedup against the copy the VM left at A (A's content store, hash references)\n",
+  )
+  console.log(
+    table(
+      [
+        'VM MiB',
+        'load',
+        'a→b total s',
+        'a→b sent MiB',
+        'a→b wire MiB',
+        'b→a total s',
+        'b→a sent MiB',
+        'b→a wire MiB',
+        'pages by reference',
+        'wire b→a / a→b',
+        'digest',
+      ],
+      rts.map((r) => [
+        String(r.sizeMiB),
+        WORKLOADS[r.workload].label,
+        f((r.out?.totalMs ?? Number.NaN) / 1000, 2),
+        f((r.out?.bytesSent ?? Number.NaN) / MiB, 1),
+        f((r.out?.wireBytes ?? Number.NaN) / MiB, 1),
+        f((r.back?.totalMs ?? Number.NaN) / 1000, 2),
+        f((r.back?.bytesSent ?? Number.NaN) / MiB, 1),
+        f((r.back?.wireBytes ?? Number.NaN) / MiB, 1),
+        String(r.back?.storePages ?? '-'),
+        r.out && r.back ? ratio(r.back.wireBytes / r.out.wireBytes) : '-',
+        r.error ? `FAILED: ${r.error}` : 'ok',
+      ]),
+    ),
+  )
+  console.log(
+    'The VM runs at b for the warm-up between the moves (its hot set changes); lz4 off both ways. a kept the memory\n' +
+      "of the VM when it left (MigrationService retainMiB); on the way back a's accept says it holds content, b asks\n" +
+      'which of its pages a holds (content query, 16-byte hashes) and sends those as references.',
+  )
+}
+
 // ------------------------------------------------------------------ printing
 
 const modeLabel = (r: RunResult) => (r.mode === 'auto' && r.switchedToPostcopy ? 'auto→post' : r.mode)
@@ -579,7 +665,7 @@ function runRow(r: RunResult, ratios: 'loopback' | 'limited', failures: RunResul
     f(v.downtimeMs, 1),
     f(v.wireBytes / vmBytes, 3),
     f(v.bytesSent / vmBytes, 3),
-    String(v.round),
+    v.throttle ? `${v.round} thr ${Math.round(v.throttle * 100)}%` : String(v.round),
     pages,
     `${v.compressedFrames}/${v.frames}`,
     String(v.faultPages),
@@ -646,7 +732,7 @@ function printDowntime(runs: RunResult[]): void {
       [
         'run (link, MiB, load, mode, lz4)',
         'last round acked',
-        'source digest',
+        'source digest (overlaps the acks)',
         'dest verified',
         'journaled',
         'RUNNING',
@@ -671,8 +757,11 @@ if (!args.skipThroughput) {
   }
 }
 
-const a = await createBenchNode('a', args.pingAbort)
-const b = await createBenchNode('b', args.pingAbort)
+// Both keep the memory of VMs that left (enough for the largest VM), for the A -> B -> A section; in the
+// other sections b never sends a VM away, so its store is empty and a's moves are first-time moves
+const retainMiB = Math.max(0, ...args.roundTripSizes) + 64
+const a = await createBenchNode('a', args.pingAbort, retainMiB)
+const b = await createBenchNode('b', args.pingAbort, retainMiB)
 /** Closes of a's connections to b (libp2p's connection monitor aborts one whose heartbeat ping times out). */
 const connectionCloses: number[] = []
 a.host.addEventListener('connection:close', (evt) => {
@@ -700,6 +789,7 @@ async function baseline(measure: () => Promise<Baseline>): Promise<void> {
 }
 const runs: RunResult[] = []
 const limitedRuns: RunResult[] = []
+const roundTrips: RoundTrip[] = []
 /** Longest wall time seen per (link, size, workload), setup included: the budget's estimate. */
 const seen = new Map<string, number>()
 
@@ -784,6 +874,22 @@ try {
       await runPlanned(specs, limitedRuns, (s) => baselines.find((x) => x.rateBps === s.linkBps))
     }
   }
+  // A -> B -> A: the way back sends references to the copy A kept when the VM left
+  for (const size of args.roundTripSizes) {
+    for (const workload of ['idle', 'hot10'] as WorkloadName[]) {
+      const est =
+        estimateMs(
+          { link: 'loopback', sizeMiB: size, workload, mode: 'precopy', compression: 'off' },
+          undefined,
+        ) * 2
+      if (performance.now() + est > deadline) {
+        log(`skip round trip ${size} MiB ${workload}: past the budget`)
+        continue
+      }
+      log(`round trip ${size} MiB ${workload}: a -> b -> a`)
+      roundTrips.push(await roundTrip(size, workload))
+    }
+  }
 } finally {
   await tcpReceivers.close().catch(() => undefined)
   await a.stop()
@@ -841,6 +947,7 @@ if (limitedRuns.length) {
   )
 }
 printDowntime(tableOrder([...runs, ...limitedRuns]))
+printRoundTrips(roundTrips)
 
 console.log(
   [
@@ -850,8 +957,9 @@ console.log(
     '  hot set rewritten at N MiB/s (random pages of it). Written pages: 60 % random, 30 % text-like, 10 % copies of 64.',
     'dirty MiB/s: what the workload achieved just before the migration. wire/VM: encoded frames + control / VM;',
     '  sent/VM: content carried (before lz4, after zero-skipping and dedup). zero/dedup pages: pages sent as ZERO',
-    '  (or skipped in round 0) / as a reference. lz4 frames: compressed / all. faults: post-copy pages the guest touched.',
-    "total: the engine's totalMs, offer to the end, including the source releasing its copy (destroy: disk fsync + rm).",
+    '  (or skipped in round 0; pages never written are not even looked at) / as a reference. lz4 frames: compressed / all. faults: post-copy pages the guest touched.',
+    "total: the engine's totalMs, offer to the end, including the source releasing its copy (destroy: rm, no fsync).",
+    'rounds: pre-copy rounds (+ the stop-copy); "thr N%": auto-converge held back N % of the guest at the end.',
     "downtime: the engine's downtimeMs, pause at the source until RUNNING from the destination.",
     'digest: the engine verified the destination (pre-copy: VM digest before the handover; post-copy: disk digest,',
     '  then the page digest at the end); "ok" = the migration ended done; "n/a" = it failed for another reason first.',
@@ -1023,6 +1131,7 @@ await writeFile(
       baselines,
       migrations: runs,
       limited: limitedRuns,
+      roundTrips,
       goals,
       durationS: elapsedS(),
     },

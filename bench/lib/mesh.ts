@@ -39,8 +39,11 @@ export interface BenchNode {
   stop(): Promise<void>
 }
 
-/** A node; `pingAbort: false` uses the bench-only host variant (see host.ts). */
-export async function createBenchNode(name: string, pingAbort = true): Promise<BenchNode> {
+/**
+ * A node; `pingAbort: false` uses the bench-only host variant (see host.ts); `retainMiB`: memory of VMs
+ * that left kept as a dedup source (the service's ContentStore; 0 = off, as for first-time moves).
+ */
+export async function createBenchNode(name: string, pingAbort = true, retainMiB = 0): Promise<BenchNode> {
   const host = await createBenchHost(pingAbort)
   const dir = await mkdtemp(join(tmpdir(), `skymesh-bench-${name}-`))
   // The agent's default driver settings (workload tick 50 ms)
@@ -59,23 +62,26 @@ export async function createBenchNode(name: string, pingAbort = true): Promise<B
       },
     },
   )
-  const service = new MigrationService({
-    host,
-    logger,
-    driver,
-    vmDir: (vmId) => join(dir, vmId),
-    lookupVm: (vmId) => vms.get(vmId),
-    hooks: {
-      reserve: async () => ({ ok: true, release: () => undefined }),
-      onCommit: async (m, instance, epoch) => {
-        vms.set(m.vmId, { instance, spec: instance.spec, epoch })
-      },
-      onReleased: async (m, instance) => {
-        vms.delete(m.vmId)
-        await instance.destroy()
+  const service = new MigrationService(
+    {
+      host,
+      logger,
+      driver,
+      vmDir: (vmId) => join(dir, vmId),
+      lookupVm: (vmId) => vms.get(vmId),
+      hooks: {
+        reserve: async () => ({ ok: true, release: () => undefined }),
+        onCommit: async (m, instance, epoch) => {
+          vms.set(m.vmId, { instance, spec: instance.spec, epoch })
+        },
+        onReleased: async (m, instance) => {
+          vms.delete(m.vmId)
+          await instance.destroy()
+        },
       },
     },
-  })
+    { retainMiB },
+  )
   await service.start()
   return {
     name,

@@ -19,6 +19,10 @@ export const MAX_FRAME_UNITS = 1 << 20
 export const HASH_BYTES = 16
 /** Hashes one stream's dedup table holds (both ends stop registering past it). */
 export const MAX_DEDUP_ENTRIES = 1 << 20
+/** Content hashes in one content query (512 KiB). */
+export const MAX_QUERY_HASHES = 32768
+/** Bytes of non-zero pages of departed VMs a host keeps as a dedup source (ContentStore). */
+export const DEFAULT_RETAIN_BYTES = 1024 * 1024 * 1024
 /** Pages asked in one fetch message (post-copy). */
 export const MAX_FETCH_PAGES = 4096
 /** Longest ids we accept from a peer. */

@@ -24,6 +24,7 @@ import {
   MAX_FRAME_BYTES,
   MAX_ID_LENGTH,
 } from './constants.js'
+import type { ContentStore, StoredPage } from './content-store.js'
 import { contentHash, DedupTable, hashKey } from './dedup.js'
 import { diskDigestOf, PageListDigest } from './digest.js'
 import {
@@ -134,6 +135,8 @@ export interface IncomingInit {
   timeouts: TransferTimeouts
   logger: Logger
   signal: AbortSignal
+  /** This host's content store: pages the source may reference after a content query. */
+  store?: ContentStore
   onChange: (view: MigrationView) => void
   onOutcome: (outcome: Outcome, epoch?: number) => void
 }
@@ -173,6 +176,8 @@ export class IncomingMigration {
   #faultQueue: number[] = []
   #wakeReceived: (() => void) | undefined
   #lastEmit = 0
+  /** Store pages the source was told we hold (kept for this migration even if the store evicts them). */
+  readonly #pinned = new Map<string, StoredPage>()
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -264,7 +269,11 @@ export class IncomingMigration {
     const { control, instance, offer, hooks, timeouts } = this.#i
     let resumed = false
     try {
-      const sw = await control.expect(['switchover'], this.#signal)
+      let sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
+      while (sw.msg === 'contentQuery') {
+        await this.#answerContentQuery(sw.contentQuery?.hashes ?? new Uint8Array(0))
+        sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
+      }
       const s = sw.switchover!
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
@@ -286,7 +295,7 @@ export class IncomingMigration {
         this.#received = new Bitmap(offer.geometry.pageCount)
         this.#localWritten = new Bitmap(offer.geometry.pageCount)
         this.#requested = new Bitmap(offer.geometry.pageCount)
-        const disk = await diskDigestOf(instance.disk, this.#signal)
+        const disk = await diskDigestOf(instance.disk)
         const ok = disk === s.diskDigest
         await control.send(
           { verified: { ok, digest: disk, message: ok ? '' : 'disk digest differs' } },
@@ -339,6 +348,22 @@ export class IncomingMigration {
     return this.view()
   }
 
+  /** Which of these content hashes our store holds (a bitmap); those pages are pinned for us. */
+  async #answerContentQuery(hashes: Uint8Array): Promise<void> {
+    if (!this.#i.offer.geometry.dedup) throw new ProtocolError('content query in a migration without dedup')
+    const n = hashes.length / HASH_BYTES
+    const have = new Uint8Array(Math.ceil(n / 8))
+    const store = this.#i.store
+    for (let j = 0; j < n && store; j++) {
+      const key = hashKey(hashes.subarray(j * HASH_BYTES, (j + 1) * HASH_BYTES))
+      const found = store.lookup(key)
+      if (!found) continue
+      this.#pinned.set(key, found)
+      have[j >>> 3]! |= 1 << (j & 7)
+    }
+    await this.#i.control.send({ contentReply: { have } }, this.#signal)
+  }
+
   // ------------------------------------------------------------------ data
 
   async #receive(k: number, framed: Framed): Promise<void> {
@@ -374,6 +399,9 @@ export class IncomingMigration {
     const payload =
       f.codec === 'lz4' ? await decompressPayload(f.payload, f.rawLength, FRAME_PAYLOAD_BYTES) : f.payload
     this.#signal.throwIfAborted()
+    // Guest writes up to now (the guest cannot run while this frame is applied: same thread), once per
+    // frame: polling them per page made post-copy O(pages^2)
+    if (postcopy) this.#absorbLocalWrites()
     const { memory, disk } = this.#i.instance
     const diskWrites: Promise<void>[] = []
     let off = 0
@@ -401,16 +429,23 @@ export class IncomingMigration {
         } else {
           const key = hashKey(hash!)
           const from = table.lookup(key)
-          if (from === undefined) throw new ProtocolError(`reference to content stream ${k} never registered`)
-          if (run.space === 'memory') {
-            data = memory.readPage(from)
+          const stored = from === undefined && run.space === 'memory' ? this.#pinned.get(key) : undefined
+          if (from === undefined && !stored)
+            throw new ProtocolError(`reference to content stream ${k} never registered`)
+          if (stored) {
+            data = stored.image.page(stored.page)
+            this.#c.storePages++
+          } else if (run.space === 'memory') {
+            data = memory.readPage(from!)
           } else {
             // The referenced block may still be on its way to the file
             await Promise.all(diskWrites.splice(0))
-            data = await disk.readBlock(from)
+            data = await disk.readBlock(from!)
           }
           table.register(idx, key)
-          if (run.space === 'memory') this.#c.dedupPages++
+          if (stored) {
+            // counted above
+          } else if (run.space === 'memory') this.#c.dedupPages++
           else this.#c.dedupBlocks++
         }
         if (run.space === 'memory') {
@@ -418,8 +453,9 @@ export class IncomingMigration {
           if (run.kind === 'zero') this.#c.zeroPages++
           if (postcopy) this.#postcopyPage(idx, run.kind === 'zero' ? null : data)
           else {
+            // writePage hashes the page (the VM keeps it for its digest): reuse that hash
             memory.writePage(idx, data)
-            this.#trackHash(idx, run.kind === 'zero' ? null : data, hash)
+            if (this.#pageHashes) this.#trackHash(idx, run.kind === 'zero' ? null : memory.pageHash(idx))
           }
         } else {
           this.#c.blocksSent++
@@ -432,14 +468,14 @@ export class IncomingMigration {
     await Promise.all(diskWrites)
   }
 
-  /** Keeps the per-page hash of the source image (modes that may post-copy). */
-  #trackHash(idx: number, data: Uint8Array | null, hash: Uint8Array | undefined): void {
+  /** Keeps the per-page hash of the source image (modes that may post-copy); null: a zero page. */
+  #trackHash(idx: number, pageHash: Uint8Array | null): void {
     if (!this.#pageHashes || !this.#nonZero) return
-    if (data === null) {
+    if (pageHash === null) {
       this.#nonZero.clear(idx)
       return
     }
-    this.#pageHashes.set(hash ?? contentHash(data), idx * HASH_BYTES)
+    this.#pageHashes.set(pageHash.subarray(0, HASH_BYTES), idx * HASH_BYTES)
     this.#nonZero.set(idx)
   }
 
@@ -547,12 +583,16 @@ export class IncomingMigration {
     const pending = this.#pending!
     if (!pending.get(idx) || this.#received!.get(idx))
       throw new ProtocolError(`page ${idx} pushed twice or not pending`)
-    this.#absorbLocalWrites()
     this.#received!.set(idx)
     this.#receivedCount++
     // The guest's own write is newer than the source's page: keep it
-    if (!this.#localWritten!.get(idx)) this.#i.instance.memory.writePage(idx, data ?? this.#zeroPage)
-    this.#trackHash(idx, data === null || isZero(data) ? null : data, undefined)
+    const memory = this.#i.instance.memory
+    if (!this.#localWritten!.get(idx)) {
+      memory.writePage(idx, data ?? this.#zeroPage)
+      this.#trackHash(idx, memory.pageHash(idx))
+    } else {
+      this.#trackHash(idx, data === null || isZero(data) ? null : contentHash(data))
+    }
     this.#wakeReceived?.()
   }
 
@@ -560,6 +600,7 @@ export class IncomingMigration {
 
   #finish(phase: 'done' | 'failed' | 'cancelled'): void {
     this.#state = 'ended'
+    this.#pinned.clear()
     this.#totalMs = performance.now() - this.#t0
     this.#setPhase(phase)
   }

@@ -1,27 +1,16 @@
 // Digests the engine computes itself (the pre-copy check uses VmInstance.digest()):
-// - the disk digest in the format VmInstance documents: sha256 over (index u32 BE || block) of every
-//   non-zero block, so post-copy can check the disk without hashing memory during the downtime;
+// - the disk digest in the format VmInstance documents (VmDisk.digest()), so post-copy can check the
+//   disk without the memory;
 // - the post-copy page digest: sha256 over (index u32 BE || contentHash(page)) of every non-zero page of
 //   the source image at the pause, which the destination rebuilds from the pages as they arrive (its
 //   guest already runs, so its memory no longer is that image).
 import { createHash } from 'node:crypto'
 import type { VmDisk, VmMemory } from '../vm/index.js'
-import { contentHash } from './dedup.js'
+import { HASH_BYTES } from './constants.js'
 
 /** Disk digest of `disk` (hex), as VmInstance.digest().disk. Pause the VM first. */
-export async function diskDigestOf(disk: VmDisk, signal?: AbortSignal): Promise<string> {
-  const h = createHash('sha256')
-  const idx = Buffer.alloc(4)
-  const zero = Buffer.alloc(disk.blockSize)
-  for (const i of disk.allocatedBlocks().indices()) {
-    signal?.throwIfAborted()
-    const b = await disk.readBlock(i)
-    if (zero.equals(b)) continue
-    idx.writeUInt32BE(i)
-    h.update(idx)
-    h.update(b)
-  }
-  return h.digest('hex')
+export function diskDigestOf(disk: VmDisk): Promise<string> {
+  return disk.digest()
 }
 
 /** Builds the post-copy page digest from (index, hash) pairs in ascending index order. */
@@ -51,8 +40,9 @@ export async function pageDigestOf(memory: VmMemory, signal?: AbortSignal, chunk
       await new Promise<void>((r) => setImmediate(r))
       signal?.throwIfAborted()
     }
-    if (memory.isZeroPage(i)) continue
-    d.add(i, contentHash(memory.readPage(i)))
+    // Cached by the VM since the page was last written (or sent): no pass over the bytes
+    const h = memory.pageHash(i)
+    if (h) d.add(i, h.subarray(0, HASH_BYTES))
   }
   return d.hex()
 }

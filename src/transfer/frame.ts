@@ -51,7 +51,8 @@ export class FrameBuilder {
   readonly #limit: number
   readonly #maxRuns: number
   #runs: OpenRun[] = []
-  #chunks: Uint8Array[] = []
+  /** The payload, written in place (one allocation a frame instead of one a unit plus a concat). */
+  #payload: Buffer | null = null
   #bytes = 0
   #units = 0
 
@@ -79,10 +80,21 @@ export class FrameBuilder {
     )
   }
 
-  addData(space: Space, index: number, data: Uint8Array, hash?: Uint8Array): void {
+  /** `data`: the bytes, or a function that copies `unit` bytes into (dst, off). */
+  addData(
+    space: Space,
+    index: number,
+    data: Uint8Array | ((dst: Uint8Array, off: number) => void),
+    hash?: Uint8Array,
+    unit = typeof data === 'function' ? 0 : data.length,
+  ): void {
+    if (typeof data === 'function' && unit === 0) throw new RangeError('addData with a copier needs its size')
+    this.#payload ??= Buffer.allocUnsafe(this.#limit)
+    if (this.#bytes + unit > this.#payload.length) throw new RangeError('frame payload overflow')
+    if (typeof data === 'function') data(this.#payload, this.#bytes)
+    else this.#payload.set(data, this.#bytes)
     this.#add(space, 'data', index, hash ?? null)
-    this.#chunks.push(data)
-    this.#bytes += data.length
+    this.#bytes += unit
   }
 
   addZero(space: Space, index: number): void {
@@ -102,10 +114,10 @@ export class FrameBuilder {
       count: r.count,
       ...(r.hashes ? { hashes: Buffer.concat(r.hashes) } : {}),
     }))
-    const payload = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks)
+    const payload = this.#payload ? this.#payload.subarray(0, this.#bytes) : new Uint8Array(0)
     const units = this.#units
     this.#runs = []
-    this.#chunks = []
+    this.#payload = null
     this.#bytes = 0
     this.#units = 0
     return { runs, payload, units }

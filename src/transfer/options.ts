@@ -21,6 +21,11 @@ export interface MigrateOptions {
   compression?: CompressionChoice
   /** References by content hash: 'auto' (when hashing is far faster than the link), 'on', 'off'. */
   dedup?: DedupChoice
+  /**
+   * Pre-copy that stops converging slows the guest down (as QEMU's auto-converge): it holds back 50,
+   * 75, 90, 97, then 99 % of the guest's execution until the rest fits the downtime (default true).
+   */
+  autoConverge?: boolean
   signal?: AbortSignal
 }
 
@@ -32,6 +37,7 @@ export interface ResolvedOptions {
   streams: number
   compression: CompressionChoice
   dedup: DedupChoice
+  autoConverge: boolean
 }
 
 export function resolveOptions(o: MigrateOptions, defaults: Partial<ResolvedOptions> = {}): ResolvedOptions {
@@ -43,6 +49,7 @@ export function resolveOptions(o: MigrateOptions, defaults: Partial<ResolvedOpti
     streams: o.streams ?? defaults.streams ?? DEFAULTS.streams,
     compression: o.compression ?? defaults.compression ?? DEFAULTS.compression,
     dedup: o.dedup ?? defaults.dedup ?? DEFAULTS.dedup,
+    autoConverge: o.autoConverge ?? defaults.autoConverge ?? true,
   }
   const bad = (msg: string) => new MigrationRefusedError('BAD_OFFER', msg)
   if (!['precopy', 'postcopy', 'auto'].includes(r.mode)) throw bad(`unknown mode ${r.mode}`)

@@ -38,6 +38,8 @@ export interface MigrationView {
   zeroBlocks: number
   dedupPages: number
   dedupBlocks: number
+  /** Pages sent as a reference to content the destination already held (its ContentStore). */
+  storePages?: number
   frames: number
   compressedFrames: number
   /** Post-copy: pages the destination asked for because its guest touched them. */
@@ -45,6 +47,8 @@ export interface MigrationView {
   dirtyRateMiBps: number
   bandwidthMiBps: number
   etaMs?: number
+  /** Auto-converge: the share (0..0.99) of the guest's execution held back at the source, if any. */
+  throttle?: number
   /** Once terminal. */
   totalMs?: number
   /** Pause at the source until the destination's RUNNING arrived (source side). */
@@ -67,7 +71,7 @@ export type Counters = Pick<
   | 'frames'
   | 'compressedFrames'
   | 'faultPages'
->
+> & { storePages: number }
 
 export function emptyCounters(): Counters {
   return {
@@ -79,6 +83,7 @@ export function emptyCounters(): Counters {
     zeroBlocks: 0,
     dedupPages: 0,
     dedupBlocks: 0,
+    storePages: 0,
     frames: 0,
     compressedFrames: 0,
     faultPages: 0,

@@ -6,7 +6,15 @@ import { EventEmitter, setMaxListeners } from 'node:events'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
-import { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, MAX_DATA_STREAMS, STATUS_PROTOCOL } from './constants.js'
+import {
+  CONTROL_PROTOCOL,
+  DATA_PROTOCOL,
+  DEFAULT_RETAIN_BYTES,
+  DEFAULTS,
+  MAX_DATA_STREAMS,
+  STATUS_PROTOCOL,
+} from './constants.js'
+import { ContentStore } from './content-store.js'
 import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from './destination.js'
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
@@ -28,6 +36,11 @@ export interface MigrationServiceInit {
   keepFinished?: number
   /** Outcomes remembered for status queries; default 4096. */
   keepOutcomes?: number
+  /**
+   * MiB of non-zero memory of VMs that migrated away kept as a dedup source for later migrations here
+   * (a VM that comes back sends only what changed); default 1024, 0 turns it off.
+   */
+  retainMiB?: number
 }
 
 export interface MigrationEvents {
@@ -59,6 +72,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #timeouts: TransferTimeouts
   readonly #keepFinished: number
   readonly #keepOutcomes: number
+  /** Memory of VMs that left, as a dedup source (content-store.ts). */
+  readonly store: ContentStore
   readonly #active = new Map<string, Entry>()
   readonly #finished = new Map<string, MigrationView>()
   readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
@@ -81,6 +96,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     }
     this.#keepFinished = init.keepFinished ?? 100
     this.#keepOutcomes = init.keepOutcomes ?? 4096
+    this.store = new ContentStore(
+      init.retainMiB !== undefined ? init.retainMiB * 1024 * 1024 : DEFAULT_RETAIN_BYTES,
+    )
   }
 
   readonly [Symbol.toStringTag] = '@skymesh/transfer'
@@ -146,6 +164,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       hooks: this.#c.hooks ?? {},
       timeouts: this.#timeouts,
       logger: this.#log,
+      store: this.store,
       signal,
       onChange: (v) => this.emit('progress', v),
     })
@@ -294,15 +313,25 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         timeouts: this.#timeouts,
         logger: this.#log,
         signal,
+        store: this.store,
         onChange: (v) => this.emit('progress', v),
-        onOutcome: (o, epoch) => this.#setOutcome(offer.migrationId, o, epoch),
+        onOutcome: (o, epoch) => {
+          // The VM runs here again: a copy of it kept from an earlier departure is obsolete
+          if (o === 'committed') this.store.drop(vmId)
+          this.#setOutcome(offer.migrationId, o, epoch)
+        },
       })
       this.#reservations.set(offer.migrationId, reservationId)
       this.#track(m)
       void m.done.then(() => this.#reservations.delete(offer.migrationId))
-      await control.send({ accept: { reservationId } }, signal).catch((err: unknown) => {
-        control.framed.abort(asMigrationError(err))
-      })
+      await control
+        .send(
+          { accept: { reservationId, contentEntries: offer.geometry.dedup ? this.store.entries : 0 } },
+          signal,
+        )
+        .catch((err: unknown) => {
+          control.framed.abort(asMigrationError(err))
+        })
     } catch (err) {
       release()
       control.framed.abort(asMigrationError(err))

@@ -11,12 +11,13 @@ import { setMaxListeners } from 'node:events'
 import type { PeerId } from '@libp2p/interface'
 import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
-import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
+import { Bitmap, type RetainedMemory, type VmInstance, type VmSpec } from '../vm/index.js'
 import { compressPayload } from './compress.js'
-import { CONTROL_PROTOCOL, DATA_PROTOCOL } from './constants.js'
+import { CONTROL_PROTOCOL, DATA_PROTOCOL, HASH_BYTES, MAX_QUERY_HASHES } from './constants.js'
+import type { ContentStore } from './content-store.js'
 import { CostModel } from './cost.js'
 import { DataSender } from './data-sender.js'
-import { contentHash, DedupTable, hashKey } from './dedup.js'
+import { DedupTable, hashKey } from './dedup.js'
 import { diskDigestOf, pageDigestOf } from './digest.js'
 import {
   asMigrationError,
@@ -31,7 +32,7 @@ import {
 } from './errors.js'
 import { encodeFrame, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
-import { decideNextRound, estimateEtaMs, type RoundDecision } from './policy.js'
+import { decideNextRound, estimateEtaMs, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
@@ -41,6 +42,8 @@ import { ControlChannel, withTimeout } from './wire.js'
 /** Pages (and blocks) go to streams in shards of this many, so an index always uses the same stream. */
 const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
+/** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
+const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
 
 export interface OutgoingInit {
   id: string
@@ -53,6 +56,8 @@ export interface OutgoingInit {
   hooks: SourceHooks
   timeouts: TransferTimeouts
   logger: Logger
+  /** Where the released VM's memory is kept as a dedup source (none: not kept). */
+  store?: ContentStore
   /** The service's lifetime: aborted when it stops. */
   signal: AbortSignal
   onChange: (view: MigrationView) => void
@@ -104,6 +109,9 @@ export class OutgoingMigration {
   #senders: DataSender[] = []
   #tables: { memory: DedupTable; disk: DedupTable }[] = []
   #lastEmit = 0
+  /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
+  #throttleStep = 0
+  #throttle = 0
 
   constructor(init: OutgoingInit) {
     this.id = init.id
@@ -146,6 +154,7 @@ export class OutgoingMigration {
         bandwidthBps: bw,
         downtimeMs: this.#i.options.downtimeMs,
       }),
+      ...(this.#throttle > 0 ? { throttle: this.#throttle } : {}),
       ...(this.#totalMs !== undefined ? { totalMs: this.#totalMs } : {}),
       ...(this.#downtimeMs !== undefined ? { downtimeMs: this.#downtimeMs } : {}),
       ...(this.#newEpoch !== undefined ? { epoch: this.#newEpoch } : {}),
@@ -218,9 +227,21 @@ export class OutgoingMigration {
       }
       await this.#release()
       this.#finish('done')
+      // Indexed after the figures are taken (a full 1 GiB image: ~0.2 s), before `done` resolves
+      try {
+        if (this.#retained) this.#i.store?.retain(this.#i.spec.id, this.#retained)
+      } catch (err) {
+        this.#log.debug({ err: asMigrationError(err).message }, 'memory not indexed for dedup')
+      }
+      this.#retained = undefined
     } catch (err) {
       await this.#fail(err, paused)
     } finally {
+      try {
+        if (this.#throttle > 0) instance.throttle?.(0)
+      } catch {
+        // the VM may be gone (released)
+      }
       try {
         instance.memory.stopDirtyTracking()
         instance.disk.stopDirtyTracking()
@@ -280,6 +301,13 @@ export class OutgoingMigration {
       throw new MigrationRefusedError(code, answer.refuse?.message || `refused by ${to}: ${code}`)
     }
     this.#reservationId = answer.accept?.reservationId ?? ''
+    // The destination holds content (a copy of this VM that left it, ...): ask which of our pages
+    if (
+      Number(answer.accept?.contentEntries ?? 0) > 0 &&
+      options.dedup !== 'off' &&
+      options.mode !== 'postcopy'
+    )
+      await this.#queryContent(control)
     // From now on the destination has nothing to say until asked: anything else (garbage, an abort,
     // the stream ending) fails the migration at once, not at the next step
     control.accepting(null)
@@ -289,6 +317,50 @@ export class OutgoingMigration {
   }
 
   #reservationId = ''
+  #retained: RetainedMemory | undefined
+  /** Content hashes (keys) of pages the destination said it holds. */
+  readonly #destHas = new Set<string>()
+
+  /**
+   * Asks the destination which of our non-zero pages' contents it holds (hashing them now: the VM
+   * keeps the hashes, so round 0 does not hash again). Pages it holds then go as REF runs.
+   */
+  async #queryContent(control: ControlChannel): Promise<void> {
+    const { instance, timeouts } = this.#i
+    const memory = instance.memory
+    const seen = new Set<string>()
+    let batch: Uint8Array[] = []
+    let keys: string[] = []
+    const ask = async () => {
+      await control.send({ contentQuery: { hashes: Buffer.concat(batch) } }, this.#signal)
+      const r = await withTimeout(timeouts.stepTimeoutMs, 'the content reply', this.#signal, (s) =>
+        control.expect(['contentReply'], s),
+      )
+      const have = r.contentReply?.have ?? new Uint8Array(0)
+      if (have.length !== Math.ceil(keys.length / 8))
+        throw new ProtocolError('content reply of the wrong size')
+      for (let j = 0; j < keys.length; j++) if (have[j >>> 3]! & (1 << (j & 7))) this.#destHas.add(keys[j]!)
+      batch = []
+      keys = []
+    }
+    for (let i = 0; i < memory.pageCount; i++) {
+      if (i % 8192 === 8191) {
+        await new Promise<void>((r) => setImmediate(r))
+        this.#signal.throwIfAborted()
+      }
+      const h = memory.pageHash(i)
+      if (!h) continue
+      const h16 = h.subarray(0, HASH_BYTES)
+      const key = hashKey(h16)
+      if (seen.has(key)) continue
+      seen.add(key)
+      batch.push(h16)
+      keys.push(key)
+      if (keys.length === MAX_QUERY_HASHES) await ask()
+    }
+    if (keys.length > 0) await ask()
+    this.#log.debug({ asked: seen.size, held: this.#destHas.size }, 'destination content')
+  }
 
   async #openDataStreams(): Promise<void> {
     const { host, to, options, timeouts } = this.#i
@@ -325,7 +397,10 @@ export class OutgoingMigration {
     this.#setPhase('precopy')
     // Round 0: every non-zero page and every allocated block (the destination starts all zero)
     const history: number[] = []
-    let pages: Iterable<number> | null = withMemory ? range(memory.pageCount) : null
+    // Pages never written are zero and the destination starts zeroed: only the others are looked at
+    let pages: Iterable<number> | null = withMemory
+      ? (memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
+      : null
     let blocks: Iterable<number> | null = disk.allocatedBlocks().indices()
     while (true) {
       const t = performance.now()
@@ -340,7 +415,7 @@ export class OutgoingMigration {
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)
-      const decision = decideNextRound({
+      let decision = decideNextRound({
         mode: withMemory ? options.mode : 'precopy',
         round: this.#round,
         remainingBytes: remaining,
@@ -349,6 +424,7 @@ export class OutgoingMigration {
         downtimeMs: options.downtimeMs,
         maxRounds: options.maxRounds,
       })
+      if (this.#autoConverge(decision, history)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, decision }, 'pre-copy round done')
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
@@ -362,6 +438,27 @@ export class OutgoingMigration {
     }
   }
 
+  /**
+   * Auto-converge (pre-copy mode, a guest that can be slowed): when a round did not shrink the rest
+   * by SHRINK_FACTOR, or pre-copy would stop for lack of progress, hold back more of the guest and go
+   * on. True if it did (another round follows).
+   */
+  #autoConverge(decision: RoundDecision, history: number[]): boolean {
+    const { instance, options } = this.#i
+    if (options.mode !== 'precopy' || !options.autoConverge || !instance.throttle) return false
+    if (this.#throttleStep >= THROTTLE_STEPS.length || this.#round + 1 >= options.maxRounds) return false
+    const n = history.length
+    const notShrinking = n >= 2 && history[n - 1]! >= history[n - 2]! * SHRINK_FACTOR
+    const gaveUp = decision.action === 'stop' && decision.reason === 'no-progress'
+    if (!(gaveUp || (decision.action === 'round' && notShrinking))) return false
+    this.#throttle = THROTTLE_STEPS[this.#throttleStep++]!
+    instance.throttle(this.#throttle)
+    // Rounds from here are judged against the slower guest
+    history.splice(0, n - 1)
+    this.#log.info({ round: this.#round, throttle: this.#throttle }, 'auto-converge: guest throttled')
+    return true
+  }
+
   #leftover:
     | { pages: { indices(): Iterable<number> } | null; blocks: { indices(): Iterable<number> } }
     | undefined
@@ -372,6 +469,8 @@ export class OutgoingMigration {
     pages: Iterable<number> | null,
     blocks: Iterable<number> | null,
     skipZero: boolean,
+    /** Runs once every frame of the round is sent, while the acknowledgements are still on their way. */
+    whileAcked?: () => Promise<void>,
   ): Promise<void> {
     const n = this.#senders.length
     const pl: number[][] = Array.from({ length: n }, () => [])
@@ -383,7 +482,7 @@ export class OutgoingMigration {
       pl.reduce((a, l) => a + l.length, 0) * memory.pageSize +
       bl.reduce((a, l) => a + l.length, 0) * disk.blockSize
     await Promise.all(this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero)))
-    await Promise.all(this.#senders.map((s) => s.flush()))
+    await Promise.all([...this.#senders.map((s) => s.flush()), whileAcked?.()])
     this.#roundRemaining = 0
   }
 
@@ -400,7 +499,10 @@ export class OutgoingMigration {
     const frame = new FrameState(this.#cost)
     for (const i of pages) {
       if (!b.fits(memory.pageSize)) await this.#emitFrame(k, round, b, frame)
-      if (memory.isZeroPage(i)) {
+      // The VM caches the hash until the page is written again: hashing as we send keeps the digest
+      // at the pause down to the last round's pages (and gives dedup its key for free)
+      const h = memory.pageHash(i)
+      if (h === null) {
         this.#c.zeroPages++
         if (!skipZero) {
           b.addZero('memory', i)
@@ -409,14 +511,23 @@ export class OutgoingMigration {
         }
         continue
       }
-      this.#addUnit(k, b, frame, 'memory', i, memory.readPage(i))
+      this.#addUnit(
+        k,
+        b,
+        frame,
+        'memory',
+        i,
+        h,
+        (dst, off) => memory.readPageInto(i, dst, off),
+        memory.pageSize,
+      )
     }
-    const zero = Buffer.alloc(disk.blockSize)
     for (const i of blocks) {
       if (!b.fits(disk.blockSize)) await this.#emitFrame(k, round, b, frame)
       const data = await disk.readBlock(i)
+      const h = await disk.blockHash(i)
       this.#signal.throwIfAborted()
-      if (zero.equals(data)) {
+      if (h === null) {
         this.#c.zeroBlocks++
         if (!skipZero) {
           b.addZero('disk', i)
@@ -425,40 +536,46 @@ export class OutgoingMigration {
         }
         continue
       }
-      this.#addUnit(k, b, frame, 'disk', i, data)
+      this.#addUnit(k, b, frame, 'disk', i, h, data)
     }
     if (!b.empty) await this.#emitFrame(k, round, b, frame)
   }
 
-  /** Adds a non-zero unit as DATA (registered if hashing) or as a REF to content already sent. */
-  #addUnit(k: number, b: FrameBuilder, f: FrameState, space: Space, i: number, data: Uint8Array): void {
+  /** Adds a non-zero unit as DATA (registered if deduplicating) or as a REF to content already sent. */
+  #addUnit(
+    k: number,
+    b: FrameBuilder,
+    f: FrameState,
+    space: Space,
+    i: number,
+    fullHash: Uint8Array,
+    data: Uint8Array | ((dst: Uint8Array, off: number) => void),
+    unit = 0,
+  ): void {
     const table = this.#tables[k]![space]
     if (space === 'memory') this.#c.pagesSent++
     else this.#c.blocksSent++
     if (!f.hashing) {
       table.forget(i)
-      b.addData(space, i, data)
+      b.addData(space, i, data, undefined, unit || undefined)
       return
     }
-    const t = performance.now()
-    const h = contentHash(data)
+    const h = fullHash.subarray(0, HASH_BYTES)
     const key = hashKey(h)
-    f.hashMs += performance.now() - t
-    f.hashBytes += data.length
-    f.hashUnits++
-    if (table.lookup(key) !== undefined) {
-      f.hits++
+    const inStream = table.lookup(key) !== undefined
+    if (inStream || (space === 'memory' && this.#destHas.has(key))) {
       table.register(i, key)
       b.addRef(space, i, h)
-      if (space === 'memory') this.#c.dedupPages++
+      if (!inStream) this.#c.storePages++
+      else if (space === 'memory') this.#c.dedupPages++
       else this.#c.dedupBlocks++
       return
     }
     if (table.register(i, key)) {
-      b.addData(space, i, data, h)
+      b.addData(space, i, data, h, unit || undefined)
     } else {
       table.forget(i)
-      b.addData(space, i, data)
+      b.addData(space, i, data, undefined, unit || undefined)
     }
   }
 
@@ -508,11 +625,16 @@ export class OutgoingMigration {
     for (const i of left.blocks.indices()) blocks.set(i)
     for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
     this.#round++
-    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false)
+    // The source digest depends only on the paused VM (its page hashes are fresh once the last frames
+    // are built): computed while the destination applies them, not after
+    let digest: { combined: string } | undefined
+    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false, async () => {
+      digest = await instance.digest()
+      this.#mark('digest')
+    })
     this.#setPhase('verify')
     this.#mark('lastRound')
-    const digest = await instance.digest()
-    this.#mark('digest')
+    if (!digest) throw new MigrationError('INTERNAL', 'no source digest')
     const control = this.#control!
     control.accepting(['verified'])
     await control.send({ switchover: { round: this.#round, digest: digest.combined } }, this.#signal)
@@ -540,7 +662,8 @@ export class OutgoingMigration {
       for (const i of left.pages?.indices() ?? []) pending.set(i)
       for (const i of memory.takeDirtyPages().indices()) pending.set(i)
     } else {
-      for (let i = 0; i < memory.pageCount; i++) if (!memory.isZeroPage(i)) pending.set(i)
+      for (const i of memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
+        if (!memory.isZeroPage(i)) pending.set(i)
     }
     this.#pending = pending
     const blocks = new Bitmap(instance.disk.blockCount)
@@ -548,9 +671,11 @@ export class OutgoingMigration {
     for (const i of instance.disk.takeDirtyBlocks().indices()) blocks.set(i)
     this.#round++
     // The disk is complete before the switchover (as QEMU mirrors it): only memory is post-copied
-    await this.#sendRound(this.#round, null, blocks.indices(), false)
+    let diskDigest = ''
+    await this.#sendRound(this.#round, null, blocks.indices(), false, async () => {
+      diskDigest = await diskDigestOf(instance.disk)
+    })
     this.#setPhase('verify')
-    const diskDigest = await diskDigestOf(instance.disk, this.#signal)
     const control = this.#control!
     control.accepting(['verified'])
     await control.send(
@@ -761,7 +886,14 @@ export class OutgoingMigration {
   // ------------------------------------------------------------------ end
 
   async #release(): Promise<void> {
-    const { hooks, instance } = this.#i
+    const { hooks, instance, store } = this.#i
+    // Kept (the buffer, not a copy) before the VM is destroyed; indexed once the migration is over
+    try {
+      this.#retained = store ? instance.memory.retain?.() : undefined
+    } catch (err) {
+      // Only an optimisation: the release goes on
+      this.#log.debug({ err: asMigrationError(err).message }, 'memory not kept for dedup')
+    }
     if (hooks.onReleased) await hooks.onReleased(this.view(), instance)
     else await instance.destroy()
   }
@@ -776,6 +908,7 @@ export class OutgoingMigration {
         totalMs: Math.round(this.#totalMs),
         downtimeMs: this.#downtimeMs && Math.round(this.#downtimeMs),
         rounds: this.#round,
+        throttle: this.#throttle,
         bytes: this.#c.bytesSent,
         wire: this.#c.wireBytes,
         error: this.#error,
@@ -835,24 +968,14 @@ export class OutgoingMigration {
   }
 }
 
-/** Per-frame choices and hashing figures. */
+/** Per-frame choices. Units are hashed anyway (the VM caches it for the digest), so dedup costs only
+ *  16 bytes a unit on the wire: it is on unless turned off. */
 class FrameState {
-  hashing: boolean
-  hashMs = 0
-  hashBytes = 0
-  hashUnits = 0
-  hits = 0
+  readonly hashing: boolean
   constructor(readonly cost: CostModel) {
-    this.hashing = cost.hashNext()
+    this.hashing = cost.dedup !== 'off'
   }
-  finish(): void {
-    if (this.hashUnits > 0) this.cost.recordHashing(this.hashBytes, this.hits, this.hashUnits, this.hashMs)
-    this.hashMs = 0
-    this.hashBytes = 0
-    this.hashUnits = 0
-    this.hits = 0
-    this.hashing = this.cost.hashNext()
-  }
+  finish(): void {}
 }
 
 function* range(n: number): Generator<number> {

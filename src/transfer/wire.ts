@@ -3,7 +3,7 @@
 import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import { pb } from '../proto/index.js'
-import { MAX_CONTROL_BYTES, MAX_FETCH_PAGES } from './constants.js'
+import { HASH_BYTES, MAX_CONTROL_BYTES, MAX_FETCH_PAGES, MAX_QUERY_HASHES } from './constants.js'
 import { asMigrationError, LinkError, MigrationError, ProtocolError } from './errors.js'
 import type { MigrationControlMsg } from './pb-types.js'
 
@@ -191,6 +191,11 @@ export function decodeControl(bytes: Uint8Array): Control {
   if (!m.msg) throw new ProtocolError('empty control message')
   if ((m.fetch?.pages?.length ?? 0) > MAX_FETCH_PAGES)
     throw new ProtocolError('fetch of more than 4096 pages')
+  if (m.contentQuery) {
+    const n = m.contentQuery.hashes?.length ?? 0
+    if (n === 0 || n % HASH_BYTES !== 0 || n > MAX_QUERY_HASHES * HASH_BYTES)
+      throw new ProtocolError(`content query of ${n} bytes`)
+  }
   return m
 }
 

@@ -61,15 +61,44 @@ export interface VmMemory {
   readonly pageCount: number
   /** A copy of page `i` (pageSize bytes). */
   readPage(i: number): Uint8Array
+  /** Copies page `i` into `target` at `offset` (no allocation). */
+  readPageInto(i: number, target: Uint8Array, offset: number): void
   /** Overwrites page `i` (used by a migration destination). Does not mark it dirty. */
   writePage(i: number, data: Uint8Array): void
   /** True if page `i` is all zeroes (cheap to skip on the wire). */
   isZeroPage(i: number): boolean
+  /**
+   * Optional: a superset of the non-zero pages, ascending (e.g. the pages ever written), so a full
+   * pass can skip memory known to be zero without looking at each page.
+   */
+  maybeNonZeroPages?(): Iterable<number>
+  /**
+   * sha256 of page `i` (32 bytes), or null if it is all zeroes. Cached until the page is written, so
+   * hashing pages as they are sent makes the digest at the end of a migration cheap.
+   */
+  pageHash(i: number): Uint8Array | null
   /** Starts dirty tracking (all pages clean) — idempotent. */
   startDirtyTracking(): void
   /** Returns the pages dirtied since the last call (or since tracking started) and clears them. */
   takeDirtyPages(): DirtyBitmap
   stopDirtyTracking(): void
+  /**
+   * Optional: the memory as it is now, kept readable after the VM is stopped. Call only on a paused VM
+   * that will not run again (e.g. released after a migration).
+   */
+  retain?(): RetainedMemory
+}
+
+/** Memory kept after its VM is gone (a migration source keeps it as a dedup source). Read-only. */
+export interface RetainedMemory {
+  readonly pageSize: number
+  readonly pageCount: number
+  /** The non-zero pages, ascending. */
+  nonZeroPages(): number[]
+  /** sha256 of page `i`, or null if it is zero. */
+  pageHash(i: number): Uint8Array | null
+  /** A read-only view of page `i`. */
+  page(i: number): Uint8Array
 }
 
 export interface VmDisk {
@@ -79,6 +108,10 @@ export interface VmDisk {
   writeBlock(i: number, data: Uint8Array): Promise<void>
   /** Blocks that were ever written (everything else reads as zeroes). */
   allocatedBlocks(): DirtyBitmap
+  /** sha256 of block `i` (32 bytes), or null if it is all zeroes; cached until the block is written. */
+  blockHash(i: number): Promise<Uint8Array | null>
+  /** The disk part of `VmInstance.digest()`. Pause the VM first. */
+  digest(): Promise<string>
   startDirtyTracking(): void
   takeDirtyBlocks(): DirtyBitmap
   stopDirtyTracking(): void
@@ -98,12 +131,19 @@ export interface VmInstance {
   /** Stops the VM and removes its directory. */
   destroy(): Promise<void>
   /**
-   * sha256 (hex) over memory and disk contents: each non-zero page/block is hashed as
-   * (index u32 BE || bytes), zero ones add nothing; `combined` = sha256(memory digest || disk digest).
-   * Pause the VM first for a value that does not move.
+   * sha256 (hex) over memory and over disk contents, a pure function of the bytes: a two-level tree
+   * over sha256(unit) of every non-zero page/block with its index, in groups of 1024 units (exact
+   * format in src/vm/synthetic/hash-cache.ts); zero units add nothing;
+   * `combined` = sha256(memory digest || disk digest). Unit hashes may be cached as units are written,
+   * so it costs only what changed since the last call. Pause the VM first for a value that does not move.
    */
   digest(): Promise<{ memory: string; disk: string; combined: string }>
   stats(): VmStats
+  /**
+   * Optional: holds back `fraction` (0..0.99) of the guest's execution, so it dirties memory that much
+   * slower (a migration's auto-converge, as QEMU's cpu-throttle); 0 lifts it.
+   */
+  throttle?(fraction: number): void
   /** Called with the new state whenever it changes (e.g. a guest that crashes). */
   onStateChange(listener: (state: VmState) => void): () => void
 }

@@ -108,4 +108,78 @@ describe('pre-copy migration between two real libp2p hosts', { timeout: 120_000 
       )
     })
   }
+
+  it('auto-converge throttles a guest that dirties faster than the link', {
+    timeout: 90_000,
+  }, async () => {
+    const vm = await a.createVm('hot-ac', {
+      memoryMiB: 32,
+      workload: { dirtyMiBps: 24, hotSetMiB: 4, diskWriteMiBps: 0 },
+    })
+    await fillVm(vm, 2000, 4)
+    await new Promise((r) => setTimeout(r, 200))
+    const v = a.service.migrate('hot-ac', b.host.peerId, {
+      bandwidthMiBps: 8,
+      downtimeMs: 100,
+      compression: 'off',
+    })
+    const end = await a.service.done(v.id)
+    assert.equal(end.phase, 'done', JSON.stringify(end.error))
+    assert.ok((end.throttle ?? 0) >= 0.5, `the guest was throttled: ${JSON.stringify(end)}`)
+    const hand = a.calls.find((c) => c.hook === 'onHandover' && c.migrationId === v.id)
+    const commit = b.calls.find((c) => c.hook === 'onCommit' && c.migrationId === v.id)
+    assert.equal(commit?.digest, hand?.digest)
+    console.log(
+      'auto-converge',
+      JSON.stringify({ down: end.downtimeMs, rounds: end.round, throttle: end.throttle }),
+    )
+  })
+
+  it('without auto-converge the same guest is never throttled', { timeout: 90_000 }, async () => {
+    const vm = await a.createVm('hot-noac', {
+      memoryMiB: 32,
+      workload: { dirtyMiBps: 24, hotSetMiB: 4, diskWriteMiBps: 0 },
+    })
+    await fillVm(vm, 2000, 4)
+    const v = a.service.migrate('hot-noac', b.host.peerId, {
+      bandwidthMiBps: 8,
+      downtimeMs: 100,
+      compression: 'off',
+      autoConverge: false,
+    })
+    const end = await a.service.done(v.id)
+    assert.equal(end.phase, 'done', JSON.stringify(end.error))
+    assert.equal(end.throttle, undefined)
+    assert.ok(end.round >= 2, 'it stopped for lack of progress after a few rounds')
+  })
+
+  it('a VM that comes back sends references to the copy it left (A -> B -> A)', {
+    timeout: 60_000,
+  }, async () => {
+    const vm = await a.createVm('round-trip', { workload: { dirtyMiBps: 1, hotSetMiB: 1 } })
+    await fillVm(vm, 3000, 10)
+    const out = await a.service.done(
+      a.service.migrate('round-trip', b.host.peerId, { compression: 'off' }).id,
+    )
+    assert.equal(out.phase, 'done', JSON.stringify(out.error))
+    assert.equal(out.storePages, 0, 'b held nothing of it')
+    assert.ok(
+      a.service.store.has('round-trip') && a.service.store.entries > 1000,
+      'a keeps the copy that left',
+    )
+    const back = await b.service.done(
+      b.service.migrate('round-trip', a.host.peerId, { compression: 'off' }).id,
+    )
+    assert.equal(back.phase, 'done', JSON.stringify(back.error))
+    const hand = b.calls.find((c) => c.hook === 'onHandover' && c.migrationId === back.id)
+    const commit = a.calls.find((c) => c.hook === 'onCommit' && c.migrationId === back.id)
+    assert.equal(commit?.digest, hand?.digest, 'the copy built from references checks')
+    assert.ok((back.storePages ?? 0) > 2000, `pages sent as references: ${back.storePages}`)
+    assert.ok(back.bytesSent < out.bytesSent / 2, `${back.bytesSent} bytes back vs ${out.bytesSent} out`)
+    assert.equal(a.service.store.has('round-trip'), false, 'the kept copy is dropped once the VM runs here')
+    console.log(
+      'round-trip',
+      JSON.stringify({ out: out.bytesSent, back: back.bytesSent, refs: back.storePages }),
+    )
+  })
 })

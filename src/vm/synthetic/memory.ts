@@ -2,7 +2,8 @@
 
 import { constants as bufferConstants } from 'node:buffer'
 import { Bitmap } from '../bitmap.js'
-import { PAGE_SIZE, VmError, type VmMemory } from '../types.js'
+import { PAGE_SIZE, type RetainedMemory, VmError, type VmMemory } from '../types.js'
+import { sha256, UnitHashCache } from './hash-cache.js'
 
 const WORDS_PER_PAGE = PAGE_SIZE / 4
 /** Pages checked with one compare when scanning for zero pages: whole zero regions cost one call. */
@@ -20,6 +21,8 @@ export class SyntheticMemory implements VmMemory {
    * memory would fault in every page of a freshly allocated buffer).
    */
   #touched: Bitmap
+  /** sha256 of each page, refreshed as pages are written (see hash-cache.ts). */
+  readonly #hashes: UnitHashCache
 
   /**
    * Zeroed memory of `bytes` (a multiple of the page size), or `buf` read back from a suspend image
@@ -40,6 +43,9 @@ export class SyntheticMemory implements VmMemory {
     this.#touched = touched?.clone() ?? new Bitmap(this.pageCount)
     if (buf && !touched) this.#touched.fill()
     if (this.#touched.size !== this.pageCount) throw new VmError('VM_IO', 'page map does not fit memory')
+    // Untouched pages are zero, and a zero unit is what a new cache holds: only touched ones are unknown
+    this.#hashes = new UnitHashCache(this.pageCount)
+    for (const i of this.#touched.indices()) this.#hashes.invalidate(i)
   }
 
   get bytes(): number {
@@ -60,6 +66,15 @@ export class SyntheticMemory implements VmMemory {
     return out
   }
 
+  readPageInto(i: number, target: Uint8Array, offset: number): void {
+    const buf = this.#live()
+    this.#check(i)
+    if (offset < 0 || offset + PAGE_SIZE > target.length) {
+      throw new VmError('VM_OUT_OF_RANGE', `no room for a page at ${offset} in ${target.length} bytes`)
+    }
+    target.set(buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE), offset)
+  }
+
   writePage(i: number, data: Uint8Array): void {
     const buf = this.#live()
     this.#check(i)
@@ -68,6 +83,27 @@ export class SyntheticMemory implements VmMemory {
     }
     buf.set(data, i * PAGE_SIZE)
     this.#touched.set(i)
+    // Hashed now, while the bytes are in cache: the digest at the end of a migration then costs nothing
+    this.#hashes.set(i, isAllZero(data) ? null : sha256(data))
+  }
+
+  pageHash(i: number): Uint8Array | null {
+    this.#live()
+    this.#check(i)
+    this.#refresh(i)
+    return this.#hashes.get(i)
+  }
+
+  /** The memory digest (hex, format in hash-cache.ts); rehashes only pages written since last time. */
+  digest(): string {
+    this.#live()
+    for (const i of this.#hashes.staleIndices()) this.#refresh(i)
+    return this.#hashes.digest()
+  }
+
+  maybeNonZeroPages(): Iterable<number> {
+    this.#live()
+    return this.#touched.clone().indices()
   }
 
   isZeroPage(i: number): boolean {
@@ -89,6 +125,23 @@ export class SyntheticMemory implements VmMemory {
 
   stopDirtyTracking(): void {
     this.#dirty = null
+  }
+
+  retain(): RetainedMemory {
+    const buf = this.#live()
+    for (const i of this.#hashes.staleIndices()) this.#refresh(i)
+    const hashes = this.#hashes
+    const pageCount = this.pageCount
+    return {
+      pageSize: PAGE_SIZE,
+      pageCount,
+      nonZeroPages: () => hashes.nonZeroIndices(),
+      pageHash: (i) => hashes.get(i),
+      page: (i) => {
+        if (!Number.isInteger(i) || i < 0 || i >= pageCount) throw new RangeError(`page ${i} out of range`)
+        return buf.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)
+      },
+    }
   }
 
   // --- for the driver and the workload (not part of VmMemory) ---
@@ -128,6 +181,7 @@ export class SyntheticMemory implements VmMemory {
   pageWords(i: number): Uint32Array {
     this.#live()
     this.#touched.set(i)
+    this.#hashes.invalidate(i)
     return this.#words!.subarray(i * WORDS_PER_PAGE, (i + 1) * WORDS_PER_PAGE)
   }
 
@@ -141,6 +195,12 @@ export class SyntheticMemory implements VmMemory {
     this.#buf = null
     this.#words = null
     this.#dirty = null
+  }
+
+  #refresh(i: number): void {
+    if (!this.#hashes.isStale(i)) return
+    const off = i * PAGE_SIZE
+    this.#hashes.set(i, this.#isZero(i) ? null : sha256(this.#buf!.subarray(off, off + PAGE_SIZE)))
   }
 
   #isZero(i: number): boolean {
@@ -163,4 +223,9 @@ export class SyntheticMemory implements VmMemory {
       throw new VmError('VM_OUT_OF_RANGE', `page ${i} out of range 0..${this.pageCount - 1}`)
     }
   }
+}
+
+function isAllZero(data: Uint8Array): boolean {
+  if (data[0] !== 0 || data[data.length - 1] !== 0) return false
+  return Buffer.from(data.buffer, data.byteOffset, data.byteLength).compare(ZERO_RUN, 0, data.length) === 0
 }

@@ -110,11 +110,15 @@ export class SyntheticVm implements VmInstance {
   }
 
   stop(): Promise<void> {
+    return this.#stop(true)
+  }
+
+  #stop(sync: boolean): Promise<void> {
     return this.#serialize(async () => {
       if (this.#state === 'stopped') return
       await this.#workload.stop()
       try {
-        await this.disk.close()
+        await this.disk.close({ sync })
       } finally {
         this.memory.free()
         this.#setState('stopped')
@@ -125,7 +129,8 @@ export class SyntheticVm implements VmInstance {
 
   async destroy(): Promise<void> {
     try {
-      await this.stop()
+      // Its files are deleted next: no flush
+      await this.#stop(false)
     } finally {
       await rm(this.dir, { recursive: true, force: true })
     }
@@ -133,6 +138,10 @@ export class SyntheticVm implements VmInstance {
 
   digest(): Promise<VmDigest> {
     return this.#serialize(() => this.#digest())
+  }
+
+  throttle(fraction: number): void {
+    this.#workload.setThrottle(fraction)
   }
 
   stats(): VmStats {

@@ -115,8 +115,15 @@ export class Workload {
     }
   }
 
+  /** Share of the guest's writes held back (auto-converge), 0..0.99. */
+  #throttle = 0
+
+  setThrottle(fraction: number): void {
+    this.#throttle = clamp(fraction, 0, 0.99)
+  }
+
   #writePages(dt: number): number {
-    this.#pageDebt += (this.#spec.dirtyMiBps * PAGES_PER_MIB * dt) / 1000
+    this.#pageDebt += (this.#spec.dirtyMiBps * (1 - this.#throttle) * PAGES_PER_MIB * dt) / 1000
     const n = Math.floor(this.#pageDebt)
     this.#pageDebt -= n
     for (let k = 0; k < n; k++) {
@@ -132,7 +139,7 @@ export class Workload {
     if (this.#disk.blockCount === 0) return
     // While a batch is in flight the debt grows (capped), and the next batch catches up
     this.#blockDebt = Math.min(
-      this.#blockDebt + (this.#spec.diskWriteMiBps * BLOCKS_PER_MIB * dt) / 1000,
+      this.#blockDebt + (this.#spec.diskWriteMiBps * (1 - this.#throttle) * BLOCKS_PER_MIB * dt) / 1000,
       MAX_BATCH_BLOCKS,
     )
     const n = Math.min(Math.floor(this.#blockDebt), this.#hotBlocks)
