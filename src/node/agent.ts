@@ -203,6 +203,18 @@ export class Agent implements AgentService {
           const rec = this.records.get(id)
           if (rec) await this.saveRecord({ ...rec, ...patch })
         },
+        crashIncoming: (id) =>
+          this.serial(async () => {
+            const instance = this.instances.get(id)
+            this.instances.delete(id)
+            await instance?.stop().catch(() => undefined)
+            const rec = this.records.get(id)
+            if (rec) await this.saveRecord({ ...rec, state: 'crashed', resumeState: undefined })
+          }),
+        discardIncomingDir: (id) =>
+          this.serial(async () => {
+            if (!this.records.has(id)) await rm(this.vmDir(id), { recursive: true, force: true })
+          }),
       },
     })
     await this.migrations.start()

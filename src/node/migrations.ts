@@ -36,6 +36,13 @@ export interface MigrationOwner {
   releaseOutgoing(id: string): Promise<void>
   /** The VM's record changed (state, migration marker): persist and gossip it. */
   update(id: string, patch: Partial<VmRecord>): Promise<void>
+  /**
+   * An arrived VM lost its memory (post-copy broke after the handover): stop its instance, keep its
+   * disk and record (now `crashed`), as after a host crash.
+   */
+  crashIncoming(id: string): Promise<void>
+  /** Removes what an incoming migration left in the VM's directory (no record owns it). */
+  discardIncomingDir(id: string): Promise<void>
 }
 
 export interface MigrationsInit {
@@ -50,6 +57,10 @@ export interface MigrationsInit {
 export class AgentMigrations {
   readonly service: MigrationService
   private readonly reservations = new Map<string, Resources>()
+  /** Incoming migrations: the journal entry written at the reservation (migration id -> entry id). */
+  private readonly inJournal = new Map<string, string>()
+  /** Incoming migrations whose commit is journaled (a later failure is a post-commit one). */
+  private readonly committedIn = new Set<string>()
   private readonly log: Logger
   private readonly outcomes: Counter
   private readonly durations: Histogram
@@ -126,6 +137,7 @@ export class AgentMigrations {
   }
 
   async start(): Promise<void> {
+    await this.rollBackIncoming()
     await this.service.start()
     // A handover journaled but never resolved (the agent died, or the answer never came): ask.
     for (const e of await this.init.store.listJournal({ kind: 'migration-out', state: 'open' })) {
@@ -135,6 +147,22 @@ export class AgentMigrations {
 
   async stop(): Promise<void> {
     await this.service.stop()
+  }
+
+  /**
+   * Incoming migrations the agent died in before their commit: discard the partial copy (its directory)
+   * and close the entry as aborted, so a status query answers "aborted" and a retry starts clean.
+   */
+  private async rollBackIncoming(): Promise<void> {
+    const { store, owner } = this.init
+    for (const e of await store.listJournal({ kind: 'migration-in' })) {
+      if (e.state === 'committed' || !e.vmId) continue
+      if (!owner.record(e.vmId)) await owner.discardIncomingDir(e.vmId)
+      if (e.state === 'open') {
+        await store.updateJournal(e.id, { state: 'aborted' })
+        this.log.warn({ vm: e.vmId, migration: e.data.migrationId }, 'incoming migration rolled back')
+      }
+    }
   }
 
   migrate(vmId: string, to: string, options: MigrateOptions): MigrationView {
@@ -227,37 +255,79 @@ export class AgentMigrations {
       memoryMiB: spec.memoryMiB,
       diskMiB: spec.diskMiB,
     })
-    return { ok: true, id: offer.migrationId, release: () => this.reservations.delete(offer.migrationId) }
+    // Journaled before the VM's directory exists: a restart finds it and discards the partial copy
+    try {
+      const entry = await this.init.store.appendJournal({
+        kind: 'migration-in',
+        vmId: spec.id,
+        state: 'open',
+        data: { migrationId: offer.migrationId, from: offer.from },
+      })
+      this.inJournal.set(offer.migrationId, entry.id)
+    } catch (err) {
+      this.reservations.delete(offer.migrationId)
+      throw err
+    }
+    return {
+      ok: true,
+      id: offer.migrationId,
+      release: () => {
+        this.reservations.delete(offer.migrationId)
+        // Released without a commit: the engine discards the copy; the journal says so
+        if (!this.committedIn.has(offer.migrationId)) void this.closeIncoming(offer.migrationId, 'aborted')
+      },
+    }
+  }
+
+  private async closeIncoming(migrationId: string, state: 'committed' | 'aborted'): Promise<void> {
+    const id = this.inJournal.get(migrationId)
+    if (!id) return
+    if (state === 'aborted') this.inJournal.delete(migrationId)
+    try {
+      await this.init.store.updateJournal(id, { state })
+    } catch (err) {
+      this.log.warn({ migration: migrationId, err: (err as Error).message }, 'journal update failed')
+    }
   }
 
   private async onCommit(m: MigrationView, instance: VmInstance, newEpoch: number): Promise<void> {
     const spec = instance.spec
     const now = new Date().toISOString()
     // Journal first: if we die between here and RUNNING, the source asks and we must say "committed".
-    await this.init.store.appendJournal({
-      kind: 'migration-in',
-      vmId: spec.id,
-      state: 'committed',
-      data: { migrationId: m.id, from: m.from, epoch: newEpoch },
-    })
-    await this.init.owner.adoptIncoming(
-      {
-        ...spec,
-        state: instance.state,
-        host: this.init.owner.peerId,
-        epoch: newEpoch,
-        createdAt: now,
-        updatedAt: now,
-      },
-      instance,
-    )
+    const data = { migrationId: m.id, from: m.from, epoch: newEpoch }
+    const entryId = this.inJournal.get(m.id)
+    if (entryId) await this.init.store.updateJournal(entryId, { state: 'committed', data })
+    else
+      await this.init.store.appendJournal({ kind: 'migration-in', vmId: spec.id, state: 'committed', data })
+    this.committedIn.add(m.id)
+    try {
+      await this.init.owner.adoptIncoming(
+        {
+          ...spec,
+          state: instance.state,
+          host: this.init.owner.peerId,
+          epoch: newEpoch,
+          createdAt: now,
+          updatedAt: now,
+        },
+        instance,
+      )
+    } catch (err) {
+      // The engine discards the copy and answers "aborted": the journal must not say otherwise
+      this.committedIn.delete(m.id)
+      await this.closeIncoming(m.id, 'aborted')
+      throw err
+    }
     this.reservations.delete(m.id)
     this.log.info({ vm: spec.id, from: m.from, epoch: newEpoch, migration: m.id }, 'VM arrived')
   }
 
   private async lookupOutcome(migrationId: string): Promise<'committed' | 'aborted' | undefined> {
     const entries = await this.init.store.listJournal({ kind: 'migration-in' })
-    return entries.some((e) => e.data.migrationId === migrationId) ? 'committed' : undefined
+    const e = entries.find((x) => x.data.migrationId === migrationId)
+    if (e?.state === 'committed') return 'committed'
+    if (e?.state === 'aborted') return 'aborted'
+    return undefined
   }
 
   private async onHandover(m: MigrationView): Promise<void> {
@@ -340,8 +410,21 @@ export class AgentMigrations {
   }
 
   private onProgress(m: MigrationView): void {
-    if (m.direction === 'in' && (m.phase === 'failed' || m.phase === 'cancelled'))
+    if (m.direction === 'in' && (m.phase === 'failed' || m.phase === 'cancelled')) {
       this.reservations.delete(m.id)
+      this.inJournal.delete(m.id)
+      // After the commit the VM is ours: a broken post-copy leaves it without part of its memory
+      if (this.committedIn.delete(m.id) && m.error?.code === 'POSTCOPY_LOST') {
+        this.log.error({ vm: m.vmId, from: m.from, migration: m.id }, 'post-copy lost: VM crashed here')
+        void this.init.owner.crashIncoming(m.vmId).catch((err: unknown) => {
+          this.log.error({ vm: m.vmId, err: (err as Error).message }, 'could not mark the VM crashed')
+        })
+      }
+    }
+    if (m.direction === 'in' && m.phase === 'done') {
+      this.committedIn.delete(m.id)
+      this.inJournal.delete(m.id)
+    }
     if (m.phase === 'failed') this.outcomes.inc({ direction: m.direction, outcome: 'failed' })
     if (m.phase === 'cancelled') this.outcomes.inc({ direction: m.direction, outcome: 'cancelled' })
     if (m.direction === 'in' && m.phase === 'done') this.outcomes.inc({ direction: 'in', outcome: 'done' })

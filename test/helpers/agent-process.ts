@@ -85,7 +85,15 @@ function waitExit(proc: ChildProcess): Promise<number | null> {
 }
 
 export async function startAgent(
-  opts: { dataDir?: string; args?: string[]; site?: string; bootstrap?: string[]; timeoutMs?: number } = {},
+  opts: {
+    dataDir?: string
+    args?: string[]
+    site?: string
+    bootstrap?: string[]
+    timeoutMs?: number
+    /** libp2p listen multiaddr (default: any free port on 127.0.0.1). */
+    listen?: string
+  } = {},
 ): Promise<RunningAgent> {
   const dataDir = opts.dataDir ?? (await tempDir())
   const args = [
@@ -93,7 +101,7 @@ export async function startAgent(
     '--data-dir',
     dataDir,
     '--listen',
-    '/ip4/127.0.0.1/tcp/0',
+    opts.listen ?? '/ip4/127.0.0.1/tcp/0',
     '--api',
     '127.0.0.1:0',
     '--log-level',
