@@ -43,6 +43,10 @@ export interface MigrationOwner {
   crashIncoming(id: string): Promise<void>
   /** Removes what an incoming migration left in the VM's directory (no record owns it). */
   discardIncomingDir(id: string): Promise<void>
+  /** Whether the VM's directory (its disk) exists. */
+  hasVmDir(id: string): Promise<boolean>
+  /** Saves the record of a VM whose commit was journaled but whose record was not (agent died between). */
+  restoreRecord(rec: VmRecord): Promise<void>
 }
 
 export interface MigrationsInit {
@@ -156,7 +160,11 @@ export class AgentMigrations {
   private async rollBackIncoming(): Promise<void> {
     const { store, owner } = this.init
     for (const e of await store.listJournal({ kind: 'migration-in' })) {
-      if (e.state === 'committed' || !e.vmId) continue
+      if (!e.vmId) continue
+      if (e.state === 'committed') {
+        await this.restoreCommitted(e.vmId, e.data)
+        continue
+      }
       if (!owner.record(e.vmId)) await owner.discardIncomingDir(e.vmId)
       if (e.state === 'open') {
         await store.updateJournal(e.id, { state: 'aborted' })
@@ -279,6 +287,32 @@ export class AgentMigrations {
     }
   }
 
+  /**
+   * A commit is journaled before the record is saved: an agent that died in between finds the commit
+   * (the source was, or will be, told "committed" and drops its copy) with the disk but no record.
+   * The VM is ours: its record comes back as crashed (the memory died with the agent).
+   */
+  private async restoreCommitted(vmId: string, data: Record<string, unknown>): Promise<void> {
+    const { owner } = this.init
+    const spec = data.spec as VmRecord | undefined
+    if (owner.record(vmId) || !spec || !(await owner.hasVmDir(vmId))) return
+    // The newest commit of this VM only: an older one may have left again since
+    const newer = (await this.init.store.listJournal({ kind: 'migration-in', state: 'committed' })).filter(
+      (x) => x.vmId === vmId,
+    )
+    if (newer.at(-1)?.data.migrationId !== data.migrationId) return
+    const now = new Date().toISOString()
+    await owner.restoreRecord({
+      ...spec,
+      state: 'crashed',
+      host: owner.peerId,
+      epoch: Number(data.epoch),
+      createdAt: now,
+      updatedAt: now,
+    })
+    this.log.warn({ vm: vmId, migration: data.migrationId }, 'committed arrival restored from the journal')
+  }
+
   private async closeIncoming(migrationId: string, state: 'committed' | 'aborted'): Promise<void> {
     const id = this.inJournal.get(migrationId)
     if (!id) return
@@ -294,7 +328,7 @@ export class AgentMigrations {
     const spec = instance.spec
     const now = new Date().toISOString()
     // Journal first: if we die between here and RUNNING, the source asks and we must say "committed".
-    const data = { migrationId: m.id, from: m.from, epoch: newEpoch }
+    const data = { migrationId: m.id, from: m.from, epoch: newEpoch, spec: { ...spec } }
     const entryId = this.inJournal.get(m.id)
     if (entryId) await this.init.store.updateJournal(entryId, { state: 'committed', data })
     else
@@ -371,7 +405,8 @@ export class AgentMigrations {
     migrationId: string,
     to: string,
   ): Promise<void> {
-    for (let attempt = 0; attempt < 60; attempt++) {
+    // About half an hour, at most 5 s apart: the VM is paused meanwhile, so notice the answer soon
+    for (let attempt = 0; attempt < 360; attempt++) {
       try {
         const outcome = await this.service.queryStatus(peerIdFromString(to), migrationId, {
           signal: AbortSignal.timeout(5000),
@@ -395,7 +430,7 @@ export class AgentMigrations {
       } catch (err) {
         this.log.debug({ vm: vmId, err: (err as Error).message }, 'destination not answering yet')
       }
-      await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5))).unref())
+      await new Promise((r) => setTimeout(r, Math.min(5000, 500 * 2 ** Math.min(attempt, 4))).unref())
     }
     this.log.error(
       { vm: vmId, migration: migrationId },
