@@ -173,6 +173,8 @@ export class IncomingMigration {
   #faultQueue: number[] = []
   #wakeReceived: (() => void) | undefined
   #lastEmit = 0
+  /** When the source last sent something while we receive (a silent link never resets a stream). */
+  #lastHeard = performance.now()
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -263,8 +265,16 @@ export class IncomingMigration {
   async #run(): Promise<MigrationView> {
     const { control, instance, offer, hooks, timeouts } = this.#i
     let resumed = false
+    // A partition that resets nothing leaves every read pending: give up (and discard) after the
+    // stall timeout without a frame, as the source does without an acknowledgement
+    const idle = setInterval(() => {
+      if (this.#state === 'receiving' && performance.now() - this.#lastHeard > timeouts.stallTimeoutMs)
+        this.#ac.abort(new LinkError(`nothing from the source for ${timeouts.stallTimeoutMs} ms`))
+    }, 1000)
+    idle.unref()
     try {
       const sw = await control.expect(['switchover'], this.#signal)
+      clearInterval(idle)
       const s = sw.switchover!
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
@@ -333,6 +343,7 @@ export class IncomingMigration {
     } catch (err) {
       await this.#fail(err, resumed)
     } finally {
+      clearInterval(idle)
       this.#stopFaultPolling()
       await Promise.allSettled([control.framed.close(), ...this.#streams.map((f) => f?.close())])
     }
@@ -347,6 +358,7 @@ export class IncomingMigration {
     while (true) {
       const bytes = await framed.read(this.#signal)
       if (bytes === null) return
+      this.#lastHeard = performance.now()
       const f = parseFrame(bytes, g)
       if (f.seq !== seq) throw new ProtocolError(`frame ${f.seq} on stream ${k}, expected ${seq}`)
       seq++
