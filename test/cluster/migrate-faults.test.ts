@@ -27,7 +27,8 @@ const trace = (what: string) => {
 }
 const MiB = 1024 * 1024
 
-type Fault = 'kill' | 'cut'
+/** kill: kill -9 of the destination agent; cut: every connection reset; silence: nothing gets through. */
+type Fault = 'kill' | 'cut' | 'silence'
 /**
  * offer: the destination is gone when the migration starts; precopy: during the rounds; stopcopy: the
  * VM is paused for the final round; handover: as the source journals the handover and sends COMMIT
@@ -208,13 +209,35 @@ async function destinationFault(fault: Fault, stage: Stage) {
   await sleep(setup.warmMs)
   const id = await reach(p, stage, vm.id, async () => {
     if (fault === 'kill') await p.kill('b')
-    else p.cut()
+    else if (fault === 'cut') p.cut()
+    else p.freeze()
   })
+  if (fault === 'silence') {
+    // No reset ever arrives: each side must give up on its own (stall timeouts), the source
+    // resuming its VM and the destination discarding its copy, while the link is still silent
+    const end = await migrationEnd(p.a, id!, 120_000)
+    trace(`source gave up: ${end.phase} ${end.error?.code}`)
+    assert.equal(end.phase, 'failed')
+    assert.equal((await vmOn(p.a, vm.id)).state, 'running')
+    await waitFor(
+      'the destination to give up',
+      async () => {
+        const r = await p.b.request('GET', '/v1/migrations')
+        const m = (r.body.migrations as any[]).find((x) => x.vmId === vm.id)
+        return m && ['failed', 'cancelled'].includes(m.phase)
+      },
+      120_000,
+    )
+    trace('destination gave up')
+    await nothingLeftOn(p.b, vm.id)
+    p.cut() // the connections the partition left behind
+  }
   trace('fault injected')
   // Bring the destination back (the same data dir: the same identity), or the link. Before the
   // handover the source has already given up; after it, it waits (VM paused) to learn the outcome.
   if (fault === 'kill') await p.restart('b')
   else {
+    if (fault === 'silence') p.thaw()
     await p.disconnected()
     p.heal()
   }
@@ -312,15 +335,19 @@ const QUICK: [Fault, Stage][] = [
   ['cut', 'stopcopy'],
   ['kill', 'postcopy'],
 ]
-const ALL: [Fault, Stage][] = (['kill', 'cut'] as const).flatMap((f) =>
-  (['offer', 'precopy', 'stopcopy', 'handover', 'committed', 'postcopy'] as const).map(
-    (s) => [f, s] as [Fault, Stage],
+const ALL: [Fault, Stage][] = [
+  ...(['kill', 'cut'] as const).flatMap((f) =>
+    (['offer', 'precopy', 'stopcopy', 'handover', 'committed', 'postcopy'] as const).map(
+      (s) => [f, s] as [Fault, Stage],
+    ),
   ),
-)
+  // A partition without resets: the stall timeouts (30 s) decide, so only before the handover
+  ['silence', 'precopy'],
+]
 
 describe('live migration: destination faults', () => {
   for (const [fault, stage] of FULL ? ALL : QUICK) {
-    it(`${fault === 'kill' ? 'kill -9 of the destination' : 'link cut'} at ${stage}`, async () => {
+    it(`${fault === 'kill' ? 'kill -9 of the destination' : fault === 'cut' ? 'link cut' : 'silent link'} at ${stage}`, async () => {
       await destinationFault(fault, stage)
     })
   }

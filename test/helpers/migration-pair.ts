@@ -22,6 +22,9 @@ export interface MigrationPair {
   /** Cuts the link both ways (resets every connection, refuses new ones) / lets it through again. */
   cut(): void
   heal(): void
+  /** The link goes silent both ways (no reset) / carries the held bytes again. */
+  freeze(): void
+  thaw(): void
   /** Until each side has a connection to the other. */
   connected(timeoutMs?: number): Promise<void>
   /** Until neither side has a connection to the other (after a cut: proof that all went via the relays). */
@@ -75,6 +78,14 @@ export async function startPair(): Promise<MigrationPair> {
     heal() {
       relayA.heal()
       relayB.heal()
+    },
+    freeze() {
+      relayA.freeze()
+      relayB.freeze()
+    },
+    thaw() {
+      relayA.thaw()
+      relayB.thaw()
     },
     async connected(timeoutMs = 20_000) {
       await waitFor(

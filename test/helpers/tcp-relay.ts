@@ -7,6 +7,7 @@ export class TcpRelay {
   readonly #server: Server
   readonly #pairs = new Set<[Socket, Socket]>()
   #down = false
+  #frozen = false
   /** Connections relayed so far (to check that traffic really goes through the relay). */
   accepted = 0
 
@@ -55,6 +56,31 @@ export class TcpRelay {
     this.#down = false
   }
 
+  /**
+   * A silent link (a partition with no reset): nothing is forwarded either way, connections stay
+   * open, new ones are accepted but carry nothing. thaw() lets the held bytes through again.
+   */
+  freeze(): void {
+    this.#frozen = true
+    for (const [a, b] of this.#pairs) {
+      a.unpipe(b)
+      b.unpipe(a)
+      a.pause()
+      b.pause()
+    }
+  }
+
+  thaw(): void {
+    this.#frozen = false
+    for (const [a, b] of this.#pairs) this.#join(a, b)
+  }
+
+  #join(a: Socket, b: Socket): void {
+    if (a.connecting || b.connecting) return
+    a.pipe(b)
+    b.pipe(a)
+  }
+
   async close(): Promise<void> {
     this.cut()
     await new Promise<void>((resolve) => this.#server.close(() => resolve()))
@@ -80,8 +106,7 @@ export class TcpRelay {
     upstream.on('close', drop)
     upstream.setNoDelay(true)
     upstream.connect(this.targetPort, '127.0.0.1', () => {
-      client.pipe(upstream)
-      upstream.pipe(client)
+      if (!this.#frozen) this.#join(client, upstream)
     })
   }
 }
