@@ -1,6 +1,7 @@
 // The agent: one per host. Wires the libp2p host, the store, the VM driver and the local API, and
 // owns the lifecycle of this host's VMs (create, delete, suspend on stop, resume on start).
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
@@ -218,6 +219,23 @@ export class Agent implements AgentService, NetworkApi {
           const rec = this.records.get(id)
           if (rec) await this.saveRecord({ ...rec, ...patch })
         },
+        crashIncoming: (id) =>
+          this.serial(async () => {
+            const instance = this.instances.get(id)
+            this.instances.delete(id)
+            await instance?.stop().catch(() => undefined)
+            const rec = this.records.get(id)
+            if (rec) await this.saveRecord({ ...rec, state: 'crashed', resumeState: undefined })
+          }),
+        hasVmDir: async (id) => existsSync(this.vmDir(id)),
+        restoreRecord: (rec) =>
+          this.serial(async () => {
+            if (!this.records.has(rec.id)) await this.saveRecord(rec)
+          }),
+        discardIncomingDir: (id) =>
+          this.serial(async () => {
+            if (!this.records.has(id)) await rm(this.vmDir(id), { recursive: true, force: true })
+          }),
       },
     })
     await this.migrations.start()

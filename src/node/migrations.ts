@@ -36,6 +36,17 @@ export interface MigrationOwner {
   releaseOutgoing(id: string): Promise<void>
   /** The VM's record changed (state, migration marker): persist and gossip it. */
   update(id: string, patch: Partial<VmRecord>): Promise<void>
+  /**
+   * An arrived VM lost its memory (post-copy broke after the handover): stop its instance, keep its
+   * disk and record (now `crashed`), as after a host crash.
+   */
+  crashIncoming(id: string): Promise<void>
+  /** Removes what an incoming migration left in the VM's directory (no record owns it). */
+  discardIncomingDir(id: string): Promise<void>
+  /** Whether the VM's directory (its disk) exists. */
+  hasVmDir(id: string): Promise<boolean>
+  /** Saves the record of a VM whose commit was journaled but whose record was not (agent died between). */
+  restoreRecord(rec: VmRecord): Promise<void>
 }
 
 export interface MigrationsInit {
@@ -50,6 +61,10 @@ export interface MigrationsInit {
 export class AgentMigrations {
   readonly service: MigrationService
   private readonly reservations = new Map<string, Resources>()
+  /** Incoming migrations: the journal entry written at the reservation (migration id -> entry id). */
+  private readonly inJournal = new Map<string, string>()
+  /** Incoming migrations whose commit is journaled (a later failure is a post-commit one). */
+  private readonly committedIn = new Set<string>()
   private readonly log: Logger
   private readonly outcomes: Counter
   private readonly durations: Histogram
@@ -126,6 +141,7 @@ export class AgentMigrations {
   }
 
   async start(): Promise<void> {
+    await this.rollBackIncoming()
     await this.service.start()
     // A handover journaled but never resolved (the agent died, or the answer never came): ask.
     for (const e of await this.init.store.listJournal({ kind: 'migration-out', state: 'open' })) {
@@ -135,6 +151,26 @@ export class AgentMigrations {
 
   async stop(): Promise<void> {
     await this.service.stop()
+  }
+
+  /**
+   * Incoming migrations the agent died in before their commit: discard the partial copy (its directory)
+   * and close the entry as aborted, so a status query answers "aborted" and a retry starts clean.
+   */
+  private async rollBackIncoming(): Promise<void> {
+    const { store, owner } = this.init
+    for (const e of await store.listJournal({ kind: 'migration-in' })) {
+      if (!e.vmId) continue
+      if (e.state === 'committed') {
+        await this.restoreCommitted(e.vmId, e.data)
+        continue
+      }
+      if (!owner.record(e.vmId)) await owner.discardIncomingDir(e.vmId)
+      if (e.state === 'open') {
+        await store.updateJournal(e.id, { state: 'aborted' })
+        this.log.warn({ vm: e.vmId, migration: e.data.migrationId }, 'incoming migration rolled back')
+      }
+    }
   }
 
   migrate(vmId: string, to: string, options: MigrateOptions): MigrationView {
@@ -227,37 +263,105 @@ export class AgentMigrations {
       memoryMiB: spec.memoryMiB,
       diskMiB: spec.diskMiB,
     })
-    return { ok: true, id: offer.migrationId, release: () => this.reservations.delete(offer.migrationId) }
+    // Journaled before the VM's directory exists: a restart finds it and discards the partial copy
+    try {
+      const entry = await this.init.store.appendJournal({
+        kind: 'migration-in',
+        vmId: spec.id,
+        state: 'open',
+        data: { migrationId: offer.migrationId, from: offer.from },
+      })
+      this.inJournal.set(offer.migrationId, entry.id)
+    } catch (err) {
+      this.reservations.delete(offer.migrationId)
+      throw err
+    }
+    return {
+      ok: true,
+      id: offer.migrationId,
+      release: () => {
+        this.reservations.delete(offer.migrationId)
+        // Released without a commit: the engine discards the copy; the journal says so
+        if (!this.committedIn.has(offer.migrationId)) void this.closeIncoming(offer.migrationId, 'aborted')
+      },
+    }
+  }
+
+  /**
+   * A commit is journaled before the record is saved: an agent that died in between finds the commit
+   * (the source was, or will be, told "committed" and drops its copy) with the disk but no record.
+   * The VM is ours: its record comes back as crashed (the memory died with the agent).
+   */
+  private async restoreCommitted(vmId: string, data: Record<string, unknown>): Promise<void> {
+    const { owner } = this.init
+    const spec = data.spec as VmRecord | undefined
+    if (owner.record(vmId) || !spec || !(await owner.hasVmDir(vmId))) return
+    // The newest commit of this VM only: an older one may have left again since
+    const newer = (await this.init.store.listJournal({ kind: 'migration-in', state: 'committed' })).filter(
+      (x) => x.vmId === vmId,
+    )
+    if (newer.at(-1)?.data.migrationId !== data.migrationId) return
+    const now = new Date().toISOString()
+    await owner.restoreRecord({
+      ...spec,
+      state: 'crashed',
+      host: owner.peerId,
+      epoch: Number(data.epoch),
+      createdAt: now,
+      updatedAt: now,
+    })
+    this.log.warn({ vm: vmId, migration: data.migrationId }, 'committed arrival restored from the journal')
+  }
+
+  private async closeIncoming(migrationId: string, state: 'committed' | 'aborted'): Promise<void> {
+    const id = this.inJournal.get(migrationId)
+    if (!id) return
+    if (state === 'aborted') this.inJournal.delete(migrationId)
+    try {
+      await this.init.store.updateJournal(id, { state })
+    } catch (err) {
+      this.log.warn({ migration: migrationId, err: (err as Error).message }, 'journal update failed')
+    }
   }
 
   private async onCommit(m: MigrationView, instance: VmInstance, newEpoch: number): Promise<void> {
     const spec = instance.spec
     const now = new Date().toISOString()
     // Journal first: if we die between here and RUNNING, the source asks and we must say "committed".
-    await this.init.store.appendJournal({
-      kind: 'migration-in',
-      vmId: spec.id,
-      state: 'committed',
-      data: { migrationId: m.id, from: m.from, epoch: newEpoch },
-    })
-    await this.init.owner.adoptIncoming(
-      {
-        ...spec,
-        state: instance.state,
-        host: this.init.owner.peerId,
-        epoch: newEpoch,
-        createdAt: now,
-        updatedAt: now,
-      },
-      instance,
-    )
+    const data = { migrationId: m.id, from: m.from, epoch: newEpoch, spec: { ...spec } }
+    const entryId = this.inJournal.get(m.id)
+    if (entryId) await this.init.store.updateJournal(entryId, { state: 'committed', data })
+    else
+      await this.init.store.appendJournal({ kind: 'migration-in', vmId: spec.id, state: 'committed', data })
+    this.committedIn.add(m.id)
+    try {
+      await this.init.owner.adoptIncoming(
+        {
+          ...spec,
+          state: instance.state,
+          host: this.init.owner.peerId,
+          epoch: newEpoch,
+          createdAt: now,
+          updatedAt: now,
+        },
+        instance,
+      )
+    } catch (err) {
+      // The engine discards the copy and answers "aborted": the journal must not say otherwise
+      this.committedIn.delete(m.id)
+      await this.closeIncoming(m.id, 'aborted')
+      throw err
+    }
     this.reservations.delete(m.id)
     this.log.info({ vm: spec.id, from: m.from, epoch: newEpoch, migration: m.id }, 'VM arrived')
   }
 
   private async lookupOutcome(migrationId: string): Promise<'committed' | 'aborted' | undefined> {
     const entries = await this.init.store.listJournal({ kind: 'migration-in' })
-    return entries.some((e) => e.data.migrationId === migrationId) ? 'committed' : undefined
+    const e = entries.find((x) => x.data.migrationId === migrationId)
+    if (e?.state === 'committed') return 'committed'
+    if (e?.state === 'aborted') return 'aborted'
+    return undefined
   }
 
   private async onHandover(m: MigrationView): Promise<void> {
@@ -301,7 +405,8 @@ export class AgentMigrations {
     migrationId: string,
     to: string,
   ): Promise<void> {
-    for (let attempt = 0; attempt < 60; attempt++) {
+    // About half an hour, at most 5 s apart: the VM is paused meanwhile, so notice the answer soon
+    for (let attempt = 0; attempt < 360; attempt++) {
       try {
         const outcome = await this.service.queryStatus(peerIdFromString(to), migrationId, {
           signal: AbortSignal.timeout(5000),
@@ -325,7 +430,7 @@ export class AgentMigrations {
       } catch (err) {
         this.log.debug({ vm: vmId, err: (err as Error).message }, 'destination not answering yet')
       }
-      await new Promise((r) => setTimeout(r, Math.min(30_000, 1000 * 2 ** Math.min(attempt, 5))).unref())
+      await new Promise((r) => setTimeout(r, Math.min(5000, 500 * 2 ** Math.min(attempt, 4))).unref())
     }
     this.log.error(
       { vm: vmId, migration: migrationId },
@@ -340,8 +445,21 @@ export class AgentMigrations {
   }
 
   private onProgress(m: MigrationView): void {
-    if (m.direction === 'in' && (m.phase === 'failed' || m.phase === 'cancelled'))
+    if (m.direction === 'in' && (m.phase === 'failed' || m.phase === 'cancelled')) {
       this.reservations.delete(m.id)
+      this.inJournal.delete(m.id)
+      // After the commit the VM is ours: a broken post-copy leaves it without part of its memory
+      if (this.committedIn.delete(m.id) && m.error?.code === 'POSTCOPY_LOST') {
+        this.log.error({ vm: m.vmId, from: m.from, migration: m.id }, 'post-copy lost: VM crashed here')
+        void this.init.owner.crashIncoming(m.vmId).catch((err: unknown) => {
+          this.log.error({ vm: m.vmId, err: (err as Error).message }, 'could not mark the VM crashed')
+        })
+      }
+    }
+    if (m.direction === 'in' && m.phase === 'done') {
+      this.committedIn.delete(m.id)
+      this.inJournal.delete(m.id)
+    }
     if (m.phase === 'failed') this.outcomes.inc({ direction: m.direction, outcome: 'failed' })
     if (m.phase === 'cancelled') this.outcomes.inc({ direction: m.direction, outcome: 'cancelled' })
     if (m.direction === 'in' && m.phase === 'done') this.outcomes.inc({ direction: 'in', outcome: 'done' })

@@ -178,6 +178,8 @@ export class IncomingMigration {
   #lastEmit = 0
   /** Store pages the source was told we hold (kept for this migration even if the store evicts them). */
   readonly #pinned = new Map<string, StoredPage>()
+  /** When the source last sent something while we receive (a silent link never resets a stream). */
+  #lastHeard = performance.now()
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -268,12 +270,21 @@ export class IncomingMigration {
   async #run(): Promise<MigrationView> {
     const { control, instance, offer, hooks, timeouts } = this.#i
     let resumed = false
+    // A partition that resets nothing leaves every read pending: give up (and discard) after the
+    // stall timeout without a frame, as the source does without an acknowledgement
+    const idle = setInterval(() => {
+      if (this.#state === 'receiving' && performance.now() - this.#lastHeard > timeouts.stallTimeoutMs)
+        this.#ac.abort(new LinkError(`nothing from the source for ${timeouts.stallTimeoutMs} ms`))
+    }, 1000)
+    idle.unref()
     try {
       let sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
       while (sw.msg === 'contentQuery') {
+        this.#lastHeard = performance.now()
         await this.#answerContentQuery(sw.contentQuery?.hashes ?? new Uint8Array(0))
         sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
       }
+      clearInterval(idle)
       const s = sw.switchover!
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
@@ -342,6 +353,7 @@ export class IncomingMigration {
     } catch (err) {
       await this.#fail(err, resumed)
     } finally {
+      clearInterval(idle)
       this.#stopFaultPolling()
       await Promise.allSettled([control.framed.close(), ...this.#streams.map((f) => f?.close())])
     }
@@ -372,6 +384,7 @@ export class IncomingMigration {
     while (true) {
       const bytes = await framed.read(this.#signal)
       if (bytes === null) return
+      this.#lastHeard = performance.now()
       const f = parseFrame(bytes, g)
       if (f.seq !== seq) throw new ProtocolError(`frame ${f.seq} on stream ${k}, expected ${seq}`)
       seq++

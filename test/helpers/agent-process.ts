@@ -95,6 +95,8 @@ export async function startAgent(
     netns?: string
     /** Address for libp2p and the API (default 127.0.0.1). */
     listenHost?: string
+    /** libp2p listen multiaddr (default: any free port on listenHost). */
+    listen?: string
   } = {},
 ): Promise<RunningAgent> {
   const dataDir = opts.dataDir ?? (await tempDir())
@@ -104,7 +106,7 @@ export async function startAgent(
     '--data-dir',
     dataDir,
     '--listen',
-    `/ip4/${listenHost}/tcp/0`,
+    opts.listen ?? `/ip4/${listenHost}/tcp/0`,
     '--api',
     `${listenHost}:0`,
     '--log-level',
