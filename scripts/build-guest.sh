@@ -27,7 +27,8 @@ kver=${kernel#/boot/vmlinuz-}
 moddir=/lib/modules/$kver
 [ -d "$moddir" ] || die "no $moddir for kernel $kver"
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --list | grep -qx nc || die "no busybox-static (apt-get install busybox-static)"
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' && [ -x "$busybox" ] \
+  || die "no busybox-static (apt-get install busybox-static)"
 command -v cpio >/dev/null || die "no cpio (apt-get install cpio)"
 
 kpkgver=$(dpkg-query -W -f='${Version}' "linux-image-$kver" 2>/dev/null || echo unknown)
