@@ -26,7 +26,7 @@ import {
   parseIcmpEcho,
   parseIpv4,
 } from '../../src/overlay/frame.js'
-import { QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
+import { findQemu, probeKvm, QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
 import { VmError, type VmState } from '../../src/vm/types.js'
 import {
   guestSpec,
@@ -90,6 +90,10 @@ describe('qemu driver', { skip, timeout: 300_000 }, () => {
   after(async () => {
     await driver?.close()
     await tmp?.remove()
+  })
+
+  it('the KVM probe firmware really runs (checked under TCG, where it must print)', async () => {
+    assert.equal(await probeKvm(findQemu().system, 'tcg', 10_000), true)
   })
 
   it('boots the tiny guest, whose memory check reports OK on the serial console', {

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { closeSync, openSync, readFileSync } from 'node:fs'
 import { access, mkdir, rm } from 'node:fs/promises'
-import { homedir } from 'node:os'
+import { homedir, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { CreateVmOptions, VmDriver, VmSpec, VmState } from '../types.js'
 import { VmError } from '../types.js'
@@ -50,7 +50,7 @@ export interface QemuDriverInit {
   startTimeoutMs?: number
 }
 
-// Unix socket paths are limited to 108 bytes; shell and QEMU option syntax must not see quotes.
+// Unix socket paths are limited to 108 bytes.
 const MAX_SOCKET_PATH = 100
 
 export class QemuDriver implements VmDriver {
@@ -124,6 +124,7 @@ export class QemuDriver implements VmDriver {
     const nic = opts.nic ?? 'stream'
     const p = paths(opts.dir, nic === 'stream' ? 'stream' : 'none')
     await mkdir(p.dir, { recursive: true })
+    await mkdir(p.sockets, { recursive: true })
     await Promise.all([p.qmp, p.nic].map((s) => s && rm(s, { force: true })))
     if (mode !== 'restore' || !(await exists(p.disk))) {
       const store = this.init.imageStore ?? join(homedir(), '.cache', 'skymesh', 'images')
@@ -181,11 +182,22 @@ export class QemuDriver implements VmDriver {
   }
 }
 
+/**
+ * Where a VM's unix sockets live: its own directory when the paths fit the 108-byte limit, else a
+ * short directory under /tmp named by a hash of the VM directory (stable, so it can be found again).
+ */
+export function socketDir(dir: string): string {
+  if (join(dir, 'qmp.sock').length <= MAX_SOCKET_PATH) return dir
+  return join(tmpdir(), `skymesh-qemu-${createHash('sha256').update(dir).digest('hex').slice(0, 16)}`)
+}
+
 function paths(dir: string, nic: 'stream' | 'none'): QemuVmPaths {
+  const sockets = socketDir(dir)
   return {
     dir,
-    qmp: join(dir, 'qmp.sock'),
-    nic: nic === 'stream' ? join(dir, 'nic.sock') : undefined,
+    sockets,
+    qmp: join(sockets, 'qmp.sock'),
+    nic: nic === 'stream' ? join(sockets, 'nic.sock') : undefined,
     serial: join(dir, 'serial.log'),
     log: join(dir, 'qemu.log'),
     disk: join(dir, 'disk.qcow2'),
@@ -212,9 +224,6 @@ function validate(spec: VmSpec, opts: QemuVmOptions): void {
   const bad = (msg: string) => new VmError('VM_INVALID_STATE', `qemu VM ${spec.id}: ${msg}`)
   if (!opts.dir) throw bad('opts.dir is required')
   if (/[',\n]/.test(opts.dir)) throw bad(`directory must not contain quotes, commas or newlines: ${opts.dir}`)
-  if (join(opts.dir, 'qmp.sock').length > MAX_SOCKET_PATH) {
-    throw bad(`directory path too long for unix sockets (max ${MAX_SOCKET_PATH - 9} chars): ${opts.dir}`)
-  }
   if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64)
     throw bad(`memoryMiB must be an integer >= 64, got ${spec.memoryMiB}`)
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1)

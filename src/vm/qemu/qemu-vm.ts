@@ -22,6 +22,8 @@ import { NoBlockDisk, NoPageMemory, noPageAccess, QEMU_CAPABILITIES } from './un
 /** Files of a QEMU VM inside its directory. */
 export interface QemuVmPaths {
   dir: string
+  /** Directory of the unix sockets: `dir`, or a short one under /tmp when `dir` is too long. */
+  sockets: string
   qmp: string
   /** The NIC's `-netdev stream` unix socket (QEMU listens; the overlay switch connects), if any. */
   nic: string | undefined
@@ -182,6 +184,7 @@ export class QemuVm implements VmInstance {
   async destroy(): Promise<void> {
     await this.stop()
     await rm(this.paths.dir, { recursive: true, force: true })
+    if (this.paths.sockets !== this.paths.dir) await rm(this.paths.sockets, { recursive: true, force: true })
   }
 
   digest(): Promise<{ memory: string; disk: string; combined: string }> {
