@@ -12,6 +12,8 @@ import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
   ARP_REPLY,
+  ARP_REQUEST,
+  arpReplyFrame,
   arpRequestFrame,
   buildEthernet,
   buildIcmpEcho,
@@ -187,6 +189,11 @@ describe('qemu driver', { skip, timeout: 300_000 }, () => {
       )
       const pong = await peer.receive((f) => {
         const e = parseEthernet(f)
+        // answer the guest's own ARP for us, should it ask before replying
+        const arp = e?.ethertype === ETHERTYPE_ARP ? parseArp(e.payload) : undefined
+        if (arp?.op === ARP_REQUEST && arp.targetIp === me.ip) {
+          peer.send(arpReplyFrame({ mac: arp.senderMac, ip: arp.senderIp }, me))
+        }
         const ip = e?.ethertype === ETHERTYPE_IPV4 ? parseIpv4(e.payload) : undefined
         const echo = ip?.protocol === IP_PROTO_ICMP ? parseIcmpEcho(ip.payload) : undefined
         return echo?.type === ICMP_ECHO_REPLY && echo.id === 0x5eed && echo.seq === 1
