@@ -10,7 +10,7 @@ import { ConfigError } from './errors.js'
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4710'
 export const DEFAULT_API = '127.0.0.1:4711'
-export const KNOWN_DRIVERS = ['synthetic'] as const
+export const KNOWN_DRIVERS = ['synthetic', 'qemu'] as const
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
 
 /** What the `skymesh agent` command line gives (all optional; absent = not given). */

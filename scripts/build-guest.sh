@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Builds skymesh's tiny test guest from Debian packages only: the installed cloud kernel
+# (linux-image-*-cloud-amd64) and an initramfs with busybox-static, the virtio modules and an
+# init that brings up eth0, runs a TCP echo server and a memory writer that checks itself.
+#
+# Output: a directory with vmlinuz, initrd.img and manifest.json, printed on stdout (last line).
+# Cached in ${SKYMESH_CACHE:-~/.cache/skymesh}/guest/<key>/, key = sha256 of this script and the
+# kernel and busybox package versions; a cached guest is never rebuilt.
+#
+# Guest kernel command line (all optional):
+#   skymesh.ip=10.0.2.15/24   static IPv4 of eth0 (default: 10.<mac[3]>.<mac[4]>.<mac[5]>/8)
+#   skymesh.gw=10.0.2.2       default route
+#   skymesh.echo=7            TCP echo server port
+#   skymesh.memmib=16         memory the writer keeps (hot set, MiB)
+#   skymesh.rate=1024         KiB/s the writer rewrites (0 = idle, checks only)
+# Serial console lines (ttyS0), one per second from the writer:
+#   SKYMESH MEM OK t=<guest uptime> gen=<n> wrote=<KiB> checked=<chunks>
+#   SKYMESH MEM FAIL chunk=<i> ...      (a chunk's content no longer matches its checksum)
+# plus SKYMESH BOOT, SKYMESH NET <ip>, SKYMESH ECHO <port>, SKYMESH DISK <dev>|none.
+set -euo pipefail
+
+die() { echo "build-guest: $*" >&2; exit 1; }
+
+kernel=$(ls /boot/vmlinuz-*-cloud-amd64 2>/dev/null | sort -V | tail -n1 || true)
+[ -n "$kernel" ] || die "no /boot/vmlinuz-*-cloud-amd64 (apt-get install linux-image-cloud-amd64)"
+kver=${kernel#/boot/vmlinuz-}
+moddir=/lib/modules/$kver
+[ -d "$moddir" ] || die "no $moddir for kernel $kver"
+busybox=/bin/busybox
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' && [ -x "$busybox" ] \
+  || die "no busybox-static (apt-get install busybox-static)"
+command -v cpio >/dev/null || die "no cpio (apt-get install cpio)"
+
+kpkgver=$(dpkg-query -W -f='${Version}' "linux-image-$kver" 2>/dev/null || echo unknown)
+bbver=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown)
+key=$( (cat "$0"; echo "$kver $kpkgver $bbver") | sha256sum | cut -c1-16)
+cache=${SKYMESH_CACHE:-$HOME/.cache/skymesh}/guest
+out=$cache/$key
+if [ -f "$out/manifest.json" ]; then echo "$out"; exit 0; fi
+
+mkdir -p "$cache"
+work=$(mktemp -d "$cache/.build-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+mkdir -p "$root"/{bin,sbin,dev,proc,sys,tmp,mem,lib/modules}
+cp "$busybox" "$root/bin/busybox"
+for applet in $("$busybox" --list); do
+  [ -e "$root/bin/$applet" ] || ln -s busybox "$root/bin/$applet"
+done
+
+# The virtio modules (this kernel builds them as modules), in load order (modules.dep lists
+# each module's dependencies, which come first).
+mods="virtio_net virtio_blk virtio_pci"
+order=()
+add_mod() {
+  local name=$1 line path dep
+  line=$(grep -E "/$name\.ko(\.[a-z]+)?:" "$moddir/modules.dep" | head -n1) || die "module $name not in $moddir"
+  path=${line%%:*}
+  for dep in ${line#*:}; do add_mod "$(basename "$dep" | sed -E 's/\.ko(\.[a-z]+)?$//')"; done
+  case " ${order[*]-} " in *" $path "*) ;; *) order+=("$path") ;; esac
+}
+for m in $mods; do add_mod "$m"; done
+: >"$root/lib/modules/load-order"
+for path in "${order[@]}"; do
+  f=$(basename "$path")
+  case "$f" in
+    *.ko) cp "$moddir/$path" "$root/lib/modules/$f" ;;
+    *.ko.xz) xz -dc "$moddir/$path" >"$root/lib/modules/${f%.xz}"; f=${f%.xz} ;;
+    *.ko.zst) zstd -qdc "$moddir/$path" >"$root/lib/modules/${f%.zst}"; f=${f%.zst} ;;
+    *) die "unknown module format $f" ;;
+  esac
+  echo "$f" >>"$root/lib/modules/load-order"
+done
+
+cat >"$root/init" <<'INIT'
+#!/bin/sh
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+exec </dev/console >/dev/ttyS0 2>&1
+echo "SKYMESH BOOT $(uname -r) t=$(cut -d' ' -f1 /proc/uptime)"
+for m in $(cat /lib/modules/load-order); do insmod /lib/modules/$m 2>/dev/null; done
+
+arg() { for w in $(cat /proc/cmdline); do case "$w" in "skymesh.$1="*) echo "${w#*=}"; return;; esac; done; echo "$2"; }
+ip=$(arg ip "")
+if [ -z "$ip" ] && [ -e /sys/class/net/eth0/address ]; then
+  mac=$(cat /sys/class/net/eth0/address)
+  ip=$(echo "$mac" | awk -F: '{ printf "10.%d.%d.%d/8", "0x"$4, "0x"$5, "0x"$6 }')
+fi
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set lo up
+  ip addr add "$ip" dev eth0
+  ip link set eth0 up
+  gw=$(arg gw "")
+  [ -n "$gw" ] && ip route add default via "$gw"
+  echo "SKYMESH NET $ip"
+else
+  echo "SKYMESH NET none"
+fi
+if [ -b /dev/vda ]; then echo "SKYMESH DISK vda $(cat /sys/block/vda/size)"; else echo "SKYMESH DISK none"; fi
+
+port=$(arg echo 7)
+(while true; do nc -ll -p "$port" -e /bin/cat; sleep 1; done) &
+echo "SKYMESH ECHO $port"
+
+# The memory writer: keeps memmib MiB in 256 KiB chunks on a tmpfs (guest RAM), rewrites
+# chunks with fresh random bytes at `rate` KiB/s and records each chunk's md5; every second it
+# re-checks a few of the chunks written so far round-robin against their recorded sums and prints OK or FAIL.
+memmib=$(arg memmib 16)
+rate=$(arg rate 1024)
+mount -t tmpfs -o size=$((memmib + 4))m tmpfs /mem
+chunks=$((memmib * 4))
+echo "SKYMESH MEM READY chunks=$chunks t=$(cut -d' ' -f1 /proc/uptime)"
+gen=0; w=0; wrote=0; checked=0; c=0; fails=0; filled=0
+while true; do
+  start=$(cut -d' ' -f1 /proc/uptime)
+  # writes this second: rate KiB in 256 KiB chunks (at least one per second if rate > 0)
+  n=$(( (rate + 255) / 256 ))
+  k=0
+  while [ $k -lt $n ]; do
+    dd if=/dev/urandom of=/mem/c$w bs=64k count=4 2>/dev/null
+    md5sum /mem/c$w >/mem/s$w
+    w=$(( (w + 1) % chunks )); wrote=$((wrote + 256)); k=$((k + 1))
+    [ $filled -lt $chunks ] && filled=$((filled + 1))
+  done
+  k=0
+  while [ $k -lt 4 ] && [ $filled -gt 0 ]; do
+    if ! md5sum -c -s /mem/s$c; then
+      fails=$((fails + 1)); echo "SKYMESH MEM FAIL chunk=$c gen=$gen fails=$fails"
+    fi
+    c=$(( (c + 1) % filled )); checked=$((checked + 1)); k=$((k + 1))
+  done
+  gen=$((gen + 1))
+  [ $fails -eq 0 ] && echo "SKYMESH MEM OK t=$start gen=$gen wrote=$wrote checked=$checked"
+  # sleep out the rest of the second (guest time)
+  now=$(cut -d' ' -f1 /proc/uptime)
+  left=$(awk "BEGIN { l = 1 - ($now - $start); print (l > 0) ? int(l * 1000000) : 0 }")
+  [ "$left" -gt 0 ] && usleep "$left"
+done
+INIT
+chmod +x "$root/init"
+
+(cd "$root" && find . -print0 | cpio --null -o -H newc --quiet | gzip -9) >"$work/initrd.img"
+cp "$kernel" "$work/vmlinuz"
+cat >"$work/manifest.json" <<EOF
+{"key":"$key","kernel":"$kver","kernelPackage":"linux-image-$kver $kpkgver","busybox":"busybox-static $bbver","modules":"$(tr '\n' ' ' <"$root/lib/modules/load-order" | sed 's/ $//')"}
+EOF
+rm -rf "$root"
+mkdir -p "$out"
+mv "$work"/vmlinuz "$work"/initrd.img "$out"/
+mv "$work/manifest.json" "$out/manifest.json" # last: its presence marks a complete build
+echo "$out"

@@ -1,0 +1,67 @@
+// Disks: every VM's disk is a qcow2 copy-on-write layer (in the VM's directory) on a read-only
+// base image. Base images live in a store named by content: a blank base by its size, an imported
+// one by the sha256 of its bytes, so two hosts that hold the same base agree on its name.
+
+import { execFile } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { access, copyFile, mkdir, rename } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+
+const run = promisify(execFile)
+
+async function exists(p: string): Promise<boolean> {
+  return access(p).then(
+    () => true,
+    () => false,
+  )
+}
+
+async function qemuImg(img: string, args: string[]): Promise<string> {
+  try {
+    const { stdout } = await run(img, args, { maxBuffer: 1 << 20 })
+    return stdout
+  } catch (err) {
+    const e = err as { stderr?: string; message: string }
+    throw new Error(`qemu-img ${args[0]}: ${(e.stderr ?? e.message).trim()}`)
+  }
+}
+
+/** The blank (all-zero) base of `sizeMiB` in the store, created once. */
+export async function blankBase(img: string, store: string, sizeMiB: number): Promise<string> {
+  if (!Number.isInteger(sizeMiB) || sizeMiB <= 0)
+    throw new Error(`disk size must be a positive integer MiB, got ${sizeMiB}`)
+  await mkdir(store, { recursive: true })
+  const path = join(store, `blank-${sizeMiB}M.qcow2`)
+  if (await exists(path)) return path
+  const tmp = `${path}.${process.pid}.tmp`
+  await qemuImg(img, ['create', '-q', '-f', 'qcow2', tmp, `${sizeMiB}M`])
+  await rename(tmp, path)
+  return path
+}
+
+/** Copies `file` into the store under its sha256 (kept if already there); returns the stored path. */
+export async function importBase(store: string, file: string): Promise<{ path: string; sha256: string }> {
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(file)) hash.update(chunk as Buffer)
+  const sha256 = hash.digest('hex')
+  await mkdir(store, { recursive: true })
+  const path = join(store, `${sha256}.img`)
+  if (!(await exists(path))) {
+    const tmp = `${path}.${process.pid}.tmp`
+    await copyFile(file, tmp)
+    await rename(tmp, path)
+  }
+  return { path, sha256 }
+}
+
+/** Creates the VM's writable qcow2 layer at `path` on `base`, sized `sizeMiB` (never smaller than the base). */
+export async function createOverlay(img: string, base: string, path: string, sizeMiB: number): Promise<void> {
+  const info = JSON.parse(await qemuImg(img, ['info', '--output=json', base])) as {
+    format: string
+    'virtual-size': number
+  }
+  const size = Math.max(info['virtual-size'], sizeMiB * 1024 * 1024)
+  await qemuImg(img, ['create', '-q', '-f', 'qcow2', '-F', info.format, '-b', base, path, String(size)])
+}
