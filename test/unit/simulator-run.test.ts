@@ -3,6 +3,7 @@ import { describe, it } from 'node:test'
 import {
   EventQueue,
   type ModeResult,
+  migrationCost,
   parseCsvTrace,
   simulate,
   svg,
