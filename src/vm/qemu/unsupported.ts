@@ -34,6 +34,12 @@ export class NoPageMemory implements VmMemory {
   readPage(): Uint8Array {
     throw noPageAccess('readPage')
   }
+  readPageInto(): void {
+    throw noPageAccess('readPageInto')
+  }
+  pageHash(): Uint8Array | null {
+    throw noPageAccess('pageHash')
+  }
   writePage(): void {
     throw noPageAccess('writePage')
   }
@@ -59,6 +65,12 @@ export class NoBlockDisk implements VmDisk {
   }
   readBlock(): Promise<Uint8Array> {
     return Promise.reject(noPageAccess('readBlock'))
+  }
+  blockHash(): Promise<Uint8Array | null> {
+    return Promise.reject(noPageAccess('blockHash'))
+  }
+  digest(): Promise<string> {
+    return Promise.reject(noPageAccess('disk digest'))
   }
   writeBlock(): Promise<void> {
     return Promise.reject(noPageAccess('writeBlock'))
