@@ -46,6 +46,12 @@ interface OpenRun extends Omit<Run, 'hashes'> {
   hashes: Uint8Array[] | null
 }
 
+/**
+ * Most hash bytes one frame carries (16384 hashes): with a full payload and MAX_RUNS runs the encoded
+ * frame stays under MAX_FRAME_BYTES (1 MiB + 256 KiB + runs < 1.5 MiB).
+ */
+const MAX_FRAME_HASH_BYTES = 256 * 1024
+
 /** Accumulates units into runs (consecutive units of one kind and space merge) and one payload. */
 export class FrameBuilder {
   readonly #limit: number
@@ -55,6 +61,8 @@ export class FrameBuilder {
   #payload: Buffer | null = null
   #bytes = 0
   #units = 0
+  /** Hash bytes in the runs: a frame of references carries no payload but 16 bytes a unit. */
+  #hashBytes = 0
 
   constructor(payloadLimit = FRAME_PAYLOAD_BYTES, maxRuns = MAX_RUNS) {
     this.#limit = payloadLimit
@@ -73,10 +81,13 @@ export class FrameBuilder {
     return this.#units === 0
   }
 
-  /** True if a unit of `bytes` payload still fits (with room for a new run). */
+  /** True if a unit of `bytes` payload (and its hash) still fits (with room for a new run). */
   fits(bytes: number): boolean {
     return (
-      this.#bytes + bytes <= this.#limit && this.#runs.length < this.#maxRuns && this.#units < MAX_FRAME_UNITS
+      this.#bytes + bytes <= this.#limit &&
+      this.#hashBytes + HASH_BYTES <= MAX_FRAME_HASH_BYTES &&
+      this.#runs.length < this.#maxRuns &&
+      this.#units < MAX_FRAME_UNITS
     )
   }
 
@@ -120,12 +131,14 @@ export class FrameBuilder {
     this.#payload = null
     this.#bytes = 0
     this.#units = 0
+    this.#hashBytes = 0
     return { runs, payload, units }
   }
 
   #add(space: Space, kind: RunKind, index: number, hash: Uint8Array | null): void {
     const last = this.#runs[this.#runs.length - 1]
     this.#units++
+    if (hash) this.#hashBytes += hash.length
     if (
       last &&
       last.space === space &&

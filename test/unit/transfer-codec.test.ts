@@ -158,3 +158,31 @@ describe('control messages', () => {
     assert.equal(ok.commit?.epoch, 7)
   })
 })
+
+describe('frame size budget', () => {
+  it('keeps a frame full of references (and a full payload) under the decoder limit', () => {
+    const big: Geometry = { ...g, pageCount: 1 << 20 }
+    const b = new FrameBuilder()
+    let i = 0
+    // References and data pages alternating: the worst mix for the encoded size
+    while (b.fits(4096)) {
+      if (i % 2 === 0) b.addRef('memory', i, contentHash(page(i % 7)))
+      else b.addData('memory', i, page(i % 5))
+      i++
+    }
+    const { runs, payload } = b.take()
+    const bytes = encodeFrame({ seq: 0, round: 0, runs, payload, codec: 'none', rawLength: payload.length })
+    const parsed = parseFrame(bytes, big)
+    assert.ok(parsed.runs.length > 0 && i > 256)
+  })
+
+  it('stops a frame of references only at the hash budget', () => {
+    const b = new FrameBuilder()
+    let i = 0
+    while (b.fits(4096)) b.addRef('memory', i++, contentHash(page(i % 3)))
+    assert.equal(i, 16384)
+    const { runs, payload } = b.take()
+    const bytes = encodeFrame({ seq: 0, round: 0, runs, payload, codec: 'none', rawLength: 0 })
+    parseFrame(bytes, { ...g, pageCount: 1 << 20 })
+  })
+})
