@@ -86,13 +86,15 @@ async function startMesh(n: number, agents: RunningAgent[]): Promise<void> {
   for (let i = 1; i < n; i += 2) {
     const batch = Array.from({ length: Math.min(2, n - i) }, (_, k) => i + k)
     const boot = [seed.addrs[0]!, ...(agents[1] ? [agents[1].addrs[0]!] : [])]
-    agents.push(
-      ...(await Promise.all(
-        batch.map((j) =>
-          startAgent({ site: j % 2 ? 'site-b' : 'site-a', args, bootstrap: boot, timeoutMs: 120_000 }),
-        ),
-      )),
+    const started = await Promise.allSettled(
+      batch.map((j) =>
+        startAgent({ site: j % 2 ? 'site-b' : 'site-a', args, bootstrap: boot, timeoutMs: 120_000 }),
+      ),
     )
+    // Keep every agent that did start, so the caller stops it even if its batch-mate failed.
+    for (const r of started) if (r.status === 'fulfilled') agents.push(r.value)
+    const failed = started.find((r) => r.status === 'rejected')
+    if (failed) throw failed.reason
   }
 }
 

@@ -26,8 +26,8 @@ export interface GossipInit {
   /** Bound on the join pull from a newly connected peer. Default 10 s. */
   joinTimeoutMs?: number
   /**
-   * A joining agent pulls a snapshot from its first this-many peers, not from every peer it
-   * connects to (each snapshot holds the whole mesh); a peer back from dead is pulled from again.
+   * A joining agent asks its first this-many peers (and a peer back from dead) for their member
+   * lists along with the states it lacks; other new connections exchange state digests only.
    * Default 2.
    */
   joinSyncPeers?: number
@@ -148,18 +148,21 @@ export class Gossip {
     this.swim.addSeed(peer, addrs)
     const id = peer.toString()
     if (this.synced.has(id)) return
-    const back = this.returning.delete(id)
-    if (!back && this.joinSyncs >= this.joinSyncPeers) return
     this.synced.add(id)
-    if (!back) this.joinSyncs++
+    // Digests go both ways on every new connection (the peer pulls back what it lacks), so states
+    // of agents that joined at the same time meet at once; only the whole member list, the big part
+    // of a response, is asked from the first few peers and from a peer back from dead.
+    const back = this.returning.delete(id)
+    const wantMembers = back || this.joinSyncs < this.joinSyncPeers
+    if (wantMembers && !back) this.joinSyncs++
     this.state
-      .syncWith(peer, { signal: AbortSignal.timeout(this.joinTimeoutMs), wantMembers: true })
+      .syncWith(peer, { signal: AbortSignal.timeout(this.joinTimeoutMs), wantMembers })
       .then((r) => this.log.debug({ peer: id, accepted: r.accepted }, 'joined through anti-entropy'))
       .catch((err: unknown) => {
-        // Try again on the next connection (to it or another); the periodic exchange repairs the rest.
+        // Try again on the next connection to it; the periodic exchange repairs the rest.
         this.synced.delete(id)
         if (back) this.returning.add(id)
-        else this.joinSyncs--
+        else if (wantMembers) this.joinSyncs--
         this.log.debug({ peer: id, err: (err as Error).message }, 'join sync failed')
       })
   }

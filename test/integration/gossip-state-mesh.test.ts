@@ -235,6 +235,13 @@ describe('host state over a 4-host mesh', { timeout: 60_000 }, () => {
     late.service.markHost(n3.id, 'lost')
     assert.equal(late.service.where('vm-1')?.status, 'host-lost')
     late.service.markHost(n3.id, 'ok')
+
+    // Its first publish (at start) reached no one; on its first topic peer it publishes again, and
+    // the gossipsub mesh carries that to the hosts it is not connected to.
+    const version = late.service.host(late.id)?.version
+    await waitFor('the newcomer state everywhere', () =>
+      nodes.every((n) => n.service.host(late?.id ?? '')?.version === version),
+    )
   })
 
   it('drops garbage on the sync protocol without changing anything', { timeout: 15_000 }, async () => {

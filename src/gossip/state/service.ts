@@ -142,6 +142,8 @@ const DROP_REASONS: readonly DropReason[] = [
 const BENIGN: ReadonlySet<DropReason> = new Set(['stale', 'replayed', 'self'])
 const REVERSE_SYNC_MIN_INTERVAL_MS = 1000
 const DEFAULT_SYNC_INTERVAL_MS = 30_000
+/** Republish our state while we have at most this many topic peers (see onSubscriptionChange). */
+const FIRST_SUBSCRIBERS = 2
 
 /** memberlist's pushPullScale: 1 up to 32 members, then one more per doubling. */
 export function pushPullScale(n: number): number {
@@ -182,6 +184,17 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     )
   }
 
+  private readonly onSubscriptionChange = (
+    evt: CustomEvent<{ peerId: PeerId; subscriptions: { topic: string; subscribe: boolean }[] }>,
+  ): void => {
+    if (!evt.detail.subscriptions.some((s) => s.topic === HOST_STATE_TOPIC && s.subscribe)) return
+    // Our first topic peers: what we published before anyone listened (at start, before any
+    // connection) reached no one, and the next heartbeat is minutes away. Publish again now; the
+    // mesh relays it to every agent.
+    const subscribers = this.components.host.services.pubsub.getSubscribers(HOST_STATE_TOPIC).length
+    if (subscribers <= FIRST_SUBSCRIBERS) this.publisher.notifyChanged()
+  }
+
   constructor(
     private readonly components: HostStateComponents,
     private readonly init: HostStateInit = {},
@@ -217,6 +230,7 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     const pubsub = host.services.pubsub
     pubsub.topicValidators.set(HOST_STATE_TOPIC, this.validate)
     pubsub.subscribe(HOST_STATE_TOPIC)
+    pubsub.addEventListener('subscription-change', this.onSubscriptionChange)
     await host.handle(SYNC_PROTOCOL, (stream, conn) => this.serve(stream, conn), {
       maxInboundStreams: 2,
       maxOutboundStreams: 2,
@@ -238,6 +252,7 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     const { host } = this.components
     host.removeEventListener('peer:connect', this.onConnect)
     const pubsub = host.services.pubsub
+    pubsub.removeEventListener('subscription-change', this.onSubscriptionChange)
     if (pubsub.topicValidators.get(HOST_STATE_TOPIC) === this.validate)
       pubsub.topicValidators.delete(HOST_STATE_TOPIC)
     try {
