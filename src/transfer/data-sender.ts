@@ -58,7 +58,28 @@ export class DataSender {
     await this.#init.bucket?.take(frame.length, this.#init.signal)
     this.#inflight.push({ seq: this.#seq++, bytes: frame.length })
     this.#inflightBytes += frame.length
-    await this.framed.write(frame, this.#init.signal)
+    await this.#writeOrStall(frame)
+  }
+
+  /**
+   * A write blocked by the stream's own backpressure (a silent link: nothing acknowledged, nothing
+   * reset) never reaches the credit wait above, so it gets the same bound.
+   */
+  async #writeOrStall(frame: Uint8Array): Promise<void> {
+    const { stallTimeoutMs } = this.#init
+    let timer: NodeJS.Timeout | undefined
+    const stalled = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`)),
+        stallTimeoutMs,
+      )
+      timer.unref()
+    })
+    try {
+      await Promise.race([this.framed.write(frame, this.#init.signal), stalled])
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   /** Resolves when every frame sent so far is acknowledged. */
