@@ -70,6 +70,8 @@ export interface MigrateVmRequest {
   maxRounds?: number
   streams?: number
   compression?: 'auto' | 'on' | 'off'
+  /** Pre-copy: slow a guest that dirties memory faster than the link carries it (default true). */
+  autoConverge?: boolean
 }
 
 export type { MigrationView }

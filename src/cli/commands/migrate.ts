@@ -29,6 +29,7 @@ export interface MigrateFlags {
   maxRounds?: number
   streams?: number
   compression?: 'auto' | 'on' | 'off'
+  autoConverge?: boolean
 }
 
 type Opts = ConnectionOptions & { json?: boolean }
@@ -56,6 +57,7 @@ export function registerMigrateCommand(vm: Command, io: CliIo, deps: MigrateDeps
       .option('--max-rounds <n>', 'pre-copy rounds at most', parsePositiveInt)
       .option('--streams <n>', 'parallel data streams', parsePositiveInt)
       .addOption(new Option('--compression <when>', 'compress pages').choices(['auto', 'on', 'off']))
+      .option('--no-auto-converge', 'pre-copy: never slow a guest that dirties memory faster than the link')
       .option(
         '--wait',
         'follow it: progress on stderr, then a summary; Ctrl-C cancels it; exit 1 unless it is done',
@@ -154,6 +156,8 @@ export function migrateRequest(to: string, flags: MigrateFlags): MigrateVmReques
   if (flags.maxRounds !== undefined) req.maxRounds = flags.maxRounds
   if (flags.streams !== undefined) req.streams = flags.streams
   if (flags.compression !== undefined) req.compression = flags.compression
+  // commander sets autoConverge to true unless --no-auto-converge: send only the deviation
+  if (flags.autoConverge === false) req.autoConverge = false
   return req
 }
 

@@ -111,6 +111,7 @@ export const migrateVmSchema = z.strictObject(
     maxRounds: intIn(1, 1000).optional(),
     streams: intIn(1, 16).optional(),
     compression: z.enum(['auto', 'on', 'off'], expect("'auto', 'on' or 'off'")).optional(),
+    autoConverge: z.boolean(expect('true or false')).optional(),
   },
   expect('a JSON object'),
 )
