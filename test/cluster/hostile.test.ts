@@ -13,6 +13,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { readMeshKey } from '../../src/node/index.js'
 import { createHost, type Host } from '../../src/node/p2p.js'
+import { seededRng } from '../../src/placement/core/index.js'
 import {
   type RunningAgent,
   removeDir,
@@ -26,18 +27,8 @@ const SEED = Number(process.env.SKYMESH_FUZZ_SEED ?? Math.floor(Math.random() * 
 const ROUNDS = Number(process.env.SKYMESH_FUZZ_ROUNDS ?? 150)
 console.log(`# hostile: seed ${SEED} (SKYMESH_FUZZ_SEED=${SEED} repeats this run), ${ROUNDS} API cases`)
 
-/** mulberry32: a small seeded PRNG so a failing run can be repeated exactly. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
-const rand = prng(SEED)
+// the placement core's seeded generator, so a failing run can be repeated exactly
+const rand = seededRng(SEED)
 const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!
 const bytes = (n: number) => Uint8Array.from({ length: n }, () => Math.floor(rand() * 256))
 
