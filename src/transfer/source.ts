@@ -524,8 +524,8 @@ export class OutgoingMigration {
     }
     for (const i of blocks) {
       if (!b.fits(disk.blockSize)) await this.#emitFrame(k, round, b, frame)
-      const data = await disk.readBlock(i)
-      const h = await disk.blockHash(i)
+      // Bytes and hash from one read: a hash of newer bytes would make later REFs resolve to stale data
+      const { data, hash: h } = await disk.readBlockHashed(i)
       this.#signal.throwIfAborted()
       if (h === null) {
         this.#c.zeroBlocks++

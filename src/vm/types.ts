@@ -110,6 +110,12 @@ export interface VmDisk {
   allocatedBlocks(): DirtyBitmap
   /** sha256 of block `i` (32 bytes), or null if it is all zeroes; cached until the block is written. */
   blockHash(i: number): Promise<Uint8Array | null>
+  /**
+   * Block `i` and the sha256 of exactly those bytes (null if all zeroes). Reading and hashing apart
+   * can pair new bytes with an old hash when the guest writes in between; a copier that keys
+   * deduplication by hash must use this.
+   */
+  readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }>
   /** The disk part of `VmInstance.digest()`. Pause the VM first. */
   digest(): Promise<string>
   startDirtyTracking(): void

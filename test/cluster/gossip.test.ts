@@ -66,10 +66,13 @@ function live(): RunningAgent[] {
 describe('gossip across 10 agents', () => {
   it('converges: every agent knows every host alive, with its site and state', async () => {
     const ids = agents.map((a) => a.peerId).sort()
+    // Checked on the views that converged: with 150 ms probe timeouts on 2 busy cores a member can
+    // be suspected for a moment afterwards, which is SWIM working, not a divergence
+    let views: Awaited<ReturnType<typeof cluster>>[] = []
     await waitFor(
       'every agent to see all 10 hosts alive with a state',
       async () => {
-        const views = await Promise.all(agents.map(cluster))
+        views = await Promise.all(agents.map(cluster))
         return views.every((v) => {
           const alive = v.hosts.filter((h) => h.status === 'alive' && h.stateVersion !== undefined)
           return JSON.stringify(alive.map((h) => h.peerId).sort()) === JSON.stringify(ids)
@@ -77,7 +80,7 @@ describe('gossip across 10 agents', () => {
       },
       30_000,
     )
-    const view = await cluster(agents[5]!)
+    const view = views[5]!
     assert.equal(view.counts.alive, N)
     const a0 = view.hosts.find((h) => h.peerId === agents[0]!.peerId)
     assert.equal(a0?.site, 'site-a')

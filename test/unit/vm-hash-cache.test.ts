@@ -102,4 +102,29 @@ describe('incremental digests', () => {
     assert.equal(await again.digest(), before)
     await again.close()
   })
+
+  it('disk: a block read with its hash pairs the bytes with their own hash while writes race it', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'skymesh-hash-'))
+    dirs.push(dir)
+    const disk = await SyntheticDisk.create(dir, 8 * BLOCK_SIZE)
+    const sha = (b: Uint8Array) => createHash('sha256').update(b).digest()
+    await disk.writeBlock(5, Buffer.alloc(BLOCK_SIZE, 1))
+    let raced = 0
+    for (let k = 2; k < 200; k++) {
+      // The write starts before, with or after the read, so every interleaving of their I/O occurs
+      const write = new Promise<void>((resolve, reject) => {
+        const go = () => disk.writeBlock(5, Buffer.alloc(BLOCK_SIZE, k & 0xff)).then(resolve, reject)
+        if (k % 3 === 0) go()
+        else if (k % 3 === 1) queueMicrotask(go)
+        else setImmediate(go)
+      })
+      const { data, hash } = await disk.readBlockHashed(5)
+      await write
+      assert.ok(hash, 'a non-zero block has a hash')
+      assert.deepEqual(Buffer.from(hash), sha(data), `round ${k}: the hash is of the bytes returned`)
+      if (data[0] !== (k & 0xff)) raced++
+    }
+    assert.ok(raced > 0, 'some reads saw the bytes from before the write')
+    await disk.close()
+  })
 })

@@ -69,6 +69,9 @@ export class NoBlockDisk implements VmDisk {
   blockHash(): Promise<Uint8Array | null> {
     return Promise.reject(noPageAccess('blockHash'))
   }
+  readBlockHashed(): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
+    return Promise.reject(noPageAccess('readBlockHashed'))
+  }
   digest(): Promise<string> {
     return Promise.reject(noPageAccess('disk digest'))
   }

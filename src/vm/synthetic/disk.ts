@@ -98,6 +98,16 @@ export class SyntheticDisk implements VmDisk {
     return this.#hashes.get(i)
   }
 
+  async readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
+    const gen = this.#hashes.generation(i)
+    const data = await this.readBlock(i)
+    // The cached hash is of these bytes only if no write started since the read began
+    if (!this.#hashes.isStale(i) && this.#hashes.generation(i) === gen && !this.#writing.has(i)) {
+      return { data, hash: this.#hashes.get(i) }
+    }
+    return { data, hash: ZERO_BLOCK.equals(data) ? null : sha256(data) }
+  }
+
   /** The disk digest (hex, format in hash-cache.ts); reads only blocks not hashed since written. */
   async digest(): Promise<string> {
     this.#live()
