@@ -113,7 +113,7 @@ describe('incremental digests', () => {
     for (let k = 2; k < 200; k++) {
       // The write starts before, with or after the read, so every interleaving of their I/O occurs
       const write = new Promise<void>((resolve, reject) => {
-        const go = () => disk.writeBlock(5, Buffer.alloc(BLOCK_SIZE, k & 0xff)).then(resolve, reject)
+        const go = () => void disk.writeBlock(5, Buffer.alloc(BLOCK_SIZE, k & 0xff)).then(resolve, reject)
         if (k % 3 === 0) go()
         else if (k % 3 === 1) queueMicrotask(go)
         else setImmediate(go)
