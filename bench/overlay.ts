@@ -21,6 +21,7 @@ import net from 'node:net'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
 import pino from 'pino'
 import { createHost } from '../src/node/p2p.js'
 import {
@@ -61,7 +62,7 @@ interface Node {
 async function overlayNode(
   self: typeof A,
   other: typeof A,
-): Promise<Node & { setPeer(peerId: string): void }> {
+): Promise<Node & { setPeer(peerId: string): void; dial(addr: string): Promise<unknown> }> {
   const host = await createHost({
     privateKey: await generateKeyPair('Ed25519'),
     listen: ['/ip4/127.0.0.1/tcp/0'],
@@ -88,6 +89,7 @@ async function overlayNode(
     transport,
     nic,
     setPeer: (peerId) => sw.setRemote([{ ...other, network: NET, host: peerId }]),
+    dial: (addr) => host.dial(multiaddr(addr)),
     async stop() {
       await transport.stop()
       await host.stop()
@@ -273,11 +275,9 @@ async function partOne(frames: number, pings: number) {
   const node = await overlayNode(A, B)
   node.setPeer(hello.peerId)
   child.send({ cmd: 'peer', peer: node.peerId })
-  // Connect (the transport dials on the first frame; warm it up).
-  await node.nic.ping(B.ip, { timeoutMs: 5000 }).catch(async () => {
-    await sleep(200)
-    return node.nic.ping(B.ip, { timeoutMs: 5000 })
-  })
+  await node.dial(hello.addrs[0]!)
+  await sleep(200)
+  await node.nic.ping(B.ip, { timeoutMs: 5000 })
   const sock = net.connect(hello.tcpPort, '127.0.0.1')
   sock.setNoDelay(true)
   await new Promise((r) => sock.once('connect', r))

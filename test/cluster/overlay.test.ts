@@ -5,7 +5,14 @@ import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../helpers/agent-process.js'
+import {
+  type RunningAgent,
+  removeDir,
+  runCli,
+  startAgent,
+  tempDir,
+  waitFor,
+} from '../helpers/agent-process.js'
 
 let dir: string
 let a: RunningAgent
@@ -187,6 +194,52 @@ describe('overlay network between agents', () => {
     const metricsB = (await b.request('GET', '/metrics')).body as string
     t.diagnostic(
       `relayed by the source: ${metric(metricsB, 'skymesh_overlay_frames_total', '{path="relayed"}')}`,
+    )
+  })
+
+  it('skymesh net ls|create|show and vm create --network', async () => {
+    const ls = await runCli(['net', 'ls', '--data-dir', a.dataDir])
+    assert.equal(ls.code, 0, ls.stderr)
+    assert.match(ls.stdout, /^NAME\s+SUBNET\s+MTU\s+VMS\s+HOSTS/m)
+    assert.match(ls.stdout, /^red\s+10\.20\.0\.0\/24\s+1500\s+2\s+2/m)
+    const mk = await runCli([
+      'net',
+      'create',
+      'cli-net',
+      '--subnet',
+      '10.60.0.0/24',
+      '--mtu',
+      '1400',
+      '--data-dir',
+      b.dataDir,
+    ])
+    assert.equal(mk.code, 0, mk.stderr)
+    assert.match(mk.stdout, /created network cli-net: 10\.60\.0\.0\/24, MTU 1400/)
+    const bad = await runCli(['net', 'create', 'x', '--subnet', '10.60.0.0/33', '--data-dir', b.dataDir])
+    assert.notEqual(bad.code, 0)
+    assert.match(bad.stderr, /subnet/)
+    const vm = await runCli([
+      'vm',
+      'create',
+      'cli-vm',
+      '--memory',
+      '16',
+      '--disk',
+      '16',
+      '--network',
+      'cli-net',
+      '--json',
+      '--data-dir',
+      b.dataDir,
+    ])
+    assert.equal(vm.code, 0, vm.stderr)
+    const rec = JSON.parse(vm.stdout)
+    assert.match(rec.nics[0].ip, /^10\.60\.0\.\d+$/)
+    const show = await runCli(['net', 'show', 'cli-net', '--data-dir', b.dataDir])
+    assert.equal(show.code, 0, show.stderr)
+    assert.match(
+      show.stdout,
+      new RegExp(`${rec.nics[0].ip.replace(/\./g, '\\.')}\\s+${rec.nics[0].mac}\\s+cli-vm`),
     )
   })
 
