@@ -5,7 +5,7 @@
 #
 # Output: a directory with vmlinuz, initrd.img and manifest.json, printed on stdout (last line).
 # Cached in ${SKYMESH_CACHE:-~/.cache/skymesh}/guest/<key>/, key = sha256 of this script and the
-# kernel and busybox package versions; a cached guest is never rebuilt.
+# kernel and busybox package versions; a cached guest is never rebuilt (older keys are removed).
 #
 # Guest kernel command line (all optional):
 #   skymesh.ip=10.0.2.15/24   static IPv4 of eth0 (default: 10.<mac[3]>.<mac[4]>.<mac[5]>/8)
@@ -150,4 +150,6 @@ rm -rf "$root"
 mkdir -p "$out"
 mv "$work"/vmlinuz "$work"/initrd.img "$out"/
 mv "$work/manifest.json" "$out/manifest.json" # last: its presence marks a complete build
+# Guests built by older versions of this script or older packages are not used any more.
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build-*' -exec rm -rf {} +
 echo "$out"
