@@ -3,9 +3,11 @@
 // (bytes written by each agent process, all sockets, from /proc/PID/io), and the time to detect a
 // killed agent. Baseline measured in the same run: the one-hop libp2p ping round trip between agents.
 // Prints a table and writes bench/results/gossip.json.
+import { execFile } from 'node:child_process'
 import { mkdir, readFile, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { type RunningAgent, removeDir, sleep, startAgent, waitFor } from '../test/helpers/agent-process.js'
 
 interface Args {
@@ -40,6 +42,32 @@ function quantile(xs: number[], q: number): number {
 async function wchar(pid: number): Promise<number> {
   const io = await readFile(`/proc/${pid}/io`, 'utf8')
   return Number(/wchar: (\d+)/.exec(io)?.[1] ?? Number.NaN)
+}
+
+/**
+ * Bytes each process has sent on its open TCP connections other than its API socket (the kernel's
+ * tcp_info bytes_sent, from `ss`): mesh traffic only, where /proc/PID/io's wchar also counts the
+ * store, logs and pipes. Connections at rest are long-lived, so a delta over an interval is exact.
+ */
+async function meshBytesSent(agents: RunningAgent[]): Promise<Map<number, number>> {
+  const { stdout } = await promisify(execFile)('ss', ['-tinpH', 'state', 'established'], {
+    maxBuffer: 64 * 1024 * 1024,
+  })
+  const apiPort = new Map(agents.map((a) => [a.pid, new URL(a.api).port]))
+  const sent = new Map<number, number>()
+  let owner: number | undefined
+  for (const line of stdout.split('\n')) {
+    const pid = /pid=(\d+)/.exec(line)
+    if (pid) {
+      const p = Number(pid[1])
+      const local = line.trim().split(/\s+/)[2] ?? ''
+      owner = apiPort.has(p) && !local.endsWith(`:${apiPort.get(p)}`) ? p : undefined
+      continue
+    }
+    const bytes = /bytes_sent:(\d+)/.exec(line)
+    if (bytes && owner !== undefined) sent.set(owner, (sent.get(owner) ?? 0) + Number(bytes[1]))
+  }
+  return sent
 }
 
 /** CPU seconds (user + system) the process has used. */
@@ -130,16 +158,21 @@ async function measure(n: number, args: Args, agents: RunningAgent[]) {
   // Traffic at rest: nothing happens but probes, heartbeats and anti-entropy.
   await sleep(3000)
   const before = await Promise.all(agents.map((a) => wchar(a.pid)))
+  const netBefore = await meshBytesSent(agents)
   const cpuBefore = await Promise.all(agents.map((a) => cpuSeconds(a.pid)))
   const msgBefore = await Promise.all(agents.map(messagesOut))
   const restStart = Date.now()
   await sleep(args.restSec * 1000)
   const after = await Promise.all(agents.map((a) => wchar(a.pid)))
+  const netAfter = await meshBytesSent(agents)
   const cpuAfter = await Promise.all(agents.map((a) => cpuSeconds(a.pid)))
   const msgAfter = await Promise.all(agents.map(messagesOut))
   const restMs = Date.now() - restStart
   const loadAvg1m = os.loadavg()[0]!
   const perAgentBps = after.map((b, i) => ((b - before[i]!) * 1000) / restMs)
+  const perAgentNetBps = agents.map(
+    (a) => (((netAfter.get(a.pid) ?? 0) - (netBefore.get(a.pid) ?? 0)) * 1000) / restMs,
+  )
   const perAgentMps = msgAfter.map((m, i) => ((m - msgBefore[i]!) * 1000) / restMs)
   const perAgentCpu = cpuAfter.map((c, i) => ((c - cpuBefore[i]!) * 1000 * 100) / restMs)
 
@@ -212,6 +245,7 @@ async function measure(n: number, args: Args, agents: RunningAgent[]) {
       fromPublishP99: quantile(fromPublish, 0.99),
       samples: fromApi.length,
     },
+    restNetBytesPerAgentPerSec: { p50: quantile(perAgentNetBps, 0.5), max: Math.max(...perAgentNetBps) },
     restBytesPerAgentPerSec: { p50: quantile(perAgentBps, 0.5), max: Math.max(...perAgentBps) },
     restMessagesPerAgentPerSec: { p50: quantile(perAgentMps, 0.5), max: Math.max(...perAgentMps) },
     loadAvg1mAtRest: loadAvg1m,
@@ -247,8 +281,9 @@ const rows = results.map((r) => [
   f(r.convergenceMs.fromApiP99),
   f(r.pingRttMsP50, 1),
   f(r.convergenceMs.fromPublishP99 / r.pingRttMsP50, 1),
+  f(r.restNetBytesPerAgentPerSec.p50),
+  f(r.restNetBytesPerAgentPerSec.max),
   f(r.restBytesPerAgentPerSec.p50),
-  f(r.restBytesPerAgentPerSec.max),
   f(r.restMessagesPerAgentPerSec.p50, 1),
   f(r.restCpuPercentPerAgent.p50, 1),
   f(r.loadAvg1mAtRest, 1),
@@ -263,8 +298,9 @@ const head = [
   'api→all p99 ms',
   'ping rtt ms',
   'p99/rtt',
-  'rest B/s/agent p50',
+  'rest net B/s/agent p50',
   'max',
+  'all writes B/s',
   'rest msg/s/agent',
   'rest cpu %',
   'load 1m',
@@ -278,8 +314,9 @@ console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`)
 for (const r of rows) console.log(line(r))
 console.log(
   '\nconv: from the owner publishing its new state to each agent accepting it (p50/p99 over agents × changes);' +
-    ' api→all: from the API call (includes the 100 ms debounce). rest: bytes written per agent process per' +
-    ' second at rest (all sockets, /proc/PID/io); msg: SWIM messages + host states published + states sent by' +
+    ' api→all: from the API call (includes the 100 ms debounce). rest net: bytes each agent sent per second' +
+    ' at rest on its mesh connections (TCP payload incl. noise/yamux framing, from ss tcp_info; API excluded);' +
+    ' all writes: everything the process wrote (/proc/PID/io wchar: sockets, store, logs); msg: SWIM messages + host states published + states sent by' +
     ' anti-entropy (gossipsub relays not counted). load 1m: machine load average (2 cores) at rest.' +
     ' detect: kill -9 to each survivor declaring it dead.' +
     ' memberlist/Serf: probe 1 s, gossip 200 ms, fanout 3; ~1.4 s to 99.99 % at 10k nodes (simulated).',
