@@ -8,7 +8,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
-import { OverlayError, OverlayService } from '../overlay/index.js'
+import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
 import { createDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
@@ -202,7 +202,13 @@ export class Agent implements AgentService, NetworkApi {
             await this.saveRecord(rec)
             this.adopt(instance)
             const from = this.migrations?.activeFor(rec.id)?.from
-            this.overlay?.arrived(rec.id, rec.epoch, from, () => instance.state === 'running')
+            this.overlay?.arrived(
+              rec.id,
+              rec.epoch,
+              from,
+              () => instance.state === 'running',
+              instance.nicSocket,
+            )
           }),
         releaseOutgoing: (id) =>
           this.serial(async () => {
@@ -390,7 +396,7 @@ export class Agent implements AgentService, NetworkApi {
       const dir = this.vmDir(id)
       let instance: VmInstance | undefined
       try {
-        instance = await this.requireDriver().create(spec, { dir })
+        instance = await this.requireDriver().create(spec, { dir, ...this.guestNic(nics[0]) })
         const now = new Date().toISOString()
         const rec: StoredVm = {
           ...spec,
@@ -403,7 +409,7 @@ export class Agent implements AgentService, NetworkApi {
         await this.saveRecord(rec)
         this.adopt(instance)
         const created = instance
-        this.overlay?.attach(id, nics, () => created.state === 'running')
+        this.overlay?.attach(id, nics, () => created.state === 'running', created.nicSocket)
         this.nodeMetrics?.vmOperations.inc({ op: 'create', outcome: 'ok' })
         this.log.info({ vm: id, name: req.name, memoryMiB: req.memoryMiB }, 'VM created')
         return this.withNics(publicRecord(rec))
@@ -613,7 +619,8 @@ export class Agent implements AgentService, NetworkApi {
     })
     await this.overlay.start()
     // VMs resumed before the overlay started get their NICs back.
-    for (const [id, instance] of this.instances) this.overlay.plug(id, () => instance.state === 'running')
+    for (const [id, instance] of this.instances)
+      this.overlay.plug(id, () => instance.state === 'running', instance.nicSocket)
   }
 
   private overlayCall<T>(fn: () => T): T {
@@ -738,6 +745,13 @@ export class Agent implements AgentService, NetworkApi {
     const next = { ...rec, state: vm.state }
     await this.saveRecord(next)
     return next
+  }
+
+  /** The MAC and address a guest with a real NIC configures: those of its first overlay NIC. */
+  private guestNic(nic: NicRecord | undefined): { mac?: string; ip?: string } {
+    if (!nic || !this.overlay) return {}
+    const prefix = this.overlay.getNetwork(nic.network).subnet.split('/')[1]
+    return { mac: nic.mac, ip: `${nic.ip}/${prefix}` }
   }
 
   private async saveRecord(rec: StoredVm): Promise<void> {

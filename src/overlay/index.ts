@@ -9,6 +9,7 @@ export {
   type OverlayServiceInit,
   type ProbeReport,
 } from './service.js'
+export { StreamPort, type StreamPortStats } from './stream-port.js'
 export {
   DEFAULT_MTU,
   DROP_REASONS,

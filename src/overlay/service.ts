@@ -14,6 +14,7 @@ import { decodeHostOverlay, encodeHostOverlay, type HostOverlay } from './codec.
 import { allocateIp, parseSubnet, subnetContains } from './ipam.js'
 import { allocateMac } from './mac.js'
 import { registerOverlayMetrics } from './metrics.js'
+import { StreamPort } from './stream-port.js'
 import { DEFAULT_MTU, type RemoteNic, VirtualSwitch } from './switch.js'
 import { type PingResult, SyntheticNic } from './synthetic-nic.js'
 import { type OverlayHost, OverlayTransport, type WireAnnounce, type WireFrame } from './transport.js'
@@ -85,6 +86,8 @@ export class OverlayService {
   /** Fresher locations from OverlayAnnounce, until gossip has caught up with them. */
   private readonly announced = new Map<string, { host: string; epoch: number }>()
   private readonly endpoints = new Map<string, SyntheticNic>()
+  /** Guests with a real NIC (QEMU's `-netdev stream` socket), by `vmId\0network`. */
+  private readonly streams = new Map<string, StreamPort>()
   /** When VMs arrived here by migration (wall-clock ms). */
   private readonly arrivals = new Map<string, number>()
   private unsubscribe?: () => void
@@ -141,6 +144,8 @@ export class OverlayService {
   async stop(): Promise<void> {
     this.unsubscribe?.()
     if (this.pruneTimer) clearInterval(this.pruneTimer)
+    for (const port of this.streams.values()) port.close()
+    this.streams.clear()
     await this.transport.stop()
     await this.saving
   }
@@ -240,18 +245,36 @@ export class OverlayService {
   }
 
   /** A new VM's NICs: keep them and plug them in. */
-  attach(vmId: string, nics: readonly NicRecord[], running: () => boolean): void {
+  attach(vmId: string, nics: readonly NicRecord[], running: () => boolean, nicSocket?: string): void {
     if (nics.length === 0) return
     this.localNics.set(vmId, [...nics])
-    this.plug(vmId, running)
+    this.plug(vmId, running, nicSocket)
     this.persist()
     this.init.gossip.notifyChanged()
   }
 
-  /** Plugs in the NICs this host keeps for `vmId` (a VM created or resumed here). */
-  plug(vmId: string, running: () => boolean): void {
-    for (const nic of this.localNics.get(vmId) ?? []) {
+  /**
+   * Plugs in the NICs this host keeps for `vmId` (a VM created or resumed here). A guest with a real
+   * NIC (`nicSocket`: QEMU's stream socket) has its first network on that socket; a synthetic VM gets
+   * an in-process NIC on each.
+   */
+  plug(vmId: string, running: () => boolean, nicSocket?: string): void {
+    for (const [i, nic] of (this.localNics.get(vmId) ?? []).entries()) {
       if (!this.switch.hasNetwork(nic.network)) this.switch.addNetwork(nic.network, { mtu: DEFAULT_MTU })
+      if (nicSocket !== undefined) {
+        // QEMU has one NIC: further networks stay allocated but unplugged
+        if (i > 0) continue
+        const k = `${vmId}\0${nic.network}`
+        this.streams.get(k)?.close()
+        const port = new StreamPort({
+          path: nicSocket,
+          transmit: (frame) => this.switch.fromPort(vmId, nic.network, frame),
+          onError: (err) => this.log.warn({ vm: vmId, err: err.message }, 'guest NIC stream'),
+        })
+        this.streams.set(k, port)
+        this.switch.attach({ ...nic, deliver: (frame) => port.deliver(frame) })
+        continue
+      }
       const endpoint = new SyntheticNic({
         mac: nic.mac,
         ip: nic.ip,
@@ -294,14 +317,20 @@ export class OverlayService {
    * previous host's announcement). Plug them in, accept frames its previous host relays, and
    * announce it: OverlayAnnounce to every host with members, and a gratuitous ARP on each network.
    */
-  arrived(vmId: string, epoch: number, from: string | undefined, running: () => boolean): NicRecord[] {
+  arrived(
+    vmId: string,
+    epoch: number,
+    from: string | undefined,
+    running: () => boolean,
+    nicSocket?: string,
+  ): NicRecord[] {
     const nics = (this.meshNics.get(vmId) ?? []).map((n) => ({ ...n }))
     if (nics.length === 0) return []
     this.arrivals.set(vmId, Date.now())
     this.localNics.set(vmId, nics)
     this.announced.delete(vmId)
     this.recompute()
-    this.plug(vmId, running)
+    this.plug(vmId, running, nicSocket)
     this.persist()
     this.init.gossip.notifyChanged()
     const until = Date.now() + this.graceMs
@@ -479,6 +508,8 @@ export class OverlayService {
     for (const n of nics) {
       this.switch.detach(vmId, n.network)
       this.endpoints.delete(`${vmId}\0${n.network}`)
+      this.streams.get(`${vmId}\0${n.network}`)?.close()
+      this.streams.delete(`${vmId}\0${n.network}`)
     }
     return true
   }

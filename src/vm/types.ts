@@ -126,6 +126,8 @@ export interface VmDisk {
 export interface VmInstance {
   readonly spec: VmSpec
   readonly state: VmState
+  /** A real guest NIC's unix socket (QEMU `-netdev stream`) for the overlay switch to connect to. */
+  readonly nicSocket?: string | undefined
   readonly memory: VmMemory
   readonly disk: VmDisk
   pause(): Promise<void>
@@ -159,6 +161,10 @@ export interface CreateVmOptions {
   dir: string
   /** Seed for the workload's page choice and content, so runs are reproducible. */
   seed?: number
+  /** MAC of the VM's first overlay NIC, for drivers whose guests have a real NIC. */
+  mac?: string
+  /** The guest's IPv4 with prefix on that network (e.g. 10.42.0.5/24). */
+  ip?: string
 }
 
 export interface VmDriver {
