@@ -111,7 +111,7 @@ async function runScenario(s: Scenario, opts: FaultOptions): Promise<ScenarioRow
     const rng = seededRng(opts.seed ^ hash(s.name))
     const runs = opts.runs[s.name] ?? 1
     for (let r = 0; r < runs; r++) {
-      const ctx = { mesh, rng, tracked: [], durationMs: opts.churnSec * 1000, log }
+      const ctx = { mesh, rng, tracked: [], notes: [] as string[], durationMs: opts.churnSec * 1000, log }
       const out = await s.run(ctx)
       const a = await audit(mesh, ctx.tracked)
       log(`run ${r + 1}/${runs}: ${JSON.stringify(summary(a))}`)

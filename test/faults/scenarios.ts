@@ -14,6 +14,8 @@ export interface ScenarioContext {
   tracked: TrackedVm[]
   /** How long churn-like scenarios keep injecting. */
   durationMs: number
+  /** Lines for the report (e.g. why a retry failed). */
+  notes: string[]
   log: (line: string) => void
 }
 
@@ -78,34 +80,45 @@ async function migrate(ctx: ScenarioContext, from: RunningAgent, vmId: string, t
   return r.body.id as string
 }
 
-/** After the faults: where the VM is, and whether it can still move (a retry must succeed). */
+/**
+ * After the faults: where the VM is, and whether it can still move. A retry must succeed once the
+ * mesh has healed; right after a heal or restart the peers may still be reconnecting, so up to three
+ * attempts, a few seconds apart. Each failed attempt's reason is kept for the report.
+ */
 async function retry(ctx: ScenarioContext, vmId: string): Promise<boolean> {
+  for (let attempt = 1; attempt <= 3; attempt++) {
+    const why = await retryOnce(ctx, vmId)
+    if (why === undefined) return true
+    ctx.notes.push(`retry ${attempt} of ${vmId}: ${why}`)
+    ctx.log(`retry ${attempt} of ${vmId}: ${why}`)
+    await sleep(3000)
+  }
+  return false
+}
+
+/** One retry: undefined if it succeeded (or there is nothing to move), else why not. */
+async function retryOnce(ctx: ScenarioContext, vmId: string): Promise<string | undefined> {
   const { mesh } = ctx
   for (const h of mesh.liveHosts()) {
     const r = await h.agent!.request('GET', `/v1/vms/${vmId}`)
     if (r.status !== 200) continue
-    if (r.body.state !== 'running' && r.body.state !== 'paused') return true // crashed with its host
+    if (r.body.state !== 'running' && r.body.state !== 'paused') return undefined // crashed with its host
     const others = mesh.liveHosts().filter((o) => o !== h)
-    if (others.length === 0) return true
+    if (others.length === 0) return undefined
     const to = pick(ctx.rng, others)
     const m = await h.agent!.request('POST', `/v1/vms/${vmId}/migrate`, { to: to.peerId })
-    if (m.status !== 202) {
-      ctx.log(`retry of ${vmId} refused: ${JSON.stringify(m.body)}`)
-      return false
-    }
+    if (m.status !== 202) return `refused: ${JSON.stringify(m.body)}`
     const deadline = Date.now() + 120_000
     while (Date.now() < deadline) {
       const v = await h.agent!.request('GET', `/v1/migrations/${m.body.id}`)
-      if (v.body?.phase === 'done') return true
-      if (v.body?.phase === 'failed' || v.body?.phase === 'cancelled') {
-        ctx.log(`retry of ${vmId} ${v.body.phase}: ${JSON.stringify(v.body.error)}`)
-        return false
-      }
+      if (v.body?.phase === 'done') return undefined
+      if (v.body?.phase === 'failed' || v.body?.phase === 'cancelled')
+        return `${v.body.phase}: ${JSON.stringify(v.body.error)}`
       await sleep(200)
     }
-    return false
+    return 'did not end within 120 s'
   }
-  return true
+  return undefined
 }
 
 /** kill -9 of one side of a migration at a random moment, a restart after a random pause. */
