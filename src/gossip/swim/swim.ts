@@ -93,6 +93,8 @@ interface QueuedUpdate {
 interface Outgoing {
   bytes: Uint8Array
   taken: QueuedUpdate[]
+  /** The recipient our own record went to on this message, if it did. */
+  selfTo?: string
 }
 
 const T = pb.SwimMessage.Type
@@ -128,6 +130,9 @@ export interface Swim {
   removeEventListener(type: string, listener: Listener, options?: RemoveOptions): void
 }
 
+/** Longest time a peer goes without our own record on a message from us. */
+const SELF_REFRESH_MS = 30_000
+
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: typed event overloads only (see above)
 export class Swim extends EventTarget {
   readonly config: Readonly<SwimConfig>
@@ -157,6 +162,8 @@ export class Swim extends EventTarget {
   /** Round trip of the last direct PING/ACK per member (ms). */
   private readonly rtts = new Map<string, number>()
   private selfWire?: { incarnation: number; status: MemberStatus; wire: MemberMessage; bytes: number }
+  /** Per recipient: which of our records it last got from us, and when (see message()). */
+  private readonly selfSent = new Map<string, { key: string; at: number }>()
 
   constructor(components: SwimComponents, init: SwimInit = {}) {
     super()
@@ -866,18 +873,40 @@ export class Swim extends EventTarget {
       exclude: about,
     })
     const updates = taken.map((q) => q.wire)
-    // Our own record rides on every message, so peers always hold our current incarnation.
-    if (!taken.some((q) => q.key === this.selfId)) updates.push(this.selfRecord())
+    // Our own record rides on a message when the recipient has not had this incarnation from us, and
+    // at least every SELF_REFRESH_MS: on every message it was most of SWIM's bytes at rest
+    let selfTo: string | undefined
+    if (!taken.some((q) => q.key === this.selfId) && this.selfDue(about)) {
+      updates.push(this.selfRecord())
+      selfTo = about
+    }
     if (about !== undefined && about !== this.selfId) {
       const r = this.list.get(about)
       if (r && r.status !== 'alive') updates.push(memberToWire(r))
     }
-    return { bytes: encodeMessage({ type, seq, updates, ...extra }), taken }
+    return { bytes: encodeMessage({ type, seq, updates, ...extra }), taken, ...(selfTo ? { selfTo } : {}) }
   }
 
   /** The message did not get through: its updates' transmissions do not count. */
   private undelivered(out: Outgoing): void {
+    // It did not get our record either: the next message carries it
+    if (out.selfTo !== undefined) this.selfSent.delete(out.selfTo)
     for (const q of out.taken) this.queue.restore(q.key, q)
+  }
+
+  private selfDue(to: string | undefined): boolean {
+    if (to === undefined) return true
+    const u = this.list.selfUpdate()
+    const key = `${u.incarnation}:${u.status}`
+    const now = Date.now()
+    const last = this.selfSent.get(to)
+    if (last && last.key === key && now - last.at < SELF_REFRESH_MS) return false
+    this.selfSent.set(to, { key, at: now })
+    // Bounded: peers long gone are forgotten (they get the record again if they come back)
+    if (this.selfSent.size > 4 * Math.max(64, this.list.numLive())) {
+      for (const [peer, v] of this.selfSent) if (now - v.at >= SELF_REFRESH_MS) this.selfSent.delete(peer)
+    }
+    return true
   }
 
   private selfRecord(): MemberMessage {
