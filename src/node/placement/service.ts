@@ -212,8 +212,8 @@ export class PlacementService {
     }
     const m = this.init.gossip.members().find((x) => x.peerId === peer)
     if (m?.status !== 'alive') throw new PlacementLookupError('host', `no live host ${peer} in the mesh`)
-    if (!this.transport) throw new PlacementDisabledError()
-    this.transport.send(peer, { type: 'drain', eventId: `drain-${randomBytes(6).toString('hex')}` })
+    if (!this.running) throw new PlacementDisabledError()
+    this.send(peer, { type: 'drain', eventId: `drain-${randomBytes(6).toString('hex')}` })
     const st = this.init.gossip.hosts().find((h) => h.peerId === peer)
     return { host: peer, self: false, vms: st?.vms.length ?? 0 }
   }

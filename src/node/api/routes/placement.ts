@@ -25,7 +25,10 @@ const policy = z.enum(POLICY_NAMES, {
 
 export const planRequestSchema = z.strictObject(
   {
-    policy: z.union([policy, z.array(policy).min(1).max(POLICY_NAMES.length)]).optional(),
+    /** One policy or several. */
+    policy: z
+      .preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(policy).min(1).max(POLICY_NAMES.length))
+      .optional(),
     dryRun: z.literal(true, {
       error: 'must be true: placement runs by itself; this route only shows what it would do',
     }),
@@ -42,7 +45,7 @@ export function placementRoutes(app: FastifyInstance, placement: PlacementServic
 
   app.post('/v1/placement/plan', async (request) => {
     const req = parseOrThrow(planRequestSchema, request.body)
-    const given = req.policy === undefined ? ['all'] : Array.isArray(req.policy) ? req.policy : [req.policy]
+    const given: string[] = req.policy ?? ['all']
     const policies: PolicyName[] = given.includes('all')
       ? [...POLICIES]
       : POLICIES.filter((p) => given.includes(p))
