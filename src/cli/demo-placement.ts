@@ -146,7 +146,8 @@ function eventLine(agent: number, e: PlacementEventView, procs: Proc[]): string 
     return i >= 0 ? `agent ${i}` : shortId(peer)
   }
   const moves = e.moves.map((m) => `${m.vm} -> ${name(m.to)}`).join(', ')
-  const took = e.durationMs === undefined ? '' : ` in ${formatDuration(e.durationMs)}`
+  const ms = e.durationMs
+  const took = ms === undefined ? '' : ` in ${ms < 1000 ? `${ms} ms` : formatDuration(ms)}`
   return `agent ${agent}: ${e.kind} event ${e.state}${took}, partition of ${e.members.length}${moves ? `: ${moves}` : ''}`
 }
 

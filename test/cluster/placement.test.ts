@@ -27,7 +27,7 @@ capacity:
   diskMiB: 4096
 placement:
   tickMs: 200
-  overloadGraceMs: 1000
+  overloadGraceMs: 3000
   underloadGraceMs: 3000
   leaseMs: 3000
   joinTimeoutMs: 1500
@@ -70,6 +70,10 @@ before(async () => {
 })
 
 after(async () => {
+  // SKYMESH_TEST_LOGS=DIR keeps every agent's log there (what CI shows when a case fails).
+  const keep = process.env.SKYMESH_TEST_LOGS
+  if (keep)
+    for (const [i, a] of agents.entries()) await writeFile(join(keep, `placement-h${i}.log`), a.output())
   await Promise.all(agents.filter(Boolean).map((a) => a.stop()))
   await removeDir(dir)
 })
