@@ -8,6 +8,7 @@ import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
+import { registerPlacementCommands } from './commands/placement.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -41,6 +42,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
   registerNetCommands(program, io)
+  registerPlacementCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

@@ -21,6 +21,7 @@ import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
 import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
+import { PlacementService } from './placement/index.js'
 import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
 import type {
@@ -74,6 +75,7 @@ export class Agent implements AgentService, NetworkApi {
   private gossip?: Gossip
   private migrations?: AgentMigrations
   private overlay?: OverlayService
+  private placement?: PlacementService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
   private readonly records = new Map<string, StoredVm>()
@@ -245,6 +247,7 @@ export class Agent implements AgentService, NetworkApi {
       },
     })
     await this.migrations.start()
+    await this.startPlacement()
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -257,6 +260,7 @@ export class Agent implements AgentService, NetworkApi {
     this.api = createApiServer({
       agent: this,
       networks: this,
+      placement: this.placement,
       token: this.token,
       logger: this.log.child({ component: 'api' }),
       host: config.api.host,
@@ -277,6 +281,7 @@ export class Agent implements AgentService, NetworkApi {
     // Tell the mesh first, so our suspended VMs show as host-left rather than host-lost.
     await this.gossip?.leave()
     await this.peerTracker?.stop().catch(() => {})
+    await this.placement?.stop()
     // Outgoing migrations not past their handover roll back (the VM runs here), then get suspended.
     await this.migrations
       ?.stop()
@@ -591,6 +596,30 @@ export class Agent implements AgentService, NetworkApi {
   }
 
   // --- internals ---
+
+  /** Placement: this host's side of the cooperative protocol; it moves VMs as the API's migrate does. */
+  private async startPlacement(): Promise<void> {
+    const gossip = this.requireGossip()
+    this.placement = new PlacementService({
+      self: this.peerId,
+      site: this.config.site,
+      capacity: this.config.capacity,
+      settings: this.config.placement,
+      logger: this.log.child({ component: 'placement' }),
+      metrics: this.metrics,
+      gossip,
+      host: this.requireHost(),
+      dialTimeoutMs: this.config.dialTimeoutMs,
+      localVms: () =>
+        this.localState().vms.map((v) => ({ ...v, migrating: Boolean(this.migrations?.activeFor(v.id)) })),
+      migrate: (vm, to) => {
+        const bandwidthMiBps = this.config.placement.migrationBandwidthMiBps
+        return this.migrateVm(vm, { to, ...(bandwidthMiBps ? { bandwidthMiBps } : {}) })
+      },
+      migrationPhase: (id) => this.migrations?.list().find((m) => m.id === id)?.phase,
+    })
+    await this.placement.start()
+  }
 
   /** The overlay: networks from config and the store, frames over libp2p, NICs of local VMs. */
   private async startOverlay(): Promise<void> {

@@ -7,6 +7,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from './errors.js'
+import { type PlacementSettings, placementSchema, placementSettings } from './placement/settings.js'
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4710'
 export const DEFAULT_API = '127.0.0.1:4711'
@@ -92,6 +93,8 @@ const fileSchema = z.strictObject({
       mtu: z.number().int().min(576).max(9000).optional(),
     }),
   ),
+  /** Cooperative placement (overload relief, consolidation, drain); see src/node/placement/settings.ts. */
+  placement: placementSchema,
 })
 
 export type AgentConfig = Readonly<{
@@ -121,6 +124,7 @@ export type AgentConfig = Readonly<{
     state: { heartbeatMs?: number; debounceMs?: number; syncIntervalMs?: number }
     pubsub: { meshDegree?: number; gossipPeers?: number; heartbeatMs?: number }
   }>
+  placement: PlacementSettings
 }>
 
 function formatIssues(error: z.ZodError, source: string): string[] {
@@ -209,6 +213,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     dialTimeoutMs: c.dialTimeoutMs ?? 5000,
     networks: c.networks ?? [],
     gossip: splitGossip(c.gossip ?? {}),
+    placement: placementSettings(c.placement),
   }
   return Object.freeze(config)
 }
