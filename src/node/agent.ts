@@ -19,8 +19,10 @@ import { loadOrCreatePeerKey } from './identity.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
+import { NatLinks } from './nat.js'
 import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
+import { buildSitesView, decodeSiteLinks, SiteMeter, type SitesView } from './sites.js'
 import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
 import type {
@@ -76,6 +78,8 @@ export class Agent implements AgentService, NetworkApi {
   private overlay?: OverlayService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
+  private natLinks?: NatLinks
+  private siteMeter?: SiteMeter
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -132,6 +136,28 @@ export class Agent implements AgentService, NetworkApi {
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
       pubsub: config.gossip.pubsub,
+      nat: {
+        listenViaRelay: config.nat.reachability !== 'public',
+        autonat: config.nat.autonat,
+        holePunching: config.nat.holePunching,
+        relay: config.relay.enabled
+          ? {
+              maxReservations: config.relay.maxReservations,
+              dataLimitBytes: BigInt(config.relay.dataLimitMiB) * 1048576n,
+              durationLimitMs: config.relay.durationLimitSec * 1000,
+            }
+          : undefined,
+      },
+    })
+    this.natLinks = new NatLinks({
+      host: this.host,
+      logger: this.log.child({ component: 'nat' }),
+      directTimeoutMs: config.nat.directTimeoutMs,
+    })
+    this.natLinks.start()
+    this.siteMeter = new SiteMeter({
+      siteOf: (peerId) => this.siteOf(peerId),
+      rtts: () => this.rtts(),
     })
     this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
 
@@ -149,6 +175,7 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
       latency: (peerId) => this.gossip?.swim.rtt(peerId),
+      connection: (peerId) => this.natLinks?.kind(peerId),
       hello: () => ({
         version: VERSION,
         site: config.site,
@@ -183,6 +210,7 @@ export class Agent implements AgentService, NetworkApi {
       driver: this.requireDriver(),
       store: this.requireStore(),
       metrics: this.metrics,
+      link: this.natLinks,
       owner: {
         peerId: this.peerId,
         record: (id) => this.records.get(id),
@@ -239,6 +267,11 @@ export class Agent implements AgentService, NetworkApi {
       },
     })
     await this.migrations.start()
+    // Bandwidth between sites, as migrations measured it (both ends learn it).
+    this.migrations.service.on('finished', (m) => {
+      if (m.phase === 'done')
+        this.siteMeter?.recordBandwidth(m.direction === 'out' ? m.to : m.from, m.bandwidthMiBps)
+    })
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -292,6 +325,7 @@ export class Agent implements AgentService, NetworkApi {
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
+    this.natLinks?.stop()
     await this.host?.stop()
     await this.driver?.close()
     await this.store?.close()
@@ -316,6 +350,24 @@ export class Agent implements AgentService, NetworkApi {
 
   peers(): PeerInfo[] {
     return this.peerTracker?.list() ?? []
+  }
+
+  /** Sites, hosts per site, and the latency/bandwidth their hosts measured between them. */
+  sites(): SitesView {
+    const gossip = this.requireGossip()
+    const states = new Map(gossip.hosts().map((h) => [h.peerId, h]))
+    const alive = new Map(gossip.members().map((m) => [m.peerId, m.status === 'alive']))
+    const ids = new Set([...states.keys(), ...alive.keys()])
+    const hosts = [...ids].map((peerId) => {
+      const self = peerId === this.peerId
+      return {
+        peerId,
+        site: self ? this.config.site : (states.get(peerId)?.site ?? this.siteOf(peerId) ?? ''),
+        alive: self || (alive.get(peerId) ?? false),
+        links: self ? (this.siteMeter?.report() ?? []) : decodeSiteLinks(states.get(peerId)?.sites),
+      }
+    })
+    return buildSitesView({ peerId: this.peerId, site: this.config.site }, hosts)
   }
 
   listVms(): VmRecord[] {
@@ -664,6 +716,28 @@ export class Agent implements AgentService, NetworkApi {
       agentVersion: VERSION,
       addrs: this.addrs(),
       overlay: this.overlay?.announcement(),
+      sites: this.siteMeter?.encode(),
+    }
+  }
+
+  private siteOf(peerId: string): string | undefined {
+    if (peerId === this.peerId) return this.config.site
+    const g = this.gossip
+    if (!g) return undefined
+    return (
+      g.hosts().find((h) => h.peerId === peerId)?.site ||
+      g.members().find((m) => m.peerId === peerId)?.site ||
+      undefined
+    )
+  }
+
+  private *rtts(): Iterable<[string, number]> {
+    const g = this.gossip
+    if (!g) return
+    for (const m of g.members()) {
+      if (m.self || m.status !== 'alive') continue
+      const ms = g.swim.rtt(m.peerId)
+      if (ms !== undefined) yield [m.peerId, ms]
     }
   }
 
