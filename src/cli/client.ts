@@ -1,4 +1,5 @@
 // A small client for the agent's local HTTP API (bearer token, JSON, `{ error: { code, message } }`).
+import type { SitesView } from '../node/sites.js'
 import type {
   ClusterView,
   ClusterVm,
@@ -38,6 +39,10 @@ export class ApiClient {
 
   peers(): Promise<{ peers: PeerInfo[] }> {
     return this.request('GET', '/v1/peers')
+  }
+
+  sites(): Promise<SitesView> {
+    return this.request('GET', '/v1/sites')
   }
 
   listVms(): Promise<{ vms: VmRecord[] }> {

@@ -8,6 +8,7 @@ import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
+import { registerSitesCommand } from './commands/sites.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -40,6 +41,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerVmCommands(program, io, deps.migrate)
   registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
+  registerSitesCommand(program, io)
   registerNetCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)

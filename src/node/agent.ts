@@ -269,8 +269,9 @@ export class Agent implements AgentService, NetworkApi {
     await this.migrations.start()
     // Bandwidth between sites, as migrations measured it (both ends learn it).
     this.migrations.service.on('finished', (m) => {
-      if (m.phase === 'done')
-        this.siteMeter?.recordBandwidth(m.direction === 'out' ? m.to : m.from, m.bandwidthMiBps)
+      if (m.phase !== 'done') return
+      this.siteMeter?.recordBandwidth(m.direction === 'out' ? m.to : m.from, m.bandwidthMiBps)
+      this.gossip?.notifyChanged()
     })
     this.bootstrapper = new Bootstrapper({
       host: this.host,
