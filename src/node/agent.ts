@@ -136,6 +136,7 @@ export class Agent implements AgentService, NetworkApi {
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
       pubsub: config.gossip.pubsub,
+      sameSite: (peerId) => this.sameSite(peerId),
       nat: {
         listenViaRelay: config.nat.reachability !== 'public',
         autonat: config.nat.autonat,
@@ -719,6 +720,20 @@ export class Agent implements AgentService, NetworkApi {
       overlay: this.overlay?.announcement(),
       sites: this.siteMeter?.encode(),
     }
+  }
+
+  /** Sites of the hosts gossip knows, refreshed at most once a second (gossipsub asks per peer). */
+  private siteCache = { at: 0, sites: new Map<string, string>() }
+
+  private sameSite(peerId: string): boolean {
+    const now = Date.now()
+    if (now - this.siteCache.at > 1000 && this.gossip) {
+      const sites = new Map<string, string>()
+      for (const m of this.gossip.members()) if (m.site) sites.set(m.peerId, m.site)
+      for (const h of this.gossip.hosts()) if (h.site) sites.set(h.peerId, h.site)
+      this.siteCache = { at: now, sites }
+    }
+    return this.siteCache.sites.get(peerId) === this.config.site
   }
 
   private siteOf(peerId: string): string | undefined {

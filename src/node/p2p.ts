@@ -29,7 +29,15 @@ export interface HostInit {
   pubsub?: PubsubInit
   /** NAT traversal; defaults in NAT_HOST_DEFAULTS. */
   nat?: NatHostInit
+  /**
+   * Whether a peer is in this host's site: gossipsub scores such peers higher, so when its mesh
+   * sheds peers it keeps same-site ones and fewer links cross the (slow) links between sites.
+   */
+  sameSite?: (peerId: string) => boolean
 }
+
+/** Score bonus (before gossipsub's appSpecificWeight of 10) of a peer in our own site. */
+export const SAME_SITE_SCORE = 1
 
 export interface NatHostInit {
   /** Listen through relays (`/p2p-circuit`, a reservation on a relay of the mesh). */
@@ -108,7 +116,10 @@ export async function createHost(init: HostInit) {
         // gossipsub penalises more than 10 peers behind one IP address, and graylists them: that is
         // every agent of a test mesh on one machine, and every host of a site behind one NAT. Our
         // peers are authenticated (mesh key, signed host states), so the colocation score is off.
-        scoreParams: { IPColocationFactorWeight: 0 },
+        scoreParams: {
+          IPColocationFactorWeight: 0,
+          appSpecificScore: (peer) => (init.sameSite?.(peer) ? SAME_SITE_SCORE : 0),
+        },
       }),
     },
   })
