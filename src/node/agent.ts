@@ -271,7 +271,12 @@ export class Agent implements AgentService, NetworkApi {
     // Bandwidth between sites, as migrations measured it (both ends learn it).
     this.migrations.service.on('finished', (m) => {
       if (m.phase !== 'done') return
-      this.siteMeter?.recordBandwidth(m.direction === 'out' ? m.to : m.from, m.bandwidthMiBps)
+      // the link rate the engine measured; else the average over the whole migration
+      const average = m.totalMs ? m.wireBytes / 1048576 / (m.totalMs / 1000) : 0
+      this.siteMeter?.recordBandwidth(
+        m.direction === 'out' ? m.to : m.from,
+        m.bandwidthMiBps > 0 ? m.bandwidthMiBps : average,
+      )
       this.gossip?.notifyChanged()
     })
     this.bootstrapper = new Bootstrapper({

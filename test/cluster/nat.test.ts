@@ -8,6 +8,7 @@ import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
+import { sitesTables } from '../../src/cli/commands/sites.js'
 import { type RunningAgent, removeDir, tempDir, waitFor } from '../helpers/agent-process.js'
 import { NetnsMesh, netnsUnavailable } from '../helpers/netns.js'
 
@@ -180,7 +181,7 @@ describe('hosts behind NAT reach each other through a relay', { skip: why }, () 
     assert.equal((await west.request('GET', `/v1/vms/${r.body.id}`)).status, 404)
   })
 
-  it('GET /v1/sites: three sites, their hosts, round trips measured from east', async () => {
+  it('GET /v1/sites: three sites, their hosts, round trips measured from east', async (t) => {
     const view = await waitFor(
       'east measured round trips to the other sites',
       async () => {
@@ -193,6 +194,7 @@ describe('hosts behind NAT reach each other through a relay', { skip: why }, () 
       },
       30_000,
     )
+    for (const line of sitesTables(view).trimEnd().split('\n')) t.diagnostic(line)
     assert.deepEqual(
       view.sites.map((s: { name: string }) => s.name),
       ['east', 'pub', 'west'],
