@@ -89,8 +89,9 @@ const fileSchema = z.strictObject({
   nat: z
     .strictObject({
       /**
-       * public: reachable, never listens through relays; private: listens through relays only;
-       * auto (default): listens through relays as well as directly (dialers prefer direct addresses).
+       * public: reachable, never listens through relays (no reservation taken). auto (default) and
+       * private: also listen through a relay of the mesh (`/p2p-circuit`), beside the direct
+       * addresses that peers of the same site and hole punching use; dialers try direct ones first.
        */
       reachability: z.enum(NAT_REACHABILITY, {
         error: (iss) =>
