@@ -1,6 +1,7 @@
 // A small client for the agent's local HTTP API (bearer token, JSON, `{ error: { code, message } }`).
 
 import type { DryRunResult, PlacementStatus } from '../node/placement/index.js'
+import type { SitesView } from '../node/sites.js'
 import type {
   ClusterView,
   ClusterVm,
@@ -40,6 +41,10 @@ export class ApiClient {
 
   peers(): Promise<{ peers: PeerInfo[] }> {
     return this.request('GET', '/v1/peers')
+  }
+
+  sites(): Promise<SitesView> {
+    return this.request('GET', '/v1/sites')
   }
 
   listVms(): Promise<{ vms: VmRecord[] }> {

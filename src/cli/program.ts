@@ -9,6 +9,7 @@ import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate
 import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
 import { registerPlacementCommands } from './commands/placement.js'
+import { registerSitesCommand } from './commands/sites.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -41,6 +42,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerVmCommands(program, io, deps.migrate)
   registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
+  registerSitesCommand(program, io)
   registerNetCommands(program, io)
   registerPlacementCommands(program, io)
   registerMeshKeyCommand(program, io)

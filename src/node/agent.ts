@@ -19,9 +19,11 @@ import { loadOrCreatePeerKey } from './identity.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
+import { NatLinks } from './nat.js'
 import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
 import { PlacementService } from './placement/index.js'
+import { buildSitesView, decodeSiteLinks, SiteMeter, type SitesView } from './sites.js'
 import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
 import type {
@@ -78,6 +80,8 @@ export class Agent implements AgentService, NetworkApi {
   private placement?: PlacementService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
+  private natLinks?: NatLinks
+  private siteMeter?: SiteMeter
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -134,6 +138,29 @@ export class Agent implements AgentService, NetworkApi {
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
       pubsub: config.gossip.pubsub,
+      sameSite: (peerId) => this.sameSite(peerId),
+      nat: {
+        listenViaRelay: config.nat.reachability !== 'public',
+        autonat: config.nat.autonat,
+        holePunching: config.nat.holePunching,
+        relay: config.relay.enabled
+          ? {
+              maxReservations: config.relay.maxReservations,
+              dataLimitBytes: BigInt(config.relay.dataLimitMiB) * 1048576n,
+              durationLimitMs: config.relay.durationLimitSec * 1000,
+            }
+          : undefined,
+      },
+    })
+    this.natLinks = new NatLinks({
+      host: this.host,
+      logger: this.log.child({ component: 'nat' }),
+      directTimeoutMs: config.nat.directTimeoutMs,
+    })
+    this.natLinks.start()
+    this.siteMeter = new SiteMeter({
+      siteOf: (peerId) => this.siteOf(peerId),
+      rtts: () => this.rtts(),
     })
     this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
 
@@ -151,6 +178,7 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
       latency: (peerId) => this.gossip?.swim.rtt(peerId),
+      connection: (peerId) => this.natLinks?.kind(peerId),
       hello: () => ({
         version: VERSION,
         site: config.site,
@@ -185,6 +213,7 @@ export class Agent implements AgentService, NetworkApi {
       driver: this.requireDriver(),
       store: this.requireStore(),
       metrics: this.metrics,
+      link: this.natLinks,
       owner: {
         peerId: this.peerId,
         record: (id) => this.records.get(id),
@@ -248,6 +277,17 @@ export class Agent implements AgentService, NetworkApi {
     })
     await this.migrations.start()
     await this.startPlacement()
+    // Bandwidth between sites, as migrations measured it (both ends learn it).
+    this.migrations.service.on('finished', (m) => {
+      if (m.phase !== 'done') return
+      // the link rate the engine measured; else the average over the whole migration
+      const average = m.totalMs ? m.wireBytes / 1048576 / (m.totalMs / 1000) : 0
+      this.siteMeter?.recordBandwidth(
+        m.direction === 'out' ? m.to : m.from,
+        m.bandwidthMiBps > 0 ? m.bandwidthMiBps : average,
+      )
+      this.gossip?.notifyChanged()
+    })
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -303,6 +343,7 @@ export class Agent implements AgentService, NetworkApi {
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
+    this.natLinks?.stop()
     await this.host?.stop()
     await this.driver?.close()
     await this.store?.close()
@@ -327,6 +368,24 @@ export class Agent implements AgentService, NetworkApi {
 
   peers(): PeerInfo[] {
     return this.peerTracker?.list() ?? []
+  }
+
+  /** Sites, hosts per site, and the latency/bandwidth their hosts measured between them. */
+  sites(): SitesView {
+    const gossip = this.requireGossip()
+    const states = new Map(gossip.hosts().map((h) => [h.peerId, h]))
+    const alive = new Map(gossip.members().map((m) => [m.peerId, m.status === 'alive']))
+    const ids = new Set([...states.keys(), ...alive.keys()])
+    const hosts = [...ids].map((peerId) => {
+      const self = peerId === this.peerId
+      return {
+        peerId,
+        site: self ? this.config.site : (states.get(peerId)?.site ?? this.siteOf(peerId) ?? ''),
+        alive: self || (alive.get(peerId) ?? false),
+        links: self ? (this.siteMeter?.report() ?? []) : decodeSiteLinks(states.get(peerId)?.sites),
+      }
+    })
+    return buildSitesView({ peerId: this.peerId, site: this.config.site }, hosts)
   }
 
   listVms(): VmRecord[] {
@@ -700,6 +759,42 @@ export class Agent implements AgentService, NetworkApi {
       agentVersion: VERSION,
       addrs: this.addrs(),
       overlay: this.overlay?.announcement(),
+      sites: this.siteMeter?.encode(),
+    }
+  }
+
+  /** Sites of the hosts gossip knows, refreshed at most once a second (gossipsub asks per peer). */
+  private siteCache = { at: 0, sites: new Map<string, string>() }
+
+  private sameSite(peerId: string): boolean {
+    const now = Date.now()
+    if (now - this.siteCache.at > 1000 && this.gossip) {
+      const sites = new Map<string, string>()
+      for (const m of this.gossip.members()) if (m.site) sites.set(m.peerId, m.site)
+      for (const h of this.gossip.hosts()) if (h.site) sites.set(h.peerId, h.site)
+      this.siteCache = { at: now, sites }
+    }
+    return this.siteCache.sites.get(peerId) === this.config.site
+  }
+
+  private siteOf(peerId: string): string | undefined {
+    if (peerId === this.peerId) return this.config.site
+    const g = this.gossip
+    if (!g) return undefined
+    return (
+      g.hosts().find((h) => h.peerId === peerId)?.site ||
+      g.members().find((m) => m.peerId === peerId)?.site ||
+      undefined
+    )
+  }
+
+  private *rtts(): Iterable<[string, number]> {
+    const g = this.gossip
+    if (!g) return
+    for (const m of g.members()) {
+      if (m.self || m.status !== 'alive') continue
+      const ms = g.swim.rtt(m.peerId)
+      if (ms !== undefined) yield [m.peerId, ms]
     }
   }
 

@@ -36,6 +36,8 @@ export interface PeerInfo {
   driver?: string
   /** Last ping round trip in ms, if measured. */
   latencyMs?: number
+  /** How we reach it: `direct`, `relayed` (circuit relay, behind NAT) or `hole-punched` (DCUtR). */
+  connection?: 'direct' | 'relayed' | 'hole-punched'
   /** ISO 8601: when the first open connection was established. */
   connectedAt: string
 }
@@ -170,6 +172,8 @@ export interface AgentService {
   clusterVms(): ClusterVm[]
   /** One VM of the mesh by id (or unique name). Throws AgentError VM_NOT_FOUND. */
   where(idOrName: string): ClusterVm
+  /** Sites, hosts per site, measured latency/bandwidth between them (GET /v1/sites). */
+  sites?(): import('./sites.js').SitesView
   readonly metrics: Registry
 }
 

@@ -56,6 +56,10 @@ export interface MigrationView {
   /** The epoch the VM has at the destination after the commit. */
   epoch?: number
   error?: { code: string; message: string }
+  /** Source side: how the migration reached its destination (direct, hole-punched or relayed). */
+  link?: 'direct' | 'hole-punched' | 'relayed'
+  /** Why the link is not direct, when it is not. */
+  linkNote?: string
 }
 
 export type Counters = Pick<

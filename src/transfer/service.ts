@@ -21,7 +21,7 @@ import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './opt
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
 import { OutgoingMigration } from './source.js'
 import { type Outcome, queryStatus, serveStatus } from './status.js'
-import type { MigrationComponents, TransferTimeouts } from './types.js'
+import type { MigrationComponents, MigrationHost, TransferTimeouts } from './types.js'
 import { ControlChannel, withTimeout } from './wire.js'
 
 export interface MigrationServiceInit {
@@ -41,6 +41,22 @@ export interface MigrationServiceInit {
    * (a VM that comes back sends only what changed); default 1024, 0 turns it off.
    */
   retainMiB?: number
+}
+
+/** How an outgoing migration reaches its destination (src/node/nat.ts decides). */
+export interface BulkLink {
+  kind: 'direct' | 'hole-punched' | 'relayed'
+  /** Why it is not direct, when it is not. */
+  note?: string
+}
+
+/**
+ * Bulk transfer prefers a direct connection: before the offer, `prepare` tries to get one (direct
+ * dial, hole punching) and says what the migration will use, or throws (a LinkError) when only a
+ * relayed connection exists and its limits cannot carry `bytes`.
+ */
+export interface BulkLinkAdvisor {
+  prepare(peer: PeerId, bytes: number, opts: { signal: AbortSignal }): Promise<BulkLink>
 }
 
 export interface MigrationEvents {
@@ -77,12 +93,16 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #active = new Map<string, Entry>()
   readonly #finished = new Map<string, MigrationView>()
   readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
+  /** The link each outgoing migration uses (while it and its finished view are kept). */
+  readonly #links = new Map<string, { link?: BulkLink }>()
+  readonly #advisor?: BulkLinkAdvisor
   #ac = new AbortController()
   #started = false
 
-  constructor(components: MigrationComponents, init: MigrationServiceInit = {}) {
+  constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
     this.#c = components
+    this.#advisor = components.link
     this.#log = components.logger.child({ component: 'transfer' })
     this.#maxOut = init.maxOutgoing ?? DEFAULTS.maxOutgoing
     this.#maxIn = init.maxIncoming ?? DEFAULTS.maxIncoming
@@ -110,11 +130,18 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     setMaxListeners(Number.POSITIVE_INFINITY, this.#ac.signal)
     const { host } = this.#c
     const limit = { maxInboundStreams: 4 * MAX_DATA_STREAMS, maxOutboundStreams: 4 * MAX_DATA_STREAMS }
+    // A host behind NAT may be reachable only through a relay (a limited connection): allowed here,
+    // the source decides (BulkLinkAdvisor) whether a migration may use one.
+    const limited = { runOnLimitedConnection: true }
     await host.handle(CONTROL_PROTOCOL, (stream, conn) => this.#onControl(stream, conn), {
       maxInboundStreams: 16,
+      ...limited,
     })
-    await host.handle(DATA_PROTOCOL, (stream, conn) => this.#onData(stream, conn), limit)
-    await host.handle(STATUS_PROTOCOL, (stream) => this.#onStatus(stream), { maxInboundStreams: 16 })
+    await host.handle(DATA_PROTOCOL, (stream, conn) => this.#onData(stream, conn), { ...limit, ...limited })
+    await host.handle(STATUS_PROTOCOL, (stream) => this.#onStatus(stream), {
+      maxInboundStreams: 16,
+      ...limited,
+    })
     this.#started = true
   }
 
@@ -153,9 +180,13 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       throw new MigrationRefusedError('BUSY', `${this.#maxOut} outgoing migrations already run`)
     }
     const signal = options.signal ? AbortSignal.any([options.signal, this.#ac.signal]) : this.#ac.signal
+    const id = randomUUID()
+    const linkRef: { link?: BulkLink } = {}
+    this.#links.set(id, linkRef)
+    const bytes = (vm.spec.memoryMiB + vm.spec.diskMiB) * 1024 * 1024
     const m = new OutgoingMigration({
-      id: randomUUID(),
-      host: this.#c.host,
+      id,
+      host: this.#linkHost(id, bytes, linkRef),
       to,
       instance: vm.instance,
       spec: vm.spec,
@@ -166,27 +197,30 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       logger: this.#log,
       store: this.store,
       signal,
-      onChange: (v) => this.emit('progress', v),
+      onChange: (v) => this.emit('progress', this.#withLink(v)),
     })
     options.signal?.addEventListener('abort', () => m.cancel(), { once: true })
     this.#track(m)
-    return m.view()
+    return this.#withLink(m.view())
   }
 
   list(): MigrationView[] {
-    return [...[...this.#active.values()].map((m) => m.view()), ...this.#finished.values()]
+    return [...[...this.#active.values()].map((m) => m.view()), ...this.#finished.values()].map((v) =>
+      this.#withLink(v),
+    )
   }
 
   get(id: string): MigrationView | undefined {
-    return this.#active.get(id)?.view() ?? this.#finished.get(id)
+    const v = this.#active.get(id)?.view() ?? this.#finished.get(id)
+    return v && this.#withLink(v)
   }
 
   /** The migration's final view (resolves, never rejects, once it is done, failed or cancelled). */
   done(id: string): Promise<MigrationView> {
     const m = this.#active.get(id)
-    if (m) return m.done
+    if (m) return m.done.then((v) => this.#withLink(v))
     const f = this.#finished.get(id)
-    if (f) return Promise.resolve(f)
+    if (f) return Promise.resolve(this.#withLink(f))
     return Promise.reject(new MigrationError('UNKNOWN_MIGRATION', `no migration ${id}`))
   }
 
@@ -205,10 +239,56 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
 
   /** Asks `peer` whether migration `id` committed there (for an agent resolving a journaled handover). */
   async queryStatus(peer: PeerId, id: string, opts: { signal: AbortSignal }): Promise<Outcome> {
-    return (await queryStatus(this.#c.host, peer, id, opts)).outcome
+    return (await queryStatus(this.#limitedOk(), peer, id, opts)).outcome
   }
 
   // ------------------------------------------------------------------ internals
+
+  #withLink(v: MigrationView): MigrationView {
+    const l = this.#links.get(v.id)?.link
+    return l ? { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) } : v
+  }
+
+  /** The host, with streams allowed on limited (relayed) connections: the mesh's own traffic may use them. */
+  #limitedOk(): MigrationHost {
+    const host = this.#c.host
+    return {
+      peerId: host.peerId,
+      handle: host.handle.bind(host),
+      unhandle: host.unhandle.bind(host),
+      dialProtocol: (peer, protocols, opts) =>
+        host.dialProtocol(peer, protocols, { ...opts, runOnLimitedConnection: true }),
+    }
+  }
+
+  /**
+   * The host an outgoing migration dials through: its first dial asks the link advisor for a direct
+   * connection (or the reason there is none, or a refusal), and every stream may use a relayed one.
+   */
+  #linkHost(id: string, bytes: number, ref: { link?: BulkLink }): MigrationHost {
+    const base = this.#limitedOk()
+    const advisor = this.#advisor
+    if (!advisor) return base
+    let prepared: Promise<void> | undefined
+    return {
+      ...base,
+      dialProtocol: async (peer, protocols, opts) => {
+        prepared ??= (async () => {
+          const signal = opts?.signal ?? this.#ac.signal
+          const link = await advisor.prepare(peer as PeerId, bytes, { signal })
+          ref.link = link
+          if (link.kind === 'relayed') {
+            this.#log.warn(
+              { migration: id, to: peer.toString(), why: link.note },
+              'migration runs over a relay',
+            )
+          }
+        })()
+        await prepared
+        return base.dialProtocol(peer, protocols, opts)
+      },
+    }
+  }
 
   #count(direction: 'in' | 'out'): number {
     let n = direction === 'in' ? this.#pendingIn.size : 0
@@ -227,9 +307,12 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     void m.done.then((v) => {
       this.#active.delete(m.id)
       this.#finished.set(m.id, v)
-      while (this.#finished.size > this.#keepFinished)
-        this.#finished.delete(this.#finished.keys().next().value!)
-      this.emit('finished', v)
+      while (this.#finished.size > this.#keepFinished) {
+        const oldest = this.#finished.keys().next().value!
+        this.#finished.delete(oldest)
+        this.#links.delete(oldest)
+      }
+      this.emit('finished', this.#withLink(v))
     })
   }
 

@@ -35,6 +35,7 @@ export function toHostStateMessage(local: LocalHostState, init: BuildStateInit):
     agentVersion: local.agentVersion,
     addrs,
     overlay: local.overlay,
+    sites: local.sites,
   })
 }
 
@@ -77,6 +78,7 @@ export function toHostStateView(peerId: string, m: HostStateMessage, receivedAtM
       }
     }),
     overlay: m.overlay?.length ? m.overlay : undefined,
+    sites: m.sites?.length ? m.sites : undefined,
   }
 }
 
