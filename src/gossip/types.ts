@@ -52,6 +52,8 @@ export interface HostStateView {
   addrs: string[]
   /** The overlay's announcement (encoded OverlayHostState), carried as is. */
   overlay?: Uint8Array
+  /** Ids (hex sha256) of the complete images the host holds (src/images). */
+  images?: string[]
 }
 
 /** What the local agent publishes about itself (the gossip module adds peer id, version, time). */
@@ -65,6 +67,8 @@ export interface LocalHostState {
   addrs: string[]
   /** Encoded OverlayHostState (src/overlay); gossip only carries it. */
   overlay?: Uint8Array
+  /** Ids (hex sha256) of the complete images held here (src/images); gossip only carries them. */
+  images?: string[]
 }
 
 /** Where a VM runs: from the hosts' states, ordered by epoch. */

@@ -16,6 +16,7 @@ import { Bootstrapper } from './bootstrap.js'
 import type { AgentConfig } from './config.js'
 import { AgentError } from './errors.js'
 import { loadOrCreatePeerKey } from './identity.js'
+import { AgentImages, imagesApi } from './images.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
@@ -76,6 +77,7 @@ export class Agent implements AgentService, NetworkApi {
   private overlay?: OverlayService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
+  private readonly images: AgentImages
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -88,6 +90,13 @@ export class Agent implements AgentService, NetworkApi {
   constructor(init: AgentInit) {
     this.config = init.config
     this.log = init.logger
+    this.images = new AgentImages({
+      dataDir: init.config.dataDir,
+      logger: init.logger.child({ component: 'images' }),
+      chunkKiB: init.config.images.chunkKiB,
+      linkMiBps: init.config.images.linkMiBps,
+      dialTimeoutMs: init.config.dialTimeoutMs,
+    })
   }
 
   get peerId(): string {
@@ -122,6 +131,7 @@ export class Agent implements AgentService, NetworkApi {
       }
       throw err
     }
+    await this.images.open()
     this.driver = createDriver(config.driver)
     this.startedAt = new Date()
 
@@ -177,6 +187,7 @@ export class Agent implements AgentService, NetworkApi {
     )
     await this.gossip.start()
     await this.startOverlay()
+    await this.images.start(this.host, this.gossip)
     this.migrations = new AgentMigrations({
       host: this.host,
       logger: this.log.child({ component: 'transfer' }),
@@ -251,6 +262,13 @@ export class Agent implements AgentService, NetworkApi {
     this.api = createApiServer({
       agent: this,
       networks: this,
+      images: imagesApi(this.images, (id) => [...this.records.values()].some((r) => r.image === id), {
+        createVcluster: () => Promise.reject(new AgentError('NOT_FOUND', 'virtual clusters: not yet')),
+        listVclusters: () => [],
+        getVcluster: () => undefined,
+        vclusterContext: () => undefined,
+        deleteVcluster: () => Promise.resolve(),
+      }),
       token: this.token,
       logger: this.log.child({ component: 'api' }),
       host: config.api.host,
@@ -291,6 +309,7 @@ export class Agent implements AgentService, NetworkApi {
       this.instances.clear()
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
+    await this.images.stop().catch((err: unknown) => this.log.warn({ err }, 'images did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
     await this.host?.stop()
     await this.driver?.close()
@@ -664,6 +683,7 @@ export class Agent implements AgentService, NetworkApi {
       agentVersion: VERSION,
       addrs: this.addrs(),
       overlay: this.overlay?.announcement(),
+      images: this.images.gossiped(),
     }
   }
 

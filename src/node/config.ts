@@ -84,6 +84,11 @@ const fileSchema = z.strictObject({
     .partial(),
   /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
   dialTimeoutMs: z.number().int().min(100).max(120000),
+  /** Images (src/images): chunk size of images added here, and an upload cap per link for benchmarks. */
+  images: z.strictObject({
+    chunkKiB: z.number().int().min(4).max(4096).optional(),
+    linkMiBps: z.number().min(0).max(100000).optional(),
+  }),
   /** Virtual networks this host knows from the start (the overlay); more can be created by API. */
   networks: z.array(
     z.strictObject({
@@ -109,6 +114,7 @@ export type AgentConfig = Readonly<{
   bootstrapIntervalSec: number
   dialTimeoutMs: number
   networks: readonly { name: string; subnet: string; mtu?: number }[]
+  images: Readonly<{ chunkKiB?: number; linkMiBps?: number }>
   gossip: Readonly<{
     swim: {
       probeIntervalMs?: number
@@ -208,6 +214,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,
     dialTimeoutMs: c.dialTimeoutMs ?? 5000,
     networks: c.networks ?? [],
+    images: Object.freeze({ ...c.images }),
     gossip: splitGossip(c.gossip ?? {}),
   }
   return Object.freeze(config)

@@ -8,6 +8,7 @@ import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { clusterRoutes } from './routes/cluster.js'
+import { type ImagesApi, imageRoutes } from './routes/images.js'
 import { migrationRoutes } from './routes/migrations.js'
 import { networkRoutes } from './routes/networks.js'
 import { nodeRoutes } from './routes/node.js'
@@ -22,6 +23,8 @@ export interface ApiServerInit {
   agent: AgentService
   /** The virtual networks (overlay); their routes exist only when given. */
   networks?: NetworkApi
+  /** Images and virtual clusters (src/images); their routes exist only when given. */
+  images?: ImagesApi
   /** The bearer token every route but /healthz requires. Must not be empty. */
   token: string
   logger: Logger
@@ -68,6 +71,7 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   clusterRoutes(app, init.agent)
   migrationRoutes(app, init.agent)
   if (init.networks) networkRoutes(app, init.networks)
+  if (init.images) imageRoutes(app, init.images)
 
   let closing: Promise<void> | undefined
   return {
