@@ -1,5 +1,7 @@
 // Images: content-addressed image store, chunk transfer between hosts (/skymesh/images/1), pipelined
 // pushes to many hosts, copy-on-write bases for synthetic VMs and virtual clusters. See README.md.
+
+export { type ImageBase, imageBase } from './base.js'
 export { DEFAULT_CHUNK_SIZE, IMAGES_PROTOCOL, MAX_MESSAGE_BYTES, VCLUSTER_PROTOCOL } from './constants.js'
 export type { PushHostView, PushView } from './distribute.js'
 export { BadChunkError, ImagesError, type ImagesErrorCode } from './errors.js'

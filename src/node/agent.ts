@@ -9,7 +9,7 @@ import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import { OverlayError, OverlayService } from '../overlay/index.js'
-import { createDriver } from '../vm/index.js'
+import { createDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
 import { Bootstrapper } from './bootstrap.js'
@@ -132,7 +132,10 @@ export class Agent implements AgentService, NetworkApi {
       throw err
     }
     await this.images.open()
-    this.driver = createDriver(config.driver)
+    this.driver =
+      config.driver === 'synthetic'
+        ? createDriver('synthetic', { resolveBase: (id) => this.images.base(id) })
+        : createDriver(config.driver)
     this.startedAt = new Date()
 
     this.host = await createHost({
@@ -371,7 +374,11 @@ export class Agent implements AgentService, NetworkApi {
     return this.requireMigrations().cancel(id)
   }
 
-  createVm(req: CreateVmRequest): Promise<VmRecord> {
+  async createVm(req: CreateVmRequest): Promise<VmRecord> {
+    // An image is fetched (from any holder) before the VM queue: that may take a while.
+    const image = req.image
+      ? await this.images.prepare(req.image, req.diskMiB, this.config.driver)
+      : undefined
     return this.serial(async () => {
       const workload = fillWorkload(req)
       if ([...this.records.values()].some((r) => r.name === req.name)) {
@@ -409,10 +416,14 @@ export class Agent implements AgentService, NetworkApi {
       const dir = this.vmDir(id)
       let instance: VmInstance | undefined
       try {
-        instance = await this.requireDriver().create(spec, { dir })
+        const driver = this.requireDriver()
+        instance = image
+          ? await (driver as SyntheticDriver).createFromImage(spec, { dir }, image)
+          : await driver.create(spec, { dir })
         const now = new Date().toISOString()
         const rec: StoredVm = {
           ...spec,
+          ...(image ? { image: image.id } : {}),
           state: instance.state,
           host: this.peerId,
           epoch: 1,

@@ -3,7 +3,14 @@
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import type { Gossip } from '../gossip/index.js'
-import { ImageService, ImageStore, type MeshView } from '../images/index.js'
+import {
+  type ImageBase,
+  ImageService,
+  ImageStore,
+  ImagesError,
+  imageBase,
+  type MeshView,
+} from '../images/index.js'
 import type { AddImageRequest, DistributeRequest, ImagesApi } from './api/routes/images.js'
 import { AgentError } from './errors.js'
 import type { Host } from './p2p.js'
@@ -77,6 +84,42 @@ export class AgentImages {
     await this.service?.stop()
   }
 
+  /** A complete local image as a copy-on-write base (restoring VMs), or undefined. */
+  base(id: string): ImageBase | undefined {
+    return this.store?.isComplete(id) ? imageBase(this.store, id) : undefined
+  }
+
+  /** `vm create --image`: the image, fetched from a holder if needed, as a base for a disk of diskMiB. */
+  async prepare(ref: string, diskMiB: number, driver: string): Promise<ImageBase> {
+    if (driver !== 'synthetic')
+      throw new AgentError(
+        'BAD_REQUEST',
+        `image: VMs from images need the synthetic driver here, not ${driver}`,
+        { field: 'image' },
+      )
+    const svc = this.requireService()
+    let id: string
+    try {
+      id = svc.store.resolve(ref)
+    } catch (err) {
+      if (!/^[0-9a-f]{64}$/.test(ref)) throw asAgentError(err, 'image')
+      id = ref
+    }
+    try {
+      await svc.ensure(id)
+    } catch (err) {
+      throw asAgentError(err, 'image')
+    }
+    const base = imageBase(svc.store, id)
+    if (base.size > diskMiB * 1048576)
+      throw new AgentError(
+        'BAD_REQUEST',
+        `diskMiB: ${diskMiB} MiB is smaller than the image (${Math.ceil(base.size / 1048576)} MiB)`,
+        { field: 'diskMiB' },
+      )
+    return base
+  }
+
   /** Image ids for the host state. */
   gossiped(): string[] {
     return this.service?.gossiped() ?? []
@@ -108,4 +151,10 @@ export function imagesApi(
     imagePush: (ref) => svc().pushOf(ref),
     ...vclusters,
   }
+}
+
+function asAgentError(err: unknown, field: string): Error {
+  if (err instanceof ImagesError)
+    return new AgentError(err.code, `${field}: ${err.message}`, { field, ...err.details })
+  return err as Error
 }
