@@ -4,6 +4,7 @@ import { VERSION } from '../node/version.js'
 import { type RunAgent, registerAgentCommand } from './commands/agent.js'
 import { registerClusterCommands } from './commands/cluster.js'
 import { registerDemoCommand } from './commands/demo.js'
+import { registerImageCommands } from './commands/image.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNetCommands } from './commands/net.js'
@@ -45,6 +46,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerSitesCommand(program, io)
   registerNetCommands(program, io)
   registerPlacementCommands(program, io)
+  registerImageCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

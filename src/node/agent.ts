@@ -9,13 +9,14 @@ import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
-import { createDriver } from '../vm/index.js'
+import { createDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
 import { Bootstrapper } from './bootstrap.js'
 import type { AgentConfig } from './config.js'
 import { AgentError } from './errors.js'
 import { loadOrCreatePeerKey } from './identity.js'
+import { AgentImages, imagesApi } from './images.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
@@ -82,6 +83,7 @@ export class Agent implements AgentService, NetworkApi {
   private nodeMetrics?: NodeMetrics
   private natLinks?: NatLinks
   private siteMeter?: SiteMeter
+  private readonly images: AgentImages
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -94,6 +96,13 @@ export class Agent implements AgentService, NetworkApi {
   constructor(init: AgentInit) {
     this.config = init.config
     this.log = init.logger
+    this.images = new AgentImages({
+      dataDir: init.config.dataDir,
+      logger: init.logger.child({ component: 'images' }),
+      chunkKiB: init.config.images.chunkKiB,
+      linkMiBps: init.config.images.linkMiBps,
+      dialTimeoutMs: init.config.dialTimeoutMs,
+    })
   }
 
   get peerId(): string {
@@ -128,7 +137,11 @@ export class Agent implements AgentService, NetworkApi {
       }
       throw err
     }
-    this.driver = createDriver(config.driver)
+    await this.images.open()
+    this.driver =
+      config.driver === 'synthetic'
+        ? createDriver('synthetic', { resolveBase: (id) => this.images.base(id) })
+        : createDriver(config.driver)
     this.startedAt = new Date()
 
     this.host = await createHost({
@@ -207,6 +220,7 @@ export class Agent implements AgentService, NetworkApi {
     )
     await this.gossip.start()
     await this.startOverlay()
+    await this.images.start(this.host, this.gossip)
     this.migrations = new AgentMigrations({
       host: this.host,
       logger: this.log.child({ component: 'transfer' }),
@@ -301,6 +315,13 @@ export class Agent implements AgentService, NetworkApi {
       agent: this,
       networks: this,
       placement: this.placement,
+      images: imagesApi(this.images, (id) => [...this.records.values()].some((r) => r.image === id), {
+        createVcluster: () => Promise.reject(new AgentError('NOT_FOUND', 'virtual clusters: not yet')),
+        listVclusters: () => [],
+        getVcluster: () => undefined,
+        vclusterContext: () => undefined,
+        deleteVcluster: () => Promise.resolve(),
+      }),
       token: this.token,
       logger: this.log.child({ component: 'api' }),
       host: config.api.host,
@@ -342,6 +363,7 @@ export class Agent implements AgentService, NetworkApi {
       this.instances.clear()
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
+    await this.images.stop().catch((err: unknown) => this.log.warn({ err }, 'images did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
     this.natLinks?.stop()
     await this.host?.stop()
@@ -422,7 +444,11 @@ export class Agent implements AgentService, NetworkApi {
     return this.requireMigrations().cancel(id)
   }
 
-  createVm(req: CreateVmRequest): Promise<VmRecord> {
+  async createVm(req: CreateVmRequest): Promise<VmRecord> {
+    // An image is fetched (from any holder) before the VM queue: that may take a while.
+    const image = req.image
+      ? await this.images.prepare(req.image, req.diskMiB, this.config.driver)
+      : undefined
     return this.serial(async () => {
       const workload = fillWorkload(req)
       if ([...this.records.values()].some((r) => r.name === req.name)) {
@@ -460,10 +486,15 @@ export class Agent implements AgentService, NetworkApi {
       const dir = this.vmDir(id)
       let instance: VmInstance | undefined
       try {
-        instance = await this.requireDriver().create(spec, { dir, ...this.guestNic(nics[0]) })
+        const driver = this.requireDriver()
+        const nicOpts = this.guestNic(nics[0])
+        instance = image
+          ? await (driver as SyntheticDriver).createFromImage(spec, { dir, ...nicOpts }, image)
+          : await driver.create(spec, { dir, ...nicOpts })
         const now = new Date().toISOString()
         const rec: StoredVm = {
           ...spec,
+          ...(image ? { image: image.id } : {}),
           state: instance.state,
           host: this.peerId,
           epoch: 1,
@@ -760,6 +791,7 @@ export class Agent implements AgentService, NetworkApi {
       addrs: this.addrs(),
       overlay: this.overlay?.announcement(),
       sites: this.siteMeter?.encode(),
+      images: this.images.gossiped(),
     }
   }
 

@@ -118,6 +118,11 @@ const fileSchema = z.strictObject({
       })
       .partial(),
   ]),
+  /** Images (src/images): chunk size of images added here, and an upload cap per link for benchmarks. */
+  images: z.strictObject({
+    chunkKiB: z.number().int().min(4).max(4096).optional(),
+    linkMiBps: z.number().min(0).max(100000).optional(),
+  }),
   /** Virtual networks this host knows from the start (the overlay); more can be created by API. */
   networks: z.array(
     z.strictObject({
@@ -147,6 +152,7 @@ export type AgentConfig = Readonly<{
   networks: readonly { name: string; subnet: string; mtu?: number }[]
   nat: NatConfig
   relay: RelayConfig
+  images: Readonly<{ chunkKiB?: number; linkMiBps?: number }>
   gossip: Readonly<{
     swim: {
       probeIntervalMs?: number
@@ -287,6 +293,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
           ? { enabled: c.relay }
           : { enabled: true, ...c.relay }),
     }),
+    images: Object.freeze({ ...c.images }),
     gossip: splitGossip(c.gossip ?? {}),
     placement: placementSettings(c.placement),
   }

@@ -61,6 +61,8 @@ export interface VmRecord {
   migration?: { id: string; direction: 'in' | 'out'; peer: string; phase: string }
   /** Its NICs on virtual networks (overlay): MAC and IP stay the same wherever it runs. */
   nics?: { network: string; mac: string; ip: string }[]
+  /** The image its disk is a copy-on-write layer over (src/images), if any. */
+  image?: string
 }
 
 export interface MigrateVmRequest {
@@ -86,6 +88,8 @@ export interface CreateVmRequest {
   workload?: Partial<WorkloadSpec>
   /** Virtual networks to attach the VM to (one NIC each). */
   networks?: string[]
+  /** Image id (or unique prefix/name) whose content the disk starts with, copy-on-write (synthetic driver). */
+  image?: string
 }
 
 export interface VmDigest {

@@ -9,6 +9,7 @@ import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { clusterRoutes } from './routes/cluster.js'
+import { type ImagesApi, imageRoutes } from './routes/images.js'
 import { migrationRoutes } from './routes/migrations.js'
 import { networkRoutes } from './routes/networks.js'
 import { nodeRoutes } from './routes/node.js'
@@ -26,6 +27,8 @@ export interface ApiServerInit {
   networks?: NetworkApi
   /** Placement (events, dry-run plans, drain); its routes exist only when given. */
   placement?: PlacementService
+  /** Images and virtual clusters (src/images); their routes exist only when given. */
+  images?: ImagesApi
   /** The bearer token every route but /healthz requires. Must not be empty. */
   token: string
   logger: Logger
@@ -73,6 +76,7 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   migrationRoutes(app, init.agent)
   if (init.networks) networkRoutes(app, init.networks)
   if (init.placement) placementRoutes(app, init.placement)
+  if (init.images) imageRoutes(app, init.images)
 
   let closing: Promise<void> | undefined
   return {
