@@ -32,7 +32,7 @@ import {
 } from './errors.js'
 import { encodeFrame, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
-import { decideNextRound, estimateEtaMs, type RoundDecision, SHRINK_FACTOR } from './policy.js'
+import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
@@ -399,6 +399,7 @@ export class OutgoingMigration {
     this.#setPhase('precopy')
     // Round 0: every non-zero page and every allocated block (the destination starts all zero)
     const history: number[] = []
+    const roundCosts: { bytes: number; ms: number }[] = []
     // Pages never written are zero and the destination starts zeroed: only the others are looked at
     let pages: Iterable<number> | null = withMemory
       ? (memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
@@ -417,17 +418,21 @@ export class OutgoingMigration {
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)
+      if (this.#round > 0) roundCosts.push({ bytes: sent, ms })
+      // Fixed cost per round from the rounds after the first (which also scans and hashes everything)
+      const fit = roundCosts.length >= 2 ? fitRoundCost(roundCosts.slice(-6)) : { fixedMs: 0, bps: 0 }
       let decision = decideNextRound({
         mode: withMemory ? options.mode : 'precopy',
         round: this.#round,
         remainingBytes: remaining,
         history,
-        bandwidthBps: this.#bandwidthBps,
+        bandwidthBps: fit.fixedMs > 0 ? fit.bps : this.#bandwidthBps,
         downtimeMs: options.downtimeMs,
         maxRounds: options.maxRounds,
+        roundFixedMs: fit.fixedMs,
       })
       if (this.#autoConverge(decision, history)) decision = { action: 'round' }
-      this.#log.debug({ round: this.#round, ms, sent, remaining, decision }, 'pre-copy round done')
+      this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
         this.#leftover = { pages: dirtyPages, blocks: dirtyBlocks }
