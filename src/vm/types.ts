@@ -81,6 +81,11 @@ export interface VmMemory {
   startDirtyTracking(): void
   /** Returns the pages dirtied since the last call (or since tracking started) and clears them. */
   takeDirtyPages(): DirtyBitmap
+  /**
+   * Optional: true if page `i` was dirtied since the last `takeDirtyPages()` (a copier skips such a
+   * page in this round: the next one sends it anyway).
+   */
+  isDirty?(i: number): boolean
   stopDirtyTracking(): void
   /**
    * Optional: the memory as it is now, kept readable after the VM is stopped. Call only on a paused VM
