@@ -62,6 +62,13 @@ describe('QEMU live migration through the mesh', { skip, timeout: 600_000 }, () 
     await removeDir(dir)
   })
 
+  const tail = (agent: RunningAgent) =>
+    agent
+      .output()
+      .split('\n')
+      .filter((l) => /qemu|tunnel|migrat/i.test(l))
+      .slice(-15)
+      .join('\n')
   const serialOf = (agent: RunningAgent, id: string) => join(agent.dataDir, 'vms', id, 'serial.log')
 
   async function createGuest(agent: RunningAgent, name: string): Promise<string> {
@@ -103,7 +110,7 @@ describe('QEMU live migration through the mesh', { skip, timeout: 600_000 }, () 
     })
     assert.equal(started.status, 202, JSON.stringify(started.body))
     const m = await finished(a, started.body.id, 300_000)
-    assert.equal(m.phase, 'done', JSON.stringify(m.error))
+    assert.equal(m.phase, 'done', `${JSON.stringify(m.error)}\n${tail(a)}\n${tail(b)}`)
     assert.equal(m.epoch, 2)
     assert.ok(m.bytesSent > 0 && m.wireBytes > 0, JSON.stringify(m))
     assert.ok(typeof m.downtimeMs === 'number' && typeof m.totalMs === 'number')

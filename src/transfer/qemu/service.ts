@@ -272,9 +272,10 @@ export class QemuMigrations {
         socket.once('error', reject)
       })
       await pipeSocketStream(socket, lp.unwrap(), m.counters).catch((err: unknown) => {
-        this.#log.debug({ migration: m.id, err: (err as Error).message }, 'qemu tunnel ended with an error')
+        this.#log.warn({ migration: m.id, err: (err as Error).message }, 'qemu tunnel ended with an error')
       })
     } catch (err) {
+      this.#log.warn({ err: asMigrationError(err).message }, 'qemu tunnel refused')
       stream.abort(asMigrationError(err))
     }
   }

@@ -7,6 +7,9 @@ import { rm } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 import type { Stream } from '@libp2p/interface'
 
+/** Read buffer of a tunnel stream: above yamux's largest stream window. */
+export const TUNNEL_READ_BUFFER = 32 * 1024 * 1024
+
 /** Bytes carried by a tunnel, both directions. */
 export interface TunnelCounters {
   out: number
@@ -20,6 +23,9 @@ export interface TunnelCounters {
 export function pipeSocketStream(socket: Socket, stream: Stream, counters: TunnelCounters): Promise<void> {
   // A migration stream may be quiet for long stretches (an NBD connection between writes).
   stream.inactivityTimeout = 0
+  // While paused, yamux stops granting window, but up to its largest stream window (16 MiB by
+  // default) may already be on the way: room for that, so a pause never overflows the buffer.
+  stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, TUNNEL_READ_BUFFER)
   return new Promise((resolve, reject) => {
     let settled = false
     let socketEnded = false
@@ -64,14 +70,23 @@ export function pipeSocketStream(socket: Socket, stream: Stream, counters: Tunne
       if (!socketEnded) finish(new Error('the local QEMU socket closed'))
     })
     // stream -> socket
+    // Paused from a microtask: `resume()` delivers the buffered data (here) before it tells yamux to
+    // grant window again, so a pause from inside the delivery would be undone at once.
+    let pausing = false
+    const pauseIfFull = () => {
+      pausing = false
+      if (settled || !socket.writableNeedDrain || stream.readStatus !== 'readable') return
+      stream.pause()
+      socket.once('drain', () => {
+        if (stream.readStatus === 'paused') stream.resume()
+      })
+    }
     const onMessage = (evt: { data: { subarray(): Uint8Array } }) => {
       const data = evt.data.subarray()
       counters.in += data.length
-      if (!socket.write(data) && stream.readStatus === 'readable') {
-        stream.pause()
-        socket.once('drain', () => {
-          if (stream.readStatus === 'paused') stream.resume()
-        })
+      if (!socket.write(data) && !pausing) {
+        pausing = true
+        queueMicrotask(pauseIfFull)
       }
     }
     stream.addEventListener('message', onMessage)
