@@ -19,6 +19,12 @@ import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from '
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
+import {
+  migratesWithQemu,
+  type QemuIncomingMigration,
+  QemuMigrations,
+  QemuOutgoingMigration,
+} from './qemu/index.js'
 import { OutgoingMigration } from './source.js'
 import { type Outcome, queryStatus, serveStatus } from './status.js'
 import type { MigrationComponents, MigrationHost, TransferTimeouts } from './types.js'
@@ -66,7 +72,7 @@ export interface MigrationEvents {
   finished: [MigrationView]
 }
 
-type Entry = OutgoingMigration | IncomingMigration
+type Entry = OutgoingMigration | IncomingMigration | QemuOutgoingMigration | QemuIncomingMigration
 
 const REFUSE_TO_PB: Record<RefusalCode, number> = {
   UNKNOWN_VM: pb.RefuseCode.UNKNOWN_VM,
@@ -98,6 +104,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #advisor?: BulkLinkAdvisor
   #ac = new AbortController()
   #started = false
+  /** VMs that migrate with QEMU's own stream (qemu/): same limits, hooks and bookkeeping. */
+  readonly #qemu: QemuMigrations
 
   constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
@@ -119,6 +127,29 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     this.store = new ContentStore(
       init.retainMiB !== undefined ? init.retainMiB * 1024 * 1024 : DEFAULT_RETAIN_BYTES,
     )
+    this.#qemu = new QemuMigrations({
+      host: components.host,
+      logger: this.#log,
+      driver: components.driver,
+      vmDir: (id) => components.vmDir(id),
+      hooks: components.hooks ?? {},
+      timeouts: this.#timeouts,
+      signal: () => this.#ac.signal,
+      started: () => this.#started,
+      idUsed: (id) => this.#active.has(id) || this.#outcomes.has(id),
+      hasVm: (vmId) => this.#c.lookupVm(vmId) !== undefined,
+      migratingVm: (vmId) => this.#migratingVm(vmId),
+      incomingFull: () =>
+        this.#count('in') >= this.#maxIn ? `${this.#maxIn} incoming migrations already run` : undefined,
+      holdIncoming: (id, vmId) => {
+        this.#pendingIn.set(id, { id, vmId })
+        return () => this.#pendingIn.delete(id)
+      },
+      track: (m) => this.#track(m),
+      active: (id) => this.#active.get(id),
+      setOutcome: (id, outcome, epoch) => this.#setOutcome(id, outcome, epoch),
+      emitProgress: (v) => this.emit('progress', v),
+    })
   }
 
   readonly [Symbol.toStringTag] = '@skymesh/transfer'
@@ -142,6 +173,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       maxInboundStreams: 16,
       ...limited,
     })
+    await this.#qemu.start()
     this.#started = true
   }
 
@@ -150,6 +182,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     if (!this.#started) return
     this.#started = false
     await this.#c.host.unhandle([CONTROL_PROTOCOL, DATA_PROTOCOL, STATUS_PROTOCOL]).catch(() => undefined)
+    await this.#qemu.stop()
     for (const m of this.#active.values()) m.cancel()
     this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
     const all = [...this.#active.values()].map((m) => m.done)
@@ -180,6 +213,20 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       throw new MigrationRefusedError('BUSY', `${this.#maxOut} outgoing migrations already run`)
     }
     const signal = options.signal ? AbortSignal.any([options.signal, this.#ac.signal]) : this.#ac.signal
+    if (migratesWithQemu(vm.instance)) {
+      const q = this.#qemu.outgoing({
+        id: randomUUID(),
+        to,
+        instance: vm.instance,
+        spec: vm.spec,
+        epoch: vm.epoch,
+        options: opts,
+        signal,
+      })
+      options.signal?.addEventListener('abort', () => q.cancel(), { once: true })
+      this.#track(q)
+      return q.view()
+    }
     const id = randomUUID()
     const linkRef: { link?: BulkLink } = {}
     this.#links.set(id, linkRef)
@@ -292,7 +339,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
 
   #count(direction: 'in' | 'out'): number {
     let n = direction === 'in' ? this.#pendingIn.size : 0
-    for (const m of this.#active.values()) if (m instanceof OutgoingMigration === (direction === 'out')) n++
+    for (const m of this.#active.values()) {
+      const out = m instanceof OutgoingMigration || m instanceof QemuOutgoingMigration
+      if (out === (direction === 'out')) n++
+    }
     return n
   }
 
