@@ -16,7 +16,9 @@
 # Serial console lines (ttyS0), one per second from the writer:
 #   SKYMESH MEM OK t=<guest uptime> gen=<n> wrote=<KiB> checked=<chunks>
 #   SKYMESH MEM FAIL chunk=<i> ...      (a chunk's content no longer matches its checksum)
-# plus SKYMESH BOOT, SKYMESH NET <ip>, SKYMESH ECHO <port>, SKYMESH DISK <dev>|none.
+# plus SKYMESH BOOT, SKYMESH NET <ip>, SKYMESH ECHO <port>, SKYMESH DISK <dev>|none, and
+# SKYMESH DISK MARK|FOUND <marker> (a marker kept at 1 MiB of /dev/vda). The writer also puts
+# "SKYMESH-GEN <gen>" at 2 MiB of /dev/vda every second.
 set -euo pipefail
 
 die() { echo "build-guest: $*" >&2; exit 1; }
@@ -98,7 +100,19 @@ if [ -e /sys/class/net/eth0 ]; then
 else
   echo "SKYMESH NET none"
 fi
-if [ -b /dev/vda ]; then echo "SKYMESH DISK vda $(cat /sys/block/vda/size)"; else echo "SKYMESH DISK none"; fi
+if [ -b /dev/vda ]; then
+  echo "SKYMESH DISK vda $(cat /sys/block/vda/size)"
+  # A marker at 1 MiB, written once per disk: a guest that finds it again kept its disk.
+  mark=$(dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | tr -d '\000' | head -c 64)
+  case "$mark" in
+    SKYMESH-DISK-*) echo "SKYMESH DISK FOUND $mark" ;;
+    *) mark="SKYMESH-DISK-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+       printf '%s' "$mark" | dd of=/dev/vda bs=512 seek=2048 conv=notrunc,fsync 2>/dev/null
+       echo "SKYMESH DISK MARK $mark" ;;
+  esac
+else
+  echo "SKYMESH DISK none"
+fi
 
 port=$(arg echo 7)
 (while true; do nc -ll -p "$port" -e /bin/cat; sleep 1; done) &
@@ -132,6 +146,8 @@ while true; do
     c=$(( (c + 1) % filled )); checked=$((checked + 1)); k=$((k + 1))
   done
   gen=$((gen + 1))
+  # the writer's generation on the disk too (at 2 MiB, flushed): the disk changes while it migrates
+  [ -b /dev/vda ] && printf 'SKYMESH-GEN %08d' "$gen" | dd of=/dev/vda bs=512 seek=4096 conv=notrunc,fsync 2>/dev/null
   [ $fails -eq 0 ] && echo "SKYMESH MEM OK t=$start gen=$gen wrote=$wrote checked=$checked"
   # sleep out the rest of the second (guest time)
   now=$(cut -d' ' -f1 /proc/uptime)

@@ -1,4 +1,7 @@
 // A small client for the agent's local HTTP API (bearer token, JSON, `{ error: { code, message } }`).
+
+import type { DryRunResult, PlacementStatus } from '../node/placement/index.js'
+import type { SitesView } from '../node/sites.js'
 import type {
   ClusterView,
   ClusterVm,
@@ -38,6 +41,10 @@ export class ApiClient {
 
   peers(): Promise<{ peers: PeerInfo[] }> {
     return this.request('GET', '/v1/peers')
+  }
+
+  sites(): Promise<SitesView> {
+    return this.request('GET', '/v1/sites')
   }
 
   listVms(): Promise<{ vms: VmRecord[] }> {
@@ -88,6 +95,23 @@ export class ApiClient {
 
   cluster(): Promise<ClusterView> {
     return this.request('GET', '/v1/cluster')
+  }
+
+  placementEvents(): Promise<PlacementStatus> {
+    return this.request('GET', '/v1/placement/events')
+  }
+
+  placementPlan(req: {
+    policy?: string | string[]
+    dryRun: true
+    hosts?: string[]
+    vms?: string[]
+  }): Promise<DryRunResult> {
+    return this.request('POST', '/v1/placement/plan', req)
+  }
+
+  drainHost(peerId: string): Promise<{ host: string; self: boolean; vms: number; draining: true }> {
+    return this.request('POST', `/v1/hosts/${encodeURIComponent(peerId)}/drain`)
   }
 
   clusterVms(): Promise<{ vms: ClusterVm[] }> {

@@ -4,10 +4,13 @@ import { VERSION } from '../node/version.js'
 import { type RunAgent, registerAgentCommand } from './commands/agent.js'
 import { registerClusterCommands } from './commands/cluster.js'
 import { registerDemoCommand } from './commands/demo.js'
+import { registerImageCommands } from './commands/image.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
+import { registerPlacementCommands } from './commands/placement.js'
+import { registerSitesCommand } from './commands/sites.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -40,7 +43,10 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerVmCommands(program, io, deps.migrate)
   registerMigrationsCommands(program, io)
   registerClusterCommands(program, io)
+  registerSitesCommand(program, io)
   registerNetCommands(program, io)
+  registerPlacementCommands(program, io)
+  registerImageCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

@@ -52,6 +52,10 @@ export interface HostStateView {
   addrs: string[]
   /** The overlay's announcement (encoded OverlayHostState), carried as is. */
   overlay?: Uint8Array
+  /** The host's own measurements to each site (encoded SiteLinks, src/node/sites.ts), carried as is. */
+  sites?: Uint8Array
+  /** Ids (hex sha256) of the complete images the host holds (src/images). */
+  images?: string[]
 }
 
 /** What the local agent publishes about itself (the gossip module adds peer id, version, time). */
@@ -65,6 +69,10 @@ export interface LocalHostState {
   addrs: string[]
   /** Encoded OverlayHostState (src/overlay); gossip only carries it. */
   overlay?: Uint8Array
+  /** Encoded SiteLinks (src/node/sites.ts); gossip only carries it. */
+  sites?: Uint8Array
+  /** Ids (hex sha256) of the complete images held here (src/images); gossip only carries them. */
+  images?: string[]
 }
 
 /** Where a VM runs: from the hosts' states, ordered by epoch. */

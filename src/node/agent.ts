@@ -9,18 +9,22 @@ import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
-import { createDriver } from '../vm/index.js'
+import { createDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
 import { Bootstrapper } from './bootstrap.js'
 import type { AgentConfig } from './config.js'
 import { AgentError } from './errors.js'
 import { loadOrCreatePeerKey } from './identity.js'
+import { AgentImages, imagesApi } from './images.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
+import { NatLinks } from './nat.js'
 import { createHost, type Host } from './p2p.js'
 import { PeerTracker } from './peers.js'
+import { PlacementService } from './placement/index.js'
+import { buildSitesView, decodeSiteLinks, SiteMeter, type SitesView } from './sites.js'
 import { Store } from './store.js'
 import { loadOrCreateToken } from './token.js'
 import type {
@@ -74,8 +78,12 @@ export class Agent implements AgentService, NetworkApi {
   private gossip?: Gossip
   private migrations?: AgentMigrations
   private overlay?: OverlayService
+  private placement?: PlacementService
   private api?: ReturnType<typeof createApiServer>
   private nodeMetrics?: NodeMetrics
+  private natLinks?: NatLinks
+  private siteMeter?: SiteMeter
+  private readonly images: AgentImages
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -88,6 +96,13 @@ export class Agent implements AgentService, NetworkApi {
   constructor(init: AgentInit) {
     this.config = init.config
     this.log = init.logger
+    this.images = new AgentImages({
+      dataDir: init.config.dataDir,
+      logger: init.logger.child({ component: 'images' }),
+      chunkKiB: init.config.images.chunkKiB,
+      linkMiBps: init.config.images.linkMiBps,
+      dialTimeoutMs: init.config.dialTimeoutMs,
+    })
   }
 
   get peerId(): string {
@@ -122,7 +137,11 @@ export class Agent implements AgentService, NetworkApi {
       }
       throw err
     }
-    this.driver = createDriver(config.driver)
+    await this.images.open()
+    this.driver =
+      config.driver === 'synthetic'
+        ? createDriver('synthetic', { resolveBase: (id) => this.images.base(id) })
+        : createDriver(config.driver)
     this.startedAt = new Date()
 
     this.host = await createHost({
@@ -132,6 +151,29 @@ export class Agent implements AgentService, NetworkApi {
       psk,
       dialTimeoutMs: config.dialTimeoutMs,
       pubsub: config.gossip.pubsub,
+      sameSite: (peerId) => this.sameSite(peerId),
+      nat: {
+        listenViaRelay: config.nat.reachability !== 'public',
+        autonat: config.nat.autonat,
+        holePunching: config.nat.holePunching,
+        relay: config.relay.enabled
+          ? {
+              maxReservations: config.relay.maxReservations,
+              dataLimitBytes: BigInt(config.relay.dataLimitMiB) * 1048576n,
+              durationLimitMs: config.relay.durationLimitSec * 1000,
+            }
+          : undefined,
+      },
+    })
+    this.natLinks = new NatLinks({
+      host: this.host,
+      logger: this.log.child({ component: 'nat' }),
+      directTimeoutMs: config.nat.directTimeoutMs,
+    })
+    this.natLinks.start()
+    this.siteMeter = new SiteMeter({
+      siteOf: (peerId) => this.siteOf(peerId),
+      rtts: () => this.rtts(),
     })
     this.log.info({ peerId: this.peerId, addrs: this.addrs(), private: Boolean(psk) }, 'libp2p host started')
 
@@ -149,6 +191,7 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
       latency: (peerId) => this.gossip?.swim.rtt(peerId),
+      connection: (peerId) => this.natLinks?.kind(peerId),
       hello: () => ({
         version: VERSION,
         site: config.site,
@@ -177,12 +220,14 @@ export class Agent implements AgentService, NetworkApi {
     )
     await this.gossip.start()
     await this.startOverlay()
+    await this.images.start(this.host, this.gossip)
     this.migrations = new AgentMigrations({
       host: this.host,
       logger: this.log.child({ component: 'transfer' }),
       driver: this.requireDriver(),
       store: this.requireStore(),
       metrics: this.metrics,
+      link: this.natLinks,
       owner: {
         peerId: this.peerId,
         record: (id) => this.records.get(id),
@@ -245,6 +290,18 @@ export class Agent implements AgentService, NetworkApi {
       },
     })
     await this.migrations.start()
+    await this.startPlacement()
+    // Bandwidth between sites, as migrations measured it (both ends learn it).
+    this.migrations.service.on('finished', (m) => {
+      if (m.phase !== 'done') return
+      // the link rate the engine measured; else the average over the whole migration
+      const average = m.totalMs ? m.wireBytes / 1048576 / (m.totalMs / 1000) : 0
+      this.siteMeter?.recordBandwidth(
+        m.direction === 'out' ? m.to : m.from,
+        m.bandwidthMiBps > 0 ? m.bandwidthMiBps : average,
+      )
+      this.gossip?.notifyChanged()
+    })
     this.bootstrapper = new Bootstrapper({
       host: this.host,
       logger: this.log.child({ component: 'bootstrap' }),
@@ -257,6 +314,14 @@ export class Agent implements AgentService, NetworkApi {
     this.api = createApiServer({
       agent: this,
       networks: this,
+      placement: this.placement,
+      images: imagesApi(this.images, (id) => [...this.records.values()].some((r) => r.image === id), {
+        createVcluster: () => Promise.reject(new AgentError('NOT_FOUND', 'virtual clusters: not yet')),
+        listVclusters: () => [],
+        getVcluster: () => undefined,
+        vclusterContext: () => undefined,
+        deleteVcluster: () => Promise.resolve(),
+      }),
       token: this.token,
       logger: this.log.child({ component: 'api' }),
       host: config.api.host,
@@ -277,6 +342,7 @@ export class Agent implements AgentService, NetworkApi {
     // Tell the mesh first, so our suspended VMs show as host-left rather than host-lost.
     await this.gossip?.leave()
     await this.peerTracker?.stop().catch(() => {})
+    await this.placement?.stop()
     // Outgoing migrations not past their handover roll back (the VM runs here), then get suspended.
     await this.migrations
       ?.stop()
@@ -297,7 +363,9 @@ export class Agent implements AgentService, NetworkApi {
       this.instances.clear()
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
+    await this.images.stop().catch((err: unknown) => this.log.warn({ err }, 'images did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
+    this.natLinks?.stop()
     await this.host?.stop()
     await this.driver?.close()
     await this.store?.close()
@@ -322,6 +390,24 @@ export class Agent implements AgentService, NetworkApi {
 
   peers(): PeerInfo[] {
     return this.peerTracker?.list() ?? []
+  }
+
+  /** Sites, hosts per site, and the latency/bandwidth their hosts measured between them. */
+  sites(): SitesView {
+    const gossip = this.requireGossip()
+    const states = new Map(gossip.hosts().map((h) => [h.peerId, h]))
+    const alive = new Map(gossip.members().map((m) => [m.peerId, m.status === 'alive']))
+    const ids = new Set([...states.keys(), ...alive.keys()])
+    const hosts = [...ids].map((peerId) => {
+      const self = peerId === this.peerId
+      return {
+        peerId,
+        site: self ? this.config.site : (states.get(peerId)?.site ?? this.siteOf(peerId) ?? ''),
+        alive: self || (alive.get(peerId) ?? false),
+        links: self ? (this.siteMeter?.report() ?? []) : decodeSiteLinks(states.get(peerId)?.sites),
+      }
+    })
+    return buildSitesView({ peerId: this.peerId, site: this.config.site }, hosts)
   }
 
   listVms(): VmRecord[] {
@@ -358,7 +444,11 @@ export class Agent implements AgentService, NetworkApi {
     return this.requireMigrations().cancel(id)
   }
 
-  createVm(req: CreateVmRequest): Promise<VmRecord> {
+  async createVm(req: CreateVmRequest): Promise<VmRecord> {
+    // An image is fetched (from any holder) before the VM queue: that may take a while.
+    const image = req.image
+      ? await this.images.prepare(req.image, req.diskMiB, this.config.driver)
+      : undefined
     return this.serial(async () => {
       const workload = fillWorkload(req)
       if ([...this.records.values()].some((r) => r.name === req.name)) {
@@ -396,10 +486,15 @@ export class Agent implements AgentService, NetworkApi {
       const dir = this.vmDir(id)
       let instance: VmInstance | undefined
       try {
-        instance = await this.requireDriver().create(spec, { dir, ...this.guestNic(nics[0]) })
+        const driver = this.requireDriver()
+        const nicOpts = this.guestNic(nics[0])
+        instance = image
+          ? await (driver as SyntheticDriver).createFromImage(spec, { dir, ...nicOpts }, image)
+          : await driver.create(spec, { dir, ...nicOpts })
         const now = new Date().toISOString()
         const rec: StoredVm = {
           ...spec,
+          ...(image ? { image: image.id } : {}),
           state: instance.state,
           host: this.peerId,
           epoch: 1,
@@ -592,6 +687,30 @@ export class Agent implements AgentService, NetworkApi {
 
   // --- internals ---
 
+  /** Placement: this host's side of the cooperative protocol; it moves VMs as the API's migrate does. */
+  private async startPlacement(): Promise<void> {
+    const gossip = this.requireGossip()
+    this.placement = new PlacementService({
+      self: this.peerId,
+      site: this.config.site,
+      capacity: this.config.capacity,
+      settings: this.config.placement,
+      logger: this.log.child({ component: 'placement' }),
+      metrics: this.metrics,
+      gossip,
+      host: this.requireHost(),
+      dialTimeoutMs: this.config.dialTimeoutMs,
+      localVms: () =>
+        this.localState().vms.map((v) => ({ ...v, migrating: Boolean(this.migrations?.activeFor(v.id)) })),
+      migrate: (vm, to) => {
+        const bandwidthMiBps = this.config.placement.migrationBandwidthMiBps
+        return this.migrateVm(vm, { to, ...(bandwidthMiBps ? { bandwidthMiBps } : {}) })
+      },
+      migrationPhase: (id) => this.migrations?.list().find((m) => m.id === id)?.phase,
+    })
+    await this.placement.start()
+  }
+
   /** The overlay: networks from config and the store, frames over libp2p, NICs of local VMs. */
   private async startOverlay(): Promise<void> {
     const gossip = this.requireGossip()
@@ -671,6 +790,43 @@ export class Agent implements AgentService, NetworkApi {
       agentVersion: VERSION,
       addrs: this.addrs(),
       overlay: this.overlay?.announcement(),
+      sites: this.siteMeter?.encode(),
+      images: this.images.gossiped(),
+    }
+  }
+
+  /** Sites of the hosts gossip knows, refreshed at most once a second (gossipsub asks per peer). */
+  private siteCache = { at: 0, sites: new Map<string, string>() }
+
+  private sameSite(peerId: string): boolean {
+    const now = Date.now()
+    if (now - this.siteCache.at > 1000 && this.gossip) {
+      const sites = new Map<string, string>()
+      for (const m of this.gossip.members()) if (m.site) sites.set(m.peerId, m.site)
+      for (const h of this.gossip.hosts()) if (h.site) sites.set(h.peerId, h.site)
+      this.siteCache = { at: now, sites }
+    }
+    return this.siteCache.sites.get(peerId) === this.config.site
+  }
+
+  private siteOf(peerId: string): string | undefined {
+    if (peerId === this.peerId) return this.config.site
+    const g = this.gossip
+    if (!g) return undefined
+    return (
+      g.hosts().find((h) => h.peerId === peerId)?.site ||
+      g.members().find((m) => m.peerId === peerId)?.site ||
+      undefined
+    )
+  }
+
+  private *rtts(): Iterable<[string, number]> {
+    const g = this.gossip
+    if (!g) return
+    for (const m of g.members()) {
+      if (m.self || m.status !== 'alive') continue
+      const ms = g.swim.rtt(m.peerId)
+      if (ms !== undefined) yield [m.peerId, ms]
     }
   }
 

@@ -7,10 +7,12 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { parse as parseYaml } from 'yaml'
 import { z } from 'zod'
 import { ConfigError } from './errors.js'
+import { type PlacementSettings, placementSchema, placementSettings } from './placement/settings.js'
 
 export const DEFAULT_LISTEN = '/ip4/0.0.0.0/tcp/4710'
 export const DEFAULT_API = '127.0.0.1:4711'
 export const KNOWN_DRIVERS = ['synthetic', 'qemu'] as const
+export const NAT_REACHABILITY = ['auto', 'public', 'private'] as const
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const
 
 /** What the `skymesh agent` command line gives (all optional; absent = not given). */
@@ -84,6 +86,43 @@ const fileSchema = z.strictObject({
     .partial(),
   /** Milliseconds a dial may take (a dial to a mesh with another key hangs until this). */
   dialTimeoutMs: z.number().int().min(100).max(120000),
+  /** Behind NAT: reachability, AutoNAT, hole punching (see nat.ts); all optional. */
+  nat: z
+    .strictObject({
+      /**
+       * public: reachable, never listens through relays (no reservation taken). auto (default) and
+       * private: also listen through a relay of the mesh (`/p2p-circuit`), beside the direct
+       * addresses that peers of the same site and hole punching use; dialers try direct ones first.
+       */
+      reachability: z.enum(NAT_REACHABILITY, {
+        error: (iss) =>
+          `unknown reachability ${JSON.stringify(iss.input)} (known: ${NAT_REACHABILITY.join(', ')})`,
+      }),
+      autonat: z.boolean(),
+      holePunching: z.boolean(),
+      /** How long bulk transfer waits for a direct connection before it uses a relayed one. */
+      directTimeoutMs: z.number().int().min(0).max(120000),
+    })
+    .partial(),
+  /** Serve as a circuit relay (v2) for mesh peers behind NAT; off unless enabled (`relay: true`). */
+  relay: z.union([
+    z.boolean(),
+    z
+      .strictObject({
+        enabled: z.boolean(),
+        maxReservations: z.number().int().min(1).max(10000),
+        /** Bytes one relayed connection may carry (each direction) before the relay resets it. */
+        dataLimitMiB: z.number().int().min(1).max(1048576),
+        /** Seconds one relayed connection may last before the relay resets it. */
+        durationLimitSec: z.number().int().min(10).max(86400),
+      })
+      .partial(),
+  ]),
+  /** Images (src/images): chunk size of images added here, and an upload cap per link for benchmarks. */
+  images: z.strictObject({
+    chunkKiB: z.number().int().min(4).max(4096).optional(),
+    linkMiBps: z.number().min(0).max(100000).optional(),
+  }),
   /** Virtual networks this host knows from the start (the overlay); more can be created by API. */
   networks: z.array(
     z.strictObject({
@@ -92,6 +131,8 @@ const fileSchema = z.strictObject({
       mtu: z.number().int().min(576).max(9000).optional(),
     }),
   ),
+  /** Cooperative placement (overload relief, consolidation, drain); see src/node/placement/settings.ts. */
+  placement: placementSchema,
 })
 
 export type AgentConfig = Readonly<{
@@ -109,6 +150,9 @@ export type AgentConfig = Readonly<{
   bootstrapIntervalSec: number
   dialTimeoutMs: number
   networks: readonly { name: string; subnet: string; mtu?: number }[]
+  nat: NatConfig
+  relay: RelayConfig
+  images: Readonly<{ chunkKiB?: number; linkMiBps?: number }>
   gossip: Readonly<{
     swim: {
       probeIntervalMs?: number
@@ -121,7 +165,38 @@ export type AgentConfig = Readonly<{
     state: { heartbeatMs?: number; debounceMs?: number; syncIntervalMs?: number }
     pubsub: { meshDegree?: number; gossipPeers?: number; heartbeatMs?: number }
   }>
+  placement: PlacementSettings
 }>
+
+export type NatConfig = Readonly<{
+  reachability: (typeof NAT_REACHABILITY)[number]
+  autonat: boolean
+  holePunching: boolean
+  directTimeoutMs: number
+}>
+
+export type RelayConfig = Readonly<{
+  enabled: boolean
+  maxReservations: number
+  dataLimitMiB: number
+  durationLimitSec: number
+}>
+
+export const NAT_DEFAULTS: NatConfig = Object.freeze({
+  reachability: 'auto',
+  autonat: true,
+  holePunching: true,
+  directTimeoutMs: 5000,
+})
+
+// A relay carries mesh control traffic (gossip, SWIM, hello) for as long as a host is behind NAT,
+// plus the migrations that cannot get a direct connection: generous, but bounded, limits.
+export const RELAY_DEFAULTS: RelayConfig = Object.freeze({
+  enabled: false,
+  maxReservations: 128,
+  dataLimitMiB: 1024,
+  durationLimitSec: 3600,
+})
 
 function formatIssues(error: z.ZodError, source: string): string[] {
   return error.issues.map((issue) => {
@@ -208,7 +283,19 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     bootstrapIntervalSec: c.bootstrapIntervalSec ?? 5,
     dialTimeoutMs: c.dialTimeoutMs ?? 5000,
     networks: c.networks ?? [],
+    nat: Object.freeze({ ...NAT_DEFAULTS, ...c.nat }),
+    relay: Object.freeze({
+      ...RELAY_DEFAULTS,
+      // `relay: true`, or a `relay:` section (which enables it unless it says `enabled: false`)
+      ...(c.relay === undefined
+        ? {}
+        : typeof c.relay === 'boolean'
+          ? { enabled: c.relay }
+          : { enabled: true, ...c.relay }),
+    }),
+    images: Object.freeze({ ...c.images }),
     gossip: splitGossip(c.gossip ?? {}),
+    placement: placementSettings(c.placement),
   }
   return Object.freeze(config)
 }

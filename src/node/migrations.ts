@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import {
+  type BulkLinkAdvisor,
   type IncomingOffer,
   type LocalVm,
   type MigrateOptions,
@@ -56,6 +57,8 @@ export interface MigrationsInit {
   store: Store
   owner: MigrationOwner
   metrics: Registry
+  /** Direct or relayed connection for bulk transfer (nat.ts); absent: whatever connection exists. */
+  link?: BulkLinkAdvisor
 }
 
 export class AgentMigrations {
@@ -116,6 +119,7 @@ export class AgentMigrations {
       driver: init.driver,
       vmDir: (id) => init.owner.vmDir(id),
       lookupVm: (id) => this.lookupVm(id),
+      link: init.link,
       hooks: {
         reserve: (offer) => this.reserve(offer),
         onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),

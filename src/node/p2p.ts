@@ -1,8 +1,14 @@
 // The libp2p v3 host: tcp + noise + yamux, identify and ping; a pre-shared key makes the mesh private.
 // gossipsub carries host state (src/gossip); identify feeds it the topology.
+// Behind NAT (nat.ts): AutoNAT, circuit relay v2 (transport everywhere, server on relay hosts) and
+// DCUtR hole punching. Relayed connections are upgraded like any other (pnet + noise end to end),
+// and a relay only serves peers that hold a pnet connection to it: both stay inside the mesh.
 import './polyfill.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
+import { autoNAT } from '@libp2p/autonat'
+import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { dcutr } from '@libp2p/dcutr'
 import { gossipsub } from '@libp2p/gossipsub'
 import { identify } from '@libp2p/identify'
 import type { PrivateKey } from '@libp2p/interface'
@@ -21,7 +27,28 @@ export interface HostInit {
   dialTimeoutMs?: number
   /** gossipsub mesh settings (host state dissemination); defaults in PUBSUB_DEFAULTS. */
   pubsub?: PubsubInit
+  /** NAT traversal; defaults in NAT_HOST_DEFAULTS. */
+  nat?: NatHostInit
+  /**
+   * Whether a peer is in this host's site: gossipsub scores such peers higher, so when its mesh
+   * sheds peers it keeps same-site ones and fewer links cross the (slow) links between sites.
+   */
+  sameSite?: (peerId: string) => boolean
 }
+
+/** Score bonus (before gossipsub's appSpecificWeight of 10) of a peer in our own site. */
+export const SAME_SITE_SCORE = 1
+
+export interface NatHostInit {
+  /** Listen through relays (`/p2p-circuit`, a reservation on a relay of the mesh). */
+  listenViaRelay?: boolean
+  autonat?: boolean
+  holePunching?: boolean
+  /** Serve as a relay with these limits (absent: no relay service). */
+  relay?: { maxReservations: number; dataLimitBytes: bigint; durationLimitMs: number }
+}
+
+export const NAT_HOST_DEFAULTS = Object.freeze({ listenViaRelay: false, autonat: false, holePunching: false })
 
 export interface PubsubInit {
   /** Mesh degree D (Dlo, Dhi, Dscore and Dout follow from it). */
@@ -51,10 +78,14 @@ export function meshDegrees(d: number) {
 
 export async function createHost(init: HostInit) {
   const pubsub = { ...PUBSUB_DEFAULTS, ...definedOnly(init.pubsub ?? {}) }
+  const nat = { ...NAT_HOST_DEFAULTS, ...definedOnly(init.nat ?? {}) }
+  const listen = [...init.listen]
+  if (nat.listenViaRelay && !nat.relay) listen.push('/p2p-circuit')
   return createLibp2p({
     privateKey: init.privateKey,
-    addresses: { listen: [...init.listen], announce: init.announce?.length ? [...init.announce] : undefined },
-    transports: [tcp()],
+    addresses: { listen, announce: init.announce?.length ? [...init.announce] : undefined },
+    // Every host can dial relayed addresses; reservations are made only when listening on /p2p-circuit.
+    transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionProtector: init.psk ? preSharedKey({ psk: init.psk, timeout: init.dialTimeoutMs }) : undefined,
@@ -67,6 +98,7 @@ export async function createHost(init: HostInit) {
     services: {
       identify: identify(),
       ping: ping(),
+      ...natServices(nat),
       pubsub: gossipsub({
         ...meshDegrees(pubsub.meshDegree),
         Dlazy: pubsub.gossipPeers,
@@ -79,16 +111,47 @@ export async function createHost(init: HostInit) {
         // Host states are small; a peer sending more is misbehaving.
         maxInboundDataLength: 4 * 1024 * 1024,
         emitSelf: false,
+        // Hosts behind NAT may be reachable only through a relay (a limited connection).
+        runOnLimitedConnection: true,
         // gossipsub penalises more than 10 peers behind one IP address, and graylists them: that is
         // every agent of a test mesh on one machine, and every host of a site behind one NAT. Our
         // peers are authenticated (mesh key, signed host states), so the colocation score is off.
-        scoreParams: { IPColocationFactorWeight: 0 },
+        scoreParams: {
+          IPColocationFactorWeight: 0,
+          appSpecificScore: (peer) => (init.sameSite?.(peer) ? SAME_SITE_SCORE : 0),
+        },
       }),
     },
   })
 }
 
 export type Host = Awaited<ReturnType<typeof createHost>>
+
+/**
+ * AutoNAT (asks peers to dial us back, so the address manager learns which addresses are public),
+ * DCUtR (upgrades a relayed connection to a direct one by a synchronised dial from both ends), and
+ * the relay server. Typed as optional entries so `Host` does not depend on the configuration.
+ */
+function natServices(nat: NatHostInit): {
+  autonat?: ReturnType<typeof autoNAT>
+  dcutr?: ReturnType<typeof dcutr>
+  relay?: ReturnType<typeof circuitRelayServer>
+} {
+  const services: ReturnType<typeof natServices> = {}
+  if (nat.autonat) services.autonat = autoNAT({ startupDelay: 2000, refreshInterval: 60_000 })
+  if (nat.holePunching) services.dcutr = dcutr({ retries: 3 })
+  if (nat.relay) {
+    services.relay = circuitRelayServer({
+      reservations: {
+        maxReservations: nat.relay.maxReservations,
+        applyDefaultLimit: true,
+        defaultDataLimit: nat.relay.dataLimitBytes,
+        defaultDurationLimit: nat.relay.durationLimitMs,
+      },
+    })
+  }
+  return services
+}
 
 function definedOnly<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>

@@ -6,6 +6,7 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
 import { type HelloMessage, pb } from '../proto/index.js'
+import type { ConnectionKind } from './nat.js'
 import type { Host } from './p2p.js'
 import type { PeerInfo } from './types.js'
 
@@ -26,6 +27,8 @@ export interface PeerTrackerInit {
   hello: () => HelloMessage
   /** Latest round trip to a peer measured elsewhere (SWIM probes), preferred over our own ping. */
   latency?: (peerId: string) => number | undefined
+  /** How the connection to a peer runs (direct, relayed, hole-punched; nat.ts). */
+  connection?: (peerId: string) => ConnectionKind | undefined
   /** Ping every connected peer this often; 0 (the default) pings each peer once, after hello. */
   pingIntervalMs?: number
   timeoutMs?: number
@@ -85,6 +88,7 @@ export class PeerTracker {
           version: d.version,
           driver: d.driver,
           latencyMs: this.init.latency?.(peerId) ?? d.latencyMs,
+          connection: this.init.connection?.(peerId),
           connectedAt: new Date(first.timeline.open).toISOString(),
         }
       })

@@ -36,6 +36,8 @@ export interface PeerInfo {
   driver?: string
   /** Last ping round trip in ms, if measured. */
   latencyMs?: number
+  /** How we reach it: `direct`, `relayed` (circuit relay, behind NAT) or `hole-punched` (DCUtR). */
+  connection?: 'direct' | 'relayed' | 'hole-punched'
   /** ISO 8601: when the first open connection was established. */
   connectedAt: string
 }
@@ -59,6 +61,8 @@ export interface VmRecord {
   migration?: { id: string; direction: 'in' | 'out'; peer: string; phase: string }
   /** Its NICs on virtual networks (overlay): MAC and IP stay the same wherever it runs. */
   nics?: { network: string; mac: string; ip: string }[]
+  /** The image its disk is a copy-on-write layer over (src/images), if any. */
+  image?: string
 }
 
 export interface MigrateVmRequest {
@@ -84,6 +88,8 @@ export interface CreateVmRequest {
   workload?: Partial<WorkloadSpec>
   /** Virtual networks to attach the VM to (one NIC each). */
   networks?: string[]
+  /** Image id (or unique prefix/name) whose content the disk starts with, copy-on-write (synthetic driver). */
+  image?: string
 }
 
 export interface VmDigest {
@@ -170,6 +176,8 @@ export interface AgentService {
   clusterVms(): ClusterVm[]
   /** One VM of the mesh by id (or unique name). Throws AgentError VM_NOT_FOUND. */
   where(idOrName: string): ClusterVm
+  /** Sites, hosts per site, measured latency/bandwidth between them (GET /v1/sites). */
+  sites?(): import('./sites.js').SitesView
   readonly metrics: Registry
 }
 

@@ -30,10 +30,14 @@ export interface OverlayHost {
   handle(
     protocol: string,
     handler: (stream: Stream, conn: { remotePeer: PeerId }) => void | Promise<void>,
-    opts?: { maxInboundStreams?: number; maxOutboundStreams?: number },
+    opts?: { maxInboundStreams?: number; maxOutboundStreams?: number; runOnLimitedConnection?: boolean },
   ): Promise<void>
   unhandle(protocol: string): Promise<void>
-  dialProtocol(peer: PeerId, protocol: string, opts?: { signal?: AbortSignal }): Promise<Stream>
+  dialProtocol(
+    peer: PeerId,
+    protocol: string,
+    opts?: { signal?: AbortSignal; runOnLimitedConnection?: boolean },
+  ): Promise<Stream>
 }
 
 export interface TransportInit {
@@ -93,6 +97,8 @@ export class OverlayTransport {
       {
         maxInboundStreams: 4,
         maxOutboundStreams: 4,
+        // VMs behind NAT talk through a relay when no direct connection exists.
+        runOnLimitedConnection: true,
       },
     )
     this.started = true
@@ -205,6 +211,7 @@ export class OverlayTransport {
       if (!link.lp) {
         const stream = await this.init.host.dialProtocol(peerIdFromString(link.peer), OVERLAY_PROTOCOL, {
           signal: AbortSignal.timeout(this.init.dialTimeoutMs ?? 5000),
+          runOnLimitedConnection: true,
         })
         link.stream = stream
         link.lp = lpStream(stream, { maxDataLength: MAX_BATCH_BYTES })

@@ -16,6 +16,8 @@ export type { CompressionChoice, DedupChoice, MigrateOptions, ResolvedOptions } 
 export { decideNextRound, estimateEtaMs, type Mode, shouldCompress } from './policy.js'
 export { type MigrationView, type Phase, TERMINAL_PHASES } from './progress.js'
 export {
+  type BulkLink,
+  type BulkLinkAdvisor,
   type MigrationEvents,
   MigrationService,
   type MigrationServiceInit,

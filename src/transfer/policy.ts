@@ -15,6 +15,11 @@ export interface RoundInput {
   bandwidthBps: number
   downtimeMs: number
   maxRounds: number
+  /**
+   * Fixed cost of a round, ms (ack latency, framing; see `fitRoundCost`): the stop-copy pays it, and
+   * the verify/commit round trips about as much again. 0 or absent: only the bytes count.
+   */
+  roundFixedMs?: number
 }
 
 export type RoundDecision =
@@ -35,8 +40,7 @@ export function sendTimeMs(bytes: number, bps: number): number {
 
 /** After a pre-copy round: another round, stop-and-copy, or (auto) switch to post-copy. */
 export function decideNextRound(i: RoundInput): RoundDecision {
-  if (sendTimeMs(i.remainingBytes, i.bandwidthBps) <= i.downtimeMs)
-    return { action: 'stop', reason: 'converged' }
+  if (predictedDowntimeMs(i) <= i.downtimeMs) return { action: 'stop', reason: 'converged' }
   if (i.round + 1 >= i.maxRounds) {
     return i.mode === 'auto'
       ? { action: 'postcopy', reason: 'max-rounds' }
@@ -48,6 +52,50 @@ export function decideNextRound(i: RoundInput): RoundDecision {
       : { action: 'stop', reason: 'no-progress' }
   }
   return { action: 'round' }
+}
+
+/**
+ * The pause a stop-copy now would cost: the rest at the measured rate, plus the last round's fixed cost
+ * and the handover's round trips (twice the fixed cost, counted for at most half the target, so a slow
+ * round trip alone never keeps pre-copy from converging).
+ */
+export function predictedDowntimeMs(
+  i: Pick<RoundInput, 'remainingBytes' | 'bandwidthBps' | 'downtimeMs' | 'roundFixedMs'>,
+): number {
+  const send = sendTimeMs(i.remainingBytes, i.bandwidthBps)
+  const fixed = Math.min(2 * Math.max(0, i.roundFixedMs ?? 0), i.downtimeMs / 2)
+  return send + fixed
+}
+
+/**
+ * Round time = fixed + bytes / rate, fitted (least squares) over finished rounds: a big round's
+ * bytes/ms overrates what a small stop-copy round achieves, since every round also waits for its last
+ * acknowledgements. Fewer than two rounds of clearly different sizes: no fixed part.
+ */
+export function fitRoundCost(rounds: readonly { bytes: number; ms: number }[]): {
+  fixedMs: number
+  bps: number
+} {
+  const r = rounds.filter((x) => x.ms > 0)
+  if (r.length === 0) return { fixedMs: 0, bps: 0 }
+  const n = r.length
+  const mx = r.reduce((a, x) => a + x.bytes, 0) / n
+  const my = r.reduce((a, x) => a + x.ms, 0) / n
+  let sxx = 0
+  let sxy = 0
+  for (const x of r) {
+    sxx += (x.bytes - mx) ** 2
+    sxy += (x.bytes - mx) * (x.ms - my)
+  }
+  const biggest = r.reduce((a, x) => (x.bytes > a.bytes ? x : a))
+  const plain = { fixedMs: 0, bps: (biggest.bytes / biggest.ms) * 1000 }
+  // Sizes too alike (or noise making the slope useless): the plain rate of the biggest round
+  if (n < 2 || sxx <= 0 || Math.sqrt(sxx / n) < 0.25 * mx) return plain
+  const slope = sxy / sxx
+  if (!(slope > 0)) return plain
+  const fixedMs = my - slope * mx
+  if (fixedMs <= 0) return plain
+  return { fixedMs, bps: 1000 / slope }
 }
 
 /** True when the last STALL_ROUNDS rounds each left at least SHRINK_FACTOR of the one before. */

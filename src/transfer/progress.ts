@@ -40,6 +40,8 @@ export interface MigrationView {
   dedupBlocks: number
   /** Pages sent as a reference to content the destination already held (its ContentStore). */
   storePages?: number
+  /** Pre-copy: pages skipped in a round because the guest wrote them again before they went (sent later). */
+  redirtiedPages?: number
   frames: number
   compressedFrames: number
   /** Post-copy: pages the destination asked for because its guest touched them. */
@@ -56,6 +58,10 @@ export interface MigrationView {
   /** The epoch the VM has at the destination after the commit. */
   epoch?: number
   error?: { code: string; message: string }
+  /** Source side: how the migration reached its destination (direct, hole-punched or relayed). */
+  link?: 'direct' | 'hole-punched' | 'relayed'
+  /** Why the link is not direct, when it is not. */
+  linkNote?: string
 }
 
 export type Counters = Pick<
@@ -71,7 +77,7 @@ export type Counters = Pick<
   | 'frames'
   | 'compressedFrames'
   | 'faultPages'
-> & { storePages: number }
+> & { storePages: number; redirtiedPages: number }
 
 export function emptyCounters(): Counters {
   return {
@@ -84,6 +90,7 @@ export function emptyCounters(): Counters {
     dedupPages: 0,
     dedupBlocks: 0,
     storePages: 0,
+    redirtiedPages: 0,
     frames: 0,
     compressedFrames: 0,
     faultPages: 0,

@@ -19,9 +19,15 @@ import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from '
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
+import {
+  migratesWithQemu,
+  type QemuIncomingMigration,
+  QemuMigrations,
+  QemuOutgoingMigration,
+} from './qemu/index.js'
 import { OutgoingMigration } from './source.js'
 import { type Outcome, queryStatus, serveStatus } from './status.js'
-import type { MigrationComponents, TransferTimeouts } from './types.js'
+import type { MigrationComponents, MigrationHost, TransferTimeouts } from './types.js'
 import { ControlChannel, withTimeout } from './wire.js'
 
 export interface MigrationServiceInit {
@@ -43,6 +49,22 @@ export interface MigrationServiceInit {
   retainMiB?: number
 }
 
+/** How an outgoing migration reaches its destination (src/node/nat.ts decides). */
+export interface BulkLink {
+  kind: 'direct' | 'hole-punched' | 'relayed'
+  /** Why it is not direct, when it is not. */
+  note?: string
+}
+
+/**
+ * Bulk transfer prefers a direct connection: before the offer, `prepare` tries to get one (direct
+ * dial, hole punching) and says what the migration will use, or throws (a LinkError) when only a
+ * relayed connection exists and its limits cannot carry `bytes`.
+ */
+export interface BulkLinkAdvisor {
+  prepare(peer: PeerId, bytes: number, opts: { signal: AbortSignal }): Promise<BulkLink>
+}
+
 export interface MigrationEvents {
   /** Any change (throttled to ~10/s per migration while data flows; every phase change). */
   progress: [MigrationView]
@@ -50,7 +72,7 @@ export interface MigrationEvents {
   finished: [MigrationView]
 }
 
-type Entry = OutgoingMigration | IncomingMigration
+type Entry = OutgoingMigration | IncomingMigration | QemuOutgoingMigration | QemuIncomingMigration
 
 const REFUSE_TO_PB: Record<RefusalCode, number> = {
   UNKNOWN_VM: pb.RefuseCode.UNKNOWN_VM,
@@ -77,12 +99,18 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #active = new Map<string, Entry>()
   readonly #finished = new Map<string, MigrationView>()
   readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
+  /** The link each outgoing migration uses (while it and its finished view are kept). */
+  readonly #links = new Map<string, { link?: BulkLink }>()
+  readonly #advisor?: BulkLinkAdvisor
   #ac = new AbortController()
   #started = false
+  /** VMs that migrate with QEMU's own stream (qemu/): same limits, hooks and bookkeeping. */
+  readonly #qemu: QemuMigrations
 
-  constructor(components: MigrationComponents, init: MigrationServiceInit = {}) {
+  constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
     this.#c = components
+    this.#advisor = components.link
     this.#log = components.logger.child({ component: 'transfer' })
     this.#maxOut = init.maxOutgoing ?? DEFAULTS.maxOutgoing
     this.#maxIn = init.maxIncoming ?? DEFAULTS.maxIncoming
@@ -99,6 +127,29 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     this.store = new ContentStore(
       init.retainMiB !== undefined ? init.retainMiB * 1024 * 1024 : DEFAULT_RETAIN_BYTES,
     )
+    this.#qemu = new QemuMigrations({
+      host: components.host,
+      logger: this.#log,
+      driver: components.driver,
+      vmDir: (id) => components.vmDir(id),
+      hooks: components.hooks ?? {},
+      timeouts: this.#timeouts,
+      signal: () => this.#ac.signal,
+      started: () => this.#started,
+      idUsed: (id) => this.#active.has(id) || this.#outcomes.has(id),
+      hasVm: (vmId) => this.#c.lookupVm(vmId) !== undefined,
+      migratingVm: (vmId) => this.#migratingVm(vmId),
+      incomingFull: () =>
+        this.#count('in') >= this.#maxIn ? `${this.#maxIn} incoming migrations already run` : undefined,
+      holdIncoming: (id, vmId) => {
+        this.#pendingIn.set(id, { id, vmId })
+        return () => this.#pendingIn.delete(id)
+      },
+      track: (m) => this.#track(m),
+      active: (id) => this.#active.get(id),
+      setOutcome: (id, outcome, epoch) => this.#setOutcome(id, outcome, epoch),
+      emitProgress: (v) => this.emit('progress', v),
+    })
   }
 
   readonly [Symbol.toStringTag] = '@skymesh/transfer'
@@ -110,11 +161,19 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     setMaxListeners(Number.POSITIVE_INFINITY, this.#ac.signal)
     const { host } = this.#c
     const limit = { maxInboundStreams: 4 * MAX_DATA_STREAMS, maxOutboundStreams: 4 * MAX_DATA_STREAMS }
+    // A host behind NAT may be reachable only through a relay (a limited connection): allowed here,
+    // the source decides (BulkLinkAdvisor) whether a migration may use one.
+    const limited = { runOnLimitedConnection: true }
     await host.handle(CONTROL_PROTOCOL, (stream, conn) => this.#onControl(stream, conn), {
       maxInboundStreams: 16,
+      ...limited,
     })
-    await host.handle(DATA_PROTOCOL, (stream, conn) => this.#onData(stream, conn), limit)
-    await host.handle(STATUS_PROTOCOL, (stream) => this.#onStatus(stream), { maxInboundStreams: 16 })
+    await host.handle(DATA_PROTOCOL, (stream, conn) => this.#onData(stream, conn), { ...limit, ...limited })
+    await host.handle(STATUS_PROTOCOL, (stream) => this.#onStatus(stream), {
+      maxInboundStreams: 16,
+      ...limited,
+    })
+    await this.#qemu.start()
     this.#started = true
   }
 
@@ -123,6 +182,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     if (!this.#started) return
     this.#started = false
     await this.#c.host.unhandle([CONTROL_PROTOCOL, DATA_PROTOCOL, STATUS_PROTOCOL]).catch(() => undefined)
+    await this.#qemu.stop()
     for (const m of this.#active.values()) m.cancel()
     this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
     const all = [...this.#active.values()].map((m) => m.done)
@@ -153,9 +213,27 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       throw new MigrationRefusedError('BUSY', `${this.#maxOut} outgoing migrations already run`)
     }
     const signal = options.signal ? AbortSignal.any([options.signal, this.#ac.signal]) : this.#ac.signal
+    if (migratesWithQemu(vm.instance)) {
+      const q = this.#qemu.outgoing({
+        id: randomUUID(),
+        to,
+        instance: vm.instance,
+        spec: vm.spec,
+        epoch: vm.epoch,
+        options: opts,
+        signal,
+      })
+      options.signal?.addEventListener('abort', () => q.cancel(), { once: true })
+      this.#track(q)
+      return q.view()
+    }
+    const id = randomUUID()
+    const linkRef: { link?: BulkLink } = {}
+    this.#links.set(id, linkRef)
+    const bytes = (vm.spec.memoryMiB + vm.spec.diskMiB) * 1024 * 1024
     const m = new OutgoingMigration({
-      id: randomUUID(),
-      host: this.#c.host,
+      id,
+      host: this.#linkHost(id, bytes, linkRef),
       to,
       instance: vm.instance,
       spec: vm.spec,
@@ -166,27 +244,30 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       logger: this.#log,
       store: this.store,
       signal,
-      onChange: (v) => this.emit('progress', v),
+      onChange: (v) => this.emit('progress', this.#withLink(v)),
     })
     options.signal?.addEventListener('abort', () => m.cancel(), { once: true })
     this.#track(m)
-    return m.view()
+    return this.#withLink(m.view())
   }
 
   list(): MigrationView[] {
-    return [...[...this.#active.values()].map((m) => m.view()), ...this.#finished.values()]
+    return [...[...this.#active.values()].map((m) => m.view()), ...this.#finished.values()].map((v) =>
+      this.#withLink(v),
+    )
   }
 
   get(id: string): MigrationView | undefined {
-    return this.#active.get(id)?.view() ?? this.#finished.get(id)
+    const v = this.#active.get(id)?.view() ?? this.#finished.get(id)
+    return v && this.#withLink(v)
   }
 
   /** The migration's final view (resolves, never rejects, once it is done, failed or cancelled). */
   done(id: string): Promise<MigrationView> {
     const m = this.#active.get(id)
-    if (m) return m.done
+    if (m) return m.done.then((v) => this.#withLink(v))
     const f = this.#finished.get(id)
-    if (f) return Promise.resolve(f)
+    if (f) return Promise.resolve(this.#withLink(f))
     return Promise.reject(new MigrationError('UNKNOWN_MIGRATION', `no migration ${id}`))
   }
 
@@ -205,14 +286,63 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
 
   /** Asks `peer` whether migration `id` committed there (for an agent resolving a journaled handover). */
   async queryStatus(peer: PeerId, id: string, opts: { signal: AbortSignal }): Promise<Outcome> {
-    return (await queryStatus(this.#c.host, peer, id, opts)).outcome
+    return (await queryStatus(this.#limitedOk(), peer, id, opts)).outcome
   }
 
   // ------------------------------------------------------------------ internals
 
+  #withLink(v: MigrationView): MigrationView {
+    const l = this.#links.get(v.id)?.link
+    return l ? { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) } : v
+  }
+
+  /** The host, with streams allowed on limited (relayed) connections: the mesh's own traffic may use them. */
+  #limitedOk(): MigrationHost {
+    const host = this.#c.host
+    return {
+      peerId: host.peerId,
+      handle: host.handle.bind(host),
+      unhandle: host.unhandle.bind(host),
+      dialProtocol: (peer, protocols, opts) =>
+        host.dialProtocol(peer, protocols, { ...opts, runOnLimitedConnection: true }),
+    }
+  }
+
+  /**
+   * The host an outgoing migration dials through: its first dial asks the link advisor for a direct
+   * connection (or the reason there is none, or a refusal), and every stream may use a relayed one.
+   */
+  #linkHost(id: string, bytes: number, ref: { link?: BulkLink }): MigrationHost {
+    const base = this.#limitedOk()
+    const advisor = this.#advisor
+    if (!advisor) return base
+    let prepared: Promise<void> | undefined
+    return {
+      ...base,
+      dialProtocol: async (peer, protocols, opts) => {
+        prepared ??= (async () => {
+          const signal = opts?.signal ?? this.#ac.signal
+          const link = await advisor.prepare(peer as PeerId, bytes, { signal })
+          ref.link = link
+          if (link.kind === 'relayed') {
+            this.#log.warn(
+              { migration: id, to: peer.toString(), why: link.note },
+              'migration runs over a relay',
+            )
+          }
+        })()
+        await prepared
+        return base.dialProtocol(peer, protocols, opts)
+      },
+    }
+  }
+
   #count(direction: 'in' | 'out'): number {
     let n = direction === 'in' ? this.#pendingIn.size : 0
-    for (const m of this.#active.values()) if (m instanceof OutgoingMigration === (direction === 'out')) n++
+    for (const m of this.#active.values()) {
+      const out = m instanceof OutgoingMigration || m instanceof QemuOutgoingMigration
+      if (out === (direction === 'out')) n++
+    }
     return n
   }
 
@@ -227,9 +357,12 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     void m.done.then((v) => {
       this.#active.delete(m.id)
       this.#finished.set(m.id, v)
-      while (this.#finished.size > this.#keepFinished)
-        this.#finished.delete(this.#finished.keys().next().value!)
-      this.emit('finished', v)
+      while (this.#finished.size > this.#keepFinished) {
+        const oldest = this.#finished.keys().next().value!
+        this.#finished.delete(oldest)
+        this.#links.delete(oldest)
+      }
+      this.emit('finished', this.#withLink(v))
     })
   }
 

@@ -32,7 +32,7 @@ import {
 } from './errors.js'
 import { encodeFrame, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
-import { decideNextRound, estimateEtaMs, type RoundDecision, SHRINK_FACTOR } from './policy.js'
+import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
@@ -42,6 +42,8 @@ import { ControlChannel, withTimeout } from './wire.js'
 /** Pages (and blocks) go to streams in shards of this many, so an index always uses the same stream. */
 const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
+/** Disk reads in flight per stream while a round's blocks are framed (each is a thread-pool trip). */
+const BLOCK_READ_AHEAD = 16
 /** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
 const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
 
@@ -397,6 +399,7 @@ export class OutgoingMigration {
     this.#setPhase('precopy')
     // Round 0: every non-zero page and every allocated block (the destination starts all zero)
     const history: number[] = []
+    const roundCosts: { bytes: number; ms: number }[] = []
     // Pages never written are zero and the destination starts zeroed: only the others are looked at
     let pages: Iterable<number> | null = withMemory
       ? (memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
@@ -405,7 +408,7 @@ export class OutgoingMigration {
     while (true) {
       const t = performance.now()
       const before = this.#c.bytesSent
-      await this.#sendRound(this.#round, pages, blocks, this.#round === 0)
+      await this.#sendRound(this.#round, pages, blocks, this.#round === 0, undefined, true)
       const ms = performance.now() - t
       const sent = this.#c.bytesSent - before
       // Rounds that carried little are dominated by latency: keep the rate of a fuller round
@@ -415,17 +418,21 @@ export class OutgoingMigration {
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)
+      if (this.#round > 0) roundCosts.push({ bytes: sent, ms })
+      // Fixed cost per round from the rounds after the first (which also scans and hashes everything)
+      const fit = roundCosts.length >= 2 ? fitRoundCost(roundCosts.slice(-6)) : { fixedMs: 0, bps: 0 }
       let decision = decideNextRound({
         mode: withMemory ? options.mode : 'precopy',
         round: this.#round,
         remainingBytes: remaining,
         history,
-        bandwidthBps: this.#bandwidthBps,
+        bandwidthBps: fit.fixedMs > 0 ? fit.bps : this.#bandwidthBps,
         downtimeMs: options.downtimeMs,
         maxRounds: options.maxRounds,
+        roundFixedMs: fit.fixedMs,
       })
       if (this.#autoConverge(decision, history)) decision = { action: 'round' }
-      this.#log.debug({ round: this.#round, ms, sent, remaining, decision }, 'pre-copy round done')
+      this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
         this.#leftover = { pages: dirtyPages, blocks: dirtyBlocks }
@@ -471,6 +478,8 @@ export class OutgoingMigration {
     skipZero: boolean,
     /** Runs once every frame of the round is sent, while the acknowledgements are still on their way. */
     whileAcked?: () => Promise<void>,
+    /** The guest runs: a page it dirtied again since the round began waits for the next round. */
+    skipRedirtied = false,
   ): Promise<void> {
     const n = this.#senders.length
     const pl: number[][] = Array.from({ length: n }, () => [])
@@ -481,7 +490,9 @@ export class OutgoingMigration {
     this.#roundRemaining =
       pl.reduce((a, l) => a + l.length, 0) * memory.pageSize +
       bl.reduce((a, l) => a + l.length, 0) * disk.blockSize
-    await Promise.all(this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero)))
+    await Promise.all(
+      this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero, skipRedirtied)),
+    )
     await Promise.all([...this.#senders.map((s) => s.flush()), whileAcked?.()])
     this.#roundRemaining = 0
   }
@@ -493,11 +504,19 @@ export class OutgoingMigration {
     pages: number[],
     blocks: number[],
     skipZero: boolean,
+    skipRedirtied: boolean,
   ): Promise<void> {
     const { memory, disk } = this.#i.instance
     const b = new FrameBuilder()
     const frame = new FrameState(this.#cost)
+    // QEMU-style: a page written again since this round's snapshot is in the next round's set anyway;
+    // sending it now would only be overwritten (the stop-copy round, guest paused, sends everything)
+    const redirtied = skipRedirtied && memory.isDirty ? (i: number) => memory.isDirty!(i) : undefined
     for (const i of pages) {
+      if (redirtied?.(i)) {
+        this.#c.redirtiedPages++
+        continue
+      }
       if (!b.fits(memory.pageSize)) await this.#emitFrame(k, round, b, frame)
       // The VM caches the hash until the page is written again: hashing as we send keeps the digest
       // at the pause down to the last round's pages (and gives dedup its key for free)
@@ -522,10 +541,22 @@ export class OutgoingMigration {
         memory.pageSize,
       )
     }
-    for (const i of blocks) {
+    // Blocks are read a few ahead (each read is a thread-pool round trip); each read still pairs its
+    // bytes with their hash
+    const reads: Promise<{ data: Uint8Array; hash: Uint8Array | null }>[] = []
+    const readAhead = (j: number) => {
+      while (reads.length < BLOCK_READ_AHEAD && j + reads.length < blocks.length) {
+        const r = disk.readBlockHashed(blocks[j + reads.length]!)
+        r.catch(() => undefined)
+        reads.push(r)
+      }
+    }
+    for (let j = 0; j < blocks.length; j++) {
+      const i = blocks[j]!
+      readAhead(j)
       if (!b.fits(disk.blockSize)) await this.#emitFrame(k, round, b, frame)
       // Bytes and hash from one read: a hash of newer bytes would make later REFs resolve to stale data
-      const { data, hash: h } = await disk.readBlockHashed(i)
+      const { data, hash: h } = await reads.shift()!
       this.#signal.throwIfAborted()
       if (h === null) {
         this.#c.zeroBlocks++

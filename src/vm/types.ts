@@ -81,6 +81,11 @@ export interface VmMemory {
   startDirtyTracking(): void
   /** Returns the pages dirtied since the last call (or since tracking started) and clears them. */
   takeDirtyPages(): DirtyBitmap
+  /**
+   * Optional: true if page `i` was dirtied since the last `takeDirtyPages()` (a copier skips such a
+   * page in this round: the next one sends it anyway).
+   */
+  isDirty?(i: number): boolean
   stopDirtyTracking(): void
   /**
    * Optional: the memory as it is now, kept readable after the VM is stopped. Call only on a paused VM
@@ -123,8 +128,18 @@ export interface VmDisk {
   stopDirtyTracking(): void
 }
 
+/** What a driver's instances can do beyond the lifecycle (absent: the synthetic driver's defaults). */
+export interface VmCapabilities {
+  /** VmMemory / VmDisk / digest() work: the transfer engine can copy pages and blocks. */
+  pageAccess: boolean
+  /** How the VM migrates: 'pages' = the transfer engine, 'qemu-stream' = QEMU's own migration stream. */
+  migration: 'pages' | 'qemu-stream'
+}
+
 export interface VmInstance {
   readonly spec: VmSpec
+  /** Optional: absent means { pageAccess: true, migration: 'pages' }. */
+  readonly capabilities?: VmCapabilities
   readonly state: VmState
   /** A real guest NIC's unix socket (QEMU `-netdev stream`) for the overlay switch to connect to. */
   readonly nicSocket?: string | undefined

@@ -3,7 +3,9 @@
 // routers meet on a backbone. The wide-area link of each site can be shaped (tbf: bandwidth),
 // made lossy (iptables statistic) or cut (iptables DROP: a partition). Everything it creates is
 // named with a unique prefix and removed by destroy(); traffic never leaves the namespaces (the
-// test process reaches the agents' APIs through one veth into the backbone).
+// test process reaches the agents' APIs through one veth into the backbone). A site may sit behind
+// NAT (`nat: true`): its router masquerades outbound connections and refuses inbound ones (all but
+// the test process's own, which reach the agents' APIs).
 //
 //   root ns ── veth ── [core ns: bridge] ── veth ── [router ns of site s: bridge] ── veth ── [host ns]
 //   10.N.0.254             10.N.0.0/24        10.N.0.s      10.N.s.1/24                 10.N.s.(10+k)
@@ -25,6 +27,13 @@ const DELAY_LINE = fileURLToPath(new URL('./delay-line.py', import.meta.url)).re
 export interface SiteSpec {
   name: string
   hosts: number
+  /**
+   * Behind NAT: the router masquerades what its hosts open towards other sites and refuses new
+   * inbound connections (TCP reset, so a dial fails at once rather than at its timeout; other
+   * packets are dropped). Only the test process's address may still open connections in (its API
+   * requests).
+   */
+  nat?: boolean
 }
 
 export interface NetnsHost {
@@ -278,6 +287,41 @@ export class NetnsMesh {
     await run('ip', ['netns', 'exec', ns, 'iptables', '-w', ...args])
   }
 
+  /** The router of site s becomes a NAT: masquerade out, refuse new connections in. */
+  async #natRouter(s: number): Promise<void> {
+    const router = this.#routerNs(s)
+    const lan = this.#siteSubnet(s)
+    const testDoor = `10.${this.#net}.0.254`
+    await this.#iptables(router, [
+      '-t',
+      'nat',
+      '-A',
+      'POSTROUTING',
+      '-s',
+      lan,
+      '!',
+      '-d',
+      lan,
+      '-j',
+      'MASQUERADE',
+    ])
+    await this.#iptables(router, ['-N', 'SMNAT'])
+    await this.#iptables(router, ['-A', 'FORWARD', '-d', lan, '-j', 'SMNAT'])
+    const rules = [
+      ['-m', 'conntrack', '--ctstate', 'ESTABLISHED,RELATED', '-j', 'ACCEPT'],
+      ['-s', lan, '-j', 'ACCEPT'],
+      ['-s', testDoor, '-j', 'ACCEPT'],
+      ['-p', 'tcp', '-j', 'REJECT', '--reject-with', 'tcp-reset'],
+      ['-j', 'DROP'],
+    ]
+    for (const rule of rules) await this.#iptables(router, ['-A', 'SMNAT', ...rule])
+  }
+
+  /** Whether site `site` sits behind NAT. */
+  isNat(site: string): boolean {
+    return Boolean(this.#sites[this.#siteIndex(site) - 1]?.nat)
+  }
+
   async #addNs(ns: string): Promise<void> {
     await run('ip', ['netns', 'add', ns])
     this.#namespaces.push(ns)
@@ -339,6 +383,7 @@ export class NetnsMesh {
         await this.#iptables(router, ['-N', chain])
         await this.#iptables(router, ['-A', 'FORWARD', '-j', chain])
       }
+      if (site.nat) await this.#natRouter(s)
       await run('ip', ['route', 'add', `10.${n}.${s}.0/24`, 'via', `10.${n}.0.${s}`])
       for (let k = 0; k < site.hosts; k++) {
         const ns = `${p}s${s}h${k}`

@@ -2,12 +2,16 @@
 // temp dirs (unix socket paths are limited), guest specs, the guest's serial console, and a
 // frame-level peer on a `-netdev stream` socket (QEMU's 4-byte big-endian length + Ethernet frame).
 
+import { execFile } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { createConnection, type Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { promisify } from 'node:util'
 import { qemuAvailable } from '../../src/vm/qemu/index.js'
 import type { VmSpec } from '../../src/vm/types.js'
+
+const runFile = promisify(execFile)
 
 /** Why the QEMU tests cannot run here, or false if they can. */
 export function qemuSkipReason(): string | false {
@@ -153,5 +157,45 @@ export class StreamPeer {
 
   close(): void {
     this.socket.destroy()
+  }
+}
+
+/** Pids of live QEMU processes whose command line contains `match` (e.g. a VM id or a data dir). */
+export function qemuPids(match: string): number[] {
+  const out: number[] = []
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue
+    try {
+      const cmd = readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0')
+      if (cmd[0]?.includes('qemu-system') && cmd.some((a) => a.includes(match)) && processAlive(Number(d)))
+        out.push(Number(d))
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out
+}
+
+/** `len` bytes at `offset` of the guest-visible disk behind a qcow2 layer (read while QEMU holds it). */
+export async function readGuestDisk(disk: string, offset: number, len: number): Promise<Buffer> {
+  const tmp = mkdtempSync('/tmp/skq-dd-')
+  try {
+    const bs = 512
+    await runFile('qemu-img', [
+      'dd',
+      '-U',
+      '-f',
+      'qcow2',
+      '-O',
+      'raw',
+      `bs=${bs}`,
+      `skip=${Math.floor(offset / bs)}`,
+      `count=${Math.ceil(len / bs)}`,
+      `if=${disk}`,
+      `of=${tmp}/out.raw`,
+    ])
+    return readFileSync(`${tmp}/out.raw`).subarray(0, len)
+  } finally {
+    await rm(tmp, { recursive: true, force: true })
   }
 }

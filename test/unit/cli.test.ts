@@ -18,6 +18,7 @@ import {
   table,
 } from '../../src/cli/index.js'
 import type { AgentFlags } from '../../src/node/run.js'
+import type { SitesView } from '../../src/node/sites.js'
 import type { NodeInfo, PeerInfo, VmRecord } from '../../src/node/types.js'
 
 const TOKEN = 'test-token-123'
@@ -43,9 +44,22 @@ const peers: PeerInfo[] = [
     direction: 'outbound',
     site: 'site-b',
     latencyMs: 0.42,
+    connection: 'relayed',
     connectedAt: new Date(Date.now() - 65_000).toISOString(),
   },
 ]
+
+const sites: SitesView = {
+  self: { peerId: PEER, site: 'site-a' },
+  sites: [
+    { name: 'site-a', hosts: [PEER], alive: 1 },
+    { name: 'site-b', hosts: [OTHER], alive: 1 },
+  ],
+  links: [
+    { from: 'site-a', to: 'site-b', rttMs: 41.5, bandwidthMiBps: 12.25, reporters: 1 },
+    { from: 'site-b', to: 'site-a', rttMs: 40.2, reporters: 1 },
+  ],
+}
 
 function vm(id: string, name: string, memoryMiB: number, host = PEER): VmRecord {
   const now = new Date().toISOString()
@@ -99,6 +113,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
     return fail(res, 401, 'UNAUTHORIZED', 'bad or missing token')
   if (method === 'GET' && url === '/v1/node') return send(res, 200, node)
   if (method === 'GET' && url === '/v1/peers') return send(res, 200, { peers })
+  if (method === 'GET' && url === '/v1/sites') return send(res, 200, sites)
   if (method === 'GET' && url === '/v1/vms') return send(res, 200, { vms })
   if (method === 'POST' && url === '/v1/vms') {
     if (body.memoryMiB > 4096) {
@@ -202,10 +217,25 @@ describe('cli: status and peers', () => {
     const r = await cli(['peers', ...conn()])
     assert.equal(r.code, 0, r.err)
     const [head, row] = r.out.trimEnd().split('\n')
-    assert.match(head!, /^PEER +SITE +DIRECTION +LATENCY +CONNECTED +ADDRESS$/)
-    assert.match(row!, new RegExp(`^${OTHER} +site-b +outbound +0.4 ms +1m0[56]s +/ip4/127.0.0.1/tcp/4720$`))
+    assert.match(head!, /^PEER +SITE +DIRECTION +LINK +LATENCY +CONNECTED +ADDRESS$/)
+    assert.match(
+      row!,
+      new RegExp(`^${OTHER} +site-b +outbound +relayed +0.4 ms +1m0[56]s +/ip4/127.0.0.1/tcp/4720$`),
+    )
     const j = await cli(['peers', ...conn(), '--json'])
     assert.deepEqual(JSON.parse(j.out), { peers })
+  })
+
+  it('sites lists the sites, their hosts and the measured links', async () => {
+    const r = await cli(['sites', ...conn()])
+    assert.equal(r.code, 0, r.err)
+    assert.match(r.out, /^SITE +HOSTS +ALIVE$/m)
+    assert.match(r.out, /^site-a \* +1 +1$/m)
+    assert.match(r.out, /^FROM +TO +RTT +BANDWIDTH +REPORTERS$/m)
+    assert.match(r.out, /^site-a +site-b +41.5 ms +12.3 MiB\/s +1$/m)
+    assert.match(r.out, /^site-b +site-a +40.2 ms +- +1$/m)
+    const j = await cli(['sites', ...conn(), '--json'])
+    assert.deepEqual(JSON.parse(j.out), sites)
   })
 
   it('a wrong token is reported as the API error', async () => {

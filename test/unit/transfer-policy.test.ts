@@ -5,6 +5,8 @@ import { resolveOptions } from '../../src/transfer/options.js'
 import {
   decideNextRound,
   estimateEtaMs,
+  fitRoundCost,
+  predictedDowntimeMs,
   type RoundInput,
   sendTimeMs,
   shouldCompress,
@@ -36,6 +38,44 @@ describe('round decision', () => {
       reason: 'converged',
     })
     assert.deepEqual(decideNextRound({ ...base, bandwidthBps: 0 }), { action: 'round' })
+  })
+
+  it("counts a round's fixed cost (stop-copy and handover), at most half the target", () => {
+    // 4 MiB at 100 MiB/s is 40 ms: fits 50 ms alone, not with 2 x 10 ms of fixed cost
+    assert.equal(predictedDowntimeMs({ ...base, remainingBytes: 4 * MiB, roundFixedMs: 10 }), 60)
+    assert.deepEqual(decideNextRound({ ...base, remainingBytes: 4 * MiB, roundFixedMs: 10 }), {
+      action: 'round',
+    })
+    assert.deepEqual(decideNextRound({ ...base, remainingBytes: 2 * MiB, roundFixedMs: 10 }), {
+      action: 'stop',
+      reason: 'converged',
+    })
+    // a slow round trip counts for half the target at most: a small enough rest still converges
+    assert.equal(predictedDowntimeMs({ ...base, remainingBytes: 0, roundFixedMs: 500 }), 25)
+  })
+
+  it('fits round time = fixed + bytes / rate over the rounds', () => {
+    const rounds = [8, 16, 32].map((m) => ({ bytes: m * MiB, ms: 20 + (m * MiB * 1000) / (100 * MiB) }))
+    const fit = fitRoundCost(rounds)
+    assert.ok(Math.abs(fit.fixedMs - 20) < 1e-6, String(fit.fixedMs))
+    assert.ok(Math.abs(fit.bps - 100 * MiB) < 1, String(fit.bps))
+    // rounds of one size: no fixed part, the plain rate
+    assert.deepEqual(
+      fitRoundCost([
+        { bytes: MiB, ms: 10 },
+        { bytes: MiB, ms: 10 },
+      ]),
+      { fixedMs: 0, bps: 100 * MiB },
+    )
+    assert.deepEqual(fitRoundCost([]), { fixedMs: 0, bps: 0 })
+    // a negative intercept (noise) is no fixed cost
+    assert.equal(
+      fitRoundCost([
+        { bytes: MiB, ms: 1 },
+        { bytes: 4 * MiB, ms: 100 },
+      ]).fixedMs,
+      0,
+    )
   })
 
   it('keeps going while rounds shrink', () => {

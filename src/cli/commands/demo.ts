@@ -14,6 +14,7 @@ interface DemoFlags {
   restartAfter?: number
   migrateEvery?: number
   json?: boolean
+  placement?: boolean
 }
 
 export function registerDemoCommand(program: Command, io: CliIo): void {
@@ -42,7 +43,18 @@ export function registerDemoCommand(program: Command, io: CliIo): void {
       parseNonNegative,
     )
     .option('--json', 'print one JSON summary at the end instead of the live view')
+    .option(
+      '--placement',
+      'instead: 4 small agents where placement relieves an overloaded host and empties an underloaded one',
+    )
     .action(async (opts: DemoFlags) => {
+      if (opts.placement) {
+        const { runPlacementDemo } = await import('../demo-placement.js')
+        const { defaultBinPath } = await import('../demo.js')
+        const code = await runPlacementDemo({ binPath: defaultBinPath(), json: opts.json }, io)
+        if (code !== 0) throw new ExitCode(code)
+        return
+      }
       if (opts.agents > MAX_AGENTS) throw new UsageError(`--agents: at most ${MAX_AGENTS} on one machine`)
       const { runDemo } = await import('../demo.js')
       const code = await runDemo(

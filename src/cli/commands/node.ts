@@ -56,15 +56,16 @@ export function registerNodeCommands(program: Command, io: CliIo): void {
 
 export function peersTable(peers: PeerInfo[]): string {
   return table(
-    ['PEER', 'SITE', 'DIRECTION', 'LATENCY', 'CONNECTED', 'ADDRESS'],
+    ['PEER', 'SITE', 'DIRECTION', 'LINK', 'LATENCY', 'CONNECTED', 'ADDRESS'],
     peers.map((p) => [
       p.peerId,
       p.site ?? '-',
       p.direction,
+      p.connection ?? '-',
       p.latencyMs === undefined ? '-' : `${Math.round(p.latencyMs * 10) / 10} ms`,
       formatAge(p.connectedAt),
       p.addrs.length > 1 ? `${p.addrs[0]} (+${p.addrs.length - 1})` : (p.addrs[0] ?? '-'),
     ]),
-    ['left', 'left', 'left', 'right', 'right', 'left'],
+    ['left', 'left', 'left', 'left', 'right', 'right', 'left'],
   )
 }

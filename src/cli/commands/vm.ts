@@ -22,6 +22,7 @@ interface CreateOpts extends Opts {
   cpu?: number
   diskWrite?: number
   network?: string[]
+  image?: string
 }
 
 export function registerVmCommands(program: Command, io: CliIo, migrate: MigrateDeps = {}): void {
@@ -43,7 +44,8 @@ export function registerVmCommands(program: Command, io: CliIo, migrate: Migrate
         '--network <name>',
         'attach to a virtual network (repeatable)',
         (v: string, acc: string[] = []) => [...acc, v],
-      ),
+      )
+      .option('--image <id>', 'start the disk from an image, copy-on-write (id, unique prefix or name)'),
   ).action(async (name: string, opts: CreateOpts) => {
     const client = await connect(opts, io)
     const vm = await client.createVm(createRequest(name, opts))
@@ -154,6 +156,7 @@ export function createRequest(name: string, opts: CreateOpts): CreateVmRequest {
   if (opts.diskWrite !== undefined) workload.diskWriteMiBps = opts.diskWrite
   if (Object.keys(workload).length > 0) req.workload = workload
   if (opts.network?.length) req.networks = opts.network
+  if (opts.image) req.image = opts.image
   return req
 }
 

@@ -11,6 +11,8 @@ export const SIGNATURE_PREFIX = 'skymesh/hoststate:'
 export const MAX_STATE_BYTES = 1024 * 1024
 export const MAX_VMS = 4096
 export const MAX_ADDRS = 8
+/** Image ids a host state lists (src/images). */
+export const MAX_IMAGES = 1024
 
 export const MAX_SYNC_REQUEST_BYTES = 1024 * 1024
 export const MAX_SYNC_RESPONSE_BYTES = 16 * 1024 * 1024

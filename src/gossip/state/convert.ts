@@ -2,7 +2,7 @@
 import { multiaddr } from '@multiformats/multiaddr'
 import { type HostStateMessage, pb, type ResourcesMessage, type VmSummaryMessage } from '../../proto/index.js'
 import type { HostStateView, LocalHostState, ResourcesView, VmSummaryView } from '../types.js'
-import { MAX_ADDRS, MAX_VMS } from './constants.js'
+import { MAX_ADDRS, MAX_IMAGES, MAX_VMS } from './constants.js'
 import type { HostState } from './pb-types.js'
 import { u64 } from './u64.js'
 
@@ -35,6 +35,8 @@ export function toHostStateMessage(local: LocalHostState, init: BuildStateInit):
     agentVersion: local.agentVersion,
     addrs,
     overlay: local.overlay,
+    sites: local.sites,
+    images: (local.images ?? []).slice(0, MAX_IMAGES).map((id) => Buffer.from(id, 'hex')),
   })
 }
 
@@ -77,6 +79,10 @@ export function toHostStateView(peerId: string, m: HostStateMessage, receivedAtM
       }
     }),
     overlay: m.overlay?.length ? m.overlay : undefined,
+    sites: m.sites?.length ? m.sites : undefined,
+    images: m.images?.length
+      ? m.images.filter((b) => b.length === 32).map((b) => Buffer.from(b).toString('hex'))
+      : undefined,
   }
 }
 

@@ -4,7 +4,7 @@ import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { type HostStateMessage, pb } from '../../proto/index.js'
 import type { DropReason } from '../types.js'
-import { MAX_ADDRS, MAX_STATE_BYTES, MAX_VMS, SIGNATURE_PREFIX } from './constants.js'
+import { MAX_ADDRS, MAX_IMAGES, MAX_STATE_BYTES, MAX_VMS, SIGNATURE_PREFIX } from './constants.js'
 import type { HostState, SignedHostState } from './pb-types.js'
 import { equalBytes, peerKeyFromBytes } from './peer-key.js'
 import { u64 } from './u64.js'
@@ -15,6 +15,7 @@ const PREFIX = new TextEncoder().encode(SIGNATURE_PREFIX)
 // Field numbers of pb.HostState counted before decoding.
 const HOST_STATE_VMS = 7
 const HOST_STATE_ADDRS = 10
+const HOST_STATE_IMAGES = 12
 
 /** What was signed: the prefix, then the payload. */
 export function signedBytes(payload: Uint8Array): Uint8Array {
@@ -83,6 +84,7 @@ export async function openHostState(bytes: Uint8Array, opts: OpenOptions = {}): 
     const counts = countFields(payload)
     if ((counts.get(HOST_STATE_VMS) ?? 0) > MAX_VMS) return { ok: false, reason: 'too-many-items' }
     if ((counts.get(HOST_STATE_ADDRS) ?? 0) > MAX_ADDRS) return { ok: false, reason: 'too-many-items' }
+    if ((counts.get(HOST_STATE_IMAGES) ?? 0) > MAX_IMAGES) return { ok: false, reason: 'too-many-items' }
     state = pb.HostState.decode(payload)
   } catch {
     return { ok: false, reason: 'malformed' }

@@ -234,6 +234,7 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     await host.handle(SYNC_PROTOCOL, (stream, conn) => this.serve(stream, conn), {
       maxInboundStreams: 2,
       maxOutboundStreams: 2,
+      runOnLimitedConnection: true,
     })
     if (this.init.syncOnConnect) host.addEventListener('peer:connect', this.onConnect)
     this.scheduleSync()
@@ -327,7 +328,10 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
     let raw: Uint8Array
     let stream: Stream | undefined
     try {
-      stream = await this.components.host.dialProtocol(peerId, SYNC_PROTOCOL, { signal })
+      stream = await this.components.host.dialProtocol(peerId, SYNC_PROTOCOL, {
+        signal,
+        runOnLimitedConnection: true,
+      })
       const lp = lpStream(stream, {
         maxDataLength: MAX_SYNC_RESPONSE_BYTES,
         maxBufferSize: MAX_SYNC_RESPONSE_BYTES + 16,

@@ -113,7 +113,10 @@ export class SwimChannels {
 
   private async open(peer: PeerId, key: string): Promise<Channel> {
     const signal = AbortSignal.any([this.init.signal, AbortSignal.timeout(this.init.openTimeoutMs)])
-    const stream = await this.init.host.dialProtocol(peer, this.init.protocol, { signal })
+    const stream = await this.init.host.dialProtocol(peer, this.init.protocol, {
+      signal,
+      runOnLimitedConnection: true,
+    })
     const ch = new Channel(stream, lpStream(stream, { maxDataLength: this.init.maxMessageBytes }))
     this.opened++
     this.current.set(key, ch)

@@ -242,6 +242,8 @@ export class Swim extends EventTarget {
       // One long-lived channel per direction and connection; a few spare for reopening.
       maxInboundStreams: 8,
       maxOutboundStreams: 8,
+      // A host behind NAT may be reachable only through a relay (a limited connection).
+      runOnLimitedConnection: true,
     })
     // Nobody has heard of us yet: take the listen addresses without a new incarnation.
     this.list.setSelfAddrs(this.selfAddrs(), false)

@@ -2,15 +2,18 @@
 // error shape. Serve it on loopback only; the token lives in DIR/api-token.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
+import type { PlacementService } from '../placement/index.js'
 import type { AgentService, NetworkApi } from '../types.js'
 import { installAuth } from './auth.js'
 import { installBodyParsers } from './body.js'
 import { frameworkErrorReply, installErrorHandlers } from './errors.js'
 import { DebugRequestLog } from './log.js'
 import { clusterRoutes } from './routes/cluster.js'
+import { type ImagesApi, imageRoutes } from './routes/images.js'
 import { migrationRoutes } from './routes/migrations.js'
 import { networkRoutes } from './routes/networks.js'
 import { nodeRoutes } from './routes/node.js'
+import { placementRoutes } from './routes/placement.js'
 import { vmRoutes } from './routes/vms.js'
 import { LIMITS } from './schemas.js'
 
@@ -22,6 +25,10 @@ export interface ApiServerInit {
   agent: AgentService
   /** The virtual networks (overlay); their routes exist only when given. */
   networks?: NetworkApi
+  /** Placement (events, dry-run plans, drain); its routes exist only when given. */
+  placement?: PlacementService
+  /** Images and virtual clusters (src/images); their routes exist only when given. */
+  images?: ImagesApi
   /** The bearer token every route but /healthz requires. Must not be empty. */
   token: string
   logger: Logger
@@ -68,6 +75,8 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   clusterRoutes(app, init.agent)
   migrationRoutes(app, init.agent)
   if (init.networks) networkRoutes(app, init.networks)
+  if (init.placement) placementRoutes(app, init.placement)
+  if (init.images) imageRoutes(app, init.images)
 
   let closing: Promise<void> | undefined
   return {

@@ -20,7 +20,7 @@ export class PlacementCodecError extends Error {
   }
 }
 
-const TYPES = ['join', 'joined', 'busy', 'yield', 'renew', 'renewed', 'left', 'release'] as const
+const TYPES = ['join', 'joined', 'busy', 'yield', 'renew', 'renewed', 'left', 'release', 'drain'] as const
 const KINDS: readonly ProblemKind[] = ['overload', 'underload', 'drain']
 const STATES: readonly HostState[] = ['up', 'standby', 'draining', 'down']
 

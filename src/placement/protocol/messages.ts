@@ -34,6 +34,8 @@ export type PlacementMessage =
   | { type: 'left'; eventId: string }
   /** Leader -> member: the event is over, you are free. */
   | { type: 'release'; eventId: string }
+  /** Anyone -> host: start draining (an operator asked another agent); eventId names the request. */
+  | { type: 'drain'; eventId: string }
 
 export type Outcome = 'done' | 'failed' | 'unresolved' | 'yielded'
 

@@ -96,6 +96,8 @@ interface OwnEvent {
   yieldAsked: Set<string>
   state: 'growing' | 'executing'
   plan?: Plan
+  /** A drain plan that fixes the drain but spreads over fewer hosts than asked: used if growing fails. */
+  fallback?: Plan
   plannedAt?: number
   wave: number
   inflight: Set<string>
@@ -145,6 +147,29 @@ export class PlacementNode {
     this.alive = false
     this.holder = undefined
     this.own = undefined
+  }
+
+  /**
+   * Membership says a peer is dead: a lease it holds on this host ends now (its partition is gone), and
+   * as a leader this host drops it from its partition (its migrations will fail). Waiting for the lease
+   * to run out gives the same result, later.
+   */
+  peerGone(peer: string, now: number): Output[] {
+    if (!this.alive || peer === this.self) return []
+    const out: Output[] = []
+    if (this.holder && this.holder.event.leader === peer) this.holder = undefined
+    const o = this.own
+    if (o?.members.has(peer)) {
+      o.members.delete(peer)
+      o.lastAck.delete(peer)
+    }
+    if (o?.pending?.host === peer) {
+      o.pending = undefined
+      this.askNext(now, out)
+    }
+    if (!this.own && !this.holder) this.detect(now, out)
+    this.wake(now, out)
+    return out
   }
 
   // ------------------------------------------------------------------ inputs
@@ -271,7 +296,7 @@ export class PlacementNode {
   private askNext(now: number, out: Output[]): void {
     const o = this.own!
     if (o.members.size >= this.pcfg.maxPartition) {
-      this.close('unresolved', now, out)
+      this.giveUp(now, out)
       return
     }
     const n = Math.min(this.init.ring.size(), this.pcfg.maxScan)
@@ -279,7 +304,7 @@ export class PlacementNode {
     for (let k = 0; k < n; k++) {
       c = this.init.ring.next(c)
       if (c === this.self) {
-        this.close('unresolved', now, out)
+        this.giveUp(now, out)
         return
       }
       if (o.members.has(c)) continue
@@ -290,7 +315,14 @@ export class PlacementNode {
       out.push(send(c, { type: 'join', event: o.ref, leaseMs: this.pcfg.leaseMs }))
       return
     }
-    this.close('unresolved', now, out)
+    this.giveUp(now, out)
+  }
+
+  /** The partition cannot grow any more: run the narrower drain plan if there is one, else give up. */
+  private giveUp(now: number, out: Output[]): void {
+    const o = this.own!
+    if (o.fallback) this.execute(o.fallback, now, out)
+    else this.close('unresolved', now, out)
   }
 
   private onJoined(from: string, eventId: string, member: MemberSnapshot, now: number, out: Output[]): void {
@@ -347,6 +379,19 @@ export class PlacementNode {
     )
     const fixed = p.resolved.some((r) => r.host === this.self && r.kind === o.ref.kind)
     if (!fixed || p.moves.length === 0) return
+    if (o.ref.kind === 'drain') {
+      // A drain spreads its VMs: keep growing while the plan uses fewer destinations than asked.
+      const dests = new Set(p.moves.map((m) => m.to)).size
+      if (dests < Math.min(this.cfg.drainSpread, p.moves.length)) {
+        o.fallback = p
+        return
+      }
+    }
+    this.execute(p, now, out)
+  }
+
+  private execute(p: Plan, now: number, out: Output[]): void {
+    const o = this.own!
     o.plan = p
     o.plannedAt = now
     o.state = 'executing'

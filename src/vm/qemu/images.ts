@@ -65,3 +65,30 @@ export async function createOverlay(img: string, base: string, path: string, siz
   const size = Math.max(info['virtual-size'], sizeMiB * 1024 * 1024)
   await qemuImg(img, ['create', '-q', '-f', 'qcow2', '-F', info.format, '-b', base, path, String(size)])
 }
+
+/** A base image by content: the blank base of a size, or an imported base by its sha256. */
+export type BaseRef = { blankMiB: number } | { sha256: string }
+
+/** The content name of the base under the qcow2 layer `disk` (read while QEMU may hold it: `-U`). */
+export async function baseOf(img: string, disk: string): Promise<BaseRef> {
+  const info = JSON.parse(await qemuImg(img, ['info', '-U', '--output=json', disk])) as {
+    'full-backing-filename'?: string
+    'backing-filename'?: string
+  }
+  const backing = info['full-backing-filename'] ?? info['backing-filename']
+  if (!backing) throw new Error(`${disk} has no base image`)
+  const name = backing.split('/').pop() ?? ''
+  const blank = /^blank-(\d+)M\.qcow2$/.exec(name)
+  if (blank) return { blankMiB: Number(blank[1]) }
+  const imported = /^([0-9a-f]{64})\.img$/.exec(name)
+  if (imported) return { sha256: imported[1] as string }
+  throw new Error(`base image ${backing} is not in the content-addressed store`)
+}
+
+/** The local path of `ref` in the store (a blank base is made on demand), or undefined if it is missing. */
+export async function findBase(img: string, store: string, ref: BaseRef): Promise<string | undefined> {
+  if ('blankMiB' in ref) return blankBase(img, store, ref.blankMiB)
+  if (!/^[0-9a-f]{64}$/.test(ref.sha256)) throw new Error(`bad base image hash ${ref.sha256}`)
+  const path = join(store, `${ref.sha256}.img`)
+  return (await exists(path)) ? path : undefined
+}

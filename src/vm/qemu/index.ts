@@ -1,7 +1,18 @@
 // The qemu driver's public surface.
 export { ensureGuest, type GuestImage } from './guest.js'
 export { type Accel, detectAccel, findQemu, probeKvm, type QemuBinaries, qemuAvailable } from './host.js'
-export { blankBase, createOverlay, importBase } from './images.js'
+export { type BaseRef, baseOf, blankBase, createOverlay, findBase, importBase } from './images.js'
+export {
+  abandonMirror,
+  completeMirror,
+  DISK_NODE,
+  exportDisk,
+  type MirrorProgress,
+  mirrorProgress,
+  startMirror,
+  unexportDisk,
+  waitMirrorReady,
+} from './migrate-disk.js'
 export { macForVm, QemuDriver, type QemuDriverInit, type QemuNic, type QemuVmOptions } from './qemu-driver.js'
 export { type QemuMigrateOptions, type QemuMigrationInfo, QemuVm, type QemuVmPaths } from './qemu-vm.js'
 export { QmpClient, type QmpConnectOptions, QmpError, type QmpEvent } from './qmp.js'

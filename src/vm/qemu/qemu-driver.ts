@@ -69,6 +69,15 @@ export class QemuDriver implements VmDriver {
     return this.init.accel ? Promise.resolve(this.init.accel) : detectAccel(this.bins.system)
   }
 
+  /** Where base images live (content-addressed, see images.ts). */
+  get imageStore(): string {
+    return this.init.imageStore ?? join(homedir(), '.cache', 'skymesh', 'images')
+  }
+
+  get binaries(): QemuBinaries {
+    return this.bins
+  }
+
   /** The QEMU guests this driver is running. */
   instances(): QemuVm[] {
     return [...this.vms]
@@ -127,8 +136,7 @@ export class QemuDriver implements VmDriver {
     await mkdir(p.sockets, { recursive: true })
     await Promise.all([p.qmp, p.nic].map((s) => s && rm(s, { force: true })))
     if (mode !== 'restore' || !(await exists(p.disk))) {
-      const store = this.init.imageStore ?? join(homedir(), '.cache', 'skymesh', 'images')
-      const base = opts.baseImage ?? (await blankBase(this.bins.img, store, spec.diskMiB))
+      const base = opts.baseImage ?? (await blankBase(this.bins.img, this.imageStore, spec.diskMiB))
       await createOverlay(this.bins.img, base, p.disk, spec.diskMiB)
     }
     const guest = this.init.guest ?? (await ensureGuest())
@@ -175,7 +183,8 @@ export class QemuDriver implements VmDriver {
       )
     }
     const initial: VmState = mode === 'boot' ? 'running' : 'paused'
-    const vm = new QemuVm(spec, p, child, qmp, initial, (gone) => this.vms.delete(gone))
+    const { dir: _dir, ...launchOptions } = opts
+    const vm = new QemuVm(spec, p, child, qmp, initial, (gone) => this.vms.delete(gone), launchOptions)
     this.vms.add(vm)
     await vm.refreshState().catch(() => {})
     return vm

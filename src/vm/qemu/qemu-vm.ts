@@ -16,6 +16,7 @@ import {
   type VmState,
   type VmStats,
 } from '../types.js'
+import type { QemuVmOptions } from './qemu-driver.js'
 import type { QmpClient, QmpEvent } from './qmp.js'
 import { NoBlockDisk, NoPageMemory, noPageAccess, QEMU_CAPABILITIES } from './unsupported.js'
 
@@ -42,6 +43,11 @@ export interface QemuMigrateOptions {
   postcopy?: boolean
   /** multifd channels (>1 enables multifd). */
   multifdChannels?: number
+  /**
+   * Stop in `pre-switchover` (guest paused, RAM sent) until `migrate-continue`: the moment to
+   * complete a disk mirror (QEMU's `pause-before-switchover`).
+   */
+  pauseBeforeSwitchover?: boolean
 }
 
 /** The parts of `query-migrate` we use (times in ms, bytes). */
@@ -53,6 +59,13 @@ export interface QemuMigrationInfo {
   transferredBytes?: number
   remainingBytes?: number
   dirtySyncCount?: number
+  /** Pages of RAM sent in full. */
+  normalPages?: number
+  /** Throughput of the last iteration, megabits/s. */
+  mbps?: number
+  /** Pages dirtied per second. */
+  dirtyPagesRate?: number
+  pageSize?: number
   errorDesc?: string
 }
 
@@ -95,6 +108,8 @@ export class QemuVm implements VmInstance {
     readonly qmp: QmpClient,
     initial: VmState,
     onGone: (vm: QemuVm) => void,
+    /** The options it was started with (a migration starts its destination with the same). */
+    readonly options: Omit<QemuVmOptions, 'dir'> = {},
   ) {
     this._state = initial
     this.memory = new NoPageMemory(spec.memoryMiB)
@@ -211,6 +226,7 @@ export class QemuVm implements VmInstance {
       { capability: 'auto-converge', state: opts.autoConverge ?? false },
       { capability: 'postcopy-ram', state: opts.postcopy ?? false },
       { capability: 'multifd', state: (opts.multifdChannels ?? 1) > 1 },
+      { capability: 'pause-before-switchover', state: opts.pauseBeforeSwitchover ?? false },
     ]
     await this.qmp.execute('migrate-set-capabilities', { capabilities: caps })
     const params: Record<string, unknown> = { 'max-bandwidth': opts.maxBandwidth ?? 10 * 1024 ** 3 }
@@ -244,6 +260,10 @@ export class QemuVm implements VmInstance {
       transferredBytes: ram?.transferred,
       remainingBytes: ram?.remaining,
       dirtySyncCount: ram?.['dirty-sync-count'],
+      normalPages: ram?.normal,
+      mbps: ram?.mbps,
+      dirtyPagesRate: ram?.['dirty-pages-rate'],
+      pageSize: ram?.['page-size'],
       errorDesc: r['error-desc'] as string | undefined,
     }
   }

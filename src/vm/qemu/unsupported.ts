@@ -2,15 +2,17 @@
 // QEMU process and moves with QEMU's own migration stream (tunnelled through the mesh), their disk
 // moves with blockdev-mirror. These stand-ins fill the VmInstance slots and fail clearly if used.
 
-import { BLOCK_SIZE, type DirtyBitmap, PAGE_SIZE, type VmDisk, VmError, type VmMemory } from '../types.js'
+import {
+  BLOCK_SIZE,
+  type DirtyBitmap,
+  PAGE_SIZE,
+  type VmCapabilities,
+  type VmDisk,
+  VmError,
+  type VmMemory,
+} from '../types.js'
 
-/** What a driver's instances can do beyond the lifecycle (proposed for src/vm/types.ts). */
-export interface VmCapabilities {
-  /** VmMemory / VmDisk / digest() work: the transfer engine can copy pages and blocks. */
-  pageAccess: boolean
-  /** How the VM migrates: 'pages' = the transfer engine, 'qemu-stream' = QEMU's migration stream. */
-  migration: 'pages' | 'qemu-stream'
-}
+export type { VmCapabilities }
 
 export const QEMU_CAPABILITIES: VmCapabilities = Object.freeze({
   pageAccess: false,

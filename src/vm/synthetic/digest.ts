@@ -4,7 +4,7 @@
 // and refreshed as units are written, so a digest costs only what changed since the last one.
 
 import { createHash } from 'node:crypto'
-import type { SyntheticDisk } from './disk.js'
+import type { GuestDisk } from './guest-disk.js'
 import type { SyntheticMemory } from './memory.js'
 
 export interface VmDigest {
@@ -19,7 +19,7 @@ export function memoryDigest(memory: SyntheticMemory): string {
 }
 
 /** Digest of the disk (format in hash-cache.ts). Pause the VM first for a stable value. */
-export function diskDigest(disk: SyntheticDisk): Promise<string> {
+export function diskDigest(disk: GuestDisk): Promise<string> {
   return disk.digest()
 }
 

@@ -123,6 +123,10 @@ export class SyntheticMemory implements VmMemory {
     return d
   }
 
+  isDirty(i: number): boolean {
+    return this.#dirty?.get(i) ?? false
+  }
+
   stopDirtyTracking(): void {
     this.#dirty = null
   }

@@ -7,7 +7,9 @@ import { type CreateVmOptions, type VmDriver, VmError, type VmInstance, type VmS
 import { CpuBudget } from './cpu-budget.js'
 import { combineDigests, diskDigest, memoryDigest } from './digest.js'
 import { DISK_ALLOC, DISK_IMG, SyntheticDisk } from './disk.js'
+import type { BaseImage, GuestDisk } from './guest-disk.js'
 import { SyntheticMemory } from './memory.js'
+import { OverlayDisk } from './overlay-disk.js'
 import { seedFromString } from './prng.js'
 import { checkSpec } from './spec.js'
 import {
@@ -29,17 +31,21 @@ export interface SyntheticDriverInit {
    * (default 0.5): the work runs in-process, so an unbounded share would starve the agent.
    */
   maxCpuShare?: number
+  /** Finds the base image of a copy-on-write VM being restored (src/images); without it such VMs cannot be. */
+  resolveBase?: (imageId: string) => BaseImage | undefined
 }
 
 export class SyntheticDriver implements VmDriver {
   readonly name = 'synthetic'
   readonly #tickMs: number
   readonly #budget: CpuBudget
+  readonly #resolveBase?: (imageId: string) => BaseImage | undefined
   readonly #vms = new Set<SyntheticVm>()
   #closed = false
 
   constructor(init: SyntheticDriverInit = {}) {
     this.#tickMs = init.tickMs ?? 50
+    this.#resolveBase = init.resolveBase
     if (!(this.#tickMs >= 1)) throw new RangeError(`tickMs ${init.tickMs} must be >= 1`)
     // Bursts of up to two ticks' worth keep the agent's event loop responsive
     this.#budget = new CpuBudget(init.maxCpuShare ?? 0.5, this.#tickMs * 2)
@@ -47,6 +53,16 @@ export class SyntheticDriver implements VmDriver {
 
   create(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
     return this.#fresh(spec, opts, 'running')
+  }
+
+  /** A running VM whose disk is a copy-on-write layer over `base` (reads fall through, writes stay its own). */
+  async createFromImage(spec: VmSpec, opts: CreateVmOptions, base: BaseImage): Promise<VmInstance> {
+    this.#checkOpen()
+    const sizes = checkSpec(spec)
+    await mkdir(opts.dir, { recursive: true })
+    await removeSuspendImage(opts.dir)
+    const disk = await OverlayDisk.create(opts.dir, sizes.diskBytes, base)
+    return this.#start(spec, opts, new SyntheticMemory(sizes.memoryBytes), disk, 'running')
   }
 
   prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
@@ -85,7 +101,7 @@ export class SyntheticDriver implements VmDriver {
     }
     const image = await readMemoryImage(dir, m)
     const memory = new SyntheticMemory(m.memoryBytes, image.buf, image.nonZero)
-    const disk = await SyntheticDisk.open(dir, m.diskBytes)
+    const disk = await this.#openDisk(dir, m.diskBytes)
     try {
       const got = combineDigests(memoryDigest(memory), await diskDigest(disk))
       if (got.combined !== m.digest.combined) {
@@ -123,11 +139,24 @@ export class SyntheticDriver implements VmDriver {
     await settleDeletions()
   }
 
+  /** The disk left in `dir`: a plain one, or an overlay whose base image must be here. */
+  async #openDisk(dir: string, bytes: number): Promise<GuestDisk> {
+    const image = await OverlayDisk.baseOf(dir)
+    if (image === undefined) return SyntheticDisk.open(dir, bytes)
+    const base = this.#resolveBase?.(image)
+    if (!base)
+      throw new VmError(
+        'VM_IO',
+        `the base image ${image.slice(0, 12)} of the disk in ${dir} is not on this host`,
+      )
+    return OverlayDisk.open(dir, bytes, base)
+  }
+
   #start(
     spec: VmSpec,
     opts: CreateVmOptions,
     memory: SyntheticMemory,
-    disk: SyntheticDisk,
+    disk: GuestDisk,
     state: 'running' | 'paused',
   ): SyntheticVm {
     const vm = new SyntheticVm({

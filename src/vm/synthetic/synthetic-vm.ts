@@ -5,7 +5,7 @@ import { rm } from 'node:fs/promises'
 import { VmError, type VmInstance, type VmSpec, type VmState, type VmStats } from '../types.js'
 import type { CpuBudget } from './cpu-budget.js'
 import { combineDigests, diskDigest, memoryDigest, type VmDigest } from './digest.js'
-import type { SyntheticDisk } from './disk.js'
+import type { GuestDisk } from './guest-disk.js'
 import type { SyntheticMemory } from './memory.js'
 import { commitManifest, removeSuspendImage, writeMemoryImage } from './suspend-image.js'
 import { Workload } from './workload.js'
@@ -14,7 +14,7 @@ export interface SyntheticVmInit {
   spec: VmSpec
   dir: string
   memory: SyntheticMemory
-  disk: SyntheticDisk
+  disk: GuestDisk
   state: 'running' | 'paused'
   seed: number
   tickMs: number
@@ -27,7 +27,7 @@ export class SyntheticVm implements VmInstance {
   readonly spec: VmSpec
   readonly dir: string
   readonly memory: SyntheticMemory
-  readonly disk: SyntheticDisk
+  readonly disk: GuestDisk
   readonly #workload: Workload
   readonly #onGone: (vm: SyntheticVm) => void
   readonly #listeners = new Set<(state: VmState) => void>()

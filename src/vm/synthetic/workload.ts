@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto'
 import { BLOCK_SIZE, PAGE_SIZE, type WorkloadSpec } from '../types.js'
 import type { CpuBudget } from './cpu-budget.js'
-import type { SyntheticDisk } from './disk.js'
+import type { GuestDisk } from './guest-disk.js'
 import type { SyntheticMemory } from './memory.js'
 import { fillPattern, Prng } from './prng.js'
 import { RateMeter } from './rate-meter.js'
@@ -41,7 +41,7 @@ export interface WorkloadStats {
 export class Workload {
   readonly #spec: WorkloadSpec
   readonly #memory: SyntheticMemory
-  readonly #disk: SyntheticDisk
+  readonly #disk: GuestDisk
   readonly #init: WorkloadInit
   readonly #rng: Prng
   readonly #hotPages: number
@@ -57,7 +57,7 @@ export class Workload {
   #pagesWritten = 0
   #blocksWritten = 0
 
-  constructor(spec: WorkloadSpec, memory: SyntheticMemory, disk: SyntheticDisk, init: WorkloadInit) {
+  constructor(spec: WorkloadSpec, memory: SyntheticMemory, disk: GuestDisk, init: WorkloadInit) {
     this.#spec = spec
     this.#memory = memory
     this.#disk = disk

@@ -1,0 +1,223 @@
+// bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
+// sockets (the baseline) vs through the mesh between two real agents (`--driver qemu`): QEMU's
+// migration stream and its disk mirror tunnelled over libp2p, with one stream and with multifd.
+//
+// Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
+// over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
+// pause-before-switchover over another unix socket, completes the mirror, continues; the
+// destination resumes. Exactly the QEMU work the mesh path does, without agents and libp2p.
+// Mesh: POST /v1/vms/:id/migrate between two agents; the figures are the migration's own view.
+// Both: total = start to the guest running at the destination (the destination QEMU's start
+// included), downtime = guest paused at the source to running at the destination.
+// Idle guest and with its memory writer (2 MiB/s), 128 MiB RAM, TCG or KVM as the host allows.
+//
+// Usage: npm run bench:qemu   (prints a table, writes bench/results/qemu.json)
+import '../src/node/polyfill.js'
+import { mkdir, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import {
+  completeMirror,
+  exportDisk,
+  mirrorProgress,
+  QemuDriver,
+  startMirror,
+  unexportDisk,
+  waitMirrorReady,
+} from '../src/vm/qemu/index.js'
+import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../test/helpers/agent-process.js'
+import { guestSpec, memLines, qemuSkipReason, shortTmpDir, waitSerial } from '../test/helpers/qemu.js'
+import { f, ratio, table } from './lib/format.js'
+
+interface Run {
+  workload: string
+  path: string
+  totalMs: number
+  downtimeMs: number
+  bytes: number
+  memOk: boolean
+}
+
+const WORKLOADS = [
+  { name: 'idle', rateMiBps: 0 },
+  { name: 'writer 2 MiB/s', rateMiBps: 2 },
+]
+const DOWNTIME_MS = 300
+
+async function direct(workload: { name: string; rateMiBps: number }): Promise<Run> {
+  const driver = new QemuDriver()
+  const tmp = shortTmpDir('skq-bench-')
+  try {
+    const spec = guestSpec(`bench-direct-${workload.rateMiBps}`, { rateMiBps: workload.rateMiBps })
+    const src = await driver.create(spec, { dir: `${tmp.path}/src` })
+    await waitSerial(
+      src.serialLog,
+      () => memLines(src.serialLog).filter((l) => l.ok).length >= 3,
+      180_000,
+      'boot',
+    )
+    const t0 = Date.now()
+    const dst = await driver.prepareIncoming(spec, { dir: `${tmp.path}/dst` })
+    await exportDisk(dst, `${tmp.path}/nbd.sock`)
+    await dst.migrateIncoming(`unix:${tmp.path}/mig.sock`)
+    await startMirror(src, `${tmp.path}/nbd.sock`)
+    let diskBytes = 0
+    await waitMirrorReady(src, AbortSignal.timeout(120_000), (p) => {
+      diskBytes = p.offset
+    })
+    let pausedAt = 0
+    src.onStateChange((s) => {
+      if (s === 'paused' && !pausedAt) pausedAt = Date.now()
+    })
+    await src.migrate(`unix:${tmp.path}/mig.sock`, {
+      downtimeLimitMs: DOWNTIME_MS,
+      autoConverge: true,
+      pauseBeforeSwitchover: true,
+    })
+    for (;;) {
+      const s = (await src.queryMigrate()).status
+      if (s === 'pre-switchover') break
+      if (s === 'failed' || s === 'cancelled') throw new Error(`direct migration ${s}`)
+      await sleep(50)
+    }
+    pausedAt ||= Date.now()
+    diskBytes = (await mirrorProgress(src))?.offset ?? diskBytes
+    await completeMirror(src, 60_000)
+    await src.qmp.execute('migrate-continue', { state: 'pre-switchover' })
+    const info = await src.waitMigration(120_000, 50)
+    if (info.status !== 'completed') throw new Error(`direct migration ${info.status}`)
+    await dst.waitMigration(30_000, 20)
+    await unexportDisk(dst)
+    await dst.resume()
+    const end = Date.now()
+    await src.stop()
+    const before = memLines(dst.serialLog).length
+    await waitSerial(
+      dst.serialLog,
+      () => memLines(dst.serialLog).length >= before + 2,
+      60_000,
+      'writer at dst',
+    )
+    return {
+      workload: workload.name,
+      path: 'direct (unix socket)',
+      totalMs: end - t0,
+      downtimeMs: end - pausedAt,
+      bytes: (info.transferredBytes ?? 0) + diskBytes,
+      memOk: memLines(dst.serialLog).every((l) => l.ok),
+    }
+  } finally {
+    await driver.close()
+    await tmp.remove()
+  }
+}
+
+async function mesh(
+  a: RunningAgent,
+  b: RunningAgent,
+  workload: { name: string; rateMiBps: number },
+  streams: number,
+): Promise<Run> {
+  const r = await a.request('POST', '/v1/vms', {
+    name: `bench-${workload.rateMiBps}-${streams}`,
+    vcpus: 1,
+    memoryMiB: 128,
+    diskMiB: 64,
+    workload: { dirtyMiBps: workload.rateMiBps, hotSetMiB: 16, cpu: 0, diskWriteMiBps: 0 },
+  })
+  if (r.status !== 201) throw new Error(JSON.stringify(r.body))
+  const id = r.body.id as string
+  const serialA = join(a.dataDir, 'vms', id, 'serial.log')
+  await waitSerial(serialA, () => memLines(serialA).filter((l) => l.ok).length >= 3, 180_000, 'boot')
+  const m = await a.request('POST', `/v1/vms/${id}/migrate`, {
+    to: b.peerId,
+    streams,
+    downtimeMs: DOWNTIME_MS,
+  })
+  if (m.status !== 202) throw new Error(JSON.stringify(m.body))
+  const v = await waitFor(
+    'the migration to end',
+    async () => {
+      const x = await a.request('GET', `/v1/migrations/${m.body.id}`)
+      return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
+    },
+    300_000,
+  )
+  if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
+  const serialB = join(b.dataDir, 'vms', id, 'serial.log')
+  const before = memLines(serialB).length
+  await waitSerial(serialB, () => memLines(serialB).length >= before + 2, 60_000, 'writer at b')
+  const memOk = memLines(serialB).every((l) => l.ok)
+  await b.request('DELETE', `/v1/vms/${id}`)
+  return {
+    workload: workload.name,
+    path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
+    totalMs: v.totalMs,
+    downtimeMs: v.downtimeMs,
+    bytes: v.bytesSent,
+    memOk,
+  }
+}
+
+async function main(): Promise<void> {
+  const skip = qemuSkipReason()
+  if (skip) {
+    console.error(`bench:qemu needs QEMU and the guest packages: ${skip}`)
+    process.exit(1)
+  }
+  const dir = await tempDir('skq-bench-')
+  const args = ['--log-level', 'warn', '--driver', 'qemu']
+  const a = await startAgent({ dataDir: join(dir, 'a'), args })
+  const b = await startAgent({ dataDir: join(dir, 'b'), args, bootstrap: [a.addrs[0]!] })
+  const runs: Run[] = []
+  try {
+    await waitFor('the mesh', async () => (await a.request('GET', '/v1/cluster')).body.counts.alive === 2)
+    for (const w of WORKLOADS) {
+      runs.push(await direct(w))
+      runs.push(await mesh(a, b, w, 1))
+      runs.push(await mesh(a, b, w, 4))
+      for (const r of runs.slice(-3)) process.stderr.write(`${JSON.stringify(r)}\n`)
+    }
+  } finally {
+    await Promise.all([a.stop(), b.stop()])
+    await removeDir(dir)
+  }
+  const rows = runs.map((r) => {
+    const base = runs.find((x) => x.workload === r.workload && x.path.startsWith('direct'))!
+    return {
+      ...r,
+      totalRatio: r.totalMs / base.totalMs,
+      downtimeRatio: r.downtimeMs / base.downtimeMs,
+      bytesRatio: r.bytes / base.bytes,
+    }
+  })
+  process.stdout.write(
+    `${table(
+      ['workload', 'path', 'total ms', 'downtime ms', 'MiB', 'total ×', 'downtime ×', 'bytes ×', 'mem check'],
+      rows.map((r) => [
+        r.workload,
+        r.path,
+        f(r.totalMs),
+        f(r.downtimeMs),
+        f(r.bytes / 1024 / 1024, 1),
+        ratio(r.totalRatio),
+        ratio(r.downtimeRatio),
+        ratio(r.bytesRatio),
+        r.memOk ? 'OK' : 'FAIL',
+      ]),
+    )}\n`,
+  )
+  const outDir = join(process.cwd(), 'bench/results')
+  await mkdir(outDir, { recursive: true })
+  const file = join(outDir, 'qemu.json')
+  await writeFile(
+    file,
+    `${JSON.stringify({ date: new Date().toISOString(), guest: { memoryMiB: 128, downtimeLimitMs: DOWNTIME_MS }, runs: rows }, null, 2)}\n`,
+  )
+  process.stdout.write(`\nwrote ${file}\n`)
+}
+
+main().catch((err) => {
+  console.error(err)
+  process.exit(1)
+})

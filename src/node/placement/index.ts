@@ -1,0 +1,19 @@
+// The agent's placement: the service that drives the cooperative protocol, its wire transport, config.
+export { type DryRunRequest, type DryRunResult, dryRun, plannerConfig } from './dry-run.js'
+export { PlacementDisabledError, PlacementLookupError } from './errors.js'
+export { createPlacementMetrics, type PlacementMetrics } from './metrics.js'
+export {
+  type PlacementEventView,
+  type PlacementGossip,
+  PlacementService,
+  type PlacementServiceInit,
+  type PlacementStatus,
+} from './service.js'
+export {
+  DEFAULT_PLACEMENT_SETTINGS,
+  type PlacementSettings,
+  placementSchema,
+  placementSettings,
+} from './settings.js'
+export { PLACEMENT_PROTOCOL, PlacementTransport } from './transport.js'
+export { type LocalVm, localSnapshot } from './view.js'

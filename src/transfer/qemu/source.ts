@@ -1,0 +1,405 @@
+// The source side of a QEMU migration through the mesh. Offer -> accept (the destination runs a
+// paused QEMU with `-incoming defer` and an NBD export of its new disk); then the source QEMU
+// mirrors its disk layer into that export and migrates its RAM, each connection tunnelled over its
+// own libp2p stream; QEMU stops before switchover (guest paused), the mirror completes, the
+// migration completes; then the handover of the engine: onHandover (journal) -> COMMIT -> RUNNING
+// -> onReleased (the source QEMU quits). Before COMMIT every failure cancels QEMU's jobs and the
+// guest runs on here; after COMMIT without an answer the guest stays paused (in doubt).
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { PeerId } from '@libp2p/interface'
+import { lpStream } from '@libp2p/utils'
+import type { Logger } from 'pino'
+import { pb } from '../../proto/index.js'
+import {
+  abandonMirror,
+  baseOf,
+  completeMirror,
+  macForVm,
+  type QemuMigrationInfo,
+  type QemuVm,
+  startMirror,
+  waitMirrorReady,
+} from '../../vm/qemu/index.js'
+import type { VmSpec } from '../../vm/types.js'
+import {
+  asMigrationError,
+  CancelledError,
+  HandoverInDoubtError,
+  MigrationError,
+  MigrationRefusedError,
+  type RefusalCode,
+} from '../errors.js'
+import type { ResolvedOptions } from '../options.js'
+import { MiB, type MigrationView, type Phase } from '../progress.js'
+import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
+import { withTimeout } from '../wire.js'
+import { TunnelListener } from './tunnel.js'
+import { applyQemuInfo, initialView, isTerminal } from './view.js'
+import { QEMU_CONTROL_PROTOCOL, QEMU_TUNNEL_PROTOCOL, QemuControlChannel } from './wire.js'
+
+const REFUSE_FROM_PB: Record<number, RefusalCode> = {
+  [pb.RefuseCode.UNKNOWN_VM]: 'UNKNOWN_VM',
+  [pb.RefuseCode.NO_CAPACITY]: 'NO_CAPACITY',
+  [pb.RefuseCode.ALREADY_MIGRATING]: 'ALREADY_MIGRATING',
+  [pb.RefuseCode.BUSY]: 'BUSY',
+  [pb.RefuseCode.BAD_OFFER]: 'BAD_OFFER',
+  [pb.RefuseCode.VM_EXISTS]: 'VM_EXISTS',
+  [pb.RefuseCode.STOPPING]: 'STOPPING',
+}
+
+/** QEMU states of a migration still under way at the source. */
+const ACTIVE = new Set(['setup', 'active', 'pre-switchover', 'device', 'postcopy-active', 'wait-unplug'])
+
+export interface QemuOutgoingInit {
+  id: string
+  host: MigrationHost
+  to: PeerId
+  instance: QemuVm
+  spec: VmSpec
+  epoch: number
+  options: ResolvedOptions
+  hooks: SourceHooks
+  timeouts: TransferTimeouts
+  logger: Logger
+  signal: AbortSignal
+  /** qemu-img, to read the disk's base image. */
+  qemuImg: string
+  onChange: (view: MigrationView) => void
+}
+
+export class QemuOutgoingMigration {
+  readonly id: string
+  readonly done: Promise<MigrationView>
+  readonly #i: QemuOutgoingInit
+  readonly #v: MigrationView
+  readonly #cancel = new AbortController()
+  readonly #fail = new AbortController()
+  readonly #signal: AbortSignal
+  #committed = false
+  #pausedAt: number | undefined
+  #diskBytes = 0
+  #lastEmit = 0
+
+  constructor(init: QemuOutgoingInit) {
+    this.#i = init
+    this.id = init.id
+    this.#v = initialView({
+      id: init.id,
+      vmId: init.spec.id,
+      direction: 'out',
+      from: init.host.peerId.toString(),
+      to: init.to.toString(),
+      mode: 'precopy',
+    })
+    this.#signal = AbortSignal.any([init.signal, this.#cancel.signal, this.#fail.signal])
+    this.done = this.#run()
+  }
+
+  view(): MigrationView {
+    return { ...this.#v }
+  }
+
+  /** Cancels before the handover (the guest runs on here); false once COMMIT was sent or it ended. */
+  cancel(): boolean {
+    if (this.#committed || isTerminal(this.#v.phase)) return false
+    this.#cancel.abort(new CancelledError())
+    return true
+  }
+
+  #setPhase(p: Phase): void {
+    this.#v.phase = p
+    this.#emit(true)
+  }
+
+  #emit(force = false): void {
+    const now = Date.now()
+    if (!force && now - this.#lastEmit < 100) return
+    this.#lastEmit = now
+    try {
+      this.#i.onChange(this.view())
+    } catch {
+      // a listener's failure is not the migration's
+    }
+  }
+
+  async #run(): Promise<MigrationView> {
+    const { instance: vm, options, timeouts, host, to, hooks, spec, epoch, logger } = this.#i
+    const log = logger.child({ migration: this.id, vm: spec.id, qemu: true })
+    const wasPaused = vm.state === 'paused'
+    const offStateChange = vm.onStateChange((s) => {
+      if (s === 'paused' && this.#pausedAt === undefined) this.#pausedAt = Date.now()
+    })
+    const listeners: TunnelListener[] = []
+    let control: QemuControlChannel | undefined
+    let migrating = false
+    let mirroring = false
+    try {
+      if (options.mode === 'postcopy') {
+        throw new MigrationRefusedError(
+          'BAD_OFFER',
+          'post-copy of QEMU guests through the mesh is not supported yet (use precopy or auto)',
+        )
+      }
+      const base = await baseOf(this.#i.qemuImg, vm.paths.disk).catch((err: unknown) => {
+        throw new MigrationRefusedError(
+          'BAD_OFFER',
+          `cannot name the disk's base image: ${(err as Error).message}`,
+        )
+      })
+      const o = vm.options
+      const nicKind = o.nic ?? 'stream'
+      if (typeof nicKind !== 'string') {
+        throw new MigrationRefusedError('BAD_OFFER', 'a guest on QEMU user networking cannot migrate')
+      }
+      const stream = await withTimeout(timeouts.dialTimeoutMs, 'dial', this.#signal, (s) =>
+        host.dialProtocol(to, QEMU_CONTROL_PROTOCOL, { signal: s }),
+      )
+      control = new QemuControlChannel(stream)
+      const multifd = options.streams > 1 ? options.streams : 0
+      await control.send(
+        {
+          offer: {
+            migrationId: this.id,
+            spec: {
+              id: spec.id,
+              name: spec.name,
+              vcpus: spec.vcpus,
+              memoryMib: spec.memoryMiB,
+              diskMib: spec.diskMiB,
+              workload: {
+                dirtyMibps: spec.workload.dirtyMiBps,
+                hotSetMib: spec.workload.hotSetMiB,
+                cpu: spec.workload.cpu,
+                diskWriteMibps: spec.workload.diskWriteMiBps,
+              },
+            },
+            epoch,
+            base: 'blankMiB' in base ? { blankMib: base.blankMiB } : { sha256: base.sha256 },
+            nic: {
+              kind: nicKind,
+              mac: o.mac ?? macForVm(spec.id),
+              ip: o.ip ?? '',
+              gateway: o.gateway ?? '',
+              echoPort: o.echoPort ?? 7,
+            },
+            multifdChannels: multifd,
+            postcopy: false,
+            paused: wasPaused,
+          },
+        },
+        this.#signal,
+      )
+      // The destination starts a QEMU before it answers: give it more than one step
+      const reply = await withTimeout(2 * timeouts.stepTimeoutMs, 'offer answer', this.#signal, (s) =>
+        control!.expect(['accept', 'refuse'], s),
+      )
+      if (reply.refuse) {
+        throw new MigrationRefusedError(
+          REFUSE_FROM_PB[reply.refuse.code ?? 0] ?? 'REFUSED',
+          reply.refuse.message || 'refused',
+        )
+      }
+      const reservationId = reply.accept?.reservationId ?? ''
+      // One pending read for the whole migration: the destination says nothing until COMMIT, so
+      // anything before (an abort, the stream dying) fails the migration at once.
+      const answer = control.expect(['running'], this.#i.signal)
+      answer.catch((err: unknown) => {
+        if (!this.#committed) this.#fail.abort(asMigrationError(err))
+      })
+
+      const open = (kind: number) => async () => {
+        const s = await host.dialProtocol(to, QEMU_TUNNEL_PROTOCOL, { signal: this.#signal })
+        const lp = lpStream(s)
+        await lp.write(pb.QemuTunnelHello.encode({ migrationId: this.id, reservationId, kind }).finish(), {
+          signal: this.#signal,
+        })
+        return lp.unwrap()
+      }
+      const onTunnelError = (err: Error) => {
+        if (this.#committed || isTerminal(this.#v.phase)) return
+        log.warn({ err: err.message }, 'tunnel failed')
+        this.#fail.abort(new MigrationError('LINK', `tunnel: ${err.message}`))
+      }
+      const dir = vm.paths.sockets
+      const nbd = await TunnelListener.listen(
+        join(dir, 'nbd-out.sock'),
+        open(pb.QemuTunnelKind.TUNNEL_NBD),
+        onTunnelError,
+      )
+      listeners.push(nbd)
+      const mig = await TunnelListener.listen(
+        join(dir, 'mig-out.sock'),
+        open(pb.QemuTunnelKind.TUNNEL_MIGRATION),
+        onTunnelError,
+      )
+      listeners.push(mig)
+
+      // Disk: mirror the writable layer until it follows every write
+      this.#setPhase('precopy')
+      const bps = options.bandwidthMiBps ? options.bandwidthMiBps * MiB : undefined
+      await startMirror(vm, nbd.path, bps)
+      mirroring = true
+      await waitMirrorReady(vm, this.#signal, (p) => {
+        this.#diskBytes = p.offset
+        this.#v.blocksSent = Math.round(p.offset / 65536)
+        this.#v.bytesSent = p.offset
+        this.#v.wireBytes = nbd.counters.out + nbd.counters.in
+        this.#emit()
+      })
+
+      // Memory: QEMU's own pre-copy, stopping before switchover
+      await vm.migrate(`unix:${mig.path}`, {
+        downtimeLimitMs: options.downtimeMs,
+        maxBandwidth: bps ?? 10 * 1024 ** 3,
+        autoConverge: options.autoConverge,
+        postcopy: false,
+        multifdChannels: multifd || 1,
+        pauseBeforeSwitchover: true,
+      })
+      migrating = true
+      const wire = () => listeners.reduce((n, l) => n + l.counters.out + l.counters.in, 0)
+      await this.#pollUntil(vm, 'pre-switchover', wire)
+      this.#pausedAt ??= Date.now()
+      this.#setPhase('stopcopy')
+      await completeMirror(vm, timeouts.stepTimeoutMs)
+      mirroring = false
+      await vm.qmp.execute('migrate-continue', { state: 'pre-switchover' })
+      const last = await this.#pollUntil(vm, 'completed', wire)
+      migrating = false
+      this.#v.wireBytes = wire()
+
+      // Handover: journal, COMMIT, wait for RUNNING
+      this.#setPhase('handover')
+      this.#signal.throwIfAborted()
+      await hooks.onHandover?.(this.view(), { signal: this.#signal })
+      this.#signal.throwIfAborted()
+      this.#committed = true
+      const newEpoch = epoch + 1
+      try {
+        await control.send({ commit: { epoch: newEpoch } }, this.#i.signal)
+        await withTimeout(timeouts.stepTimeoutMs, 'running', this.#i.signal, (s) =>
+          Promise.race([
+            answer,
+            new Promise<never>((_, reject) =>
+              s.addEventListener('abort', () => reject(s.reason), { once: true }),
+            ),
+          ]),
+        )
+      } catch (err) {
+        const e = new HandoverInDoubtError(
+          `COMMIT sent, no RUNNING from the destination: ${asMigrationError(err).message}`,
+        )
+        this.#v.error = { code: e.code, message: e.message }
+        this.#v.totalMs = Date.now() - this.#v.startedAt
+        this.#setPhase('failed')
+        log.error({ err: e.message }, 'qemu handover in doubt: the guest stays paused here')
+        await hooks.onInDoubt?.(this.view())
+        return this.view()
+      }
+      this.#v.epoch = newEpoch
+      this.#v.totalMs = Date.now() - this.#v.startedAt
+      this.#v.downtimeMs = Date.now() - (this.#pausedAt ?? Date.now())
+      log.info(
+        { totalMs: this.#v.totalMs, downtimeMs: this.#v.downtimeMs, qemuDowntimeMs: last.downtimeMs },
+        'qemu guest running at the destination',
+      )
+      await this.#closeAll(listeners, control)
+      if (hooks.onReleased) await hooks.onReleased(this.view(), vm)
+      else await vm.destroy()
+      this.#setPhase('done')
+      return this.view()
+    } catch (err) {
+      if (this.#committed) {
+        // onReleased failed after RUNNING: the guest runs there; say so, do not resume here
+        const e = asMigrationError(err)
+        this.#v.error = { code: e.code, message: `after the handover: ${e.message}` }
+        this.#setPhase('failed')
+        return this.view()
+      }
+      const cause =
+        this.#cancel.signal.aborted && !(err instanceof MigrationRefusedError)
+          ? (this.#cancel.signal.reason as Error)
+          : this.#fail.signal.aborted && !(err instanceof MigrationRefusedError)
+            ? (this.#fail.signal.reason as Error)
+            : err
+      const e = asMigrationError(cause)
+      log.warn(
+        { code: e.code, err: e.message },
+        'qemu migration failed before the handover; the guest stays here',
+      )
+      await this.#rollBack(vm, migrating, mirroring, wasPaused, log)
+      if (control) {
+        await control.send({ abort: { code: e.code, message: e.message } }).catch(() => undefined)
+      }
+      await this.#closeAll(listeners, control)
+      this.#v.error = { code: e.code, message: e.message }
+      this.#v.totalMs = Date.now() - this.#v.startedAt
+      this.#setPhase(e.code === 'CANCELLED' ? 'cancelled' : 'failed')
+      await hooks.onAborted?.(this.view())
+      return this.view()
+    } finally {
+      offStateChange()
+    }
+  }
+
+  /** Polls query-migrate until `want`; a failed/cancelled migration, a stall or an abort throws. */
+  async #pollUntil(vm: QemuVm, want: string, wire: () => number): Promise<QemuMigrationInfo> {
+    const { stallTimeoutMs } = this.#i.timeouts
+    let lastBytes = -1
+    let lastMove = Date.now()
+    for (;;) {
+      this.#signal.throwIfAborted()
+      const info = await vm.queryMigrate()
+      applyQemuInfo(this.#v, info, this.#diskBytes)
+      this.#v.wireBytes = wire()
+      this.#emit()
+      if (info.status === want) return info
+      if (!ACTIVE.has(info.status)) {
+        throw new MigrationError(
+          'VM_FAILED',
+          `QEMU migration ${info.status}${info.errorDesc ? `: ${info.errorDesc}` : ''}`,
+        )
+      }
+      const moved = info.transferredBytes ?? 0
+      if (moved !== lastBytes) {
+        lastBytes = moved
+        lastMove = Date.now()
+      } else if (info.status === 'active' && Date.now() - lastMove > stallTimeoutMs) {
+        throw new MigrationError('TIMEOUT', `QEMU migration made no progress for ${stallTimeoutMs} ms`)
+      }
+      await sleep(50)
+    }
+  }
+
+  /** Before COMMIT: cancel QEMU's jobs; the guest runs here again (unless it was paused before). */
+  async #rollBack(
+    vm: QemuVm,
+    migrating: boolean,
+    mirroring: boolean,
+    wasPaused: boolean,
+    log: Logger,
+  ): Promise<void> {
+    if (vm.qmp.isClosed) return
+    try {
+      if (migrating) {
+        await vm.qmp.execute('migrate_cancel').catch(() => undefined)
+        for (let i = 0; i < 100; i++) {
+          const s = (await vm.queryMigrate()).status
+          if (!ACTIVE.has(s) && s !== 'cancelling') break
+          await sleep(100)
+        }
+      }
+      if (mirroring) await abandonMirror(vm)
+      const state = await vm.refreshState()
+      if (!wasPaused && state === 'paused') await vm.resume()
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'could not roll the qemu migration back cleanly')
+    }
+  }
+
+  async #closeAll(listeners: TunnelListener[], control: QemuControlChannel | undefined): Promise<void> {
+    await Promise.allSettled(listeners.map((l) => l.close()))
+    if (control) await control.framed.close()
+  }
+}

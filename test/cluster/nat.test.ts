@@ -1,0 +1,219 @@
+// Hosts behind NAT (network namespaces, see netns.ts): a public relay host and two hosts, each in
+// its own site behind a NAT router that refuses inbound connections. The NATed hosts reach each
+// other only through the relay (circuit relay v2; hole punching cannot open TCP through these NATs,
+// but a `hole-punched` connection would count too), the mesh converges, a VM migrates between the
+// NATed hosts and says it ran over the relay, and one too big for the relay's limits is refused
+// with the reason. GET /v1/sites shows the three sites with their hosts and measured round trips.
+import assert from 'node:assert/strict'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { sitesTables } from '../../src/cli/commands/sites.js'
+import { type RunningAgent, removeDir, tempDir, waitFor } from '../helpers/agent-process.js'
+import { NetnsMesh, netnsUnavailable } from '../helpers/netns.js'
+
+const why = await netnsUnavailable()
+if (why) console.log(`# nat: running no namespace tests here: ${why}`)
+
+const GOSSIP =
+  'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n  heartbeatMs: 2000\n'
+const RELAY_LIMIT_MIB = 256
+const RELAY_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay:\n  dataLimitMiB: ${RELAY_LIMIT_MIB}\n  durationLimitSec: 600\n`
+const NATED_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  directTimeoutMs: 2000\n`
+
+type Peer = { peerId: string; connection?: string; addrs: string[] }
+type Host = { peerId: string; site: string; status: string }
+
+describe('hosts behind NAT reach each other through a relay', { skip: why }, () => {
+  let mesh: NetnsMesh
+  let dir: string
+  let relay: RunningAgent
+  let east: RunningAgent
+  let west: RunningAgent
+
+  before(async () => {
+    dir = await tempDir('skymesh-nat-')
+    await writeFile(join(dir, 'relay.yaml'), RELAY_CONFIG)
+    await writeFile(join(dir, 'nated.yaml'), NATED_CONFIG)
+    mesh = await NetnsMesh.create([
+      { name: 'pub', hosts: 1 },
+      { name: 'east', hosts: 1, nat: true },
+      { name: 'west', hosts: 1, nat: true },
+    ])
+    const [pubHost, eastHost, westHost] = [
+      mesh.hostsOf('pub')[0]!,
+      mesh.hostsOf('east')[0]!,
+      mesh.hostsOf('west')[0]!,
+    ]
+    relay = await mesh.startAgent(pubHost, {
+      dataDir: join(dir, 'relay'),
+      args: ['--config', join(dir, 'relay.yaml'), '--log-level', 'info'],
+    })
+    const bootstrap = relay.addrs.filter((a) => a.includes(`/ip4/${pubHost.ip}/`)).slice(0, 1)
+    const args = ['--config', join(dir, 'nated.yaml'), '--log-level', 'info']
+    east = await mesh.startAgent(eastHost, { dataDir: join(dir, 'east'), bootstrap, args })
+    west = await mesh.startAgent(westHost, { dataDir: join(dir, 'west'), bootstrap, args })
+  })
+
+  after(async () => {
+    await Promise.all([relay, east, west].filter(Boolean).map((a) => a.stop().catch(() => undefined)))
+    await mesh?.destroy()
+    if (dir) await removeDir(dir)
+  })
+
+  it('the NAT refuses a direct connection into its site', async () => {
+    const eastHost = mesh.hostsOf('east')[0]!
+    const westHost = mesh.hostsOf('west')[0]!
+    const port = Number(east.addrs.find((a) => a.includes(`/ip4/${eastHost.ip}/tcp/`))?.split('/')[4])
+    assert.ok(port > 0, `east listens on ${east.addrs.join(', ')}`)
+    const probe = `const s=require('net').connect(${port},'${eastHost.ip}');s.on('connect',()=>{console.log('open');process.exit(0)});s.on('error',e=>{console.log(e.code);process.exit(0)});setTimeout(()=>{console.log('timeout');process.exit(0)},3000)`
+    const out = await mesh.exec(westHost.ns, process.execPath, ['-e', probe])
+    assert.notEqual(out.trim(), 'open', 'west opened a TCP connection straight into the NATed east site')
+  })
+
+  it('every host sees the other two alive, across the NATs', async () => {
+    for (const a of [relay, east, west]) {
+      await waitFor(
+        `${a.peerId} sees 3 alive hosts`,
+        async () => {
+          const r = await a.request('GET', '/v1/cluster')
+          return (r.body.hosts as Host[]).filter((h) => h.status === 'alive').length === 3
+        },
+        60_000,
+      )
+    }
+  })
+
+  it('the NATed hosts are connected through the relay, the relay directly', async () => {
+    const kindOf = async (a: RunningAgent, peer: string) => {
+      const r = await a.request('GET', '/v1/peers')
+      return (r.body.peers as Peer[]).find((p) => p.peerId === peer)
+    }
+    const viaRelay = ['relayed', 'hole-punched']
+    await waitFor(
+      'east and west connected (relayed or hole-punched)',
+      async () => {
+        const e = await kindOf(east, west.peerId)
+        const w = await kindOf(west, east.peerId)
+        return viaRelay.includes(e?.connection ?? '') && viaRelay.includes(w?.connection ?? '')
+      },
+      30_000,
+    )
+    const e = await kindOf(east, west.peerId)
+    if (e?.connection === 'relayed') {
+      assert.ok(
+        e.addrs.some((a) => a.includes('/p2p-circuit')),
+        `relayed connection addrs: ${e.addrs.join(', ')}`,
+      )
+    }
+    assert.equal((await kindOf(east, relay.peerId))?.connection, 'direct')
+    assert.equal((await kindOf(relay, east.peerId))?.connection, 'direct')
+  })
+
+  it('gossip converges: a VM created behind one NAT is seen behind the other', async () => {
+    const r = await east.request('POST', '/v1/vms', {
+      name: 'natvm',
+      vcpus: 1,
+      memoryMiB: 32,
+      diskMiB: 64,
+      workload: { dirtyMiBps: 2, hotSetMiB: 8 },
+    })
+    assert.equal(r.status, 201, JSON.stringify(r.body))
+    const id = r.body.id as string
+    await waitFor(
+      'west sees the VM on east',
+      async () => (await west.request('GET', `/v1/cluster/vms/${id}`)).body.host === east.peerId,
+      30_000,
+    )
+  })
+
+  it('a VM migrates between the NATed hosts over the relay, and says so', async () => {
+    const id = (await east.request('GET', '/v1/vms')).body.vms.find(
+      (v: { name: string }) => v.name === 'natvm',
+    ).id
+    const before = (await east.request('GET', `/v1/vms/${id}/digest`)).body
+    await east.request('POST', `/v1/vms/${id}/pause`)
+    const paused = (await east.request('GET', `/v1/vms/${id}/digest`)).body
+    assert.ok(before.combined)
+    const started = await east.request('POST', `/v1/vms/${id}/migrate`, { to: west.peerId, mode: 'precopy' })
+    assert.equal(started.status, 202, JSON.stringify(started.body))
+    const m = await waitFor(
+      'the migration to end',
+      async () => {
+        const r = await east.request('GET', `/v1/migrations/${started.body.id}`)
+        return ['done', 'failed', 'cancelled'].includes(r.body.phase) ? r.body : undefined
+      },
+      90_000,
+    )
+    assert.equal(m.phase, 'done', JSON.stringify(m))
+    assert.ok(['relayed', 'hole-punched'].includes(m.link), `link ${m.link}`)
+    if (m.link === 'relayed') assert.match(m.linkNote, /no direct connection/)
+    const there = (await west.request('GET', `/v1/vms/${id}/digest`)).body
+    assert.equal(there.combined, paused.combined)
+    assert.equal((await east.request('GET', `/v1/vms/${id}`)).status, 404)
+  })
+
+  it("refuses a migration the relay's limits cannot carry, with the reason, and keeps the VM", async () => {
+    // These NATs refuse every inbound connection, so hole punching cannot succeed: only the relay.
+    const peers = (await east.request('GET', '/v1/peers')).body.peers as Peer[]
+    assert.equal(peers.find((p) => p.peerId === west.peerId)?.connection, 'relayed')
+    const r = await east.request('POST', '/v1/vms', {
+      name: 'bigvm',
+      vcpus: 1,
+      memoryMiB: RELAY_LIMIT_MIB + 64,
+      diskMiB: 64,
+    })
+    assert.equal(r.status, 201, JSON.stringify(r.body))
+    const started = await east.request('POST', `/v1/vms/${r.body.id}/migrate`, { to: west.peerId })
+    assert.equal(started.status, 202, JSON.stringify(started.body))
+    const m = await waitFor(
+      'the refusal',
+      async () => {
+        const x = await east.request('GET', `/v1/migrations/${started.body.id}`)
+        return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
+      },
+      60_000,
+    )
+    assert.equal(m.phase, 'failed')
+    assert.equal(m.error.code, 'LINK')
+    assert.match(m.error.message, /relay carries at most 256 MiB/)
+    assert.equal((await east.request('GET', `/v1/vms/${r.body.id}`)).body.state, 'running')
+    assert.equal((await west.request('GET', `/v1/vms/${r.body.id}`)).status, 404)
+  })
+
+  it('GET /v1/sites: three sites, their hosts, round trips measured from east', async (t) => {
+    const view = await waitFor(
+      'east measured round trips to the other sites',
+      async () => {
+        const r = await east.request('GET', '/v1/sites')
+        const links = r.body.links as { from: string; to: string; rttMs?: number }[]
+        const ok = ['pub', 'west'].every((to) =>
+          links.some((l) => l.from === 'east' && l.to === to && l.rttMs),
+        )
+        return ok ? r.body : undefined
+      },
+      30_000,
+    )
+    for (const line of sitesTables(view).trimEnd().split('\n')) t.diagnostic(line)
+    assert.deepEqual(
+      view.sites.map((s: { name: string }) => s.name),
+      ['east', 'pub', 'west'],
+    )
+    const hostsOf = (name: string) => view.sites.find((s: { name: string }) => s.name === name).hosts
+    assert.deepEqual(hostsOf('east'), [east.peerId])
+    assert.deepEqual(hostsOf('pub'), [relay.peerId])
+    const toWest = view.links.find((l: { from: string; to: string }) => l.from === 'east' && l.to === 'west')
+    assert.ok(toWest.bandwidthMiBps > 0, `east->west bandwidth from the migration: ${JSON.stringify(toWest)}`)
+    // West learns east's own report through gossip (signed by east).
+    await waitFor(
+      "west sees east's measurements",
+      async () => {
+        const r = await west.request('GET', '/v1/sites')
+        return (r.body.links as { from: string; to: string }[]).some(
+          (l) => l.from === 'east' && l.to === 'west',
+        )
+      },
+      30_000,
+    )
+  })
+})
