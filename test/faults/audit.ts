@@ -25,6 +25,8 @@ export interface AuditResult {
   crashedWithHost: number
   /** Migrations still open on some agent when the audit gave up waiting. */
   stuckMigrations: number
+  /** Placement events still open, or hosts still reserved, when the audit gave up waiting. */
+  stuckLeases: number
   /** From the end of the faults until every agent's view matched, or NaN if it never did. */
   convergeMs: number
 }
@@ -47,17 +49,30 @@ async function openMigrations(mesh: FaultMesh): Promise<number> {
   return open
 }
 
+/** Placement events still open and hosts still reserved by one (leases run out within seconds). */
+async function heldLeases(mesh: FaultMesh): Promise<number> {
+  let held = 0
+  for (const a of mesh.live()) {
+    const body = await get(a, '/v1/placement/events')
+    if (!body) continue
+    held += (body.open?.length ?? 0) + (body.reservedBy ? 1 : 0)
+  }
+  return held
+}
+
 export async function audit(
   mesh: FaultMesh,
   tracked: TrackedVm[],
   opts: { settleMs?: number; convergeMs?: number } = {},
 ): Promise<AuditResult> {
   const t0 = Date.now()
-  // In-doubt handovers resolve once both sides are up: give them time
+  // In-doubt handovers resolve once both sides are up, placement leases run out: give them time
   let stuck = await openMigrations(mesh)
-  while (stuck > 0 && Date.now() - t0 < (opts.settleMs ?? 120_000)) {
+  let leases = await heldLeases(mesh)
+  while (stuck + leases > 0 && Date.now() - t0 < (opts.settleMs ?? 120_000)) {
     await sleep(500)
     stuck = await openMigrations(mesh)
+    leases = await heldLeases(mesh)
   }
 
   const holders = new Map<string, { host: number; peerId: string; state: string }[]>()
@@ -78,6 +93,7 @@ export async function audit(
     wrongState: [],
     crashedWithHost: 0,
     stuckMigrations: stuck,
+    stuckLeases: leases,
     convergeMs: Number.NaN,
   }
   const placed = new Map<string, string>()
@@ -130,6 +146,7 @@ export function clean(r: AuditResult): boolean {
     r.digestMismatch.length === 0 &&
     r.wrongState.length === 0 &&
     r.stuckMigrations === 0 &&
+    r.stuckLeases === 0 &&
     Number.isFinite(r.convergeMs)
   )
 }

@@ -33,6 +33,7 @@ export interface ScenarioRow {
   digestMismatch: number
   wrongState: number
   stuckMigrations: number
+  stuckLeases: number
   notConverged: number
   crashedWithHost: number
   retryFailures: number
@@ -48,6 +49,7 @@ export const FULL_RUNS: Record<string, number> = {
   'kill-source': 20,
   restart: 10,
   partition: 15,
+  'partition-placement': 8,
   'lossy-link': 8,
   churn: 1,
 }
@@ -57,6 +59,7 @@ export const SHORT_RUNS: Record<string, number> = {
   'kill-source': 2,
   restart: 1,
   partition: 2,
+  'partition-placement': 1,
   'lossy-link': 1,
   churn: 1,
 }
@@ -84,6 +87,7 @@ async function runScenario(s: Scenario, opts: FaultOptions): Promise<ScenarioRow
     digestMismatch: 0,
     wrongState: 0,
     stuckMigrations: 0,
+    stuckLeases: 0,
     notConverged: 0,
     crashedWithHost: 0,
     retryFailures: 0,
@@ -144,6 +148,7 @@ function add(row: ScenarioRow, a: AuditResult): void {
   row.digestMismatch += a.digestMismatch.length
   row.wrongState += a.wrongState.length
   row.stuckMigrations += a.stuckMigrations
+  row.stuckLeases += a.stuckLeases
   row.crashedWithHost += a.crashedWithHost
   if (!Number.isFinite(a.convergeMs)) row.notConverged++
 }
@@ -156,6 +161,7 @@ function summary(a: AuditResult) {
     digest: a.digestMismatch,
     wrongState: a.wrongState,
     stuck: a.stuckMigrations,
+    leases: a.stuckLeases,
     crashedWithHost: a.crashedWithHost,
     convergeMs: a.convergeMs,
   }
@@ -197,6 +203,7 @@ export function allClean(rows: ScenarioRow[]): boolean {
         r.digestMismatch +
         r.wrongState +
         r.stuckMigrations +
+        r.stuckLeases +
         r.notConverged +
         r.retryFailures +
         r.agentCrashes ===
@@ -216,7 +223,8 @@ export function formatTable(rows: ScenarioRow[]): string {
     'twice',
     'digest mismatch',
     'wrong state',
-    'stuck',
+    'stuck migr.',
+    'stuck leases',
     'retry failed',
     'converge p50/max ms',
     'crashed w/ host',
@@ -224,7 +232,7 @@ export function formatTable(rows: ScenarioRow[]): string {
   ]
   const body = rows.map((r) =>
     r.skipped
-      ? [r.scenario, `skipped: ${r.skipped}`, '', '', '', '', '', '', '', '', '', '', '', '']
+      ? [r.scenario, `skipped: ${r.skipped}`, '', '', '', '', '', '', '', '', '', '', '', '', '']
       : [
           r.scenario,
           String(r.runs),
@@ -236,6 +244,7 @@ export function formatTable(rows: ScenarioRow[]): string {
           String(r.digestMismatch),
           String(r.wrongState),
           String(r.stuckMigrations),
+          String(r.stuckLeases),
           String(r.retryFailures),
           `${f(r.convergeMsP50)}/${f(r.convergeMsMax)}${r.notConverged ? ` (${r.notConverged} never)` : ''}`,
           String(r.crashedWithHost),
@@ -255,6 +264,7 @@ export function formatTable(rows: ScenarioRow[]): string {
     sum('digestMismatch'),
     sum('wrongState'),
     sum('stuckMigrations'),
+    sum('stuckLeases'),
     sum('retryFailures'),
     '',
     sum('crashedWithHost'),

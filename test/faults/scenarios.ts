@@ -188,6 +188,40 @@ const partitionDuringMigration: Scenario['run'] = async (ctx) => {
   return { faults: 1, migrations: mig ? 1 : 0, retryFailures: (await retry(ctx, vm.id)) ? 0 : 1 }
 }
 
+/**
+ * A placement event cut in two: a host of the first site is drained (an event whose partition
+ * grows over both sites and whose plan moves its VMs), the sites are partitioned while the event
+ * runs, then healed. Its leases must run out or be released, and every VM end on one host. The
+ * drained host restarts afterwards (a restart forgets the drain), ready for the next run.
+ */
+const partitionDuringPlacement: Scenario['run'] = async (ctx) => {
+  const { mesh, rng } = ctx
+  const net = mesh.netns!
+  const [a, b] = [net.sites[0]!.name, net.sites[1]!.name]
+  const host = pick(
+    rng,
+    mesh.liveHosts().filter((h) => h.site === a),
+  )
+  for (let k = 0; k < 3; k++) await createVm(ctx, host.agent!, rng() < 0.5)
+  const r = await host.agent!.request('POST', `/v1/hosts/${host.peerId}/drain`)
+  if (r.status !== 202) throw new Error(`drain: ${r.status} ${JSON.stringify(r.body)}`)
+  await sleep(between(rng, 300, 3000))
+  ctx.log(`partition ${a} | ${b} during the drain of h${host.index}`)
+  await net.partition(a, b)
+  await sleep(between(rng, 1000, 5000))
+  await net.heal()
+  // Let the event end (plan run, or leases out), then clear the drain
+  const deadline = Date.now() + 60_000
+  while (Date.now() < deadline) {
+    const st = await host.agent!.request('GET', '/v1/placement/events')
+    if (st.status === 200 && st.body.open.length === 0 && !st.body.reservedBy) break
+    await sleep(500)
+  }
+  await mesh.restart(host.index)
+  await sleep(1000)
+  return { faults: 1, migrations: 0, retryFailures: 0 }
+}
+
 /** A slow, lossy wide-area link under a cross-site migration. */
 const lossyLink: Scenario['run'] = async (ctx) => {
   const { mesh, rng } = ctx
@@ -313,6 +347,18 @@ export const SCENARIOS: Scenario[] = [
       ],
     },
     run: partitionDuringMigration,
+  },
+  {
+    name: 'partition-placement',
+    what: 'the two sites partitioned while a drain (a placement event) moves VMs, healed after 1-5 s',
+    mesh: {
+      kind: 'netns',
+      sites: [
+        { name: 'site-a', hosts: 2 },
+        { name: 'site-b', hosts: 2 },
+      ],
+    },
+    run: partitionDuringPlacement,
   },
   {
     name: 'lossy-link',
