@@ -86,12 +86,31 @@ async function migrate(ctx: ScenarioContext, from: RunningAgent, vmId: string, t
  * attempts, a few seconds apart. Each failed attempt's reason is kept for the report.
  */
 async function retry(ctx: ScenarioContext, vmId: string): Promise<boolean> {
+  // The migration the fault hit may still run (or resolve an in-doubt handover): let it end first
+  const settle = Date.now() + 120_000
+  while (Date.now() < settle && (await moving(ctx, vmId))) await sleep(300)
   for (let attempt = 1; attempt <= 3; attempt++) {
     const why = await retryOnce(ctx, vmId)
     if (why === undefined) return true
     ctx.notes.push(`retry ${attempt} of ${vmId}: ${why}`)
     ctx.log(`retry ${attempt} of ${vmId}: ${why}`)
     await sleep(3000)
+  }
+  return false
+}
+
+/** Whether some live agent still has an open migration of the VM. */
+async function moving(ctx: ScenarioContext, vmId: string): Promise<boolean> {
+  for (const a of ctx.mesh.live()) {
+    try {
+      const r = await a.request('GET', '/v1/migrations')
+      const open = (r.body?.migrations ?? []).some(
+        (m: any) => m.vmId === vmId && !['done', 'failed', 'cancelled'].includes(m.phase),
+      )
+      if (open) return true
+    } catch {
+      // an agent going away answers nothing
+    }
   }
   return false
 }
