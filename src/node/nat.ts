@@ -82,7 +82,7 @@ export class NatLinks implements BulkLinkAdvisor {
     if (limits?.bytes !== undefined && BigInt(bytes) > limits.bytes) {
       throw new LinkError(
         `only a relayed connection reaches ${peer.toString()} (no direct connection, hole punching failed) and ` +
-          `the relay carries at most ${mib(limits.bytes)} per connection: not enough for this VM (up to ${mib(bytes)})`,
+          `the relay lets that connection carry ${mib(limits.bytes)} more: not enough for this VM (up to ${mib(bytes)})`,
       )
     }
     const bounds = [

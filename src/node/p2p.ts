@@ -80,7 +80,7 @@ export async function createHost(init: HostInit) {
   const pubsub = { ...PUBSUB_DEFAULTS, ...definedOnly(init.pubsub ?? {}) }
   const nat = { ...NAT_HOST_DEFAULTS, ...definedOnly(init.nat ?? {}) }
   const listen = [...init.listen]
-  if (nat.listenViaRelay && !nat.relay) listen.push('/p2p-circuit')
+  if (nat.listenViaRelay && !nat.relay && !listen.includes('/p2p-circuit')) listen.push('/p2p-circuit')
   return createLibp2p({
     privateKey: init.privateKey,
     addresses: { listen, announce: init.announce?.length ? [...init.announce] : undefined },
