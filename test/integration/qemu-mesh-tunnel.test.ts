@@ -5,6 +5,7 @@
 // destination's disk, exactly one QEMU runs it. The agents' version is test/cluster/qemu-mesh-migrate.
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import pino from 'pino'
 import '../../src/node/polyfill.js'
@@ -93,6 +94,10 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     assert.equal(end.phase, 'done', JSON.stringify(end.error))
     assert.equal(end.epoch, 2)
     assert.ok(end.bytesSent > 0 && end.wireBytes > 0)
+    const { totalMs, downtimeMs, bytesSent, wireBytes } = end
+    console.log(
+      `# qemu through libp2p (128 MiB guest, writer 1 MiB/s): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
+    )
     const dst = vms[1]!.get(spec.id)?.instance as QemuVm | undefined
     assert.ok(dst, 'the destination holds the VM')
     assert.equal(dst.state, 'running')
@@ -112,5 +117,43 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     assert.ok(atDst[0]!.gen > genBefore)
     assert.equal((await readGuestDisk(dst.paths.disk, 1 << 20, mark.length)).toString('latin1'), mark)
     await dst.destroy()
+  })
+
+  it('keeps the guest running at the source when the destination dies mid-migration', async () => {
+    const spec = guestSpec('tun2', { rateMiBps: 1 })
+    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/tun2` })) as QemuVm
+    vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+    await waitSerial(
+      src.serialLog,
+      () => memLines(src.serialLog).filter((x) => x.ok).length >= 3,
+      180_000,
+      'boot',
+    )
+    // A bandwidth cap keeps the migration going long enough to kill the destination in the middle
+    const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams: 1, bandwidthMiBps: 2 })
+    for (let i = 0; i < 1200 && (services[0]!.get(m.id)?.pagesSent ?? 0) < 256; i++) await sleep(100)
+    assert.equal(services[0]!.get(m.id)?.phase, 'precopy')
+    // The destination host dies: its QEMUs with it, its libp2p host without a goodbye
+    await drivers[1]!.close()
+    await hosts[1]!.stop()
+    const end = await services[0]!.done(m.id)
+    assert.equal(end.phase, 'failed')
+    assert.equal(src.state, 'running')
+    assert.equal(vms[0]!.get(spec.id)?.instance, src)
+    assert.deepEqual(qemuPids('skymesh-tun2'), [src.pid])
+    const last = memLines(src.serialLog).at(-1)!.gen
+    await waitSerial(
+      src.serialLog,
+      () => (memLines(src.serialLog).at(-1)?.gen ?? 0) >= last + 3,
+      60_000,
+      'writer',
+    )
+    assert.deepEqual(
+      memLines(src.serialLog)
+        .filter((l) => !l.ok)
+        .map((l) => l.line),
+      [],
+    )
+    await src.destroy()
   })
 })
