@@ -1,12 +1,13 @@
 // bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
-// sockets (the baseline) vs through the mesh between two real agents (`--driver qemu`): QEMU's
-// migration stream and its disk mirror tunnelled over libp2p, with one stream and with multifd.
+// sockets (the baseline) vs through the mesh: two libp2p hosts (tcp + noise + yamux, as the
+// agents') with the agents' migration service, QEMU's migration stream and its disk mirror
+// tunnelled over libp2p streams, with one stream and with multifd (4 channels, 4 streams).
 //
 // Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
 // over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
 // pause-before-switchover over another unix socket, completes the mirror, continues; the
 // destination resumes. Exactly the QEMU work the mesh path does, without agents and libp2p.
-// Mesh: POST /v1/vms/:id/migrate between two agents; the figures are the migration's own view.
+// Mesh: MigrationService.migrate; the figures are the migration's own view (GET /v1/migrations/:id).
 // Both: total = start to the guest running at the destination (the destination QEMU's start
 // included), downtime = guest paused at the source to running at the destination.
 // Idle guest and with its memory writer (2 MiB/s), 128 MiB RAM, TCG or KVM as the host allows.
@@ -16,6 +17,11 @@ import '../src/node/polyfill.js'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import pino from 'pino'
+import { createHost } from '../src/node/p2p.js'
+import { type LocalVm, MigrationService } from '../src/transfer/index.js'
+import type { QemuVm } from '../src/vm/qemu/index.js'
 import {
   completeMirror,
   exportDisk,
@@ -25,7 +31,6 @@ import {
   unexportDisk,
   waitMirrorReady,
 } from '../src/vm/qemu/index.js'
-import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../test/helpers/agent-process.js'
 import { guestSpec, memLines, qemuSkipReason, shortTmpDir, waitSerial } from '../test/helpers/qemu.js'
 import { f, ratio, table } from './lib/format.js'
 
@@ -112,50 +117,80 @@ async function direct(workload: { name: string; rateMiBps: number }): Promise<Ru
   }
 }
 
-async function mesh(
-  a: RunningAgent,
-  b: RunningAgent,
-  workload: { name: string; rateMiBps: number },
-  streams: number,
-): Promise<Run> {
-  const r = await a.request('POST', '/v1/vms', {
-    name: `bench-${workload.rateMiBps}-${streams}`,
-    vcpus: 1,
-    memoryMiB: 128,
-    diskMiB: 64,
-    workload: { dirtyMiBps: workload.rateMiBps, hotSetMiB: 16, cpu: 0, diskWriteMiBps: 0 },
-  })
-  if (r.status !== 201) throw new Error(JSON.stringify(r.body))
-  const id = r.body.id as string
-  const serialA = join(a.dataDir, 'vms', id, 'serial.log')
-  await waitSerial(serialA, () => memLines(serialA).filter((l) => l.ok).length >= 3, 180_000, 'boot')
-  const m = await a.request('POST', `/v1/vms/${id}/migrate`, {
-    to: b.peerId,
-    streams,
-    downtimeMs: DOWNTIME_MS,
-  })
-  if (m.status !== 202) throw new Error(JSON.stringify(m.body))
-  const v = await waitFor(
-    'the migration to end',
-    async () => {
-      const x = await a.request('GET', `/v1/migrations/${m.body.id}`)
-      return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
-    },
-    300_000,
-  )
-  if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
-  const serialB = join(b.dataDir, 'vms', id, 'serial.log')
-  const before = memLines(serialB).length
-  await waitSerial(serialB, () => memLines(serialB).length >= before + 2, 60_000, 'writer at b')
-  const memOk = memLines(serialB).every((l) => l.ok)
-  await b.request('DELETE', `/v1/vms/${id}`)
+/** Two libp2p hosts (tcp + noise + yamux, as the agents'), each with a migration service and a QEMU driver. */
+async function meshPair(dir: string) {
+  const logger = pino({ level: 'warn' })
+  const vms = [new Map<string, LocalVm>(), new Map<string, LocalVm>()]
+  const hosts: Awaited<ReturnType<typeof createHost>>[] = []
+  const drivers: QemuDriver[] = []
+  const services: MigrationService[] = []
+  for (const i of [0, 1]) {
+    const host = await createHost({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+    })
+    const driver = new QemuDriver()
+    const svc = new MigrationService({
+      host,
+      logger,
+      driver,
+      vmDir: (id) => `${dir}/${i}/${id}`,
+      lookupVm: (id) => vms[i]!.get(id),
+      hooks: {
+        onCommit: async (_m, instance, epoch) => {
+          vms[i]!.set(instance.spec.id, { instance, spec: instance.spec, epoch })
+        },
+        onReleased: async (m, instance) => {
+          vms[i]!.delete(m.vmId)
+          await instance.destroy()
+        },
+      },
+    })
+    await svc.start()
+    hosts.push(host)
+    drivers.push(driver)
+    services.push(svc)
+  }
+  await hosts[0]!.dial(hosts[1]!.getMultiaddrs()[0]!)
   return {
-    workload: workload.name,
-    path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
-    totalMs: v.totalMs,
-    downtimeMs: v.downtimeMs,
-    bytes: v.bytesSent,
-    memOk,
+    async migrate(workload: { name: string; rateMiBps: number }, streams: number): Promise<Run> {
+      const spec = guestSpec(`bench-mesh-${workload.rateMiBps}-${streams}`, { rateMiBps: workload.rateMiBps })
+      const src = await drivers[0]!.create(spec, { dir: `${dir}/0/${spec.id}` })
+      vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+      await waitSerial(
+        src.serialLog,
+        () => memLines(src.serialLog).filter((l) => l.ok).length >= 3,
+        180_000,
+        'boot',
+      )
+      const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams, downtimeMs: DOWNTIME_MS })
+      const v = await services[0]!.done(m.id)
+      if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
+      const dst = vms[1]!.get(spec.id)!.instance as QemuVm
+      const before = memLines(dst.serialLog).length
+      await waitSerial(
+        dst.serialLog,
+        () => memLines(dst.serialLog).length >= before + 2,
+        60_000,
+        'writer at dst',
+      )
+      const memOk = memLines(dst.serialLog).every((l) => l.ok)
+      vms[1]!.delete(spec.id)
+      await dst.destroy()
+      return {
+        workload: workload.name,
+        path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
+        totalMs: v.totalMs ?? Number.NaN,
+        downtimeMs: v.downtimeMs ?? Number.NaN,
+        bytes: v.bytesSent,
+        memOk,
+      }
+    },
+    async close() {
+      await Promise.all(services.map((x) => x.stop()))
+      await Promise.all(drivers.map((d) => d.close()))
+      await Promise.all(hosts.map((h) => h.stop()))
+    },
   }
 }
 
@@ -165,22 +200,19 @@ async function main(): Promise<void> {
     console.error(`bench:qemu needs QEMU and the guest packages: ${skip}`)
     process.exit(1)
   }
-  const dir = await tempDir('skq-bench-')
-  const args = ['--log-level', 'warn', '--driver', 'qemu']
-  const a = await startAgent({ dataDir: join(dir, 'a'), args })
-  const b = await startAgent({ dataDir: join(dir, 'b'), args, bootstrap: [a.addrs[0]!] })
+  const tmp = shortTmpDir('skq-bm-')
+  const pair = await meshPair(tmp.path)
   const runs: Run[] = []
   try {
-    await waitFor('the mesh', async () => (await a.request('GET', '/v1/cluster')).body.counts.alive === 2)
     for (const w of WORKLOADS) {
       runs.push(await direct(w))
-      runs.push(await mesh(a, b, w, 1))
-      runs.push(await mesh(a, b, w, 4))
+      runs.push(await pair.migrate(w, 1))
+      runs.push(await pair.migrate(w, 4))
       for (const r of runs.slice(-3)) process.stderr.write(`${JSON.stringify(r)}\n`)
     }
   } finally {
-    await Promise.all([a.stop(), b.stop()])
-    await removeDir(dir)
+    await pair.close()
+    await tmp.remove()
   }
   const rows = runs.map((r) => {
     const base = runs.find((x) => x.workload === r.workload && x.path.startsWith('direct'))!

@@ -56,7 +56,7 @@ export interface MemLine {
 /** Lines of the guest's serial console so far. */
 export function serialLines(path: string): string[] {
   try {
-    return readFileSync(path, 'utf8').split('\n').filter(Boolean)
+    return readFileSync(path, 'utf8').split(/\r?\n/).filter(Boolean)
   } catch {
     return []
   }
@@ -189,12 +189,12 @@ export async function readGuestDisk(disk: string, offset: number, len: number): 
       '-O',
       'raw',
       `bs=${bs}`,
-      `skip=${Math.floor(offset / bs)}`,
-      `count=${Math.ceil(len / bs)}`,
+      // qemu-img 7.2's dd writes nothing when given skip=: read from the start instead
+      `count=${Math.ceil((offset + len) / bs)}`,
       `if=${disk}`,
       `of=${tmp}/out.raw`,
     ])
-    return readFileSync(`${tmp}/out.raw`).subarray(0, len)
+    return readFileSync(`${tmp}/out.raw`).subarray(offset, offset + len)
   } finally {
     await rm(tmp, { recursive: true, force: true })
   }

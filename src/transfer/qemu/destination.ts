@@ -153,7 +153,17 @@ export class QemuIncomingMigration {
         this.#setPhase('failed')
         return this.view()
       }
-      log.warn({ code: e.code, err: e.message }, 'incoming qemu migration failed; copy discarded')
+      const qemuLog = vm.logTail(8)
+      const gone = vm.process.exitCode !== null || vm.process.signalCode !== null
+      log.warn(
+        {
+          code: e.code,
+          err: e.message,
+          ...(gone ? { qemuExit: vm.process.exitCode ?? vm.process.signalCode } : {}),
+          ...(qemuLog ? { qemuLog } : {}),
+        },
+        'incoming qemu migration failed; copy discarded',
+      )
       await control.send({ abort: { code: e.code, message: e.message } }).catch(() => undefined)
       control.framed.abort(e)
       await vm.destroy().catch(() => undefined)

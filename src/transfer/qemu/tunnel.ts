@@ -90,7 +90,9 @@ export function pipeSocketStream(socket: Socket, stream: Stream, counters: Tunne
       }
     }
     stream.addEventListener('message', onMessage)
-    stream.addEventListener('remoteCloseWrite', () => {
+    // 'end': the remote closed its side AND every byte it sent was delivered here (a paused stream
+    // may still hold some when the remote's close arrives)
+    stream.addEventListener('end', () => {
       streamEnded = true
       socket.end()
       maybeDone()

@@ -1,0 +1,159 @@
+// QEMU migration through libp2p between two migration services in one process (two libp2p hosts,
+// two QEMUs): QEMU's migration stream and its disk mirror tunnelled over streams, the handover of
+// the engine (COMMIT -> RUNNING -> the source QEMU quits). The guest's writer carries on at the
+// destination, its memory check never fails, the disk marker written at the source is on the
+// destination's disk, exactly one QEMU runs it. The agents' version is test/cluster/qemu-mesh-migrate.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import pino from 'pino'
+import '../../src/node/polyfill.js'
+import { createHost } from '../../src/node/p2p.js'
+import { type LocalVm, MigrationService } from '../../src/transfer/index.js'
+import { QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
+import {
+  guestSpec,
+  memLines,
+  qemuPids,
+  qemuSkipReason,
+  readGuestDisk,
+  serialLines,
+  shortTmpDir,
+  waitSerial,
+} from '../helpers/qemu.js'
+
+const skip = qemuSkipReason()
+if (skip) console.log(`# qemu tunnel tests skipped: ${skip}`)
+
+describe('QEMU migration over libp2p streams (two services, one process)', { skip, timeout: 300_000 }, () => {
+  let tmp: ReturnType<typeof shortTmpDir>
+  const hosts: Awaited<ReturnType<typeof createHost>>[] = []
+  const drivers: QemuDriver[] = []
+  const services: MigrationService[] = []
+  const vms = [new Map<string, LocalVm>(), new Map<string, LocalVm>()]
+
+  before(async () => {
+    tmp = shortTmpDir('skq-tun-')
+    const logger = pino({ level: 'warn' })
+    for (const i of [0, 1]) {
+      const host = await createHost({
+        privateKey: await generateKeyPair('Ed25519'),
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+      })
+      const driver = new QemuDriver()
+      const svc = new MigrationService({
+        host,
+        logger,
+        driver,
+        vmDir: (id) => `${tmp.path}/${i}/${id}`,
+        lookupVm: (id) => vms[i]!.get(id),
+        hooks: {
+          onCommit: async (_m, instance, epoch) => {
+            vms[i]!.set(instance.spec.id, { instance, spec: instance.spec, epoch })
+          },
+          onReleased: async (m, instance) => {
+            vms[i]!.delete(m.vmId)
+            await instance.destroy()
+          },
+        },
+      })
+      await svc.start()
+      hosts.push(host)
+      drivers.push(driver)
+      services.push(svc)
+    }
+    await hosts[0]!.dial(hosts[1]!.getMultiaddrs()[0]!)
+  })
+
+  after(async () => {
+    await Promise.all(services.map((s) => s.stop()))
+    await Promise.all(drivers.map((d) => d.close()))
+    await Promise.all(hosts.map((h) => h.stop()))
+    await tmp?.remove()
+  })
+
+  it('moves a running guest, memory and disk, through the tunnel', async () => {
+    const spec = guestSpec('tun1', { rateMiBps: 1 })
+    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/tun1` })) as QemuVm
+    vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+    await waitSerial(
+      src.serialLog,
+      (l) =>
+        l.some((x) => x.startsWith('SKYMESH DISK MARK')) &&
+        memLines(src.serialLog).filter((x) => x.ok).length >= 3,
+      180_000,
+      'the guest at the source',
+    )
+    const mark = serialLines(src.serialLog)
+      .find((l) => l.startsWith('SKYMESH DISK MARK'))!
+      .split(' ')[3]!
+    const genBefore = memLines(src.serialLog).at(-1)!.gen
+    const started = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams: 1, downtimeMs: 300 })
+    const end = await services[0]!.done(started.id)
+    assert.equal(end.phase, 'done', JSON.stringify(end.error))
+    assert.equal(end.epoch, 2)
+    assert.ok(end.bytesSent > 0 && end.wireBytes > 0)
+    const { totalMs, downtimeMs, bytesSent, wireBytes } = end
+    console.log(
+      `# qemu through libp2p (128 MiB guest, writer 1 MiB/s): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
+    )
+    const dst = vms[1]!.get(spec.id)?.instance as QemuVm | undefined
+    assert.ok(dst, 'the destination holds the VM')
+    assert.equal(dst.state, 'running')
+    assert.equal(vms[0]!.has(spec.id), false)
+    assert.deepEqual(qemuPids('skymesh-tun1'), [dst.pid])
+    await waitSerial(
+      dst.serialLog,
+      () => memLines(dst.serialLog).filter((l) => l.ok).length >= 2,
+      120_000,
+      'writer at dst',
+    )
+    const atDst = memLines(dst.serialLog)
+    assert.deepEqual(
+      atDst.filter((l) => !l.ok).map((l) => l.line),
+      [],
+    )
+    assert.ok(atDst[0]!.gen > genBefore)
+    assert.equal((await readGuestDisk(dst.paths.disk, 1 << 20, mark.length)).toString('latin1'), mark)
+    await dst.destroy()
+  })
+
+  it('keeps the guest running at the source when the destination dies mid-migration', async () => {
+    const spec = guestSpec('tun2', { rateMiBps: 1 })
+    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/tun2` })) as QemuVm
+    vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+    await waitSerial(
+      src.serialLog,
+      () => memLines(src.serialLog).filter((x) => x.ok).length >= 3,
+      180_000,
+      'boot',
+    )
+    // A bandwidth cap keeps the migration going long enough to kill the destination in the middle
+    const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams: 1, bandwidthMiBps: 2 })
+    for (let i = 0; i < 1200 && (services[0]!.get(m.id)?.pagesSent ?? 0) < 256; i++) await sleep(100)
+    assert.equal(services[0]!.get(m.id)?.phase, 'precopy')
+    // The destination host dies: its QEMUs with it, its libp2p host without a goodbye
+    await drivers[1]!.close()
+    await hosts[1]!.stop()
+    const end = await services[0]!.done(m.id)
+    assert.equal(end.phase, 'failed')
+    assert.equal(src.state, 'running')
+    assert.equal(vms[0]!.get(spec.id)?.instance, src)
+    assert.deepEqual(qemuPids('skymesh-tun2'), [src.pid])
+    const last = memLines(src.serialLog).at(-1)!.gen
+    await waitSerial(
+      src.serialLog,
+      () => (memLines(src.serialLog).at(-1)?.gen ?? 0) >= last + 3,
+      60_000,
+      'writer',
+    )
+    assert.deepEqual(
+      memLines(src.serialLog)
+        .filter((l) => !l.ok)
+        .map((l) => l.line),
+      [],
+    )
+    await src.destroy()
+  })
+})
