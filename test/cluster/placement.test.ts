@@ -16,9 +16,9 @@ const agents: RunningAgent[] = []
 
 // Fast triggers for the test; headroom 0.2 means a destination stays at or under 204 MiB.
 const BASE = `gossip:
-  probeIntervalMs: 300
-  probeTimeoutMs: 150
-  suspicionMult: 3
+  probeIntervalMs: 500
+  probeTimeoutMs: 400
+  suspicionMult: 4
   heartbeatMs: 500
   debounceMs: 50
 capacity:
