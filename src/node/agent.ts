@@ -700,8 +700,26 @@ export class Agent implements AgentService, NetworkApi {
       gossip,
       host: this.requireHost(),
       dialTimeoutMs: this.config.dialTimeoutMs,
-      localVms: () =>
-        this.localState().vms.map((v) => ({ ...v, migrating: Boolean(this.migrations?.activeFor(v.id)) })),
+      localVms: () => {
+        const vms = this.localState().vms.map((v) => ({
+          ...v,
+          migrating: Boolean(this.migrations?.activeFor(v.id)),
+        }))
+        // Room held for VMs arriving now counts as a VM that cannot move.
+        const held = this.migrations?.reserved()
+        if (held && held.memoryMiB + held.diskMiB + held.vcpus > 0)
+          vms.push({
+            ...held,
+            id: `incoming@${this.peerId}`,
+            name: 'incoming',
+            cpu: 0,
+            dirtyMiBps: 0,
+            state: 'running',
+            epoch: 1,
+            migrating: true,
+          })
+        return vms
+      },
       migrate: (vm, to) => {
         const bandwidthMiBps = this.config.placement.migrationBandwidthMiBps
         return this.migrateVm(vm, { to, ...(bandwidthMiBps ? { bandwidthMiBps } : {}) })

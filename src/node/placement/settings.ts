@@ -1,6 +1,7 @@
 // The agent config's `placement:` section: the off switch, the service's intervals, the planner's
-// thresholds and the protocol's timings. Defaults are for real hosts: an overload must last 30 s and an
-// underload 5 min before anything moves, so short-lived and idle meshes (tests, demos) stay still.
+// thresholds and the protocol's timings. Defaults are for real hosts: an overload must last 30 s before
+// anything moves, and an underload 40 min (as VMware DPM looks at 40 min of history before it powers a
+// host down): consolidation saves power, it is never urgent, and idle test meshes stay still.
 import { z } from 'zod'
 import { ConfigError } from '../errors.js'
 
@@ -43,7 +44,7 @@ export const DEFAULT_PLACEMENT_SETTINGS: PlacementSettings = Object.freeze({
   underload: 0.3,
   headroom: 0.2,
   overloadGraceMs: 30_000,
-  underloadGraceMs: 300_000,
+  underloadGraceMs: 2_400_000,
   backoffMs: 600_000,
   minGain: 0.05,
   maxIn: 2,
