@@ -9,6 +9,7 @@ import { registerMeshKeyCommand } from './commands/mesh-key.js'
 import { type MigrateDeps, registerMigrationsCommands } from './commands/migrate.js'
 import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
+import { registerVclusterCommands } from './commands/vcluster.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -43,6 +44,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerClusterCommands(program, io)
   registerNetCommands(program, io)
   registerImageCommands(program, io)
+  registerVclusterCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program
