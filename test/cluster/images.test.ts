@@ -168,7 +168,8 @@ describe('images across agents', () => {
     }
     // and gossip tells every host who holds it
     await waitFor('gossip to list 3 holders', async () => {
-      const r = await agent('c').request('GET', `/v1/images/${imageId}`)
+      const other = [...agents.entries()].find(([n]) => n !== victim && n !== 'a')![1]
+      const r = await other.request('GET', `/v1/images/${imageId}`)
       return r.body.holders?.length === 3
     })
   })
