@@ -11,6 +11,7 @@ import { registerNetCommands } from './commands/net.js'
 import { registerNodeCommands } from './commands/node.js'
 import { registerPlacementCommands } from './commands/placement.js'
 import { registerSitesCommand } from './commands/sites.js'
+import { registerVclusterCommands } from './commands/vcluster.js'
 import { registerVmCommands } from './commands/vm.js'
 import { reportError } from './errors.js'
 import type { CliIo } from './io.js'
@@ -47,6 +48,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerNetCommands(program, io)
   registerPlacementCommands(program, io)
   registerImageCommands(program, io)
+  registerVclusterCommands(program, io)
   registerMeshKeyCommand(program, io)
   registerDemoCommand(program, io)
   return program

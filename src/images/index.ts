@@ -16,3 +16,11 @@ export {
 } from './service.js'
 export { ImageStore, type ImageSummary } from './store.js'
 export { ancestors, buildTree, reparent, type Tree, type TreeHost } from './tree.js'
+export {
+  type ClusterVmEntry,
+  contexts,
+  type PlacementHost,
+  spread,
+  type VmContext,
+  type VmShape,
+} from './vcluster.js'

@@ -6,12 +6,16 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import { DEFAULT_WAIT_MS, IMAGES_PROTOCOL, MAX_CHUNKS, MAX_SOURCES, MiB } from './constants.js'
+
+/** Chunks per request window of a fetch (two windows in flight). */
+const WINDOW = 2
+
 import { Push, type PushView } from './distribute.js'
 import { ImagesError } from './errors.js'
 import { Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
 import type { TreeHost } from './tree.js'
-import { ImageChannel, ImageProtocolError, type ImageRequestProps } from './wire.js'
+import { ImageChannel, ImageProtocolError, type ImageRequest, type ImageRequestProps } from './wire.js'
 
 /** The libp2p host, as far as images need it. */
 export interface ImagesHost {
@@ -337,12 +341,28 @@ export class ImageService {
     const ch = await this.#open(peer, signal)
     const waitMs = this.#init.waitMs ?? DEFAULT_WAIT_MS
     try {
-      await ch.sendRequest({ imageId: Buffer.from(id, 'hex'), chunks: { indices, waitMs } }, signal)
+      // Windows of WINDOW chunks, at most two outstanding: at most 2 x WINDOW chunks in flight, under
+      // the read buffer's bound, and the link never idles waiting for the next request.
+      const windows: number[][] = []
+      for (let k = 0; k < indices.length; k += WINDOW) windows.push(indices.slice(k, k + WINDOW))
+      let sent = 0
+      const ask = async () => {
+        const w = windows[sent++]
+        if (w)
+          await ch.sendRequest({ imageId: Buffer.from(id, 'hex'), chunks: { indices: w, waitMs } }, signal)
+      }
+      await ask()
+      await ask()
       const wanted = new Set(indices)
+      let finished = 0
       for (;;) {
         // A server waits at most waitMs for a chunk it is still receiving; more than that is a dead link.
         const res = await ch.readResponse(AbortSignal.any([signal, AbortSignal.timeout(waitMs + 15_000)]))
-        if (res.done) break
+        if (res.done) {
+          if (++finished >= windows.length) break
+          await ask()
+          continue
+        }
         if (res.error) throw new Error(`${peer.slice(-6)}: ${res.error.code}: ${res.error.message}`)
         const c = res.chunk
         if (!c) throw new ImageProtocolError('expected a chunk')
@@ -402,9 +422,21 @@ export class ImageService {
           await ch.sendResponse({ accepted: true })
           break
         }
-        case 'chunks':
-          await this.#serveChunks(ch, id, req.chunks?.indices ?? [], req.chunks?.waitMs ?? 0, signal)
+        case 'chunks': {
+          // Windows of chunks on one stream, one request each, until the client ends the stream: the
+          // client bounds what is in flight (its read buffer is bounded), we serve in order.
+          let next: ImageRequest | null = req
+          while (next) {
+            if (next.op !== 'chunks' || Buffer.from(next.imageId ?? []).toString('hex') !== id)
+              throw new ImageProtocolError('expected a chunks request for the same image')
+            if (
+              !(await this.#serveChunks(ch, id, next.chunks?.indices ?? [], next.chunks?.waitMs ?? 0, signal))
+            )
+              break
+            next = await ch.nextRequest(AbortSignal.any([signal, AbortSignal.timeout(120_000)]))
+          }
           break
+        }
         default:
           throw new ImageProtocolError('unknown request')
       }
@@ -421,12 +453,16 @@ export class ImageService {
     indices: number[],
     waitMs: number,
     signal: AbortSignal,
-  ): Promise<void> {
-    if (!this.store.has(id))
-      return ch.sendResponse({ error: { code: 'NOT_FOUND', message: 'no such image here' } })
+  ): Promise<boolean> {
+    // One window; false if it ended with an error answer (the stream is then done).
+    const fail = async (code: string, message: string) => {
+      await ch.sendResponse({ error: { code, message } })
+      return false
+    }
+    if (!this.store.has(id)) return fail('NOT_FOUND', 'no such image here')
     const count = this.store.manifest(id).chunks.length
     if (indices.length > MAX_CHUNKS || indices.some((i) => i >= count))
-      return ch.sendResponse({ error: { code: 'BAD_REQUEST', message: 'chunk index out of range' } })
+      return fail('BAD_REQUEST', 'chunk index out of range')
     const wait = Math.min(waitMs, 60_000)
     const rate = (this.#init.linkMiBps ?? 0) * MiB
     const t0 = Date.now()
@@ -434,7 +470,7 @@ export class ImageService {
     for (const i of indices) {
       // Pipeline: a chunk this host is itself still receiving is sent as soon as it lands.
       if (!this.store.hasChunk(id, i) && !(await this.store.waitChunk(id, i, wait, signal))) {
-        return ch.sendResponse({ error: { code: 'MISSING', message: `chunk ${i} is not here (yet)` } })
+        return fail('MISSING', `chunk ${i} is not here (yet)`)
       }
       const data = await this.store.readChunk(id, i)
       await ch.sendResponse({ chunk: { index: i, data } }, signal)
@@ -446,6 +482,7 @@ export class ImageService {
       }
     }
     await ch.sendResponse({ done: true }, signal)
+    return true
   }
 
   #view(s: ImageSummary): ImageView {

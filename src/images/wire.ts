@@ -22,7 +22,7 @@ export class ImageChannel {
   readonly #lp: ReturnType<typeof lpStream>
 
   constructor(readonly stream: Stream) {
-    this.#lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 2 * MAX_MESSAGE_BYTES })
+    this.#lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 3 * MAX_MESSAGE_BYTES })
   }
 
   async sendRequest(req: ImageRequestProps, signal?: AbortSignal): Promise<void> {
@@ -33,8 +33,26 @@ export class ImageChannel {
     await this.#lp.write(pb.ImageResponse.encode(res).finish(), { signal })
   }
 
+  /** The next request, or null when the peer ended the stream. */
+  async nextRequest(signal?: AbortSignal): Promise<ImageRequest | null> {
+    let bytes: Uint8Array | null
+    try {
+      bytes = await this.#read(signal)
+    } catch (err) {
+      if ((err as Error).name === 'UnexpectedEOFError') return null
+      throw err
+    }
+    if (bytes === null) return null
+    try {
+      return pb.ImageRequest.decode(bytes)
+    } catch (err) {
+      throw new ImageProtocolError(`malformed request: ${(err as Error).message}`)
+    }
+  }
+
   async readRequest(signal?: AbortSignal): Promise<ImageRequest> {
     const bytes = await this.#read(signal)
+    if (bytes === null) throw new ImageProtocolError('stream ended before a request')
     try {
       return pb.ImageRequest.decode(bytes)
     } catch (err) {
@@ -44,6 +62,7 @@ export class ImageChannel {
 
   async readResponse(signal?: AbortSignal): Promise<ImageResponse> {
     const bytes = await this.#read(signal)
+    if (bytes === null) throw new ImageProtocolError('stream ended before a response')
     try {
       return pb.ImageResponse.decode(bytes)
     } catch (err) {
@@ -51,9 +70,10 @@ export class ImageChannel {
     }
   }
 
-  async #read(signal?: AbortSignal): Promise<Uint8Array> {
+  async #read(signal?: AbortSignal): Promise<Uint8Array | null> {
     try {
-      return (await this.#lp.read({ signal })).subarray()
+      const buf = await this.#lp.read({ signal })
+      return buf === null ? null : buf.subarray()
     } catch (err) {
       const name = (err as Error).name
       if (/InvalidDataLength|InvalidMessageLength/.test(name))

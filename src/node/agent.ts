@@ -16,7 +16,7 @@ import { Bootstrapper } from './bootstrap.js'
 import type { AgentConfig } from './config.js'
 import { AgentError } from './errors.js'
 import { loadOrCreatePeerKey } from './identity.js'
-import { AgentImages, imagesApi } from './images.js'
+import { AgentImages, imagesApi, meshView } from './images.js'
 import { readMeshKey } from './mesh-key.js'
 import { createNodeMetrics, type NodeMetrics } from './metrics.js'
 import { AgentMigrations } from './migrations.js'
@@ -48,6 +48,7 @@ import type {
   VmNicView,
   VmRecord,
 } from './types.js'
+import { Vclusters } from './vclusters.js'
 import { VERSION } from './version.js'
 
 export const AGENT_FILE = 'agent.json'
@@ -84,6 +85,7 @@ export class Agent implements AgentService, NetworkApi {
   private natLinks?: NatLinks
   private siteMeter?: SiteMeter
   private readonly images: AgentImages
+  private vclusters?: Vclusters
   private readonly records = new Map<string, StoredVm>()
   private readonly instances = new Map<string, VmInstance>()
   /** Serialises VM operations so capacity checks and registry writes never interleave. */
@@ -221,6 +223,20 @@ export class Agent implements AgentService, NetworkApi {
     await this.gossip.start()
     await this.startOverlay()
     await this.images.start(this.host, this.gossip)
+    const mesh = meshView(this.peerId, this.gossip)
+    this.vclusters = new Vclusters({
+      self: this.peerId,
+      host: this.host,
+      logger: this.log.child({ component: 'vclusters' }),
+      store: this.requireStore(),
+      images: this.images,
+      cluster: () => this.cluster(),
+      isMember: (p) => mesh.isMember(p),
+      createVm: (req) => this.createVm(req),
+      deleteVm: (id) => this.deleteVm(id),
+      vmDir: (id) => this.vmDir(id),
+    })
+    await this.vclusters.start()
     this.migrations = new AgentMigrations({
       host: this.host,
       logger: this.log.child({ component: 'transfer' }),
@@ -316,11 +332,11 @@ export class Agent implements AgentService, NetworkApi {
       networks: this,
       placement: this.placement,
       images: imagesApi(this.images, (id) => [...this.records.values()].some((r) => r.image === id), {
-        createVcluster: () => Promise.reject(new AgentError('NOT_FOUND', 'virtual clusters: not yet')),
-        listVclusters: () => [],
-        getVcluster: () => undefined,
-        vclusterContext: () => undefined,
-        deleteVcluster: () => Promise.resolve(),
+        createVcluster: (req) => this.requireVclusters().create(req),
+        listVclusters: () => this.requireVclusters().list(),
+        getVcluster: (name) => this.requireVclusters().get(name),
+        vclusterContext: (name, vm) => this.requireVclusters().context(name, vm),
+        deleteVcluster: (name) => this.requireVclusters().delete(name),
       }),
       token: this.token,
       logger: this.log.child({ component: 'api' }),
@@ -363,6 +379,7 @@ export class Agent implements AgentService, NetworkApi {
       this.instances.clear()
     })
     await this.overlay?.stop().catch((err: unknown) => this.log.warn({ err }, 'overlay did not stop cleanly'))
+    await this.vclusters?.stop()
     await this.images.stop().catch((err: unknown) => this.log.warn({ err }, 'images did not stop cleanly'))
     await this.gossip?.stop().catch((err: unknown) => this.log.warn({ err }, 'gossip did not stop cleanly'))
     this.natLinks?.stop()
@@ -998,6 +1015,11 @@ export class Agent implements AgentService, NetworkApi {
   private requireGossip(): Gossip {
     if (!this.gossip) throw new AgentError('NOT_RUNNING', 'the agent is not started')
     return this.gossip
+  }
+
+  private requireVclusters(): Vclusters {
+    if (!this.vclusters) throw new AgentError('NOT_RUNNING', 'the agent is not started')
+    return this.vclusters
   }
 
   private requireStore(): Store {

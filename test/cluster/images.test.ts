@@ -168,7 +168,8 @@ describe('images across agents', () => {
     }
     // and gossip tells every host who holds it
     await waitFor('gossip to list 3 holders', async () => {
-      const r = await agent('c').request('GET', `/v1/images/${imageId}`)
+      const other = [...agents.entries()].find(([n]) => n !== victim && n !== 'a')![1]
+      const r = await other.request('GET', `/v1/images/${imageId}`)
       return r.body.holders?.length === 3
     })
   })
@@ -194,6 +195,65 @@ describe('images across agents', () => {
     const view = await finished(agent('a'), imageId)
     assert.equal(view.state, 'done', JSON.stringify(view))
     assert.deepEqual((await restarted.request('POST', `/v1/images/${imageId}/verify`, {})).body.ok, true)
+  })
+
+  it('a virtual cluster of VMs from the image comes up spread over the hosts, each with its context', async () => {
+    const a = agent('a')
+    // does not fit: refused before anything starts
+    let r = await a.request('POST', '/v1/vclusters', {
+      name: 'huge',
+      image: imageId,
+      count: 4,
+      memoryMiB: 1_000_000,
+    })
+    assert.equal(r.status, 409, JSON.stringify(r.body))
+    r = await a.request('POST', '/v1/vclusters', { name: 'bad name!', image: imageId, count: 1 })
+    assert.equal(r.status, 400)
+    for (const x of agents.values()) assert.deepEqual((await x.request('GET', '/v1/vms')).body.vms, [])
+
+    const made = await runCli(
+      [
+        'cluster',
+        'create',
+        'web',
+        '--image',
+        imageId.slice(0, 12),
+        '--count',
+        '3',
+        '--memory',
+        '16',
+        '--json',
+        '--data-dir',
+        a.dataDir,
+      ],
+      { timeoutMs: 60_000 },
+    )
+    assert.equal(made.code, 0, made.stderr)
+    const c = JSON.parse(made.stdout)
+    assert.equal(c.vms.length, 3)
+    assert.equal(new Set(c.vms.map((v: { host: string }) => v.host)).size, 3, 'spread over 3 hosts')
+    assert.deepEqual(
+      c.vms.map((v: { role: string }) => v.role),
+      ['head', 'worker', 'worker'],
+    )
+    // The broker: each VM's context names it and its two peers, on the creating host and in the VM's dir.
+    const ctx = (await a.request('GET', '/v1/vclusters/web/context?vm=web-1')).body
+    assert.equal(ctx.vm.name, 'web-1')
+    assert.deepEqual(ctx.peers.map((p: { name: string }) => p.name).sort(), ['web-0', 'web-2'])
+    for (const v of c.vms) {
+      const owner = [...agents.values()].find((x) => x.peerId === v.host)!
+      const vm = (await owner.request('GET', `/v1/vms/${v.id}`)).body
+      assert.equal(vm.image, imageId)
+      assert.equal(vm.state, 'running')
+      const file = JSON.parse(await readFile(join(owner.dataDir, 'vms', v.id, 'context.json'), 'utf8'))
+      assert.equal(file.vm.name, v.name)
+      assert.equal(file.peers.length, 2)
+      const served = (await owner.request('GET', `/v1/vclusters/web/context?vm=${v.name}`)).body
+      assert.deepEqual(served, file)
+    }
+    // Removed with its VMs.
+    assert.equal((await a.request('DELETE', '/v1/vclusters/web')).status, 204)
+    for (const x of agents.values()) assert.deepEqual((await x.request('GET', '/v1/vms')).body.vms, [])
   })
 
   it('a corrupted chunk from one source is refused and fetched from another holder', async () => {
