@@ -231,14 +231,19 @@ const partitionDuringPlacement: Scenario['run'] = async (ctx) => {
   await net.heal()
   // Let the event end (plan run, or leases out), then clear the drain
   const deadline = Date.now() + 60_000
+  let moves = 0
   while (Date.now() < deadline) {
     const st = await host.agent!.request('GET', '/v1/placement/events')
-    if (st.status === 200 && st.body.open.length === 0 && !st.body.reservedBy) break
+    if (st.status === 200 && st.body.open.length === 0 && !st.body.reservedBy) {
+      moves = st.body.recent?.[0]?.moves?.length ?? 0
+      ctx.log(`drain of h${host.index}: ${st.body.recent?.[0]?.state ?? 'no event'}, ${moves} moves`)
+      break
+    }
     await sleep(500)
   }
   await mesh.restart(host.index)
   await sleep(1000)
-  return { faults: 1, migrations: 0, retryFailures: 0 }
+  return { faults: 1, migrations: moves, retryFailures: 0 }
 }
 
 /** A slow, lossy wide-area link under a cross-site migration. */
