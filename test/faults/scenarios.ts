@@ -183,11 +183,9 @@ const restartHolder: Scenario['run'] = async (ctx) => {
   return { faults: 1, migrations: mig ? 1 : 0, retryFailures: (await retry(ctx, moving.id)) ? 0 : 1 }
 }
 
-/** Sites cut off from each other while a VM crosses between them, healed a few seconds later. */
-const partitionDuringMigration: Scenario['run'] = async (ctx) => {
-  const { mesh, rng } = ctx
-  const net = mesh.netns!
-  const [a, b] = [net.sites[0]!.name, net.sites[1]!.name]
+/** The two sites of a namespace mesh and a random live host in each. */
+function crossSitePair({ mesh, rng }: ScenarioContext) {
+  const [a, b] = [mesh.netns!.sites[0]!.name, mesh.netns!.sites[1]!.name]
   const src = pick(
     rng,
     mesh.liveHosts().filter((h) => h.site === a),
@@ -196,6 +194,14 @@ const partitionDuringMigration: Scenario['run'] = async (ctx) => {
     rng,
     mesh.liveHosts().filter((h) => h.site === b),
   )
+  return { a, b, src, dst }
+}
+
+/** Sites cut off from each other while a VM crosses between them, healed a few seconds later. */
+const partitionDuringMigration: Scenario['run'] = async (ctx) => {
+  const { mesh, rng } = ctx
+  const net = mesh.netns!
+  const { a, b, src, dst } = crossSitePair(ctx)
   const vm = await createVm(ctx, src.agent!, rng() < 0.5)
   const mig = await migrate(ctx, src.agent!, vm.id, dst)
   await sleep(between(rng, 0, 2500))
@@ -250,15 +256,7 @@ const partitionDuringPlacement: Scenario['run'] = async (ctx) => {
 const lossyLink: Scenario['run'] = async (ctx) => {
   const { mesh, rng } = ctx
   const net = mesh.netns!
-  const [a, b] = [net.sites[0]!.name, net.sites[1]!.name]
-  const src = pick(
-    rng,
-    mesh.liveHosts().filter((h) => h.site === a),
-  )
-  const dst = pick(
-    rng,
-    mesh.liveHosts().filter((h) => h.site === b),
-  )
+  const { a, b, src, dst } = crossSitePair(ctx)
   const shape = { rateMbit: pick(rng, [20, 50, 100]), loss: pick(rng, [0.01, 0.03, 0.05]) }
   ctx.log(`shape ${b}: ${JSON.stringify(shape)}`)
   await net.shapeSite(b, shape)
@@ -341,6 +339,15 @@ const churn: Scenario['run'] = async (ctx) => {
   return { faults, migrations, retryFailures: 0 }
 }
 
+/** Two sites of two hosts each, in network namespaces. */
+const TWO_SITES: Scenario['mesh'] = {
+  kind: 'netns',
+  sites: [
+    { name: 'site-a', hosts: 2 },
+    { name: 'site-b', hosts: 2 },
+  ],
+}
+
 export const SCENARIOS: Scenario[] = [
   {
     name: 'kill-destination',
@@ -363,37 +370,19 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'partition',
     what: 'two sites partitioned during a cross-site migration, healed after 1-5 s',
-    mesh: {
-      kind: 'netns',
-      sites: [
-        { name: 'site-a', hosts: 2 },
-        { name: 'site-b', hosts: 2 },
-      ],
-    },
+    mesh: TWO_SITES,
     run: partitionDuringMigration,
   },
   {
     name: 'partition-placement',
     what: 'the two sites partitioned while a drain (a placement event) moves VMs, healed after 1-5 s',
-    mesh: {
-      kind: 'netns',
-      sites: [
-        { name: 'site-a', hosts: 2 },
-        { name: 'site-b', hosts: 2 },
-      ],
-    },
+    mesh: TWO_SITES,
     run: partitionDuringPlacement,
   },
   {
     name: 'lossy-link',
     what: 'a cross-site migration over a 20-100 Mbit/s link losing 1-5 % of packets',
-    mesh: {
-      kind: 'netns',
-      sites: [
-        { name: 'site-a', hosts: 2 },
-        { name: 'site-b', hosts: 2 },
-      ],
-    },
+    mesh: TWO_SITES,
     run: lossyLink,
   },
   {
