@@ -2,8 +2,11 @@
 // milestones, for profiling the engine (`node --cpu-prof dist/bench/migrate-one.js ...`).
 // usage: node dist/bench/migrate-one.js [--size 1024] [--workload idle|hot10|hot100]
 //        [--mode precopy|postcopy|auto] [--compression off|auto|on] [--runs 1] [--warmup-ms 1000]
+//        [--channel auto|libp2p] [--streams 3]
+// Prints one JSON line per run: times, bytes, the data channel, and the pause's milestones at the
+// source (`marks`, ms since the pause) and at the destination (`destMarks`, ms since the switchover).
 import { loadavg } from 'node:os'
-import type { CompressionChoice, Mode } from '../src/transfer/index.js'
+import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
 import { sleep } from './lib/format.js'
 import { createBenchNode, createVm, dropVm, type Fill } from './lib/mesh.js'
@@ -26,6 +29,8 @@ if (!w) throw new Error(`unknown workload ${wname}`)
 const mode = opt('mode', 'precopy') as Mode
 const compression = opt('compression', 'off') as CompressionChoice
 const runs = Number(opt('runs', '1'))
+const channel = opt('channel', 'auto') as ChannelChoice
+const streams = Number(opt('streams', '3'))
 const warmupMs = Number(opt('warmup-ms', '1000'))
 
 const a = await createBenchNode('a')
@@ -44,11 +49,17 @@ try {
     const load1 = loadavg()[0]!
     const t = performance.now()
     const cpu0 = process.cpuUsage()
-    const m = a.service.migrate(id, b.host.peerId, { mode, compression })
+    const m = a.service.migrate(id, b.host.peerId, { mode, compression, channel, streams })
     const v = await a.service.done(m.id)
     const ms = performance.now() - t
     const cpu = process.cpuUsage(cpu0)
     const fin = a.logs.find((l) => l.msg === 'migration finished' && l.migration === m.id)
+    // The destination logs its side as it ends (maybe just after the source's `done`)
+    let dest = b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === m.id)
+    for (let k = 0; !dest && k < 20; k++) {
+      await sleep(50)
+      dest = b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === m.id)
+    }
     console.log(
       JSON.stringify({
         run: r,
@@ -66,7 +77,9 @@ try {
         rounds: v.round,
         sentPerVm: v.bytesSent / ((sizeMiB + Math.max(1, sizeMiB / 16)) * 1048576),
         wireMiB: Math.round(v.wireBytes / 1048576),
+        channel: v.channel,
         marks: fin?.downtime,
+        destMarks: dest?.switchover,
         load1,
       }),
     )

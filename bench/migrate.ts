@@ -34,6 +34,7 @@ import {
   type VmPlan,
 } from './lib/mesh.js'
 import {
+  directTransfer,
   type Libp2pSender,
   libp2pTransfer,
   openConnections,
@@ -88,6 +89,8 @@ interface Args {
   pingAbort: boolean
   /** JSON output, relative to the working directory. */
   out: string
+  /** What carries the migrations' data: 'auto' (the direct TLS channel here) or 'libp2p'. */
+  channel: 'auto' | 'libp2p'
 }
 
 function parseArgs(argv: string[]): Args {
@@ -110,6 +113,7 @@ function parseArgs(argv: string[]): Args {
     sameProcessThroughput: true,
     pingAbort: true,
     out: 'bench/results/migrate.json',
+    channel: 'auto',
   }
   const list = (v: string) => v.split(',').filter(Boolean)
   for (let i = 0; i < argv.length; i++) {
@@ -142,6 +146,7 @@ function parseArgs(argv: string[]): Args {
           '  --ping-abort on|off    off: migration hosts whose libp2p connection monitor does not abort a',
           "                         connection on a missed heartbeat ping (default on: the agent's host)",
           '  --out FILE             JSON results (default bench/results/migrate.json)',
+          '  --channel auto|libp2p  what carries the migrations: the direct TLS-PSK channel (auto) or libp2p',
         ].join('\n'),
       )
       process.exit(0)
@@ -161,6 +166,7 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--warmup-ms') args.warmupMs = Number(v)
     else if (a === '--ping-abort') args.pingAbort = v !== 'off'
     else if (a === '--out') args.out = v
+    else if (a === '--channel') args.channel = v === 'libp2p' ? 'libp2p' : 'auto'
     else throw new Error(`unknown option ${a} (try --help)`)
     i++
   }
@@ -262,6 +268,12 @@ async function throughput(topology: TpSection['topology']): Promise<TpSection> {
           return r.ms
         },
       },
+      ...[1, 3].map((c) => ({
+        name: `direct TLS-PSK, engine frames, ${c} conn${c > 1 ? 's' : ''}`,
+        connections: c,
+        streams: 1,
+        run: (n: number) => directTransfer(info.direct, n, c, chunk),
+      })),
       ...[1, 2, 4].map((s) => ({
         name: `libp2p ${s} stream${s > 1 ? 's' : ''}, 1 conn`,
         connections: 1,
@@ -507,6 +519,7 @@ async function migrateOnce(
     const started = a.service.migrate(id, b.host.peerId, {
       mode: s.mode,
       compression: s.compression,
+      channel: args.channel,
       ...(s.linkBps ? { bandwidthMiBps: s.linkBps / MiB } : {}),
     })
     const timer = setTimeout(() => {
@@ -652,6 +665,7 @@ function runRow(r: RunResult, ratios: 'loopback' | 'limited', failures: RunResul
     WORKLOADS[r.workload].label,
     modeLabel(r),
     r.compression,
+    v?.channel ?? '',
   ]
   if (r.status === 'skipped' || !v) {
     return [...head, f(r.measuredDirtyMiBps), `${r.status}: ${r.reason ?? ''}`, ...Array(10).fill('')]
@@ -686,6 +700,7 @@ function printRuns(title: string, runs: RunResult[], ratios: 'loopback' | 'limit
         'load',
         'mode',
         'lz4',
+        'channel',
         'dirty MiB/s',
         'total s',
         'downtime ms',
@@ -988,18 +1003,23 @@ if (tp) {
   const lp = tp.rows.filter((r) => r.name.startsWith('libp2p') && Number.isFinite(r.mbps))
   const one = lp.find((r) => r.streams === 1 && r.connections === 1)
   const best = lp.reduce<TpRow | undefined>((x, r) => (!x || r.mbps > x.mbps ? r : x), undefined)
+  const dr = tp.rows.filter((r) => r.name.startsWith('direct') && Number.isFinite(r.mbps))
+  const dOne = dr.find((r) => r.connections === 1)
+  const dBest = dr.reduce<TpRow | undefined>((x, r) => (!x || r.mbps > x.mbps ? r : x), undefined)
   for (const [label, r] of [
-    ['one stream', one],
-    ['best', best],
+    ['libp2p, one stream', one],
+    ['libp2p, best', best],
+    ['direct channel, one connection', dOne],
+    ['direct channel, best', dBest],
   ] as const) {
     if (!r) continue
     goals.push({
-      goal: `throughput >= 0.5 × raw TCP (libp2p, ${label})`,
+      goal: `throughput >= 0.5 × raw TCP (${label})`,
       figure: `${r.name}: ${f(r.mbps)} MB/s = ${ratio(r.mbps / tcp)}`,
       verdict: verdict(r.mbps / tcp >= 0.5),
     })
     goals.push({
-      goal: `throughput >= 1.0 × TLS (libp2p, ${label})`,
+      goal: `throughput >= 1.0 × TLS (${label})`,
       figure: `${r.name}: ${ratio(r.mbps / tls)} of ${f(tls)} MB/s`,
       verdict: Number.isFinite(tls) ? verdict(r.mbps / tls >= 1) : 'not measured (TLS skipped)',
     })

@@ -1,6 +1,8 @@
 // Loopback throughput of the transports the migration engine could use: raw TCP (node:net), TLS
 // (node:tls, a self-signed certificate made in-process) and libp2p (tcp + noise + yamux, the agent's
-// host) with one or several streams, over one or several connections.
+// host) with one or several streams, over one or several connections; and the migration engine's
+// direct data channel (src/transfer/direct.ts: TLS 1.2 PSK connections carrying 1 MiB frames, each
+// acknowledged, the engine's DataSender keeping its 8 MiB window), over one or several connections.
 //
 // Every transfer is the same: an 8-byte big-endian length, then that many bytes; the receiver answers
 // one byte once it has them all, and the sender's clock runs from its first write to that byte.
@@ -11,7 +13,11 @@ import tls from 'node:tls'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { Connection, Stream } from '@libp2p/interface'
 import { multiaddr } from '@multiformats/multiaddr'
+import { pino } from 'pino'
 import { createHost, type Host } from '../../src/node/p2p.js'
+import { pb } from '../../src/proto/index.js'
+import { DataSender } from '../../src/transfer/data-sender.js'
+import { connectDirect, DirectListener, type SocketFramed } from '../../src/transfer/direct.js'
 import { selfSignedCert } from './tls-cert.js'
 
 export const THROUGHPUT_PROTOCOL = '/skymesh/bench/throughput/1.0.0'
@@ -24,6 +30,8 @@ export interface ReceiverInfo {
   multiaddrs: string[]
   /** The receiver's certificate (PEM), for the sender to trust. */
   ca: string
+  /** The direct data channel's grant (port, hex key, identity). */
+  direct: { port: number; key: string; identity: string }
 }
 
 export interface Receivers {
@@ -92,14 +100,18 @@ export async function startReceivers(): Promise<Receivers> {
     },
     { maxInboundStreams: 64 },
   )
+  const direct = new DirectListener({}, pino({ level: 'silent' }), (f) => void serveFramed(f))
+  const grant = await direct.grant('127.0.0.1', 'bench')
   return {
     info: {
       tcpPort: (tcp.address() as net.AddressInfo).port,
       tlsPort: (tlsServer.address() as net.AddressInfo).port,
       multiaddrs: host.getMultiaddrs().map(String),
       ca: cert,
+      direct: { port: grant.port, key: Buffer.from(grant.key).toString('hex'), identity: grant.identity },
     },
     async close() {
+      direct.close()
       tcp.close()
       tlsServer.close()
       await host.stop()
@@ -107,7 +119,63 @@ export async function startReceivers(): Promise<Receivers> {
   }
 }
 
+/** The destination's part of the direct channel: acknowledge every frame (as destination.ts does). */
+async function serveFramed(f: SocketFramed): Promise<void> {
+  let seq = 0
+  try {
+    while (true) {
+      const m = await f.read()
+      if (m === null) break
+      await f.write(pb.DataAck.encode({ seq: seq++, bytes: m.length }).finish())
+    }
+    await f.close()
+  } catch (err) {
+    f.abort(err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
 // ------------------------------------------------------------------ senders
+
+/**
+ * Milliseconds to send `total` bytes as 1 MiB frames over `conns` direct TLS-PSK connections with the
+ * engine's DataSender (window, acks); the connections are made before the clock.
+ */
+export async function directTransfer(
+  info: ReceiverInfo['direct'],
+  total: number,
+  conns: number,
+  frame: Uint8Array,
+): Promise<number> {
+  const grant = { port: info.port, key: Buffer.from(info.key, 'hex'), identity: info.identity }
+  const signal = AbortSignal.timeout(600_000)
+  const channels = await connectDirect('127.0.0.1', grant, conns, 10_000, signal)
+  const senders = channels.map(
+    (c) =>
+      new DataSender(c, {
+        window: 8 * 1024 * 1024,
+        stallTimeoutMs: 30_000,
+        onAck: () => undefined,
+        signal,
+      }),
+  )
+  const frames = Math.max(1, Math.round(total / frame.length / conns))
+  try {
+    const t = performance.now()
+    await Promise.all(
+      senders.map(async (s) => {
+        for (let i = 0; i < frames; i++) await s.send(frame)
+        await s.flush()
+      }),
+    )
+    // Scaled to `total` (the frames may not divide it exactly)
+    return ((performance.now() - t) * total) / (frames * conns * frame.length)
+  } finally {
+    for (const s of senders) {
+      s.finishing()
+      await s.close()
+    }
+  }
+}
 
 function header(total: number): Buffer {
   const h = Buffer.alloc(HEADER)

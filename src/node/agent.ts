@@ -244,6 +244,16 @@ export class Agent implements AgentService, NetworkApi {
       store: this.requireStore(),
       metrics: this.metrics,
       link: this.natLinks,
+      direct: {
+        enabled: this.config.migration.directData ?? true,
+        port: this.config.migration.directPort ?? 0,
+        ...(this.config.migration.directAnnouncePort
+          ? { announcePort: this.config.migration.directAnnouncePort }
+          : {}),
+        ...(this.config.migration.directConnectTimeoutMs
+          ? { connectTimeoutMs: this.config.migration.directConnectTimeoutMs }
+          : {}),
+      },
       owner: {
         peerId: this.peerId,
         record: (id) => this.records.get(id),

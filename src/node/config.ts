@@ -133,6 +133,19 @@ const fileSchema = z.strictObject({
   ),
   /** Cooperative placement (overload relief, consolidation, drain); see src/node/placement/settings.ts. */
   placement: placementSchema,
+  /**
+   * Live migration's direct data channel (src/transfer/direct.ts): `directData: false` keeps every
+   * byte on libp2p streams; `directPort` fixes the listening port (default: ephemeral), and
+   * `directAnnouncePort` is the port sources are told (a forwarded one).
+   */
+  migration: z
+    .strictObject({
+      directData: z.boolean(),
+      directPort: z.number().int().min(0).max(65535),
+      directAnnouncePort: z.number().int().min(0).max(65535),
+      directConnectTimeoutMs: z.number().int().min(100).max(120000),
+    })
+    .partial(),
 })
 
 export type AgentConfig = Readonly<{
@@ -166,6 +179,12 @@ export type AgentConfig = Readonly<{
     pubsub: { meshDegree?: number; gossipPeers?: number; heartbeatMs?: number }
   }>
   placement: PlacementSettings
+  migration: Readonly<{
+    directData?: boolean
+    directPort?: number
+    directAnnouncePort?: number
+    directConnectTimeoutMs?: number
+  }>
 }>
 
 export type NatConfig = Readonly<{
@@ -296,6 +315,7 @@ export function loadConfig(flags: AgentFlags, env: NodeJS.ProcessEnv = process.e
     images: Object.freeze({ ...c.images }),
     gossip: splitGossip(c.gossip ?? {}),
     placement: placementSettings(c.placement),
+    migration: Object.freeze({ ...c.migration }),
   }
   return Object.freeze(config)
 }

@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import {
   type BulkLinkAdvisor,
+  type DirectInit,
   type IncomingOffer,
   type LocalVm,
   type MigrateOptions,
@@ -59,6 +60,8 @@ export interface MigrationsInit {
   metrics: Registry
   /** Direct or relayed connection for bulk transfer (nat.ts); absent: whatever connection exists. */
   link?: BulkLinkAdvisor
+  /** The direct data channel's settings (config `migration:`). */
+  direct?: DirectInit
 }
 
 export class AgentMigrations {
@@ -113,23 +116,26 @@ export class AgentMigrations {
         this.set({ direction: 'in' }, now.filter((m) => m.direction === 'in').length)
       },
     })
-    this.service = new MigrationService({
-      host: init.host,
-      logger: init.logger,
-      driver: init.driver,
-      vmDir: (id) => init.owner.vmDir(id),
-      lookupVm: (id) => this.lookupVm(id),
-      link: init.link,
-      hooks: {
-        reserve: (offer) => this.reserve(offer),
-        onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
-        lookupOutcome: (id) => this.lookupOutcome(id),
-        onHandover: (m) => this.onHandover(m),
-        onReleased: (m) => this.onReleased(m),
-        onAborted: (m) => this.onAborted(m),
-        onInDoubt: (m) => this.onInDoubt(m),
+    this.service = new MigrationService(
+      {
+        host: init.host,
+        logger: init.logger,
+        driver: init.driver,
+        vmDir: (id) => init.owner.vmDir(id),
+        lookupVm: (id) => this.lookupVm(id),
+        link: init.link,
+        hooks: {
+          reserve: (offer) => this.reserve(offer),
+          onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
+          lookupOutcome: (id) => this.lookupOutcome(id),
+          onHandover: (m) => this.onHandover(m),
+          onReleased: (m) => this.onReleased(m),
+          onAborted: (m) => this.onAborted(m),
+          onInDoubt: (m) => this.onInDoubt(m),
+        },
       },
-    })
+      { ...(init.direct ? { direct: init.direct } : {}) },
+    )
     this.service.on('progress', (m: MigrationView) => this.onProgress(m))
   }
 

@@ -76,6 +76,8 @@ export interface MigrateVmRequest {
   compression?: 'auto' | 'on' | 'off'
   /** Pre-copy: slow a guest that dirties memory faster than the link carries it (default true). */
   autoConverge?: boolean
+  /** Data units over a direct TLS connection when possible ('auto', default) or libp2p streams only. */
+  channel?: 'auto' | 'libp2p'
 }
 
 export type { MigrationView }

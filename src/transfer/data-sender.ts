@@ -1,12 +1,11 @@
 // The source end of one data stream: sends frames within a window of unacknowledged bytes (the
 // destination acknowledges each frame once applied, so a slow destination slows the source instead of
 // overflowing its read buffer), under an optional shared bandwidth limit.
-import type { Stream } from '@libp2p/interface'
 import { pb } from '../proto/index.js'
 import { MAX_FRAME_BYTES, MAX_WINDOW_BYTES } from './constants.js'
 import { LinkError, ProtocolError } from './errors.js'
 import type { TokenBucket } from './rate.js'
-import { Framed } from './wire.js'
+import type { FrameChannel } from './wire.js'
 
 export interface DataSenderInit {
   window: number
@@ -18,7 +17,7 @@ export interface DataSenderInit {
 }
 
 export class DataSender {
-  readonly framed: Framed
+  readonly framed: FrameChannel
   readonly #init: DataSenderInit
   readonly #window: number
   readonly #inflight: { seq: number; bytes: number }[] = []
@@ -28,8 +27,9 @@ export class DataSender {
   #wake: (() => void) | null = null
   readonly acks: Promise<void>
 
-  constructor(stream: Stream, init: DataSenderInit) {
-    this.framed = new Framed(stream, 64, MAX_WINDOW_BYTES)
+  /** `framed`: a libp2p data stream (`new Framed(stream, 64, MAX_WINDOW_BYTES)`) or a direct connection. */
+  constructor(framed: FrameChannel, init: DataSenderInit) {
+    this.framed = framed
     this.#init = init
     this.#window = Math.min(init.window, MAX_WINDOW_BYTES)
     this.acks = this.#readAcks().catch((err: unknown) => this.#fail(err as Error))

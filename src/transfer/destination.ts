@@ -11,6 +11,7 @@
 // the fault would have; what it does not model is the stall itself (reads of missing pages, done only
 // by the workload's CPU burn, see zeroes and change nothing).
 import { setMaxListeners } from 'node:events'
+import { isIP } from 'node:net'
 import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
 import { Bitmap, type VmInstance, type VmSpec } from '../vm/index.js'
@@ -42,7 +43,7 @@ import type { Mode } from './policy.js'
 import { type Counters, emptyCounters, type MigrationView, type Phase } from './progress.js'
 import type { Outcome } from './status.js'
 import type { DestinationHooks, TransferTimeouts } from './types.js'
-import { type ControlChannel, Framed, withTimeout } from './wire.js'
+import { type ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
 
 const FAULT_POLL_MS = 5
 
@@ -56,6 +57,8 @@ export interface ValidOffer {
   compression: boolean
   /** The VM was paused at the source; it stays paused after the handover. */
   paused: boolean
+  /** The address the source reached us at, asking for a direct data channel (direct.ts). */
+  directHost?: string
 }
 
 const MODE_FROM_PB: Record<number, Mode> = {
@@ -112,6 +115,8 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     throw bad('memory size does not match the page count')
   if (spec.diskMiB * 1024 * 1024 !== g.blockSize * g.blockCount)
     throw bad('disk size does not match the block count')
+  const directHost = o.directHost ?? ''
+  if (directHost !== '' && (directHost.length > 64 || isIP(directHost) === 0)) throw bad('bad direct host')
   return {
     migrationId: id,
     spec,
@@ -121,6 +126,7 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     streams,
     compression: o.compression === true,
     paused: o.paused === true,
+    ...(directHost ? { directHost } : {}),
   }
 }
 
@@ -151,7 +157,8 @@ export class IncomingMigration {
   readonly #ac = new AbortController()
   readonly #signal: AbortSignal
   readonly #c: Counters = emptyCounters()
-  readonly #streams: (Framed | undefined)[]
+  readonly #streams: (FrameChannel | undefined)[]
+  #channel: 'libp2p' | 'direct-tls' | undefined
   readonly #tables: { memory: DedupTable; disk: DedupTable }[] = []
   readonly #zeroPage: Uint8Array
   readonly #zeroBlock: Uint8Array
@@ -227,6 +234,7 @@ export class IncomingMigration {
       ...(this.#totalMs !== undefined ? { totalMs: this.#totalMs } : {}),
       ...(this.#epoch !== undefined ? { epoch: this.#epoch } : {}),
       ...(this.#error ? { error: this.#error } : {}),
+      ...(this.#channel ? { channel: this.#channel } : {}),
     }
   }
 
@@ -240,9 +248,10 @@ export class IncomingMigration {
   }
 
   /** Binds data stream `index` (from the DataHello); false if the slot is taken or out of range. */
-  attachData(framed: Framed, index: number): boolean {
+  attachData(framed: FrameChannel, index: number, channel: 'libp2p' | 'direct-tls' = 'libp2p'): boolean {
     if (this.#state !== 'receiving' || index >= this.#streams.length || this.#streams[index]) return false
     this.#streams[index] = framed
+    this.#channel ??= channel
     void this.#receive(index, framed).catch((err: unknown) => {
       const e = asMigrationError(err, 'LINK')
       framed.abort(e)
@@ -286,6 +295,8 @@ export class IncomingMigration {
       }
       clearInterval(idle)
       const s = sw.switchover!
+      // Milestones of the pause as seen here (ms since the switchover arrived), logged at the end
+      this.#switchedAt = performance.now()
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
       if ((s.round ?? 0) < this.#lastRound) {
@@ -316,23 +327,33 @@ export class IncomingMigration {
       } else {
         const d = await instance.digest()
         const ok = d.combined === s.digest
-        await control.send(
-          { verified: { ok, digest: d.combined, message: ok ? '' : 'digest differs' } },
-          this.#signal,
-        )
+        // A committing switchover (one round trip) gets an answer here only if the check failed
+        if (!ok || !s.commitEpoch) {
+          await control.send(
+            { verified: { ok, digest: d.combined, message: ok ? '' : 'digest differs' } },
+            this.#signal,
+          )
+        }
         if (!ok) throw new VerifyFailedError(`digest ${d.combined} differs from the source's ${s.digest}`)
       }
+      this.#mark('verified')
       this.#setPhase('handover')
-      const c = await withTimeout(timeouts.stepTimeoutMs * 2, 'COMMIT', this.#signal, (sig) =>
-        control.expect(['commit'], sig),
-      )
-      const newEpoch = c.commit?.epoch ?? 0
+      const committing = !s.postcopy && Number(s.commitEpoch ?? 0) > 0
+      const newEpoch = committing
+        ? Number(s.commitEpoch)
+        : ((
+            await withTimeout(timeouts.stepTimeoutMs * 2, 'COMMIT', this.#signal, (sig) =>
+              control.expect(['commit'], sig),
+            )
+          ).commit?.epoch ?? 0)
       if (newEpoch !== offer.epoch + 1)
         throw new ProtocolError(`COMMIT with epoch ${newEpoch}, expected ${offer.epoch + 1}`)
       // From here the VM is ours once the journal has it: no cancel, no discard on a dead stream
       this.#state = 'committing'
       this.#epoch = newEpoch
+      this.#mark('commit')
       await hooks.onCommit?.(this.view(), instance, newEpoch, { signal: this.#i.signal })
+      this.#mark('journaled')
       this.#state = 'committed'
       this.#i.onOutcome('committed', newEpoch)
       this.#i.reservation.release()
@@ -344,6 +365,7 @@ export class IncomingMigration {
       // A VM its owner had paused arrives paused (and so byte for byte as it left).
       if (!offer.paused || s.postcopy) await instance.resume()
       resumed = true
+      this.#mark('resumed')
       await control.send({ running: { epoch: newEpoch } }, this.#i.signal).catch((err: unknown) => {
         // The source asks the status protocol when RUNNING does not arrive
         this.#log.warn({ err: asMigrationError(err).message }, 'could not send RUNNING')
@@ -378,7 +400,7 @@ export class IncomingMigration {
 
   // ------------------------------------------------------------------ data
 
-  async #receive(k: number, framed: Framed): Promise<void> {
+  async #receive(k: number, framed: FrameChannel): Promise<void> {
     const g = this.#i.offer.geometry
     let seq = 0
     while (true) {
@@ -611,11 +633,22 @@ export class IncomingMigration {
 
   // ------------------------------------------------------------------ end
 
+  #switchedAt: number | undefined
+  readonly #marks: Record<string, number> = {}
+
+  #mark(name: string): void {
+    if (this.#switchedAt !== undefined) this.#marks[name] = Math.round(performance.now() - this.#switchedAt)
+  }
+
   #finish(phase: 'done' | 'failed' | 'cancelled'): void {
     this.#state = 'ended'
     this.#pinned.clear()
     this.#totalMs = performance.now() - this.#t0
     this.#setPhase(phase)
+    this.#log.info(
+      { phase, totalMs: Math.round(this.#totalMs), channel: this.#channel, switchover: this.#marks },
+      'incoming migration finished',
+    )
   }
 
   async #fail(err: unknown, resumed: boolean): Promise<void> {
@@ -651,7 +684,7 @@ export class IncomingMigration {
 
 /** Binds an incoming data stream: reads its DataHello (bounded), then hands it to `attach`. */
 export async function readDataHello(
-  framed: Framed,
+  framed: FrameChannel,
   signal: AbortSignal,
 ): Promise<{ migrationId: string; reservationId: string; streamIndex: number }> {
   const bytes = await framed.read(signal)

@@ -1,6 +1,7 @@
 // Transfer: live migration (pre-copy, post-copy, auto) of memory pages and disk blocks over libp2p
 // streams. Knows VMs only through the driver interface of src/vm. See README.md.
 export { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, STATUS_PROTOCOL } from './constants.js'
+export type { DirectInit } from './direct.js'
 export {
   CancelledError,
   HandoverInDoubtError,
@@ -12,7 +13,13 @@ export {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
-export type { CompressionChoice, DedupChoice, MigrateOptions, ResolvedOptions } from './options.js'
+export type {
+  ChannelChoice,
+  CompressionChoice,
+  DedupChoice,
+  MigrateOptions,
+  ResolvedOptions,
+} from './options.js'
 export { decideNextRound, estimateEtaMs, type Mode, shouldCompress } from './policy.js'
 export { type MigrationView, type Phase, TERMINAL_PHASES } from './progress.js'
 export {

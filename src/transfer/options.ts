@@ -5,6 +5,7 @@ import type { Mode } from './policy.js'
 
 export type CompressionChoice = 'auto' | 'on' | 'off'
 export type DedupChoice = 'auto' | 'on' | 'off'
+export type ChannelChoice = 'auto' | 'libp2p'
 
 export interface MigrateOptions {
   /** 'precopy' (default), 'postcopy' or 'auto' (pre-copy, post-copy when rounds stop shrinking). */
@@ -26,6 +27,11 @@ export interface MigrateOptions {
    * 75, 90, 97, then 99 % of the guest's execution until the rest fits the downtime (default true).
    */
   autoConverge?: boolean
+  /**
+   * What carries the data units: 'auto' (default) a direct TLS connection when the destination offers
+   * one and it connects, else libp2p streams; 'libp2p' always libp2p streams.
+   */
+  channel?: ChannelChoice
   signal?: AbortSignal
 }
 
@@ -38,6 +44,7 @@ export interface ResolvedOptions {
   compression: CompressionChoice
   dedup: DedupChoice
   autoConverge: boolean
+  channel: ChannelChoice
 }
 
 export function resolveOptions(o: MigrateOptions, defaults: Partial<ResolvedOptions> = {}): ResolvedOptions {
@@ -50,6 +57,7 @@ export function resolveOptions(o: MigrateOptions, defaults: Partial<ResolvedOpti
     compression: o.compression ?? defaults.compression ?? DEFAULTS.compression,
     dedup: o.dedup ?? defaults.dedup ?? DEFAULTS.dedup,
     autoConverge: o.autoConverge ?? defaults.autoConverge ?? true,
+    channel: o.channel ?? defaults.channel ?? 'auto',
   }
   const bad = (msg: string) => new MigrationRefusedError('BAD_OFFER', msg)
   if (!['precopy', 'postcopy', 'auto'].includes(r.mode)) throw bad(`unknown mode ${r.mode}`)
@@ -63,5 +71,6 @@ export function resolveOptions(o: MigrateOptions, defaults: Partial<ResolvedOpti
   }
   if (!['auto', 'on', 'off'].includes(r.compression)) throw bad(`unknown compression ${r.compression}`)
   if (!['auto', 'on', 'off'].includes(r.dedup)) throw bad(`unknown dedup ${r.dedup}`)
+  if (!['auto', 'libp2p'].includes(r.channel)) throw bad(`unknown channel ${r.channel}`)
   return r
 }

@@ -62,6 +62,10 @@ export interface MigrationView {
   link?: 'direct' | 'hole-punched' | 'relayed'
   /** Why the link is not direct, when it is not. */
   linkNote?: string
+  /** What carries the data units: libp2p streams, or direct TLS connections (direct.ts). */
+  channel?: 'libp2p' | 'direct-tls'
+  /** Source side: why the data does not use a direct TLS connection, when it does not. */
+  channelNote?: string
 }
 
 export type Counters = Pick<

@@ -16,6 +16,7 @@ import {
 } from './constants.js'
 import { ContentStore } from './content-store.js'
 import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from './destination.js'
+import { type DirectInit, DirectListener, type SocketFramed } from './direct.js'
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
@@ -47,6 +48,17 @@ export interface MigrationServiceInit {
    * (a VM that comes back sends only what changed); default 1024, 0 turns it off.
    */
   retainMiB?: number
+  /**
+   * Direct data channel (direct.ts): data units over TLS-PSK connections instead of libp2p streams
+   * when the link allows; `{ enabled: false }` turns it off both ways.
+   */
+  direct?: DirectInit
+  /**
+   * `stop()` lets migrations past their handover (a post-copy push, a COMMIT awaiting RUNNING) finish
+   * for up to this long before it cuts them (default 8000 ms): a graceful restart in the middle of a
+   * post-copy would otherwise lose the VM (README "What post-copy cannot survive").
+   */
+  stopGraceMs?: number
 }
 
 /** How an outgoing migration reaches its destination (src/node/nat.ts decides). */
@@ -106,6 +118,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   #started = false
   /** VMs that migrate with QEMU's own stream (qemu/): same limits, hooks and bookkeeping. */
   readonly #qemu: QemuMigrations
+  readonly #directInit: DirectInit
+  readonly #stopGraceMs: number
+  #direct: DirectListener | undefined
 
   constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
@@ -122,6 +137,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       statusTimeoutMs: init.timeouts?.statusTimeoutMs ?? DEFAULTS.statusTimeoutMs,
       windowBytes: init.timeouts?.windowBytes ?? DEFAULTS.windowBytes,
     }
+    this.#directInit = init.direct ?? {}
+    this.#stopGraceMs = init.stopGraceMs ?? 8000
     this.#keepFinished = init.keepFinished ?? 100
     this.#keepOutcomes = init.keepOutcomes ?? 4096
     this.store = new ContentStore(
@@ -174,16 +191,38 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       ...limited,
     })
     await this.#qemu.start()
+    if (this.#directInit.enabled !== false)
+      this.#direct = new DirectListener(this.#directInit, this.#log, (f, id) => void this.#onDirect(f, id))
     this.#started = true
   }
 
-  /** Refuses new work, cancels what can be cancelled, waits (bounded) for everything to settle. */
+  /**
+   * Refuses new work, cancels what can be cancelled (before the handover: the VM stays at the source),
+   * lets what is past its handover finish within `stopGraceMs` (a post-copy cut short loses the VM),
+   * then cuts the rest and waits (bounded) for everything to settle.
+   */
   async stop(): Promise<void> {
     if (!this.#started) return
     this.#started = false
-    await this.#c.host.unhandle([CONTROL_PROTOCOL, DATA_PROTOCOL, STATUS_PROTOCOL]).catch(() => undefined)
+    await this.#c.host.unhandle([CONTROL_PROTOCOL, DATA_PROTOCOL]).catch(() => undefined)
     await this.#qemu.stop()
-    for (const m of this.#active.values()) m.cancel()
+    this.#direct?.close()
+    this.#direct = undefined
+    const late: Promise<unknown>[] = []
+    for (const m of this.#active.values())
+      if (!m.cancel() && !TERMINAL_PHASES.includes(m.view().phase)) late.push(m.done)
+    if (late.length > 0) {
+      this.#log.info({ migrations: late.length }, 'stopping: waiting for migrations past their handover')
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.allSettled(late),
+        new Promise((r) => {
+          timer = setTimeout(r, this.#stopGraceMs)
+        }),
+      ])
+      clearTimeout(timer)
+    }
+    await this.#c.host.unhandle([STATUS_PROTOCOL]).catch(() => undefined)
     this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
     const all = [...this.#active.values()].map((m) => m.done)
     await Promise.race([Promise.allSettled(all), new Promise((r) => setTimeout(r, 10_000).unref())])
@@ -243,6 +282,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       timeouts: this.#timeouts,
       logger: this.#log,
       store: this.store,
+      ...(this.#directInit.enabled !== false
+        ? { direct: { connectTimeoutMs: this.#directInit.connectTimeoutMs ?? 3000 } }
+        : {}),
       signal,
       onChange: (v) => this.emit('progress', this.#withLink(v)),
     })
@@ -305,6 +347,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       unhandle: host.unhandle.bind(host),
       dialProtocol: (peer, protocols, opts) =>
         host.dialProtocol(peer, protocols, { ...opts, runOnLimitedConnection: true }),
+      ...(host.getConnections ? { getConnections: host.getConnections.bind(host) } : {}),
     }
   }
 
@@ -456,10 +499,33 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       })
       this.#reservations.set(offer.migrationId, reservationId)
       this.#track(m)
-      void m.done.then(() => this.#reservations.delete(offer.migrationId))
+      // Direct data channel: listen where the source reached us, with a key made for this migration
+      let direct: Awaited<ReturnType<DirectListener['grant']>> | undefined
+      if (offer.directHost && this.#direct) {
+        try {
+          direct = await this.#direct.grant(offer.directHost, offer.migrationId)
+        } catch (err) {
+          this.#log.info(
+            { migration: offer.migrationId, host: offer.directHost, err: asMigrationError(err).message },
+            'no direct data channel: cannot listen there',
+          )
+        }
+      }
+      void m.done.then(() => {
+        this.#reservations.delete(offer.migrationId)
+        direct?.release()
+      })
       await control
         .send(
-          { accept: { reservationId, contentEntries: offer.geometry.dedup ? this.store.entries : 0 } },
+          {
+            accept: {
+              reservationId,
+              contentEntries: offer.geometry.dedup ? this.store.entries : 0,
+              ...(direct
+                ? { directPort: direct.port, directKey: direct.key, directIdentity: direct.identity }
+                : {}),
+            },
+          },
           signal,
         )
         .catch((err: unknown) => {
@@ -488,6 +554,26 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         m.from !== conn.remotePeer.toString() ||
         this.#reservations.get(hello.migrationId) !== hello.reservationId ||
         !m.attachData(framed, hello.streamIndex)
+      ) {
+        framed.abort(new Error('unknown migration or stream'))
+      }
+    } catch (err) {
+      framed.abort(asMigrationError(err))
+    }
+  }
+
+  /** A direct connection whose TLS-PSK identity belongs to `migrationId`: bind it by its DataHello. */
+  async #onDirect(framed: SocketFramed, migrationId: string): Promise<void> {
+    try {
+      const hello = await withTimeout(this.#timeouts.stepTimeoutMs, 'data hello', this.#ac.signal, (s) =>
+        readDataHello(framed, s),
+      )
+      const m = this.#active.get(hello.migrationId)
+      if (
+        hello.migrationId !== migrationId ||
+        !(m instanceof IncomingMigration) ||
+        this.#reservations.get(hello.migrationId) !== hello.reservationId ||
+        !m.attachData(framed, hello.streamIndex, 'direct-tls')
       ) {
         framed.abort(new Error('unknown migration or stream'))
       }

@@ -13,12 +13,19 @@ import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
 import { Bitmap, type RetainedMemory, type VmInstance, type VmSpec } from '../vm/index.js'
 import { compressPayload } from './compress.js'
-import { CONTROL_PROTOCOL, DATA_PROTOCOL, HASH_BYTES, MAX_QUERY_HASHES } from './constants.js'
+import {
+  CONTROL_PROTOCOL,
+  DATA_PROTOCOL,
+  HASH_BYTES,
+  MAX_QUERY_HASHES,
+  MAX_WINDOW_BYTES,
+} from './constants.js'
 import type { ContentStore } from './content-store.js'
 import { CostModel } from './cost.js'
 import { DataSender } from './data-sender.js'
 import { DedupTable, hashKey } from './dedup.js'
 import { diskDigestOf, pageDigestOf } from './digest.js'
+import { connectDirect, type DirectGrant, directHostOf } from './direct.js'
 import {
   asMigrationError,
   CancelledError,
@@ -32,12 +39,13 @@ import {
 } from './errors.js'
 import { encodeFrame, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
+import type { MigrationControlMsg } from './pb-types.js'
 import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
-import { ControlChannel, withTimeout } from './wire.js'
+import { type Control, ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
 
 /** Pages (and blocks) go to streams in shards of this many, so an index always uses the same stream. */
 const PAGE_SHARD = 64
@@ -60,6 +68,8 @@ export interface OutgoingInit {
   logger: Logger
   /** Where the released VM's memory is kept as a dedup source (none: not kept). */
   store?: ContentStore
+  /** Ask for a direct data channel (direct.ts); absent: libp2p streams only. */
+  direct?: { connectTimeoutMs: number }
   /** The service's lifetime: aborted when it stops. */
   signal: AbortSignal
   onChange: (view: MigrationView) => void
@@ -161,6 +171,8 @@ export class OutgoingMigration {
       ...(this.#downtimeMs !== undefined ? { downtimeMs: this.#downtimeMs } : {}),
       ...(this.#newEpoch !== undefined ? { epoch: this.#newEpoch } : {}),
       ...(this.#error ? { error: this.#error } : {}),
+      ...(this.#channel ? { channel: this.#channel } : {}),
+      ...(this.#channelNote ? { channelNote: this.#channelNote } : {}),
     }
   }
 
@@ -214,10 +226,12 @@ export class OutgoingMigration {
       if (decision.action === 'postcopy' || this.#i.options.mode === 'postcopy') {
         this.#postcopy = true
         await this.#switchoverPostcopy(decision.action === 'postcopy')
+        await this.#handover()
       } else {
+        // Pre-copy: the handover is journaled while the last round flows, and the switchover carries
+        // the COMMIT (one round trip: switchover -> RUNNING)
         await this.#switchoverPrecopy()
       }
-      await this.#handover()
       if (this.#postcopy) {
         try {
           await this.#push()
@@ -264,6 +278,7 @@ export class OutgoingMigration {
     )
     const control = new ControlChannel(stream)
     this.#control = control
+    this.#directHost = this.#directHostToAsk()
     await control.send(
       {
         offer: {
@@ -291,6 +306,7 @@ export class OutgoingMigration {
           compression: options.compression !== 'off',
           dedup: options.dedup !== 'off',
           paused: this.#wasPaused,
+          directHost: this.#directHost ?? '',
         },
       },
       this.#signal,
@@ -303,6 +319,13 @@ export class OutgoingMigration {
       throw new MigrationRefusedError(code, answer.refuse?.message || `refused by ${to}: ${code}`)
     }
     this.#reservationId = answer.accept?.reservationId ?? ''
+    const a = answer.accept
+    if (this.#directHost && a?.directPort && a.directKey?.length === 32 && a.directIdentity) {
+      if (a.directPort > 65535 || a.directIdentity.length > 64) throw new ProtocolError('bad direct channel')
+      this.#grant = { port: a.directPort, key: a.directKey, identity: a.directIdentity }
+    } else if (this.#directHost) {
+      this.#channelNote = 'the destination offers no direct channel'
+    }
     // The destination holds content (a copy of this VM that left it, ...): ask which of our pages
     if (
       Number(answer.accept?.contentEntries ?? 0) > 0 &&
@@ -319,6 +342,30 @@ export class OutgoingMigration {
   }
 
   #reservationId = ''
+  /** The direct data channel: the address asked for, what the destination granted, what is used. */
+  #directHost: string | undefined
+  #grant: DirectGrant | undefined
+  #channel: 'libp2p' | 'direct-tls' | undefined
+  #channelNote: string | undefined
+
+  /** The IP of our direct libp2p connection to the destination (none if disabled or relayed). */
+  #directHostToAsk(): string | undefined {
+    const { direct, options, host, to } = this.#i
+    if (!direct) {
+      this.#channelNote = 'direct channel disabled on this host'
+      return undefined
+    }
+    if (options.channel === 'libp2p') {
+      this.#channelNote = 'libp2p channel asked for'
+      return undefined
+    }
+    for (const conn of host.getConnections?.(to) ?? []) {
+      const h = directHostOf(conn)
+      if (h) return h
+    }
+    this.#channelNote = 'no direct connection to the destination (relayed or unknown)'
+    return undefined
+  }
   #retained: RetainedMemory | undefined
   /** Content hashes (keys) of pages the destination said it holds. */
   readonly #destHas = new Set<string>()
@@ -365,27 +412,53 @@ export class OutgoingMigration {
   }
 
   async #openDataStreams(): Promise<void> {
-    const { host, to, options, timeouts } = this.#i
-    const dedupOn = options.dedup !== 'off'
+    const { host, to, options, timeouts, direct } = this.#i
+    // Direct TLS connections (all of them, or none: then libp2p streams)
+    if (this.#grant && this.#directHost && direct) {
+      try {
+        const channels = await connectDirect(
+          this.#directHost,
+          this.#grant,
+          options.streams,
+          direct.connectTimeoutMs,
+          this.#signal,
+        )
+        this.#channel = 'direct-tls'
+        for (let k = 0; k < channels.length; k++) await this.#addSender(channels[k]!, k)
+        this.#log.debug({ host: this.#directHost, port: this.#grant.port }, 'direct data channel')
+        return
+      } catch (err) {
+        this.#signal.throwIfAborted()
+        this.#channelNote = `direct connection failed: ${asMigrationError(err).message}`
+        this.#log.info({ err: this.#channelNote }, 'data over libp2p streams')
+      }
+    }
+    this.#channel = 'libp2p'
     for (let k = 0; k < options.streams; k++) {
       const stream = await withTimeout(timeouts.dialTimeoutMs, 'data stream', this.#signal, (signal) =>
         host.dialProtocol(to, DATA_PROTOCOL, { signal }),
       )
-      const sender = new DataSender(stream, {
-        window: timeouts.windowBytes,
-        stallTimeoutMs: timeouts.stallTimeoutMs,
-        bucket: this.#bucket,
-        onAck: (bytes) => this.#cost.link.add(bytes),
-        signal: this.#signal,
-      })
-      this.#senders.push(sender)
-      this.#tables.push({
-        memory: new DedupTable(dedupOn ? undefined : 0),
-        disk: new DedupTable(dedupOn ? undefined : 0),
-      })
-      await sender.hello(this.id, this.#reservationId, k)
-      this.#c.wireBytes += sender.framed.written
+      await this.#addSender(new Framed(stream, 64, MAX_WINDOW_BYTES), k)
     }
+  }
+
+  async #addSender(channel: FrameChannel, k: number): Promise<void> {
+    const { options, timeouts } = this.#i
+    const dedupOn = options.dedup !== 'off'
+    const sender = new DataSender(channel, {
+      window: timeouts.windowBytes,
+      stallTimeoutMs: timeouts.stallTimeoutMs,
+      bucket: this.#bucket,
+      onAck: (bytes) => this.#cost.link.add(bytes),
+      signal: this.#signal,
+    })
+    this.#senders.push(sender)
+    this.#tables.push({
+      memory: new DedupTable(dedupOn ? undefined : 0),
+      disk: new DedupTable(dedupOn ? undefined : 0),
+    })
+    await sender.hello(this.id, this.#reservationId, k)
+    this.#c.wireBytes += sender.framed.written
   }
 
   // ------------------------------------------------------------------ pre-copy
@@ -646,8 +719,17 @@ export class OutgoingMigration {
   // ------------------------------------------------------------------ switchover
 
   async #switchoverPrecopy(): Promise<void> {
-    const { instance, timeouts } = this.#i
+    const { instance, hooks, epoch } = this.#i
     const left = this.#leftover!
+    // Journal first (an agent that restarts after this asks the destination instead of resuming), but
+    // off the critical path: it runs while the last round is on its way. A journaled handover only
+    // means "COMMIT may have been sent: ask before resuming"; a failure before the send still resumes.
+    const journaled = (async () => {
+      await hooks.onHandover?.(this.view(), { signal: this.#signal })
+      this.#mark('journaled')
+    })()
+    journaled.catch(() => undefined)
+    this.#journaling = journaled
     // Pages dirtied since the last round's snapshot, including while the guest was stopping
     const pages = new Bitmap(instance.memory.pageCount)
     for (const i of left.pages?.indices() ?? []) pages.set(i)
@@ -663,23 +745,17 @@ export class OutgoingMigration {
       digest = await instance.digest()
       this.#mark('digest')
     })
-    this.#setPhase('verify')
     this.#mark('lastRound')
+    await journaled
+    this.#signal.throwIfAborted()
     if (!digest) throw new MigrationError('INTERNAL', 'no source digest')
-    const control = this.#control!
-    control.accepting(['verified'])
-    await control.send({ switchover: { round: this.#round, digest: digest.combined } }, this.#signal)
-    const v = await withTimeout(timeouts.stepTimeoutMs, 'verification', this.#signal, (s) =>
-      control.expect(['verified'], s),
-    )
-    this.#mark('verified')
-    if (!v.verified?.ok) {
-      throw new VerifyFailedError(
-        `the destination's digest ${v.verified?.digest ?? '?'} differs from ${digest.combined}: ${v.verified?.message ?? ''}`,
-      )
-    }
+    const d = digest.combined
+    this.#setPhase('handover')
+    await this.#commit(epoch + 1, { switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1 } })
   }
 
+  /** The handover journal write started at the pause (a failure waits for it before `onAborted`). */
+  #journaling: Promise<void> | undefined
   #pending: Bitmap | undefined
 
   async #switchoverPostcopy(switched: boolean): Promise<void> {
@@ -723,24 +799,39 @@ export class OutgoingMigration {
 
   // ------------------------------------------------------------------ handover
 
+  /** Post-copy: journal the handover, then COMMIT (the disk was verified in the switchover). */
   async #handover(): Promise<void> {
-    const { hooks, epoch, timeouts } = this.#i
+    const { hooks, epoch } = this.#i
     this.#setPhase('handover')
     // Journal first: an agent that restarts after this knows to ask the destination, not to resume
     await hooks.onHandover?.(this.view(), { signal: this.#signal })
     this.#mark('journaled')
     this.#signal.throwIfAborted()
-    const newEpoch = epoch + 1
+    await this.#commit(epoch + 1, { commit: { epoch: epoch + 1 } })
+  }
+
+  /**
+   * Sends the COMMIT (alone, or inside a pre-copy switchover) and waits for RUNNING. From the send on,
+   * the VM never resumes here unless the destination says it did not commit.
+   */
+  async #commit(newEpoch: number, msg: MigrationControlMsg): Promise<void> {
+    const { timeouts } = this.#i
     const control = this.#control!
     // Post-copy: the destination may ask for pages as soon as its guest runs, even before RUNNING lands
-    control.accepting(this.#postcopy ? ['running', 'fetch', 'complete'] : ['running'])
+    control.accepting(
+      this.#postcopy
+        ? ['running', 'fetch', 'complete']
+        : msg.switchover
+          ? ['running', 'verified']
+          : ['running'],
+    )
     this.#commitSent = true
+    let r: Control | undefined
     try {
-      await control.send({ commit: { epoch: newEpoch } }, this.#i.signal)
-      const r = await withTimeout(timeouts.stepTimeoutMs, 'RUNNING', this.#i.signal, (s) =>
-        control.expect(['running'], s),
+      await control.send(msg, this.#i.signal)
+      r = await withTimeout(timeouts.stepTimeoutMs, 'RUNNING', this.#i.signal, (s) =>
+        control.expect(msg.switchover ? ['running', 'verified'] : ['running'], s),
       )
-      if (r.running?.epoch !== newEpoch) throw new ProtocolError(`RUNNING with epoch ${r.running?.epoch}`)
     } catch (err) {
       this.#log.warn(
         { err: asMigrationError(err).message },
@@ -767,6 +858,25 @@ export class OutgoingMigration {
         )
       }
     }
+    if (r !== undefined) {
+      if (r.msg === 'verified') {
+        // Only sent when the check failed: the destination discarded its copy and committed nothing
+        this.#commitSent = false
+        if (r.verified?.ok) throw new ProtocolError('verified{ok} in answer to a committing switchover')
+        throw new VerifyFailedError(
+          `the destination's digest ${r.verified?.digest ?? '?'} differs: ${r.verified?.message ?? ''}`,
+        )
+      }
+      if (r.running?.epoch !== newEpoch) {
+        // Not what we committed: find out whether it committed (as for a lost RUNNING)
+        const outcome = await this.#resolveInDoubt()
+        if (outcome !== 'committed') {
+          if (outcome === 'aborted') this.#commitSent = false
+          throw new ProtocolError(`RUNNING with epoch ${r.running?.epoch}`)
+        }
+      }
+    }
+    this.#mark('verified')
     this.#newEpoch = newEpoch
     this.#downtimeMs = performance.now() - this.#pausedAt!
     this.#mark('running')
@@ -981,6 +1091,8 @@ export class OutgoingMigration {
       }
     }
     this.#finish(e instanceof CancelledError ? 'cancelled' : 'failed')
+    // A handover journaled after the abort was recorded would stay open
+    await this.#journaling?.catch(() => undefined)
     try {
       await hooks.onAborted?.(this.view())
     } catch (hookErr) {

@@ -6,7 +6,9 @@ import type { RefusalCode } from './errors.js'
 import type { MigrationView } from './progress.js'
 
 /** The slice of the libp2p host the engine uses. */
-export type MigrationHost = Pick<Libp2p, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol'>
+export type MigrationHost = Pick<Libp2p, 'peerId' | 'handle' | 'unhandle' | 'dialProtocol'> &
+  /** The source reads the address of its direct connection to the destination (direct data channel). */
+  Partial<Pick<Libp2p, 'getConnections'>>
 
 export type { Connection, PeerId, Stream }
 

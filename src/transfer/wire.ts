@@ -10,8 +10,22 @@ import type { MigrationControlMsg } from './pb-types.js'
 export type ControlKind = NonNullable<InstanceType<typeof pb.MigrationControl>['msg']>
 export type Control = InstanceType<typeof pb.MigrationControl>
 
+/**
+ * A framed, bidirectional message channel: a libp2p stream (`Framed`) or a direct TLS connection
+ * (`SocketFramed`, direct.ts). The data path sees only this.
+ */
+export interface FrameChannel {
+  /** Bytes written so far (payload plus framing). */
+  readonly written: number
+  write(bytes: Uint8Array, signal?: AbortSignal): Promise<void>
+  /** The next message, or null at a clean end. */
+  read(signal?: AbortSignal): Promise<Uint8Array | null>
+  close(): Promise<void>
+  abort(err: Error): void
+}
+
 /** A framed, bidirectional message stream. */
-export class Framed {
+export class Framed implements FrameChannel {
   readonly stream: Stream
   readonly #lp: ReturnType<typeof lpStream>
   #wrote = 0

@@ -27,8 +27,11 @@ const trace = (what: string) => {
 }
 const MiB = 1024 * 1024
 
-/** kill: kill -9 of the destination agent; cut: every connection reset; silence: nothing gets through. */
-type Fault = 'kill' | 'cut' | 'silence'
+/**
+ * kill: kill -9 of the destination agent; cut: every connection reset; silence: nothing gets through;
+ * cut-data: only the direct data connections (TLS, src/transfer/direct.ts) reset, libp2p stays up.
+ */
+type Fault = 'kill' | 'cut' | 'silence' | 'cut-data'
 /**
  * offer: the destination is gone when the migration starts; precopy: during the rounds; stopcopy: the
  * VM is paused for the final round; handover: as the source journals the handover and sends COMMIT
@@ -211,7 +214,13 @@ async function destinationFault(fault: Fault, stage: Stage) {
   const id = await reach(p, stage, vm.id, async () => {
     if (fault === 'kill') await p.kill('b')
     else if (fault === 'cut') p.cut()
-    else p.freeze()
+    else if (fault === 'cut-data') {
+      const m = (await p.a.request('GET', '/v1/migrations')).body.migrations.find(
+        (x: any) => x.vmId === vm.id,
+      )
+      assert.equal(m?.channel, 'direct-tls', `data did not go direct: ${JSON.stringify(m)}`)
+      p.cutData()
+    } else p.freeze()
   })
   if (fault === 'silence') {
     // No reset ever arrives: each side must give up on its own (stall timeouts), the source
@@ -237,6 +246,7 @@ async function destinationFault(fault: Fault, stage: Stage) {
   // Bring the destination back (the same data dir: the same identity), or the link. Before the
   // handover the source has already given up; after it, it waits (VM paused) to learn the outcome.
   if (fault === 'kill') await p.restart('b')
+  else if (fault === 'cut-data') p.healData()
   else {
     if (fault === 'silence') p.thaw()
     await p.disconnected()
@@ -333,6 +343,7 @@ async function sourceKill(stage: 'precopy' | 'handover' | 'postcopy') {
 
 const QUICK: [Fault, Stage][] = [
   ['kill', 'precopy'],
+  ['cut-data', 'precopy'],
   ['cut', 'stopcopy'],
   ['kill', 'postcopy'],
 ]
@@ -344,11 +355,18 @@ const ALL: [Fault, Stage][] = [
   ),
   // A partition without resets: the stall timeouts (30 s) decide, so only before the handover
   ['silence', 'precopy'],
+  ['cut-data', 'stopcopy'],
 ]
 
 describe('live migration: destination faults', () => {
   for (const [fault, stage] of FULL ? ALL : QUICK) {
-    it(`${fault === 'kill' ? 'kill -9 of the destination' : fault === 'cut' ? 'link cut' : 'silent link'} at ${stage}`, async () => {
+    const what = {
+      kill: 'kill -9 of the destination',
+      cut: 'link cut',
+      silence: 'silent link',
+      'cut-data': 'direct data connection cut',
+    }[fault]
+    it(`${what} at ${stage}`, async () => {
       await destinationFault(fault, stage)
     })
   }

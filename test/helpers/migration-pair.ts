@@ -1,7 +1,9 @@
 // Two real agents for migration fault tests, A (source) and B (destination), that reach each other
 // only through TCP relays (each announces its relay's address, and B bootstraps to A's relay), so a
 // test can cut the link between them; each listens on a fixed port, so it can be killed and restarted
-// with the same data dir (same identity) and the other's relay still reaches it.
+// with the same data dir (same identity) and the other's relay still reaches it. The direct data
+// channel of migrations (src/transfer/direct.ts) goes through relays too (fixed listening port,
+// the relay's port announced), so a cut reaches it, and `cutData` cuts it alone.
 import { existsSync } from 'node:fs'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -15,6 +17,12 @@ export interface MigrationPair {
   b: RunningAgent
   relayA: TcpRelay
   relayB: TcpRelay
+  /** Relays in front of each agent's direct data channel listener. */
+  dataA: TcpRelay
+  dataB: TcpRelay
+  /** Cuts only the direct data connections (libp2p stays up) / lets them through again. */
+  cutData(): void
+  healData(): void
   /** kill -9 of one side (the relays stay). */
   kill(side: 'a' | 'b'): Promise<void>
   /** Starts a killed side again with the same data dir and port. */
@@ -37,14 +45,19 @@ export async function startPair(): Promise<MigrationPair> {
   const [portA, portB] = [await freePort(), await freePort()]
   const relayA = await TcpRelay.start(portA)
   const relayB = await TcpRelay.start(portB)
+  const [dportA, dportB] = [await freePort(), await freePort()]
+  const dataA = await TcpRelay.start(dportA)
+  const dataB = await TcpRelay.start(dportB)
+  const direct = (port: number, relay: TcpRelay) =>
+    `migration:\n  directPort: ${port}\n  directAnnouncePort: ${relay.port}\n`
   const gossip = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 150\n  suspicionMult: 3\n'
   const common = `bootstrapIntervalSec: 0.5\ndialTimeoutMs: 3000\n${gossip}`
-  await writeFile(join(dir, 'a.yaml'), `announce: ['${relayA.addr}']\n${common}`)
+  await writeFile(join(dir, 'a.yaml'), `announce: ['${relayA.addr}']\n${common}${direct(dportA, dataA)}`)
   const configA = ['--config', join(dir, 'a.yaml'), '--log-level', 'debug']
   const startA = () =>
     startAgent({ dataDir: join(dir, 'a'), listen: `/ip4/127.0.0.1/tcp/${portA}`, args: configA })
   let a = await startA()
-  await writeFile(join(dir, 'b.yaml'), `announce: ['${relayB.addr}']\n${common}`)
+  await writeFile(join(dir, 'b.yaml'), `announce: ['${relayB.addr}']\n${common}${direct(dportB, dataB)}`)
   const configB = ['--config', join(dir, 'b.yaml'), '--log-level', 'debug']
   const startB = () =>
     startAgent({
@@ -63,6 +76,16 @@ export async function startPair(): Promise<MigrationPair> {
     },
     relayA,
     relayB,
+    dataA,
+    dataB,
+    cutData() {
+      dataA.cut()
+      dataB.cut()
+    },
+    healData() {
+      dataA.heal()
+      dataB.heal()
+    },
     async kill(side) {
       await (side === 'a' ? a : b).kill9()
     },
@@ -72,20 +95,16 @@ export async function startPair(): Promise<MigrationPair> {
       return side === 'a' ? a : b
     },
     cut() {
-      relayA.cut()
-      relayB.cut()
+      for (const r of [relayA, relayB, dataA, dataB]) r.cut()
     },
     heal() {
-      relayA.heal()
-      relayB.heal()
+      for (const r of [relayA, relayB, dataA, dataB]) r.heal()
     },
     freeze() {
-      relayA.freeze()
-      relayB.freeze()
+      for (const r of [relayA, relayB, dataA, dataB]) r.freeze()
     },
     thaw() {
-      relayA.thaw()
-      relayB.thaw()
+      for (const r of [relayA, relayB, dataA, dataB]) r.thaw()
     },
     async connected(timeoutMs = 20_000) {
       await waitFor(
@@ -111,8 +130,7 @@ export async function startPair(): Promise<MigrationPair> {
       await Promise.all(
         [a, b].map((x) => (x.proc.exitCode === null && x.proc.signalCode === null ? x.stop() : 0)),
       )
-      await relayA.close()
-      await relayB.close()
+      for (const r of [relayA, relayB, dataA, dataB]) await r.close()
       await removeDir(dir)
     },
   }

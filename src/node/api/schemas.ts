@@ -116,6 +116,7 @@ export const migrateVmSchema = z.strictObject(
     streams: intIn(1, 16).optional(),
     compression: z.enum(['auto', 'on', 'off'], expect("'auto', 'on' or 'off'")).optional(),
     autoConverge: z.boolean(expect('true or false')).optional(),
+    channel: z.enum(['auto', 'libp2p'], expect("'auto' or 'libp2p'")).optional(),
   },
   expect('a JSON object'),
 )

@@ -1,0 +1,369 @@
+// The direct data channel: a migration's data units over TCP connections protected by node:tls
+// instead of libp2p streams (noise + yamux run in JS on the event loop; node:tls runs AES-GCM in C++).
+//
+// Per migration: the source says in its offer the IP it reaches the destination at (a direct libp2p
+// connection only); the destination listens on that address (ephemeral port, or the configured one),
+// makes a fresh random 32-byte pre-shared key and identity, and sends both in its accept, on the
+// noise-protected control stream. The source opens N TLS 1.2 connections with that PSK
+// (PSK-AES128-GCM-SHA256: node 20 has no TLS 1.3 PSK): the handshake completes only if both hold the
+// key, so only the mesh peer the destination answered can join, and each connection is bound to this
+// migration by its identity. Then the usual DataHello (migration id, reservation id, stream index) is
+// checked against the identity's migration. Control stays on libp2p. If any connection fails within
+// the timeout (a firewall, an address that is not the destination's), the source closes them all and
+// uses libp2p streams, and its view says `channel: libp2p` with the reason.
+import { randomBytes } from 'node:crypto'
+import { once } from 'node:events'
+import { isIP } from 'node:net'
+import tls from 'node:tls'
+import type { Logger } from 'pino'
+import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
+import { LinkError, ProtocolError } from './errors.js'
+import type { FrameChannel } from './wire.js'
+
+/** TLS 1.2 PSK suites with AES-GCM (AES-NI); node's default cipher list has no PSK suite. */
+export const DIRECT_CIPHERS = 'PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384'
+const KEY_BYTES = 32
+const HEADER = 4
+
+export type DataChannelKind = 'libp2p' | 'direct-tls'
+
+export interface DirectInit {
+  /** Offer and accept direct data channels (default true). */
+  enabled?: boolean
+  /** Port the destination listens on (default 0: an ephemeral one per listening address). */
+  port?: number
+  /** Port the destination tells sources to connect to (a forwarded port); default the bound one. */
+  announcePort?: number
+  /** How long the source waits for all its TLS connections before it uses libp2p (default 3000). */
+  connectTimeoutMs?: number
+}
+
+export interface DirectGrant {
+  port: number
+  key: Uint8Array
+  identity: string
+}
+
+/**
+ * A length-prefixed (4-byte big-endian) message channel over a TLS socket, with the same contract as
+ * `Framed`: garbage (a length over the limit, more buffered than the window allows) is a
+ * ProtocolError, a reset or an end in the middle of a message a LinkError.
+ */
+export class SocketFramed implements FrameChannel {
+  readonly socket: tls.TLSSocket
+  readonly #maxData: number
+  readonly #maxBuffer: number
+  #chunks: Buffer[] = []
+  #buffered = 0
+  readonly #messages: Uint8Array[] = []
+  #queued = 0
+  #ended = false
+  #error: Error | null = null
+  /** Waiters (a read and a write waiting for 'drain' may wait at once): all re-check on any event. */
+  readonly #wakers = new Set<() => void>()
+  #wrote = 0
+
+  constructor(socket: tls.TLSSocket, maxDataLength: number, maxBufferSize: number) {
+    this.socket = socket
+    this.#maxData = maxDataLength
+    this.#maxBuffer = maxBufferSize
+    socket.setNoDelay(true)
+    socket.on('data', (c: Buffer) => this.#onData(c))
+    socket.on('end', () => {
+      if (this.#buffered > 0) this.#fail(new LinkError('a direct data connection ended mid-message'))
+      this.#ended = true
+      this.#wakeAll()
+    })
+    socket.on('error', (err) => this.#fail(new LinkError(`direct data connection: ${err.message}`)))
+    socket.on('close', () => {
+      if (!this.#ended) this.#fail(new LinkError('a direct data connection closed'))
+      this.#wakeAll()
+    })
+  }
+
+  get written(): number {
+    return this.#wrote
+  }
+
+  #wakeAll(): void {
+    for (const w of this.#wakers) w()
+  }
+
+  #fail(err: Error): void {
+    if (this.#error) return
+    this.#error = err
+    this.#wakeAll()
+  }
+
+  #onData(c: Buffer): void {
+    if (this.#error) return
+    this.#chunks.push(c)
+    this.#buffered += c.length
+    while (this.#buffered >= HEADER) {
+      if (this.#chunks[0]!.length < HEADER) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)]
+      const len = this.#chunks[0]!.readUInt32BE(0)
+      if (len > this.#maxData) {
+        this.#fail(new ProtocolError(`bad frame length: ${len} bytes`))
+        this.socket.destroy()
+        return
+      }
+      if (this.#buffered < HEADER + len) break
+      const first = this.#chunks[0]!
+      let msg: Buffer
+      if (first.length >= HEADER + len) {
+        msg = first.subarray(HEADER, HEADER + len)
+        if (first.length === HEADER + len) this.#chunks.shift()
+        else this.#chunks[0] = first.subarray(HEADER + len)
+      } else {
+        const all = Buffer.concat(this.#chunks, this.#buffered)
+        msg = all.subarray(HEADER, HEADER + len)
+        this.#chunks = all.length > HEADER + len ? [all.subarray(HEADER + len)] : []
+      }
+      this.#buffered -= HEADER + len
+      this.#messages.push(msg)
+      this.#queued += msg.length
+    }
+    // The sender keeps a window of unacknowledged bytes: more than that waiting here breaks the protocol
+    if (this.#queued + this.#buffered > this.#maxBuffer) {
+      this.#fail(new ProtocolError('the peer sent past its window'))
+      this.socket.destroy()
+      return
+    }
+    this.#wakeAll()
+  }
+
+  async write(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+    signal?.throwIfAborted()
+    if (this.#error) throw this.#error
+    if (this.socket.destroyed || this.socket.writableEnded)
+      throw new LinkError('a direct data connection closed')
+    const header = Buffer.allocUnsafe(HEADER)
+    header.writeUInt32BE(bytes.length, 0)
+    this.socket.cork()
+    this.socket.write(header)
+    const ok = this.socket.write(bytes)
+    this.socket.uncork()
+    this.#wrote += HEADER + bytes.length
+    if (ok) return
+    await this.#until(() => !this.socket.writableNeedDrain, signal, 'drain')
+  }
+
+  async read(signal?: AbortSignal): Promise<Uint8Array | null> {
+    while (true) {
+      const m = this.#messages.shift()
+      if (m) {
+        this.#queued -= m.length
+        return m
+      }
+      if (this.#error) throw this.#error
+      if (this.#ended) return null
+      await this.#until(() => this.#messages.length > 0 || this.#error !== null || this.#ended, signal)
+    }
+  }
+
+  /** Waits for `ready` (re-checked on every data/end/error event, or `event` of the socket). */
+  async #until(ready: () => boolean, signal: AbortSignal | undefined, event?: 'drain'): Promise<void> {
+    while (!ready()) {
+      signal?.throwIfAborted()
+      if (this.#error) throw this.#error
+      let wake: (() => void) | undefined
+      await new Promise<void>((resolve) => {
+        wake = () => resolve()
+        this.#wakers.add(wake)
+        signal?.addEventListener('abort', wake, { once: true })
+        if (event) this.socket.once(event, wake)
+      })
+      if (wake) {
+        this.#wakers.delete(wake)
+        signal?.removeEventListener('abort', wake)
+        if (event) this.socket.off(event, wake)
+      }
+    }
+    signal?.throwIfAborted()
+  }
+
+  async close(): Promise<void> {
+    if (this.socket.destroyed) return
+    this.socket.end()
+    const t = setTimeout(() => this.socket.destroy(), 2000)
+    t.unref()
+    try {
+      if (!this.socket.destroyed) await once(this.socket, 'close')
+    } catch {
+      // destroyed with an error: closed all the same
+    } finally {
+      clearTimeout(t)
+    }
+  }
+
+  abort(err: Error): void {
+    this.#fail(err)
+    this.socket.destroy()
+  }
+}
+
+/** The destination's side: TLS-PSK listeners (one per address, shared by the migrations it accepts). */
+export class DirectListener {
+  readonly #init: Required<Pick<DirectInit, 'port'>> & DirectInit
+  readonly #log: Logger
+  readonly #servers = new Map<string, { server: tls.Server; port: number; refs: number }>()
+  readonly #grants = new Map<string, { key: Buffer; migrationId: string }>()
+  readonly #identities = new WeakMap<tls.TLSSocket, string>()
+  readonly #onConnection: (framed: SocketFramed, migrationId: string) => void
+
+  constructor(
+    init: DirectInit,
+    log: Logger,
+    onConnection: (framed: SocketFramed, migrationId: string) => void,
+  ) {
+    this.#init = { ...init, port: init.port ?? 0 }
+    this.#log = log
+    this.#onConnection = onConnection
+  }
+
+  /**
+   * Listens on `host` (the address the source reached us at; it must be one of ours) for migration
+   * `migrationId`; returns what the source needs and a release (stop accepting for it). Throws if
+   * this host cannot listen there (then the accept offers no direct channel).
+   */
+  async grant(host: string, migrationId: string): Promise<DirectGrant & { release(): void }> {
+    if (!isIP(host)) throw new Error(`not an IP address: ${host}`)
+    let s = this.#servers.get(host)
+    if (!s) {
+      const server = tls.createServer(
+        {
+          ciphers: DIRECT_CIPHERS,
+          minVersion: 'TLSv1.2',
+          maxVersion: 'TLSv1.2',
+          handshakeTimeout: 10_000,
+          pskCallback: (socket, identity) => {
+            const g = this.#grants.get(identity)
+            if (!g) return null
+            this.#identities.set(socket, identity)
+            return g.key
+          },
+        },
+        (socket) => this.#accepted(socket),
+      )
+      server.on('tlsClientError', () => undefined)
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject)
+        server.listen(this.#init.port, host, () => {
+          server.off('error', reject)
+          resolve()
+        })
+      })
+      server.on('error', (err) => this.#log.warn({ err: err.message }, 'direct data listener'))
+      const addr = server.address()
+      if (!addr || typeof addr === 'string') {
+        server.close()
+        throw new Error('direct data listener without a port')
+      }
+      // Another grant may have opened it meanwhile
+      const again = this.#servers.get(host)
+      if (again) server.close()
+      else this.#servers.set(host, { server, port: addr.port, refs: 0 })
+      s = this.#servers.get(host)!
+    }
+    s.refs++
+    const identity = randomBytes(16).toString('hex')
+    const key = randomBytes(KEY_BYTES)
+    this.#grants.set(identity, { key, migrationId })
+    let released = false
+    return {
+      port: this.#init.announcePort || s.port,
+      key,
+      identity,
+      release: () => {
+        if (released) return
+        released = true
+        this.#grants.delete(identity)
+        const cur = this.#servers.get(host)
+        if (cur && --cur.refs <= 0) {
+          this.#servers.delete(host)
+          cur.server.close()
+        }
+      },
+    }
+  }
+
+  #accepted(socket: tls.TLSSocket): void {
+    const identity = this.#identities.get(socket)
+    const g = identity === undefined ? undefined : this.#grants.get(identity)
+    if (!g) {
+      socket.destroy()
+      return
+    }
+    this.#onConnection(new SocketFramed(socket, MAX_FRAME_BYTES, DATA_READ_BUFFER), g.migrationId)
+  }
+
+  close(): void {
+    for (const s of this.#servers.values()) s.server.close()
+    this.#servers.clear()
+    this.#grants.clear()
+  }
+}
+
+/**
+ * The source's side: `n` TLS-PSK connections to `host:port`, all or none (within `timeoutMs`); the
+ * caller sends each one's DataHello. Throws (after closing any it opened) if one cannot be made.
+ */
+export async function connectDirect(
+  host: string,
+  grant: DirectGrant,
+  n: number,
+  timeoutMs: number,
+  signal: AbortSignal,
+): Promise<SocketFramed[]> {
+  const sockets: tls.TLSSocket[] = []
+  const key = Buffer.from(grant.key)
+  const one = () =>
+    new Promise<tls.TLSSocket>((resolve, reject) => {
+      const socket = tls.connect({
+        host,
+        port: grant.port,
+        ciphers: DIRECT_CIPHERS,
+        minVersion: 'TLSv1.2',
+        maxVersion: 'TLSv1.2',
+        pskCallback: () => ({ psk: key, identity: grant.identity }),
+        // No certificate: the PSK authenticates both ends
+        checkServerIdentity: () => undefined,
+      })
+      sockets.push(socket)
+      socket.once('secureConnect', () => {
+        socket.off('error', reject)
+        resolve(socket)
+      })
+      socket.once('error', reject)
+    })
+  const t = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
+  let onAbort: (() => void) | undefined
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(new LinkError(`no direct connection within ${timeoutMs} ms`))
+    t.addEventListener('abort', onAbort, { once: true })
+  })
+  aborted.catch(() => undefined)
+  try {
+    const all = await Promise.race([Promise.all(Array.from({ length: n }, one)), aborted])
+    return all.map((s) => new SocketFramed(s, 64, DATA_READ_BUFFER))
+  } catch (err) {
+    for (const s of sockets) s.destroy()
+    signal.throwIfAborted()
+    throw err instanceof LinkError ? err : new LinkError(`direct connection: ${(err as Error).message}`)
+  } finally {
+    if (onAbort) t.removeEventListener('abort', onAbort)
+  }
+}
+
+/** The IP address of a libp2p connection's remote end, if it is a direct TCP one (not a relay). */
+export function directHostOf(conn: {
+  direct?: boolean
+  remoteAddr: { toString(): string }
+  status?: string
+}): string | undefined {
+  if (conn.direct === false || (conn.status !== undefined && conn.status !== 'open')) return undefined
+  const s = conn.remoteAddr.toString()
+  if (s.includes('/p2p-circuit')) return undefined
+  const m = /^\/(ip4|ip6)\/([^/]+)\/tcp\/\d+/.exec(s)
+  return m ? m[2] : undefined
+}
