@@ -1,6 +1,6 @@
 // A small client for the agent's local HTTP API (bearer token, JSON, `{ error: { code, message } }`).
 
-import type { DryRunResult, PlacementStatus } from '../node/placement/index.js'
+import type { AppliedPlan, DryRunResult, PlacementStatus } from '../node/placement/index.js'
 import type { SitesView } from '../node/sites.js'
 import type {
   ClusterView,
@@ -112,6 +112,15 @@ export class ApiClient {
 
   drainHost(peerId: string): Promise<{ host: string; self: boolean; vms: number; draining: true }> {
     return this.request('POST', `/v1/hosts/${encodeURIComponent(peerId)}/drain`)
+  }
+
+  /** Runs the plan a dry run showed (on its leader's agent); 409 if the mesh changed since. */
+  placementApply(planId: string): Promise<AppliedPlan & { dryRun: false }> {
+    return this.request('POST', '/v1/placement/plan', { dryRun: false, planId })
+  }
+
+  undrainHost(peerId: string): Promise<{ host: string; self: boolean; draining: false }> {
+    return this.request('DELETE', `/v1/hosts/${encodeURIComponent(peerId)}/drain`)
   }
 
   clusterVms(): Promise<{ vms: ClusterVm[] }> {

@@ -747,11 +747,22 @@ export class Agent implements AgentService, NetworkApi {
           })
         return vms
       },
-      migrate: (vm, to) => {
+      migrate: (vm, to, opts) => {
         const bandwidthMiBps = this.config.placement.migrationBandwidthMiBps
-        return this.migrateVm(vm, { to, ...(bandwidthMiBps ? { bandwidthMiBps } : {}) })
+        return this.migrateVm(vm, { to, ...opts, ...(bandwidthMiBps ? { bandwidthMiBps } : {}) })
       },
       migrationPhase: (id) => this.migrations?.list().find((m) => m.id === id)?.phase,
+      // Cross-site moves weigh the bandwidth migrations measured between sites.
+      siteLinks: () => {
+        const links: Record<string, number> = {}
+        for (const l of this.sites().links)
+          if (l.from !== l.to && l.bandwidthMiBps) links[`${l.from}>${l.to}`] = l.bandwidthMiBps * 1048576
+        return links
+      },
+      store: {
+        load: () => this.requireStore().getMeta('placement'),
+        save: (value) => this.requireStore().putMeta('placement', value),
+      },
     })
     await this.placement.start()
   }

@@ -9,6 +9,26 @@ export interface LinkModel {
   downtimeMs: number
 }
 
+/**
+ * Post-copy (what overload relief uses): the VM pauses for `downtimeMs`, resumes on the destination —
+ * its load moves then — and its memory follows once, pushed and faulted at the link's pace.
+ */
+export function postcopyCost(
+  memoryBytes: number,
+  bandwidthBps: number,
+  downtimeMs: number,
+): { switchMs: number; ms: number; bytes: number } {
+  const push =
+    estimateEtaMs({
+      phase: 'postcopy',
+      roundRemainingBytes: memoryBytes,
+      dirtyBps: 0,
+      bandwidthBps,
+      downtimeMs,
+    }) ?? (memoryBytes / bandwidthBps) * 1000
+  return { switchMs: downtimeMs, ms: downtimeMs + push, bytes: memoryBytes }
+}
+
 export function migrationCost(
   memoryBytes: number,
   dirtyBps: number,

@@ -10,6 +10,10 @@ export function table(results: readonly ModeResult[]): string {
   const rows: [string, (r: ModeResult) => string][] = [
     ['overload episodes', (r) => `${r.overload.episodes}`],
     ['overload duration p50 / p99 (s)', (r) => `${r.overload.p50S} / ${r.overload.p99S}`],
+    [
+      'overloads past the grace: count, p50 / p99 beyond it (s)',
+      (r) => `${r.overload.pastGrace}: ${r.overload.pastGraceP50S} / ${r.overload.pastGraceP99S}`,
+    ],
     ['cumulated overload time (s)', (r) => `${r.overload.cumulativeS}`],
     [
       'cumulated overload vs central',
@@ -25,7 +29,14 @@ export function table(results: readonly ModeResult[]): string {
       (r) => (r.mode === 'cooperative' ? `${r.events.toPlanP50Ms} / ${r.events.toPlanP99Ms}` : '-'),
     ],
     [
-      'overload event: open -> relieved p50 / p99 (s)',
+      'overload event: open -> host relieved p50 / p99 (s)',
+      (r) =>
+        r.mode === 'cooperative'
+          ? `${round(r.events.toReliefP50Ms / 1000, 2)} / ${round(r.events.toReliefP99Ms / 1000, 2)}`
+          : '-',
+    ],
+    [
+      'overload event: open -> last migration done p50 / p99 (s)',
       (r) =>
         r.mode === 'cooperative'
           ? `${round(r.events.toDoneP50Ms / 1000, 1)} / ${round(r.events.toDoneP99Ms / 1000, 1)}`

@@ -15,6 +15,7 @@ import {
   lowerBound,
   type MemberSnapshot,
   type Move,
+  misplaced,
   type Output,
   type PlacementConfig,
   PlacementNode,
@@ -29,7 +30,7 @@ import {
   type VmView,
   validatePlan,
 } from '../placement/index.js'
-import { migrationCost } from './cost.js'
+import { migrationCost, postcopyCost } from './cost.js'
 import { EventQueue } from './heap.js'
 import { quantile, round } from './stats.js'
 import { MiB, type Trace } from './trace.js'
@@ -57,6 +58,12 @@ export interface SimConfig {
   ffdEveryMs?: number
   /** Hosts that crash (relative ms): their node stops, messages to them are lost. */
   crashes?: { host: string; atMs: number }[]
+  /**
+   * How overload relief migrates (both schedulers): `postcopy` (default) resumes the VM on the
+   * destination after the downtime, so the load leaves at once and memory follows; `precopy` moves
+   * the load only when the copy converges. Other moves always pre-copy.
+   */
+  reliefMode?: 'precopy' | 'postcopy'
   /** Check every central plan with the plan validator (costly at 10,000 hosts). */
   validatePlans?: boolean
   /** Return every event record (tests and debugging). */
@@ -79,7 +86,17 @@ export interface ModeResult {
   vms: number
   durationS: number
   wallMs: number
-  overload: { episodes: number; p50S: number; p99S: number; openAtEnd: number; cumulativeS: number }
+  overload: {
+    episodes: number
+    p50S: number
+    p99S: number
+    /** Episodes that outlasted the trigger's grace: how long they lasted beyond it (both modes alike). */
+    pastGrace: number
+    pastGraceP50S: number
+    pastGraceP99S: number
+    openAtEnd: number
+    cumulativeS: number
+  }
   events: {
     opened: number
     outcomes: Record<string, number>
@@ -88,6 +105,9 @@ export interface ModeResult {
     toPlanP99Ms: number
     toDoneP50Ms: number
     toDoneP99Ms: number
+    /** Overload events that relieved their host: from opening to the host under its threshold. */
+    toReliefP50Ms: number
+    toReliefP99Ms: number
     partitionP50: number
     partitionMax: number
   }
@@ -112,6 +132,8 @@ interface Flight {
   from: number
   to: number
   done: (ok: boolean, t: number) => void
+  /** Post-copy: the VM (its load) already runs on the destination. */
+  switched: boolean
 }
 
 /**
@@ -142,10 +164,15 @@ class Sim {
   private readonly outN: Int32Array
   private readonly inN: Int32Array
   private readonly vmHost: Int32Array
+  /** Where a VM's load runs: its host, or its destination once a post-copy switched over. */
+  private readonly vmCpuHost: Int32Array
   private readonly vmCpu: Float64Array
   private readonly vmMigrating: Uint8Array
   private readonly vmLastMoved: Float64Array
   private readonly overSince: Float64Array
+  /** When each host's last overload episode ended. */
+  private readonly overEnded: Float64Array
+  private readonly reliefMs: number[] = []
   private readonly episodes: number[] = []
   private cumOverload = 0
   private readonly nodes: PlacementNode[] = []
@@ -184,9 +211,15 @@ class Sim {
       ffdEveryMs: 600_000,
       validatePlans: false,
       keepRecords: false,
+      reliefMode: 'postcopy',
       ...config,
     }
-    this.pcfg = { ...DEFAULT_CONFIG, ...SIM_PLACEMENT, ...config.placement }
+    // The simulated links between sites are as fast as inside one: the planner knows it (measured).
+    const sites = [...new Set(trace.hosts.map((h) => h.site))]
+    const siteBandwidthBps: Record<string, number> = {}
+    for (const x of sites)
+      for (const y of sites) if (x !== y) siteBandwidthBps[`${x}>${y}`] = this.cfg.bandwidthBps
+    this.pcfg = { ...DEFAULT_CONFIG, ...SIM_PLACEMENT, siteBandwidthBps, ...config.placement }
     this.centralTracker = new TriggerTracker(this.pcfg)
     this.hosts = trace.hosts
     this.ids = this.hosts.map((h) => h.id)
@@ -206,10 +239,12 @@ class Sim {
     this.outN = new Int32Array(nH)
     this.inN = new Int32Array(nH)
     this.vmHost = new Int32Array(nV)
+    this.vmCpuHost = new Int32Array(nV)
     this.vmCpu = new Float64Array(nV)
     this.vmMigrating = new Uint8Array(nV)
     this.vmLastMoved = new Float64Array(nV).fill(Number.NaN)
     this.overSince = new Float64Array(nH).fill(Number.NaN)
+    this.overEnded = new Float64Array(nH).fill(Number.NaN)
     this.wakeAt = new Float64Array(nH).fill(Number.POSITIVE_INFINITY)
     this.plannerSum = new Float64Array(nH)
     this.gCpu = new Float64Array(nH)
@@ -219,6 +254,7 @@ class Sim {
     this.end = trace.startMs + trace.durationMs
     trace.vms.forEach((v, k) => {
       this.vmHost[k] = v.host
+      this.vmCpuHost[k] = v.host
       this.vmCpu[k] = v.cpu0
       this.hostVms[v.host]!.add(k)
       this.hostCpu[v.host] = this.hostCpu[v.host]! + v.cpu0
@@ -252,7 +288,7 @@ class Sim {
         const touched = new Set<number>()
         for (let i = 0; i < b.value.vms.length; i++) {
           const k = b.value.vms[i]!
-          const h = this.vmHost[k]!
+          const h = this.vmCpuHost[k]!
           const d = b.value.cpu[i]! - this.vmCpu[k]!
           this.vmCpu[k] = b.value.cpu[i]!
           this.hostCpu[h] = this.hostCpu[h]! + d
@@ -299,6 +335,8 @@ class Sim {
       byKind[r.kind] = (byKind[r.kind] ?? 0) + 1
     }
     const sizes = this.records.map((r) => r.members.length)
+    const grace = this.pcfg.overloadGraceMs
+    const pastGrace = this.episodes.filter((d) => d > grace).map((d) => d - grace)
     return {
       mode: this.cfg.mode,
       hosts: this.hosts.length,
@@ -309,6 +347,9 @@ class Sim {
         episodes: this.episodes.length,
         p50S: round(quantile(this.episodes, 0.5) / 1000, 1),
         p99S: round(quantile(this.episodes, 0.99) / 1000, 1),
+        pastGrace: pastGrace.length,
+        pastGraceP50S: round(quantile(pastGrace, 0.5) / 1000, 1),
+        pastGraceP99S: round(quantile(pastGrace, 0.99) / 1000, 1),
         openAtEnd,
         cumulativeS: round(this.cumOverload / 1000, 0),
       },
@@ -344,6 +385,8 @@ class Sim {
           ),
           0,
         ),
+        toReliefP50Ms: round(quantile(this.reliefMs, 0.5), 0),
+        toReliefP99Ms: round(quantile(this.reliefMs, 0.99), 0),
         partitionP50: quantile(sizes, 0.5),
         partitionMax: sizes.length ? Math.max(...sizes) : 0,
       },
@@ -397,6 +440,7 @@ class Sim {
     const since = this.overSince[h]!
     if (over && Number.isNaN(since)) this.overSince[h] = this.now
     else if (!over && !Number.isNaN(since)) {
+      this.overEnded[h] = this.now
       this.episodes.push(this.now - since)
       this.cumOverload += this.now - since
       this.overSince[h] = Number.NaN
@@ -522,14 +566,35 @@ class Sim {
     this.outN[from] = this.outN[from]! + 1
     this.inN[to] = this.inN[to]! + 1
     const share = Math.max(this.outN[from]!, this.inN[to]!)
+    const flight: Flight = { vm: k, from, to, done: f, switched: false }
+    if (move.reason === 'overload' && this.cfg.reliefMode === 'postcopy') {
+      const cost = postcopyCost(mem * MiB, this.cfg.bandwidthBps / share, this.cfg.downtimeMs)
+      this.q.push(this.now + cost.switchMs, () => this.switchOver(flight))
+      this.q.push(this.now + cost.ms, () => this.endMigration(flight, cost.bytes))
+      return
+    }
     const cost = migrationCost(
       mem * MiB,
       this.trace.vms[k]!.dirtyBps,
       this.cfg.bandwidthBps / share,
       this.cfg.downtimeMs,
     )
-    const flight: Flight = { vm: k, from, to, done: f }
     this.q.push(this.now + cost.ms, () => this.endMigration(flight, cost.bytes))
+  }
+
+  /** Post-copy resumes the VM on the destination: its load leaves the source now. */
+  private switchOver(m: Flight): void {
+    if (this.crashed[m.from] || this.crashed[m.to]) return
+    this.shiftCpu(m.vm, m.from, m.to)
+    m.switched = true
+    this.updateOverload(m.from)
+    this.updateOverload(m.to)
+  }
+
+  private shiftCpu(k: number, from: number, to: number): void {
+    this.hostCpu[from] = this.hostCpu[from]! - this.vmCpu[k]!
+    this.hostCpu[to] = this.hostCpu[to]! + this.vmCpu[k]!
+    this.vmCpuHost[k] = to
   }
 
   private endMigration(m: Flight, bytes: number): void {
@@ -540,14 +605,15 @@ class Sim {
     this.vmMigrating[k] = 0
     if (this.crashed[from] || this.crashed[to]) {
       this.hostMem[to] = this.hostMem[to]! - mem
+      // (A real post-copy that loses an end after the switch loses the VM; here it stays at the source.)
+      if (m.switched) this.shiftCpu(k, to, from)
       this.failedMigrations++
       m.done(false, this.now)
       return
     }
     this.hostVms[from]!.delete(k)
     this.hostVms[to]!.add(k)
-    this.hostCpu[from] = this.hostCpu[from]! - this.vmCpu[k]!
-    this.hostCpu[to] = this.hostCpu[to]! + this.vmCpu[k]!
+    if (!m.switched) this.shiftCpu(k, from, to)
     this.hostMem[from] = this.hostMem[from]! - mem
     this.vmHost[k] = to
     this.vmLastMoved[k] = this.now
@@ -655,6 +721,15 @@ class Sim {
           ),
         )
       } else {
+        const r = o.record
+        const ended = this.overEnded[h]!
+        if (
+          r.kind === 'overload' &&
+          r.outcome === 'done' &&
+          ended >= r.openedAt &&
+          Number.isNaN(this.overSince[h]!)
+        )
+          this.reliefMs.push(ended - r.openedAt)
         this.records.push(o.record)
         this.plannerMs.push(this.plannerSum[h]!)
         this.plannerSum[h] = 0
@@ -680,8 +755,20 @@ class Sim {
     for (let h = 0; h < this.hosts.length; h++) {
       if (this.crashed[h]) continue
       const used = { cpu: this.hostCpu[h]!, mem: this.hostMem[h]!, disk: 0 }
+      let wrong = false
+      for (const k of this.hostVms[h]!)
+        if (this.trace.vms[k]!.constraints) {
+          wrong = misplaced(this.hostView(h), this.snapshot(h).vms, this.now, this.pcfg)
+          break
+        }
       const kind = problemOf(
-        { state: this.state[h]!, capacity: this.hosts[h]!.capacity, used, vms: this.hostVms[h]!.size },
+        {
+          state: this.state[h]!,
+          capacity: this.hosts[h]!.capacity,
+          used,
+          vms: this.hostVms[h]!.size,
+          misplaced: wrong,
+        },
         this.pcfg,
       )
       const fired = this.centralTracker.observe(this.ids[h]!, kind, this.now)

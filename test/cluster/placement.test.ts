@@ -1,8 +1,9 @@
 // Cooperative placement between 8 real agents on loopback, with small synthetic VMs (memory is the
 // resource that matters: every host has 256 MiB). Each case starts from an empty mesh: an overloaded
 // host is relieved, two overloads competing for the one host with room never over-commit it, a drain
-// spreads over several hosts, a leader killed mid-event frees the hosts of its partition, and (last,
-// as its trigger is the slowest) an underloaded host is emptied.
+// spreads over several hosts (and stays draining across a restart until it is ended), a dry run's plan
+// applied by its id runs exactly as shown, a leader killed mid-event frees the hosts of its partition,
+// and (last, as its trigger is the slowest) an underloaded host is emptied.
 import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -13,6 +14,7 @@ const N = 8
 const CAPACITY_MIB = 256
 let dir: string
 const agents: RunningAgent[] = []
+let configs: { config: string; slow: string; patient: string }
 
 // Fast triggers for the test; headroom 0.2 means a destination stays at or under 204 MiB.
 const BASE = `gossip:
@@ -41,6 +43,16 @@ before(async () => {
   // The last agent's own migrations are slow (1 MiB/s), so an event it leads lasts long enough to kill it.
   const slow = join(dir, 'slow.yaml')
   await writeFile(slow, `${BASE}  migrationBandwidthMiBps: 1\n`)
+  // Agent 6 never acts on its own problems within a test (an hour of grace): plans applied by id only.
+  const patient = join(dir, 'patient.yaml')
+  await writeFile(
+    patient,
+    BASE.replace('overloadGraceMs: 3000', 'overloadGraceMs: 3600000').replace(
+      'underloadGraceMs: 20000',
+      'underloadGraceMs: 3600000',
+    ),
+  )
+  configs = { config, slow, patient }
   const args = (file: string) => ['--config', file, '--log-level', 'info']
   agents.push(await startAgent({ dataDir: join(dir, 'h0'), args: args(config), timeoutMs: 60_000 }))
   const boot = [agents[0]!.addrs[0]!]
@@ -51,7 +63,7 @@ before(async () => {
         const i = k + j
         const a = await startAgent({
           dataDir: join(dir, `h${i}`),
-          args: args(i === N - 1 ? slow : config),
+          args: args(i === N - 1 ? slow : i === 6 ? patient : config),
           bootstrap: boot,
           timeoutMs: 60_000,
         })
@@ -96,7 +108,7 @@ interface PlacementEvent {
   state: string
   leader: string
   members: string[]
-  moves: { vm: string; from: string; to: string; reason: string }[]
+  moves: { vm: string; from: string; to: string; reason: string; wave: number }[]
 }
 
 const live = () => agents.filter((a) => a.proc.exitCode === null && a.proc.signalCode === null)
@@ -258,6 +270,78 @@ describe('placement between 8 agents', () => {
     await waitFor('the drain event to close as done', async () =>
       (await events(host)).recent.some((e) => e.kind === 'drain' && e.state === 'done'),
     )
+    // The drain is kept in the store: a restarted agent is still draining.
+    await host.stop()
+    agents[3] = await startAgent({
+      dataDir: join(dir, 'h3'),
+      args: ['--config', configs.config, '--log-level', 'info'],
+      bootstrap: [agents[0]!.addrs[0]!],
+      timeoutMs: 60_000,
+    })
+    const back = agents[3]!
+    assert.equal(back.peerId, host.peerId)
+    assert.equal((await events(back)).draining, true, 'still draining after the restart')
+    await waitFor(
+      'the restarted host to be back in every view',
+      async () => {
+        const views = await Promise.all(live().map((a) => a.request('GET', '/v1/cluster')))
+        return views.every((v) => v.body.counts.alive === N)
+      },
+      60_000,
+    )
+    const missing = await agents[0]!.request('DELETE', '/v1/hosts/not-a-peer/drain')
+    assert.equal(missing.status, 404, JSON.stringify(missing.body))
+    // Ended from another agent, over the placement protocol.
+    const end = await agents[0]!.request('DELETE', `/v1/hosts/${back.peerId}/drain`)
+    assert.equal(end.status, 200, JSON.stringify(end.body))
+    assert.equal(end.body.draining, false)
+    await waitFor('the drain to end', async () => !(await events(back)).draining, 30_000)
+  })
+
+  it('runs exactly the plan a dry run showed, by its plan id (409 for a plan that is not current)', async () => {
+    const hot = agents[6]! // an hour of grace: only an applied plan relieves it
+    const ids = await createVms(hot, 'apply', Array(8).fill(30)) // 240 MiB of 256: overloaded
+    const stale = await hot.request('POST', '/v1/placement/plan', {
+      dryRun: false,
+      planId: '0123456789abcdef',
+    })
+    assert.equal(stale.status, 409, JSON.stringify(stale.body))
+    assert.match(stale.body.error.message, /changed since the dry run/)
+    type Shown = { planId?: string; leader: string; partition: string[]; moves: PlacementEvent['moves'] }
+    let shown: Shown | undefined
+    let applied: { event: string; planId: string; moves: PlacementEvent['moves'] } | undefined
+    await waitFor(
+      'a dry-run plan to be applied',
+      async () => {
+        const dry = await hot.request('POST', '/v1/placement/plan', {
+          policy: 'balance',
+          dryRun: true,
+          hosts: [hot.peerId],
+        })
+        assert.equal(dry.status, 200, JSON.stringify(dry.body))
+        shown = (dry.body.events as Shown[]).find((e) => e.leader === hot.peerId)
+        if (!shown?.planId) return false
+        const r = await hot.request('POST', '/v1/placement/plan', { dryRun: false, planId: shown.planId })
+        // 409: gossip moved between the two calls (a load report); dry run again.
+        if (r.status === 409) return false
+        assert.equal(r.status, 202, JSON.stringify(r.body))
+        applied = r.body
+        return true
+      },
+      60_000,
+    )
+    const key = (ms: PlacementEvent['moves']) => ms.map((m) => [m.vm, m.from, m.to, m.wave])
+    assert.ok(shown!.moves.length >= 1)
+    assert.deepEqual(key(applied!.moves), key(shown!.moves))
+    const done = await waitFor(
+      'the applied plan to finish',
+      async () => (await events(hot)).recent.find((e) => e.id === applied!.event && e.state === 'done'),
+      120_000,
+    )
+    assert.deepEqual(key(done.moves), key(shown!.moves), "the migrations run are the dry run's")
+    const where = await locate(ids)
+    assert.equal(where.size, ids.length)
+    for (const m of done.moves) assert.equal(where.get(m.vm)?.peerId, m.to)
   })
 
   it('a leader killed mid-event (kill -9) frees the hosts of its partition', async () => {

@@ -67,7 +67,18 @@ before(async () => {
         res.writeHead(status, { 'content-type': 'application/json' })
         res.end(JSON.stringify(v))
       }
-      if (req.url === '/v1/placement/plan') return send(200, PLAN)
+      if (req.url === '/v1/placement/plan') {
+        if (JSON.parse(body).dryRun === false)
+          return send(202, {
+            dryRun: false,
+            planId: '0123456789abcdef',
+            event: `${PEER_A}#2`,
+            kind: 'overload',
+            partition: [PEER_A, PEER_B],
+            moves: PLAN.moves,
+          })
+        return send(200, PLAN)
+      }
       if (req.url === '/v1/placement/events') return send(200, EVENTS)
       if (req.url === '/v1/cluster') {
         return send(200, {
@@ -79,6 +90,8 @@ before(async () => {
           ],
         })
       }
+      if (req.url === `/v1/hosts/${PEER_B}/drain` && req.method === 'DELETE')
+        return send(200, { host: PEER_B, self: false, draining: false })
       if (req.url === `/v1/hosts/${PEER_B}/drain`)
         return send(202, { host: PEER_B, self: false, vms: 0, draining: true })
       send(404, { error: { code: 'NOT_FOUND', message: 'no such route' } })
@@ -112,6 +125,25 @@ describe('cli: placement', () => {
     assert.deepEqual(JSON.parse(sent.body), { dryRun: true, policy: ['balance'] })
     const json = await cli(['plan', '--json'])
     assert.deepEqual(JSON.parse(json.out), PLAN)
+  })
+
+  it('plan --apply ID runs the plan a dry run showed; it takes no other option', async () => {
+    const r = await cli(['plan', '--apply', '0123456789abcdef'])
+    assert.equal(r.code, 0, r.err)
+    assert.match(r.out, /plan 0123456789abcdef running as event .*#2: 1 migration\(s\) over 2 host\(s\)/)
+    const sent = seen.findLast((s) => s.url === '/v1/placement/plan')!
+    assert.deepEqual(JSON.parse(sent.body), { dryRun: false, planId: '0123456789abcdef' })
+    const bad = await cli(['plan', '--apply', '0123456789abcdef', '--policy', 'balance'])
+    assert.notEqual(bad.code, 0)
+    assert.match(bad.err, /--apply takes the plan id alone/)
+  })
+
+  it('undrain HOST ends its drain', async () => {
+    const r = await cli(['undrain', PEER_B.slice(-10)])
+    assert.equal(r.code, 0, r.err)
+    assert.match(r.out, /no longer draining/)
+    const sent = seen.findLast((s) => s.url === `/v1/hosts/${PEER_B}/drain`)!
+    assert.equal(sent.method, 'DELETE')
   })
 
   it('drain HOST by a part of its id, and --wait until it runs no VM', async () => {

@@ -2,8 +2,10 @@ import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
   type EventRef,
+  gatherPartition,
   type HostView,
   type MemberSnapshot,
+  type Move,
   type Output,
   outranks,
   type PlacementMessage,
@@ -23,6 +25,7 @@ class Net {
   readonly migrated: string[] = []
   /** Every (time, host, event) reservation seen, to check no host is held by two events at once. */
   readonly holds: string[] = []
+  readonly ring: { next: (id: string) => string; size: () => number }
   now = 0
   private queue: { at: number; seq: number; fn: () => void }[] = []
   private seq = 0
@@ -31,9 +34,14 @@ class Net {
     hostLoads: Record<string, number[]>,
     proto: Partial<ProtocolConfig> = {},
     readonly latency = 5,
+    placement = { overloadGraceMs: 0, underloadGraceMs: 1_000_000_000 },
   ) {
     const ids = Object.keys(hostLoads).sort()
-    const ring = { next: (id: string) => ids[(ids.indexOf(id) + 1) % ids.length]!, size: () => ids.length }
+    const ring = {
+      next: (id: string) => ids[(ids.indexOf(id) + 1) % ids.length]!,
+      size: () => ids.length,
+    }
+    this.ring = ring
     for (const id of ids) {
       this.hosts.set(id, { id, site: 'eu', capacity: { cpu: 10, mem: 100, disk: 0 }, state: 'up' })
       hostLoads[id]!.forEach((cpu, k) => {
@@ -52,7 +60,7 @@ class Net {
           ring,
           local: () => this.snapshot(id),
           rng,
-          placement: { overloadGraceMs: 0, underloadGraceMs: 1_000_000_000 },
+          placement,
           protocol: { leaseMs: 1000, joinTimeoutMs: 100, ...proto },
         }),
       )
@@ -210,4 +218,119 @@ describe('cooperative protocol', () => {
     assert.equal(net.records.filter((r) => r.leader === 'a').length, 1, 'no retry within the back-off')
     for (const n of net.nodes.values()) assert.equal(n.reservedBy(), undefined)
   })
+
+  it('a misplaced VM (anti-affinity broken, or a site it prefers now) opens an event that moves it', () => {
+    // Both events want b at first; the one that loses retries soon.
+    const net = new Net({ a: [2, 2], b: [1], c: [1] }, { retryBackoffMs: 500 })
+    for (const id of ['a-v0', 'a-v1'])
+      net.vms.set(id, { ...net.vms.get(id)!, constraints: { antiAffinity: 'g' } })
+    net.hosts.set('c', { ...net.hosts.get('c')!, site: 'us' })
+    // b-v0 wants to be in us at every hour.
+    net.vms.set('b-v0', {
+      ...net.vms.get('b-v0')!,
+      constraints: { sites: [{ site: 'us', fromHour: 0, toHour: 24 }] },
+    })
+    net.run(10_000)
+    const mine = net.records.filter((r) => r.kind === 'misplaced' && r.outcome === 'done')
+    assert.ok(
+      mine.some((r) => r.leader === 'a') && mine.some((r) => r.leader === 'b'),
+      JSON.stringify(net.records),
+    )
+    assert.notEqual(net.vms.get('a-v0')!.host, net.vms.get('a-v1')!.host)
+    assert.equal(net.vms.get('b-v0')!.host, 'c')
+    for (const n of net.nodes.values()) assert.equal(n.reservedBy(), undefined)
+  })
+
+  it('gatherPartition replays the partition and the plan a live event reaches', () => {
+    const net = new Net({ a: [4, 4, 2], b: [7], c: [2], d: [6] })
+    const shown = gatherPartition({
+      self: 'a',
+      kind: 'overload',
+      ring: net.ring,
+      snapshot: (id) => net.snapshot(id),
+      now: 0,
+      placement: { overloadGraceMs: 0 },
+      maxPartition: 12,
+      maxScan: 64,
+    })
+    assert.ok(shown.plan && shown.plan.moves.length > 0)
+    net.run(10_000)
+    const ev = net.records.find((r) => r.leader === 'a')!
+    assert.equal(ev.outcome, 'done')
+    assert.deepEqual(key(ev.moves), key(shown.plan.moves))
+    assert.deepEqual(ev.members, shown.members)
+    assert.equal(ev.asked, shown.asked)
+  })
+
+  it('an operator plan (openFixed) runs only if it is the plan shown, else ends rejected', () => {
+    const patient = { overloadGraceMs: 1_000_000_000, underloadGraceMs: 1_000_000_000 }
+    const shownFor = (net: Net) =>
+      gatherPartition({
+        self: 'a',
+        kind: 'overload',
+        ring: net.ring,
+        snapshot: (id) => net.snapshot(id),
+        now: 0,
+        placement: patient,
+        maxPartition: 12,
+        maxScan: 64,
+      })
+    // Shown, then applied unchanged: exactly those moves run.
+    const ok = new Net({ a: [5, 5], b: [8], c: [1], d: [1] }, {}, 5, patient)
+    const shown = shownFor(ok)
+    const want = JSON.stringify(key(shown.plan!.moves))
+    ok.at(1, () =>
+      ok.drive(
+        'a',
+        (n) => n.openFixed('overload', shown.members, (p) => JSON.stringify(key(p.moves)) === want, 1)!.out,
+      ),
+    )
+    ok.run(10_000)
+    const done = ok.records.find((r) => r.leader === 'a')!
+    assert.equal(done.outcome, 'done')
+    assert.deepEqual(key(done.moves), key(shown.plan!.moves))
+    assert.deepEqual(
+      ok.migrated,
+      shown.plan!.moves.map((m) => m.vm),
+    )
+    // The hosts changed between the dry run and the apply: nothing runs, everyone is free.
+    const moved = new Net({ a: [5, 5], b: [8], c: [1], d: [1] }, {}, 5, patient)
+    const before = shownFor(moved)
+    const was = JSON.stringify(key(before.plan!.moves))
+    moved.vms.set('c-v1', {
+      id: 'c-v1',
+      host: 'c',
+      demand: { cpu: 8, mem: 1, disk: 0 },
+      memoryBytes: 1 << 20,
+    })
+    moved.at(1, () =>
+      moved.drive(
+        'a',
+        (n) => n.openFixed('overload', before.members, (p) => JSON.stringify(key(p.moves)) === was, 1)!.out,
+      ),
+    )
+    moved.run(10_000)
+    const rejected = moved.records.find((r) => r.leader === 'a')!
+    assert.equal(rejected.outcome, 'rejected')
+    assert.match(rejected.note ?? '', /changed since the dry run/)
+    assert.deepEqual(moved.migrated, [])
+    for (const n of moved.nodes.values()) assert.equal(n.reservedBy(), undefined)
+    // Nothing opens while the host is held by an event.
+    const held = new Net({ a: [5, 5], b: [1] }, {}, 5, patient)
+    held.drive('a', (n) =>
+      n.handle(
+        'b',
+        { type: 'join', event: { id: 'b#1', leader: 'b', kind: 'underload', openedAt: 0 }, leaseMs: 60_000 },
+        0,
+      ),
+    )
+    assert.equal(
+      held.nodes.get('a')!.openFixed('overload', ['a', 'b'], () => true, 0),
+      undefined,
+    )
+  })
 })
+
+function key(moves: readonly Move[]) {
+  return moves.map((m) => [m.vm, m.from, m.to, m.wave])
+}

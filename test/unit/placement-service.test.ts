@@ -15,6 +15,7 @@ import { ConfigError } from '../../src/node/errors.js'
 import {
   DEFAULT_PLACEMENT_SETTINGS,
   type LocalVm,
+  PlacementConflictError,
   PlacementLookupError,
   PlacementService,
   type PlacementSettings,
@@ -46,6 +47,8 @@ class Mesh {
     hosts: Record<string, number[]>,
     settings: PlacementSettings = FAST,
     readonly migrateOk = true,
+    /** Each host's level store, as far as placement uses it (kept across a Mesh: a restart). */
+    readonly stores = new Map<string, unknown>(),
   ) {
     for (const [id, sizes] of Object.entries(hosts)) {
       this.vms.set(
@@ -74,6 +77,12 @@ class Mesh {
         localVms: () => this.vms.get(id)!,
         migrate: (vm, to) => this.migrate(id, vm, to),
         migrationPhase: (mid) => this.migrations.get(mid)?.phase,
+        store: {
+          load: async () => this.stores.get(id),
+          save: async (v) => {
+            this.stores.set(id, v)
+          },
+        },
         send: (to, msg) =>
           setImmediate(() => {
             if (!this.dead.has(to) && !this.dead.has(id)) this.services.get(to)?.deliver(id, msg)
@@ -218,6 +227,60 @@ describe('placement service', () => {
     )
   })
 
+  it("applies a dry run's plan by its id: exactly those moves run; a plan id not current is refused", async () => {
+    const patient = { ...FAST, overloadGraceMs: 3_600_000 }
+    const mesh = new Mesh({ a: Array(8).fill(30), b: [200], c: [], d: [100] }, patient)
+    await mesh.start()
+    try {
+      const a = mesh.services.get('a')!
+      const dry = a.dryRun({ policies: ['balance'], hosts: ['a'] })
+      const ev = dry.events[0]!
+      assert.equal(ev.leader, 'a')
+      assert.match(ev.planId ?? '', /^[0-9a-f]{16}$/)
+      assert.deepEqual(ev.partition[0], 'a')
+      assert.deepEqual(a.dryRun({ policies: ['balance'], hosts: ['a'] }).events[0]!.planId, ev.planId)
+      await assert.rejects(a.applyPlan('0123456789abcdef'), PlacementConflictError)
+      const applied = await a.applyPlan(ev.planId!)
+      const key = (ms: { vm: string; from: string; to: string; wave: number }[]) =>
+        ms.map((m) => [m.vm, m.from, m.to, m.wave])
+      assert.deepEqual(key(applied.moves), key(ev.moves))
+      const done = await until('the applied event', () =>
+        a.status().recent.find((e) => e.id === applied.event && e.state === 'done'),
+      )
+      assert.deepEqual(key(done.moves), key(ev.moves))
+      assert.ok(mesh.used('a') <= 0.9 * 256)
+      // Relieved: the old plan is not current any more.
+      await assert.rejects(a.applyPlan(ev.planId!), /changed since the dry run/)
+    } finally {
+      await mesh.stop()
+    }
+  })
+
+  it('a drain survives a restart (kept in the store) and ends on request, here or from a peer', async () => {
+    const stores = new Map<string, unknown>()
+    const idle = { ...FAST, overloadGraceMs: 3_600_000 }
+    const first = new Mesh({ a: [], b: [] }, idle, true, stores)
+    await first.start()
+    first.services.get('b')!.drain('a')
+    await until('a to drain', () => first.services.get('a')!.status().draining)
+    await first.stop()
+    assert.deepEqual(stores.get('a'), { draining: true })
+    const again = new Mesh({ a: [], b: [] }, idle, true, stores)
+    await again.start()
+    try {
+      const a = again.services.get('a')!
+      assert.equal(a.status().draining, true, 'still draining after the restart')
+      assert.deepEqual(again.services.get('b')!.undrain('a'), { host: 'a', self: false })
+      await until('the drain to end', () => !a.status().draining)
+      assert.deepEqual(stores.get('a'), { draining: false })
+      assert.throws(() => a.undrain('nobody'), PlacementLookupError)
+      a.drain('a')
+      assert.deepEqual(a.undrain('a'), { host: 'a', self: true, wasDraining: true })
+    } finally {
+      await again.stop()
+    }
+  })
+
   it('a lease ends when its leader is declared dead', () => {
     const b = new PlacementNode({
       self: 'b',
@@ -246,7 +309,7 @@ describe('placement routes', () => {
     token: 'tok-0123456789abcdef',
     logger: log,
   })
-  const call = (method: 'GET' | 'POST', url: string, payload?: object) =>
+  const call = (method: 'GET' | 'POST' | 'DELETE', url: string, payload?: object) =>
     server.app.inject({ method, url, payload, headers: { authorization: 'Bearer tok-0123456789abcdef' } })
 
   it('POST /v1/placement/plan answers a dry run, 400 for a bad policy or dryRun, 404 for unknowns', async () => {
@@ -262,6 +325,14 @@ describe('placement routes', () => {
     const notDry = await call('POST', '/v1/placement/plan', { policy: 'balance', dryRun: false })
     assert.equal(notDry.statusCode, 400)
     assert.match(notDry.json().error.message, /dryRun/)
+    const badId = await call('POST', '/v1/placement/plan', { dryRun: false, planId: 'x' })
+    assert.equal(badId.statusCode, 400)
+    assert.match(badId.json().error.message, /planId/)
+    // Placement is off on this agent: nothing can run.
+    const off = await call('POST', '/v1/placement/plan', { dryRun: false, planId: '0123456789abcdef' })
+    assert.equal(off.statusCode, 409, off.body)
+    assert.equal(ok.json().events[0].leader, 'a')
+    assert.match(ok.json().events[0].planId, /^[0-9a-f]{16}$/)
     const host = await call('POST', '/v1/placement/plan', { dryRun: true, hosts: ['nobody'] })
     assert.equal(host.statusCode, 404)
     assert.equal(host.json().error.code, 'NOT_FOUND')
@@ -270,7 +341,7 @@ describe('placement routes', () => {
     assert.equal(vm.json().error.code, 'VM_NOT_FOUND')
   })
 
-  it('GET /v1/placement/events and POST /v1/hosts/:peerId/drain', async () => {
+  it('GET /v1/placement/events, POST and DELETE /v1/hosts/:peerId/drain', async () => {
     const ev = await call('GET', '/v1/placement/events')
     assert.equal(ev.statusCode, 200)
     assert.deepEqual(ev.json(), { self: 'a', enabled: false, draining: false, open: [], recent: [] })
@@ -279,6 +350,11 @@ describe('placement routes', () => {
     const own = await call('POST', '/v1/hosts/a/drain')
     assert.equal(own.statusCode, 202)
     assert.equal((await call('GET', '/v1/placement/events')).json().draining, true)
+    const end = await call('DELETE', '/v1/hosts/a/drain')
+    assert.equal(end.statusCode, 200, end.body)
+    assert.deepEqual(end.json(), { host: 'a', self: true, wasDraining: true, draining: false })
+    assert.equal((await call('GET', '/v1/placement/events')).json().draining, false)
+    assert.equal((await call('DELETE', '/v1/hosts/nobody/drain')).statusCode, 404)
   })
 })
 

@@ -131,6 +131,17 @@ describe('simulator', () => {
     assert.ok(none.overload.cumulativeS >= r.overload.cumulativeS, 'scheduling reduces overload')
   })
 
+  it('overload relief by post-copy frees the hot host at the switch-over, before the copy ends', () => {
+    const trace = () =>
+      syntheticTrace({ hosts: 40, vms: 500, seed: 3, durationMs: 20 * 60_000, hotPerMinute: 0.01 })
+    const post = simulate(trace(), { mode: 'cooperative', seed: 3 })
+    const pre = simulate(trace(), { mode: 'cooperative', seed: 3, reliefMode: 'precopy' })
+    assert.ok(post.events.toReliefP50Ms > 0, 'relief times were measured')
+    assert.ok(post.events.toReliefP50Ms < post.events.toDoneP50Ms, 'relieved before the last byte arrived')
+    assert.ok(post.events.toReliefP50Ms < pre.events.toReliefP50Ms, 'sooner than pre-copy')
+    assert.deepEqual(post.violations, { overcommit: 0, unreserved: 0, doubleMove: 0, invalidPlans: 0 })
+  })
+
   it('reads the CSV trace format and rejects bad records with the line number', () => {
     const t = parseCsvTrace(
       [

@@ -1,4 +1,5 @@
-// `skymesh plan`, `skymesh drain HOST` and `skymesh events`: cooperative placement, as the agent sees it.
+// `skymesh plan [--apply ID]`, `skymesh drain HOST`, `skymesh undrain HOST` and `skymesh events`:
+// cooperative placement, as the agent sees it.
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Command } from 'commander'
 import type { DryRunResult, PlacementEventView, PlacementStatus } from '../../node/placement/index.js'
@@ -9,7 +10,7 @@ import { type CliIo, printJson } from '../io.js'
 import { collect, parseNonNegative } from '../parse.js'
 import { findPeer } from './migrate.js'
 
-type Opts = ConnectionOptions & { json?: boolean }
+type Opts = ConnectionOptions & { json?: boolean; dryRun?: boolean }
 const POLICY_HELP = 'repair, balance, affinity, consolidate or all'
 
 export function registerPlacementCommands(program: Command, io: CliIo): void {
@@ -18,14 +19,30 @@ export function registerPlacementCommands(program: Command, io: CliIo): void {
       .command('plan')
       .description(
         'what placement would move now and why, on the mesh as this agent sees it (a dry run: ' +
-          'nothing moves; agents carry out plans by themselves)',
+          'each event that would open, its partition and plan, with a plan id; nothing moves); ' +
+          '--apply ID runs exactly that plan now',
       )
-      .option('--dry-run', 'only show the plan (the default and only mode)')
+      .option('--dry-run', 'only show the plans (the default)')
+      .option(
+        '--apply <planId>',
+        "run the plan a dry run showed (on its leader's agent); fails if the mesh changed",
+      )
       .option('--policy <policy>', `${POLICY_HELP} (repeatable; default all)`, collect)
       .option('--host <peer>', 'only address the problems of this host (repeatable)', collect)
       .option('--vm <id>', 'only these VMs may move (repeatable)', collect),
-  ).action(async (opts: Opts & { policy?: string[]; host?: string[]; vm?: string[] }) => {
+  ).action(async (opts: Opts & { policy?: string[]; host?: string[]; vm?: string[]; apply?: string }) => {
     const client = await connect(opts, io)
+    if (opts.apply !== undefined) {
+      if (opts.dryRun || opts.policy?.length || opts.host?.length || opts.vm?.length)
+        throw new CliError('--apply takes the plan id alone (no --dry-run, --policy, --host or --vm)')
+      const res = await client.placementApply(opts.apply)
+      if (opts.json) return printJson(io, res)
+      io.stdout.write(
+        `plan ${res.planId} running as event ${res.event.replace(/^[^#]+/, (p) => shortId(p))}: ` +
+          `${res.moves.length} migration(s) over ${res.partition.length} host(s) (skymesh events to follow)\n`,
+      )
+      return
+    }
     const known = opts.host?.length ? (await client.cluster()).hosts : []
     const hosts = opts.host?.map((h) => findPeer(known, h))
     const res = await client.placementPlan({
@@ -75,6 +92,19 @@ export function registerPlacementCommands(program: Command, io: CliIo): void {
 
   addConnectionOptions(
     program
+      .command('undrain')
+      .description('end the drain of a host: it takes VMs again (the VMs it still runs stay)')
+      .argument('<host>', 'peer id of the host (or a unique part of it, as `skymesh cluster` shows)'),
+  ).action(async (ref: string, opts: Opts) => {
+    const client = await connect(opts, io)
+    const peer = findPeer((await client.cluster()).hosts, ref)
+    const res = await client.undrainHost(peer)
+    if (opts.json) return printJson(io, res)
+    io.stdout.write(`${shortId(peer)} no longer draining: it takes VMs again\n`)
+  })
+
+  addConnectionOptions(
+    program
       .command('events')
       .description(
         'placement events this agent leads or led: partition, plan, outcome, times; and who holds it',
@@ -92,7 +122,17 @@ export function planText(p: DryRunResult): string {
     `dry run over ${p.hosts} host(s), ${p.vms} VM(s), policies ${p.policies.join(', ')}: ` +
     `${p.moves.length} migration(s) in ${p.waves} wave(s)` +
     (p.emptied.length ? `, empties ${p.emptied.map(shortId).join(', ')}` : '') +
-    '\n'
+    '\n' +
+    (p.events ?? [])
+      .map(
+        (e) =>
+          `event: ${e.kind} of ${shortId(e.leader)} over ${e.partition.length} host(s), ` +
+          `${e.moves.length} migration(s)` +
+          (e.planId ? `, plan ${e.planId} (skymesh plan --apply ${e.planId} on that host)` : '') +
+          (e.note ? ` (${e.note})` : '') +
+          '\n',
+      )
+      .join('')
   const unresolved = p.unresolved.length
     ? `cannot fix: ${p.unresolved.map((u) => `${u.kind} of ${shortId(u.host)}`).join(', ')}\n`
     : ''

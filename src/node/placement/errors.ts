@@ -16,3 +16,11 @@ export class PlacementDisabledError extends Error {
     this.name = 'PlacementDisabledError'
   }
 }
+
+/** A plan that cannot run as shown (the view changed, a host is busy): the API answers 409. */
+export class PlacementConflictError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'PlacementConflictError'
+  }
+}

@@ -1,8 +1,18 @@
 // The agent's placement: the service that drives the cooperative protocol, its wire transport, config.
-export { type DryRunRequest, type DryRunResult, dryRun, plannerConfig } from './dry-run.js'
-export { PlacementDisabledError, PlacementLookupError } from './errors.js'
+export {
+  type DryRunEvent,
+  type DryRunMove,
+  type DryRunRequest,
+  type DryRunResult,
+  type DryRunWorld,
+  dryRun,
+  planIdOf,
+  plannerConfig,
+} from './dry-run.js'
+export { PlacementConflictError, PlacementDisabledError, PlacementLookupError } from './errors.js'
 export { createPlacementMetrics, type PlacementMetrics } from './metrics.js'
 export {
+  type AppliedPlan,
   type PlacementEventView,
   type PlacementGossip,
   PlacementService,

@@ -17,12 +17,13 @@ import {
   type Output,
   type PlacementMessage,
   PlacementNode,
+  POLICIES,
   type ProblemKind,
   seededRng,
   utilization,
 } from '../../placement/index.js'
-import { type DryRunRequest, type DryRunResult, dryRun } from './dry-run.js'
-import { PlacementDisabledError, PlacementLookupError } from './errors.js'
+import { type DryRunRequest, type DryRunResult, dryRun, planIdOf } from './dry-run.js'
+import { PlacementConflictError, PlacementDisabledError, PlacementLookupError } from './errors.js'
 import { createPlacementMetrics, type PlacementMetrics } from './metrics.js'
 import type { PlacementSettings } from './settings.js'
 import { type DropReason, type PlacementHost, PlacementTransport } from './transport.js'
@@ -43,7 +44,7 @@ export interface PlacementServiceInit {
   gossip: PlacementGossip
   localVms: () => LocalVm[]
   /** Starts a live migration of a local VM (what POST /v1/vms/:id/migrate does); returns its id. */
-  migrate: (vmId: string, to: string) => { id: string }
+  migrate: (vmId: string, to: string, opts?: { mode?: 'precopy' | 'postcopy' | 'auto' }) => { id: string }
   /** A migration's phase, or undefined if unknown. */
   migrationPhase: (id: string) => string | undefined
   /** The libp2p host; without it (unit tests) messages go to `send`. */
@@ -52,6 +53,10 @@ export interface PlacementServiceInit {
   dialTimeoutMs?: number
   /** Clock (tests pass their own). */
   now?: () => number
+  /** Measured migration bandwidth between sites (bytes/s, keyed `from>to`), from the sites view. */
+  siteLinks?: () => Readonly<Record<string, number>> | undefined
+  /** Where the drain flag is kept across restarts (the agent's level store). */
+  store?: { load(): Promise<unknown>; save(value: unknown): Promise<void> }
 }
 
 /** One event as the API shows it: open (growing, executing) or finished. */
@@ -68,6 +73,17 @@ export interface PlacementEventView {
   moves: Move[]
   plannerRuns?: number
   asked?: number
+  /** Why it ended so (a rejected operator's plan). */
+  note?: string
+}
+
+/** An applied dry-run plan, once its event carries it out. */
+export interface AppliedPlan {
+  planId: string
+  event: string
+  kind: ProblemKind
+  partition: string[]
+  moves: Move[]
 }
 
 export interface PlacementStatus {
@@ -102,6 +118,14 @@ export class PlacementService {
   private readonly known = new Set<string>()
   private readonly arrivedAt = new Map<string, number>()
   private readonly gone = new Set<string>()
+  /** An operator's plan being gathered: settled when its event executes or ends. */
+  private applying?: {
+    eventId: string
+    planId: string
+    kind: ProblemKind
+    resolve: (r: AppliedPlan) => void
+    reject: (e: Error) => void
+  }
 
   constructor(private readonly init: PlacementServiceInit) {
     this.log = init.logger
@@ -136,6 +160,7 @@ export class PlacementService {
         retryBackoffMs: s.retryBackoffMs,
       },
       worthAsking: (host, kind) => this.worthAsking(host, kind),
+      ...(init.siteLinks ? { siteLinks: init.siteLinks } : {}),
     })
     if (init.host && s.enabled) {
       this.transport = new PlacementTransport({
@@ -155,6 +180,11 @@ export class PlacementService {
 
   async start(): Promise<void> {
     for (const v of this.init.localVms()) this.known.add(v.id)
+    const saved = (await this.init.store?.load().catch(() => undefined)) as { draining?: unknown } | undefined
+    if (saved?.draining === true) {
+      this.draining = true
+      this.log.info('still draining (since before the restart): every VM leaves this host')
+    }
     if (!this.enabled) return
     await this.transport?.start()
     this.running = true
@@ -164,6 +194,8 @@ export class PlacementService {
 
   async stop(): Promise<void> {
     this.running = false
+    this.applying?.reject(new PlacementConflictError('placement stopped before the plan could run'))
+    this.applying = undefined
     clearInterval(this.timer)
     clearTimeout(this.wakeTimer)
     await this.transport?.stop()
@@ -201,6 +233,11 @@ export class PlacementService {
       this.startDrain()
       return
     }
+    if (msg.type === 'undrain') {
+      this.log.info({ from }, 'end of drain asked by a peer')
+      this.stopDrain()
+      return
+    }
     this.apply(this.node.handle(from, msg, this.now()))
   }
 
@@ -210,12 +247,31 @@ export class PlacementService {
       this.startDrain()
       return { host: peer, self: true, vms: this.snapshot().vms.length }
     }
-    const m = this.init.gossip.members().find((x) => x.peerId === peer)
-    if (m?.status !== 'alive') throw new PlacementLookupError('host', `no live host ${peer} in the mesh`)
-    if (!this.running) throw new PlacementDisabledError()
+    this.requirePeer(peer)
     this.send(peer, { type: 'drain', eventId: `drain-${randomBytes(6).toString('hex')}` })
     const st = this.init.gossip.hosts().find((h) => h.peerId === peer)
     return { host: peer, self: false, vms: st?.vms.length ?? 0 }
+  }
+
+  /**
+   * Ends a drain of this host or asks `peer` to end its own: it takes VMs again and keeps those it
+   * still runs (migrations already under way finish). Throws if `peer` is not a live member.
+   */
+  undrain(peer: string): { host: string; self: boolean; wasDraining?: boolean } {
+    if (peer === this.init.self) {
+      const was = this.draining
+      this.stopDrain()
+      return { host: peer, self: true, wasDraining: was }
+    }
+    this.requirePeer(peer)
+    this.send(peer, { type: 'undrain', eventId: `undrain-${randomBytes(6).toString('hex')}` })
+    return { host: peer, self: false }
+  }
+
+  private requirePeer(peer: string): void {
+    const m = this.init.gossip.members().find((x) => x.peerId === peer)
+    if (m?.status !== 'alive') throw new PlacementLookupError('host', `no live host ${peer} in the mesh`)
+    if (!this.running) throw new PlacementDisabledError()
   }
 
   status(): PlacementStatus {
@@ -235,9 +291,67 @@ export class PlacementService {
     }
   }
 
-  /** What the planner would do with the mesh as gossip shows it now; moves nothing. */
+  /** The events the mesh would run now, their partitions and plans, as gossip shows it; moves nothing. */
   dryRun(req: DryRunRequest): DryRunResult {
-    return dryRun(this.clusterView(), req, this.init.settings, this.now())
+    return dryRun(
+      {
+        view: this.clusterView(),
+        ring: { next: (id) => this.nextOnRing(id), size: () => this.ring().length },
+        worthAsking: (host, kind) => this.worthAsking(host, kind),
+      },
+      req,
+      this.init.settings,
+      this.now(),
+      this.init.siteLinks?.(),
+    )
+  }
+
+  /**
+   * Runs exactly the plan a dry run showed as `planId`: this host must be its leader and still have it
+   * as its plan now; its event gathers the same hosts and carries the plan out only if, over their
+   * fresh states, the planner gives that same plan. Resolves once the plan runs; PlacementConflictError
+   * (409) when the view changed, a host is busy, or this host is held by another event.
+   */
+  applyPlan(planId: string): Promise<AppliedPlan> {
+    if (!this.running) return Promise.reject(new PlacementDisabledError())
+    if (this.applying)
+      return Promise.reject(new PlacementConflictError(`plan ${this.applying.planId} is being applied`))
+    // This host's event alone, or as a dry run of the whole mesh shows it (other events holding hosts).
+    const own = this.dryRun({ policies: POLICIES, hosts: [this.init.self] })
+    const ev =
+      own.events.find((e) => e.planId === planId) ??
+      this.dryRun({ policies: POLICIES }).events.find((e) => e.planId === planId)
+    if (!ev) {
+      const mine = own.events.find((e) => e.planId)
+      return Promise.reject(
+        new PlacementConflictError(
+          `plan ${planId} is not what would run now: the mesh changed since the dry run` +
+            (mine ? ` (this host's plan is now ${mine.planId})` : ' (this host has no plan now)'),
+        ),
+      )
+    }
+    if (ev.leader !== this.init.self)
+      return Promise.reject(
+        new PlacementConflictError(`plan ${planId} is led by ${ev.leader}: apply it on that host's agent`),
+      )
+    const opened = this.node.openFixed(
+      ev.kind,
+      ev.partition,
+      (p) => planIdOf(this.init.self, ev.kind, p.moves) === planId,
+      this.now(),
+    )
+    if (!opened) {
+      const by = this.node.reservedBy()
+      return Promise.reject(
+        new PlacementConflictError(`this host is held by event ${by?.id ?? '?'}: try again when it ends`),
+      )
+    }
+    this.log.info({ plan: planId, event: opened.eventId, hosts: ev.partition.length }, 'applying a plan')
+    const done = new Promise<AppliedPlan>((resolve, reject) => {
+      this.applying = { eventId: opened.eventId, planId, kind: ev.kind, resolve, reject }
+    })
+    this.apply(opened.out)
+    return done
   }
 
   /** This host's state as the protocol and the planner see it. */
@@ -282,9 +396,26 @@ export class PlacementService {
   // ------------------------------------------------------------------ internals
 
   private startDrain(): void {
-    if (!this.draining) this.log.info('draining: every VM leaves this host')
+    if (!this.draining) {
+      this.log.info('draining: every VM leaves this host')
+      this.saveDrain(true)
+    }
     this.draining = true
     if (this.running) this.apply(this.node.tick(this.now()))
+  }
+
+  private stopDrain(): void {
+    if (this.draining) {
+      this.log.info('drain ended: this host takes VMs again')
+      this.saveDrain(false)
+    }
+    this.draining = false
+  }
+
+  private saveDrain(draining: boolean): void {
+    void this.init.store?.save({ draining }).catch((err: unknown) => {
+      this.log.warn({ err: (err as Error).message }, 'drain flag not saved')
+    })
   }
 
   private apply(outputs: Output[]): void {
@@ -295,6 +426,18 @@ export class PlacementService {
       wake: (at) => this.scheduleWake(at),
     })
     this.trackOpen()
+    const a = this.applying
+    const lead = this.node.leading()
+    if (a && lead?.id === a.eventId && lead.state === 'executing') {
+      this.applying = undefined
+      a.resolve({
+        planId: a.planId,
+        event: a.eventId,
+        kind: a.kind,
+        partition: lead.members,
+        moves: lead.moves,
+      })
+    }
   }
 
   private send(to: string, msg: PlacementMessage): void {
@@ -307,7 +450,8 @@ export class PlacementService {
     try {
       // Plans for this host's own problem move only its own VMs.
       if (move.from !== this.init.self) throw new Error(`move of ${move.vm} is not from this host`)
-      const m = this.init.migrate(move.vm, move.to)
+      const mode = this.init.settings.reliefMode
+      const m = this.init.migrate(move.vm, move.to, move.reason === 'overload' ? { mode } : {})
       this.inflight.set(pid, m.id)
       this.log.info({ vm: move.vm, to: move.to, reason: move.reason, migration: m.id }, 'placement migration')
     } catch (err) {
@@ -341,6 +485,11 @@ export class PlacementService {
 
   private closed(r: EventRecord): void {
     if (this.openEvent?.id === r.id) this.openEvent = undefined
+    if (this.applying?.eventId === r.id) {
+      const a = this.applying
+      this.applying = undefined
+      a.reject(new PlacementConflictError(`plan ${a.planId} did not run: ${r.note ?? r.outcome}`))
+    }
     this.metrics.closed.inc({ kind: r.kind, outcome: r.outcome })
     this.recent.push({
       id: r.id,
@@ -355,6 +504,7 @@ export class PlacementService {
       moves: r.moves,
       plannerRuns: r.plannerRuns,
       asked: r.asked,
+      ...(r.note ? { note: r.note } : {}),
     })
     while (this.recent.length > this.init.settings.history) this.recent.shift()
     const level = r.outcome === 'done' || r.outcome === 'yielded' ? 'info' : 'warn'

@@ -27,6 +27,12 @@ export const placementSchema = z
     retryBackoffMs: z.number().int().min(0).max(3_600_000),
     /** Finished events kept for the API. */
     history: z.number().int().min(1).max(10_000),
+    /**
+     * How overload relief migrates: precopy (default: the VM stays on the source until the copy is
+     * done), postcopy (the load leaves at once, memory follows; a source lost mid-copy loses the VM),
+     * or auto. Drains and consolidation always use the engine's default.
+     */
+    reliefMode: z.enum(['precopy', 'postcopy', 'auto']),
     /** Bandwidth cap of the migrations placement starts (MiB/s; default: none), to spare the links. */
     migrationBandwidthMiBps: z.number().positive().max(1_000_000),
   })
@@ -55,6 +61,7 @@ export const DEFAULT_PLACEMENT_SETTINGS: PlacementSettings = Object.freeze({
   maxPartition: 12,
   retryBackoffMs: 30_000,
   history: 100,
+  reliefMode: 'precopy',
 })
 
 export function placementSettings(given: z.infer<typeof placementSchema> | undefined): PlacementSettings {

@@ -6,11 +6,14 @@
 // underloaded hosts). Stability: only focus hosts' problems are addressed, a VM moved less than
 // backoffMs ago stays (except for hard repairs), a host is emptied only if all its VMs can leave (the
 // gain of a consolidation is a whole host), and overload relief stops as soon as the host is back under
-// its goal. The moves are then grouped into waves under the per-host in/out caps.
+// its goal. Moves stay inside the source's site when they can; a move to another site must free a
+// larger share of its host (requiredGain). The moves are then grouped into waves under the per-host
+// in/out caps.
 import { firstFitDecreasing, lowerBound } from './bounds.js'
 import { utilization } from './resources.js'
 import { schedule } from './schedule.js'
 import { preferredSite } from './sites.js'
+import { misplaced } from './triggers.js'
 import {
   type ClusterView,
   DEFAULT_CONFIG,
@@ -59,6 +62,8 @@ export function plan(view: ClusterView, req: PlanRequest, config: Partial<Placem
     if (h.state === 'draining' && ws.vmsOn[i]!.length > 0) problems.push({ kind: 'drain', host: h.id })
     else if (h.state === 'up' && ws.utilization(i) > cfg.overload)
       problems.push({ kind: 'overload', host: h.id })
+    else if (h.state === 'up' && misplaced(h, ws.vmsOn[i]!, now, cfg))
+      problems.push({ kind: 'misplaced', host: h.id })
     else if (h.state === 'up' && ws.vmsOn[i]!.length > 0 && ws.utilization(i) < cfg.underload)
       problems.push({ kind: 'underload', host: h.id })
   }
@@ -77,7 +82,7 @@ export function plan(view: ClusterView, req: PlanRequest, config: Partial<Placem
         ? ws.utilization(i) <= cfg.overload
         : p.kind === 'drain' || p.kind === 'underload'
           ? ws.vmsOn[i]!.length === 0
-          : false
+          : !misplaced(ws.hosts[i]!, ws.vmsOn[i]!, now, cfg)
     ;(ok ? resolved : unresolved).push(p)
   }
   // Underload is an opportunity, not a fault: it is unresolved only if consolidation was asked for.
@@ -132,7 +137,7 @@ function repair(ws: Workspace, i: number): void {
     for (const v of vms) {
       if (v.constraints?.pin === h.id) continue
       let to = ws.findSpreadDest(v, i, taken, cap)
-      if (to < 0) to = ws.findDest(v, i, { wake: ws.cfg.wakeStandby, full: true })
+      if (to < 0) to = ws.findDest(v, i, { wake: ws.cfg.wakeStandby, full: true, site: h.site })
       if (to < 0) continue
       taken.set(to, (taken.get(to) ?? 0) + 1)
       ws.move(v, i, to, 'drain')
@@ -152,7 +157,7 @@ function repair(ws: Workspace, i: number): void {
       seen.add(c.antiAffinity)
     }
     if (!reason) continue
-    const to = ws.findDest(v, i, { wake: ws.cfg.wakeStandby, full: true })
+    const to = ws.findDest(v, i, { wake: ws.cfg.wakeStandby, full: true, site: h.site })
     if (to >= 0) ws.move(v, i, to, reason)
   }
 }
@@ -181,7 +186,8 @@ function relieve(ws: Workspace, i: number, movable: (v: VmView) => boolean): voi
     const pick = cheapestCover(left, e, cap)
     for (const v of pick) {
       tried.add(v.id)
-      const to = ws.findDest(v, i, { wake: cfg.wakeStandby })
+      // Its gain is the share of the host it frees: enough to cross sites only if it is large.
+      const to = ws.findDest(v, i, { wake: cfg.wakeStandby, site: h.site, gain: shareOf(v, cap) })
       if (to >= 0) ws.move(v, i, to, 'overload')
     }
   }
@@ -248,8 +254,10 @@ function consolidate(ws: Workspace, focus: number[], movable: (v: VmView) => boo
     if (vms.some((v) => !movable(v) || v.constraints?.pin === ws.hosts[i]!.id)) continue
     const mark = ws.moves.length
     let ok = true
+    // The gain of emptying a host: the share of it that its VMs did not use (it can power down).
+    const gain = 1 - util.get(i)!
     for (const v of vms) {
-      const to = ws.findDest(v, i, { nonEmpty: true })
+      const to = ws.findDest(v, i, { nonEmpty: true, site: ws.hosts[i]!.site, gain })
       if (to < 0) {
         ok = false
         break
@@ -258,6 +266,15 @@ function consolidate(ws: Workspace, focus: number[], movable: (v: VmView) => boo
     }
     if (!ok) ws.undo(mark)
   }
+}
+
+/** The share of a host's capacity a VM frees when it leaves (its largest resource share). */
+function shareOf(v: VmView, cap: Resources): number {
+  return Math.max(
+    cap.cpu > 0 ? v.demand.cpu / cap.cpu : 0,
+    cap.mem > 0 ? v.demand.mem / cap.mem : 0,
+    cap.disk > 0 ? v.demand.disk / cap.disk : 0,
+  )
 }
 
 function byId(a: VmView, b: VmView): number {

@@ -1,12 +1,15 @@
 // Which problems a host has now, and which have lasted long enough to act on (the grace periods that
 // keep a short spike from moving VMs).
 import { utilization } from './resources.js'
+import { preferredSite } from './sites.js'
 import {
   DEFAULT_CONFIG,
+  type HostView,
   type PlacementConfig,
   type Problem,
   type ProblemKind,
   type Resources,
+  type VmView,
 } from './types.js'
 
 export interface HostLoad {
@@ -14,9 +17,45 @@ export interface HostLoad {
   capacity: Resources
   used: Resources
   vms: number
+  /** A VM here breaks a constraint or prefers another site now (see misplaced()). */
+  misplaced?: boolean
 }
 
-/** The problem a host has at this instant, if any (drain first, then overload, then underload). */
+/**
+ * Whether a VM on this host breaks a hard constraint (pinned elsewhere, banned here, a second VM of its
+ * anti-affinity group) or, free to move (not pinned, not moved within backoffMs), prefers another
+ * site at `now` (follow-the-sun).
+ */
+export function misplaced(
+  host: Pick<HostView, 'id' | 'site'>,
+  vms: readonly VmView[],
+  now: number,
+  cfg: Pick<PlacementConfig, 'backoffMs'> = DEFAULT_CONFIG,
+): boolean {
+  let groups: Set<string> | undefined
+  for (const v of vms) {
+    const c = v.constraints
+    if (!c) continue
+    if (c.pin !== undefined && c.pin !== host.id) return true
+    if (c.ban?.includes(host.id)) return true
+    if (c.antiAffinity) {
+      groups ??= new Set()
+      if (groups.has(c.antiAffinity)) return true
+      groups.add(c.antiAffinity)
+    }
+    if (
+      c.sites &&
+      c.pin === undefined &&
+      (v.lastMovedAt === undefined || now - v.lastMovedAt >= cfg.backoffMs)
+    ) {
+      const want = preferredSite(c.sites, now)
+      if (want !== undefined && want !== host.site) return true
+    }
+  }
+  return false
+}
+
+/** The problem a host has at this instant, if any (drain, overload, misplaced, underload, in that order). */
 export function problemOf(
   load: HostLoad,
   cfg: Pick<PlacementConfig, 'overload' | 'underload'> = DEFAULT_CONFIG,
@@ -25,6 +64,7 @@ export function problemOf(
   if (load.state !== 'up') return undefined
   const u = utilization(load.used, load.capacity)
   if (u > cfg.overload) return 'overload'
+  if (load.misplaced) return 'misplaced'
   if (load.vms > 0 && u < cfg.underload) return 'underload'
   return undefined
 }
@@ -62,7 +102,7 @@ export class TriggerTracker {
   }
 
   grace(kind: ProblemKind): number {
-    return kind === 'overload'
+    return kind === 'overload' || kind === 'misplaced'
       ? this.cfg.overloadGraceMs
       : kind === 'underload'
         ? this.cfg.underloadGraceMs

@@ -84,6 +84,18 @@ export interface PlacementConfig {
   drainSpread: number
   /** Overload relief may power on standby hosts when no running host has room. */
   wakeStandby: boolean
+  /**
+   * Cross-site cost. A move stays inside its source's site when a host there has room; a move to
+   * another site must promise a larger gain (the share of a host's capacity it frees): crossSiteMinGain
+   * over a link of crossSiteBandwidthBps, more over a slower link, less over a faster one (never less
+   * than minGain, never more than 1: a whole host). Hard repairs (drain, pin, ban, anti-affinity) and
+   * follow-the-sun may cross sites at any cost; they still prefer the source's site.
+   */
+  crossSiteMinGain: number
+  /** Migration bandwidth between two sites when none was measured (bytes/s). */
+  crossSiteBandwidthBps: number
+  /** Measured migration bandwidth between sites (bytes/s), keyed `from>to` (gossiped per site). */
+  siteBandwidthBps?: Readonly<Record<string, number>>
 }
 
 export const DEFAULT_CONFIG: Readonly<PlacementConfig> = Object.freeze({
@@ -98,9 +110,12 @@ export const DEFAULT_CONFIG: Readonly<PlacementConfig> = Object.freeze({
   maxOut: 2,
   drainSpread: 4,
   wakeStandby: true,
+  crossSiteMinGain: 0.15,
+  crossSiteBandwidthBps: 125_000_000,
 })
 
-export type ProblemKind = 'overload' | 'underload' | 'drain'
+/** misplaced: a VM breaks a hard constraint (pin, ban, anti-affinity) or prefers another site now. */
+export type ProblemKind = 'overload' | 'underload' | 'drain' | 'misplaced'
 
 export interface Problem {
   kind: ProblemKind

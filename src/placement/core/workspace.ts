@@ -6,6 +6,7 @@
 // the moves form no cycle and the scheduler can always order them.
 import { FitIndex } from './fit-index.js'
 import { addTo, fits, utilization, zero } from './resources.js'
+import { requiredGain } from './sites.js'
 import type { HostView, MoveReason, PlacementConfig, Resources, VmView } from './types.js'
 
 /** Role bits of a host within one plan. */
@@ -31,6 +32,11 @@ export interface DestOptions {
   full?: boolean
   site?: string
   requireSite?: boolean
+  /**
+   * The gain of this move (share of a host freed): hosts of another site than the source are used
+   * only if it reaches requiredGain for that link. Undefined: any site (hard repairs, follow-the-sun).
+   */
+  gain?: number
 }
 
 export class Workspace {
@@ -125,6 +131,7 @@ export class Workspace {
     if (h.state !== 'up' && !(h.state === 'standby' && o.wake)) return false
     if (o.nonEmpty && this.vmsOn[i]!.length === 0) return false
     if (o.requireSite && h.site !== o.site) return false
+    if (o.gain !== undefined && o.gain < requiredGain(this.hosts[from]!.site, h.site, this.cfg)) return false
     return this.allowed(v, i)
   }
 
@@ -153,7 +160,7 @@ export class Workspace {
     return pick(false)
   }
 
-  /** Worst fit (most room left) among hosts that took fewer than `cap` VMs of this drain. */
+  /** Worst fit (most room left) among hosts that took fewer than `cap` VMs of this drain; own site first. */
   findSpreadDest(v: VmView, from: number, taken: Map<number, number>, cap: number): number {
     let best = -1
     let bestRoom = Number.NEGATIVE_INFINITY
@@ -163,8 +170,11 @@ export class Workspace {
       const r = this.room(i)
       const h = this.hosts[i]!.capacity
       const score = Math.min(h.cpu > 0 ? r.cpu / h.cpu : 1, h.mem > 0 ? r.mem / h.mem : 1)
-      // Running hosts before standby ones, then the most room.
-      const rank = (this.hosts[i]!.state === 'up' ? 10 : 0) + score
+      // Running hosts before standby ones, the source's site before others, then the most room.
+      const rank =
+        (this.hosts[i]!.state === 'up' ? 10 : 0) +
+        (this.hosts[i]!.site === this.hosts[from]!.site ? 5 : 0) +
+        score
       if (rank > bestRoom) {
         bestRoom = rank
         best = i

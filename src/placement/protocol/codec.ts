@@ -20,8 +20,19 @@ export class PlacementCodecError extends Error {
   }
 }
 
-const TYPES = ['join', 'joined', 'busy', 'yield', 'renew', 'renewed', 'left', 'release', 'drain'] as const
-const KINDS: readonly ProblemKind[] = ['overload', 'underload', 'drain']
+const TYPES = [
+  'join',
+  'joined',
+  'busy',
+  'yield',
+  'renew',
+  'renewed',
+  'left',
+  'release',
+  'drain',
+  'undrain',
+] as const
+const KINDS: readonly ProblemKind[] = ['overload', 'underload', 'drain', 'misplaced']
 const STATES: readonly HostState[] = ['up', 'standby', 'draining', 'down']
 
 type Wire = ReturnType<typeof pb.PlacementMessage.decode>

@@ -30,3 +30,12 @@ export {
   type ProtocolConfig,
   type Ring,
 } from './node.js'
+export {
+  type Gathered,
+  type GatherInit,
+  gatherPartition,
+  judgePlan,
+  nextCandidate,
+  POLICIES_FOR,
+  planPartition,
+} from './partition.js'

@@ -36,8 +36,11 @@ export type PlacementMessage =
   | { type: 'release'; eventId: string }
   /** Anyone -> host: start draining (an operator asked another agent); eventId names the request. */
   | { type: 'drain'; eventId: string }
+  /** Anyone -> host: stop draining, take VMs again. */
+  | { type: 'undrain'; eventId: string }
 
-export type Outcome = 'done' | 'failed' | 'unresolved' | 'yielded'
+/** rejected: an operator's plan that could not run exactly as its dry run showed. */
+export type Outcome = 'done' | 'failed' | 'unresolved' | 'yielded' | 'rejected'
 
 /** What happened to one event (the agent shows recent ones through its API). */
 export interface EventRecord {
@@ -55,6 +58,8 @@ export interface EventRecord {
   /** Planner runs and the hosts asked (joined or not). */
   plannerRuns: number
   asked: number
+  /** Why it ended so (a rejected operator's plan). */
+  note?: string
 }
 
 export type Output =
@@ -88,10 +93,10 @@ export function olderThan(a: EventRef, b: EventRef): boolean {
 }
 
 /**
- * Whether event a may ask b to yield: faults (overload, drain) outrank opportunities (underload),
+ * Whether event a may ask b to yield: faults (overload, drain) outrank the rest (underload, misplaced),
  * then the older wins. A total order, so the top event never yields and always progresses.
  */
 export function outranks(a: EventRef, b: EventRef): boolean {
-  const rank = (e: EventRef) => (e.kind === 'underload' ? 1 : 0)
+  const rank = (e: EventRef) => (e.kind === 'underload' || e.kind === 'misplaced' ? 1 : 0)
   return rank(a) < rank(b) || (rank(a) === rank(b) && olderThan(a, b))
 }

@@ -11,15 +11,13 @@
 // deadlock. Leases expire unless renewed: a crashed leader frees its members, a crashed
 // member drops out of its partition.
 import {
-  type ClusterView,
   plan as corePlan,
   DEFAULT_CONFIG,
   type HostLoad,
   type Move,
+  misplaced,
   type PlacementConfig,
   type Plan,
-  type PlanRequest,
-  type PolicyName,
   type Problem,
   type ProblemKind,
   problemOf,
@@ -34,6 +32,9 @@ import {
   outranks,
   type PlacementMessage,
 } from './messages.js'
+import { judgePlan, nextCandidate, type Planner, planPartition, type Ring } from './partition.js'
+
+export type { Planner, Ring }
 
 export interface ProtocolConfig {
   /** A member's reservation lasts this long unless renewed (ms). */
@@ -59,14 +60,6 @@ export const DEFAULT_PROTOCOL: Readonly<ProtocolConfig> = Object.freeze({
   maxScan: 64,
 })
 
-export interface Ring {
-  /** The peer after `id` on the ring (the ring holds every live host, this one included). */
-  next(id: string): string
-  size(): number
-}
-
-export type Planner = (view: ClusterView, req: PlanRequest, cfg: Partial<PlacementConfig>) => Plan
-
 export interface PlacementNodeInit {
   self: string
   ring: Ring
@@ -78,6 +71,8 @@ export interface PlacementNodeInit {
   planner?: Planner
   /** From the (possibly stale) gossip view: false when a host clearly cannot help with `kind`. */
   worthAsking?: (host: string, kind: ProblemKind) => boolean
+  /** Measured migration bandwidth between sites (bytes/s, keyed `from>to`), read at each plan. */
+  siteLinks?: () => Readonly<Record<string, number>> | undefined
 }
 
 interface Holder {
@@ -104,12 +99,10 @@ interface OwnEvent {
   failed: boolean
   nextRenew: number
   plannerRuns: number
-}
-
-const POLICIES_FOR: Record<ProblemKind, PolicyName[]> = {
-  overload: ['repair', 'balance'],
-  underload: ['consolidate'],
-  drain: ['repair'],
+  /** An operator's plan (a dry run applied): gather exactly these hosts, run only a plan `accept` approves. */
+  fixed?: { queue: string[]; accept: (p: Plan) => boolean }
+  /** Why the event ended as it did (rejected, unresolved). */
+  note?: string
 }
 
 export class PlacementNode {
@@ -137,9 +130,31 @@ export class PlacementNode {
     return this.holder?.event
   }
 
-  leading(): { id: string; state: 'growing' | 'executing'; members: string[] } | undefined {
+  leading(): { id: string; state: 'growing' | 'executing'; members: string[]; moves: Move[] } | undefined {
     const o = this.own
-    return o && { id: o.ref.id, state: o.state, members: [...o.members.keys()] }
+    return o && { id: o.ref.id, state: o.state, members: [...o.members.keys()], moves: o.plan?.moves ?? [] }
+  }
+
+  /**
+   * Opens an event now (no grace period) that asks exactly `members` to join, in order, then plans once
+   * over them and runs the plan only if `accept` approves it (the plan a dry run showed); otherwise, or
+   * if a member is busy or silent, the event ends `rejected` with a note. Undefined (nothing opened)
+   * while this host is held by an event.
+   */
+  openFixed(
+    kind: ProblemKind,
+    members: readonly string[],
+    accept: (p: Plan) => boolean,
+    now: number,
+  ): { eventId: string; out: Output[] } | undefined {
+    if (!this.alive || this.own || this.holder) return undefined
+    const out: Output[] = []
+    const id = this.open({ kind, host: this.self }, now, out, {
+      queue: members.filter((m) => m !== this.self),
+      accept,
+    })
+    this.wake(now, out)
+    return { eventId: id, out }
   }
 
   /** A crashed host: forgets everything and ignores all input (the simulator's fault injection). */
@@ -165,7 +180,7 @@ export class PlacementNode {
     }
     if (o?.pending?.host === peer) {
       o.pending = undefined
-      this.askNext(now, out)
+      this.skip(peer, 'left the mesh', now, out)
     }
     if (!this.own && !this.holder) this.detect(now, out)
     this.wake(now, out)
@@ -182,8 +197,9 @@ export class PlacementNode {
     const o = this.own
     if (o) {
       if (o.pending && now >= o.pending.until) {
+        const host = o.pending.host
         o.pending = undefined
-        this.askNext(now, out)
+        this.skip(host, 'did not answer', now, out)
       }
       if (this.own && now >= o.nextRenew) {
         for (const [m, t] of o.lastAck) {
@@ -265,13 +281,14 @@ export class PlacementNode {
       capacity: snap.host.capacity,
       used: sumDemand(snap),
       vms: snap.vms.length,
+      misplaced: misplaced(snap.host, snap.vms, now, this.cfg),
     }
     const fired = this.tracker.observe(this.self, problemOf(load, this.cfg), now)
     if (!fired || now < this.retryAt) return
     this.open(fired, now, out)
   }
 
-  private open(p: Problem, now: number, out: Output[]): void {
+  private open(p: Problem, now: number, out: Output[], fixed?: OwnEvent['fixed']): string {
     const ref: EventRef = { id: `${this.self}#${++this.seq}`, leader: this.self, kind: p.kind, openedAt: now }
     this.holder = { event: ref, leaseUntil: Number.POSITIVE_INFINITY }
     this.own = {
@@ -288,34 +305,74 @@ export class PlacementNode {
       failed: false,
       nextRenew: now + this.pcfg.leaseMs / 3,
       plannerRuns: 0,
+      ...(fixed ? { fixed } : {}),
     }
     this.askNext(now, out)
+    return ref.id
+  }
+
+  /** A candidate did not join: an operator's plan cannot run as shown; a normal event asks the next. */
+  private skip(host: string, why: string, now: number, out: Output[]): void {
+    const o = this.own!
+    if (o.fixed) {
+      o.note = `host ${host} ${why}`
+      this.close('rejected', now, out)
+    } else this.askNext(now, out)
   }
 
   /** Asks the next useful peer on the ring to join, or gives up when the ring is exhausted. */
   private askNext(now: number, out: Output[]): void {
     const o = this.own!
+    if (o.fixed) {
+      const c = o.fixed.queue.shift()
+      if (c === undefined) this.planFixed(now, out)
+      else this.ask(c, now, out)
+      return
+    }
     if (o.members.size >= this.pcfg.maxPartition) {
       this.giveUp(now, out)
       return
     }
-    const n = Math.min(this.init.ring.size(), this.pcfg.maxScan)
-    let c = o.cursor
-    for (let k = 0; k < n; k++) {
-      c = this.init.ring.next(c)
-      if (c === this.self) {
-        this.giveUp(now, out)
-        return
-      }
-      if (o.members.has(c)) continue
-      if (this.init.worthAsking && !this.init.worthAsking(c, o.ref.kind)) continue
-      o.cursor = c
-      o.asked++
-      o.pending = { host: c, until: now + this.pcfg.joinTimeoutMs, retried: false }
-      out.push(send(c, { type: 'join', event: o.ref, leaseMs: this.pcfg.leaseMs }))
+    const worth = this.init.worthAsking
+    const c = nextCandidate(
+      this.init.ring,
+      this.self,
+      o.cursor,
+      (id) => o.members.has(id),
+      worth && ((id) => worth(id, o.ref.kind)),
+      this.pcfg.maxScan,
+    )
+    if (c === undefined) this.giveUp(now, out)
+    else this.ask(c, now, out)
+  }
+
+  private ask(c: string, now: number, out: Output[]): void {
+    const o = this.own!
+    o.cursor = c
+    o.asked++
+    o.pending = { host: c, until: now + this.pcfg.joinTimeoutMs, retried: false }
+    out.push(send(c, { type: 'join', event: o.ref, leaseMs: this.pcfg.leaseMs }))
+  }
+
+  /** Every host of an operator's plan joined: plan once over them and run it only if it is that plan. */
+  private planFixed(now: number, out: Output[]): void {
+    const o = this.own!
+    const p = this.planNow(now)
+    if (judgePlan(p, this.self, o.ref.kind, this.cfg) !== 'grow' && o.fixed!.accept(p)) {
+      this.execute(p, now, out)
       return
     }
-    this.giveUp(now, out)
+    o.note = 'the hosts changed since the dry run: the plan over them is not the one shown'
+    this.close('rejected', now, out)
+  }
+
+  private planNow(now: number): Plan {
+    const o = this.own!
+    o.members.set(this.self, this.init.local())
+    o.plannerRuns++
+    const links = this.init.siteLinks?.()
+    const cfg = links ? { ...this.cfg, siteBandwidthBps: links } : this.cfg
+    return planPartition(this.planner, [...o.members.values()], o.ref.kind, this.self, now, cfg)
   }
 
   /** The partition cannot grow any more: run the narrower drain plan if there is one, else give up. */
@@ -337,13 +394,18 @@ export class PlacementNode {
     o.lastAck.set(from, now)
     o.everyone.add(from)
     if (o.pending?.host === from) o.pending = undefined
-    this.tryPlan(now, out)
+    if (!o.fixed) this.tryPlan(now, out)
     if (this.own === o && o.state === 'growing' && !o.pending) this.askNext(now, out)
   }
 
   private onBusy(from: string, eventId: string, holder: EventRef, now: number, out: Output[]): void {
     const o = this.own
     if (!o || o.ref.id !== eventId || o.pending?.host !== from) return
+    if (o.fixed) {
+      o.pending = undefined
+      this.skip(from, `is held by event ${holder.id}`, now, out)
+      return
+    }
     if (outranks(o.ref, holder) && !o.yieldAsked.has(holder.id) && !o.pending.retried) {
       // We have priority: ask the younger partition to give its hosts up, and ask this host once more.
       o.yieldAsked.add(holder.id)
@@ -368,26 +430,11 @@ export class PlacementNode {
 
   private tryPlan(now: number, out: Output[]): void {
     const o = this.own!
-    o.members.set(this.self, this.init.local())
-    const snaps = [...o.members.values()]
-    const view: ClusterView = { hosts: snaps.map((s) => s.host), vms: snaps.flatMap((s) => s.vms) }
-    o.plannerRuns++
-    const p = this.planner(
-      view,
-      { policies: POLICIES_FOR[o.ref.kind], focus: [this.self], now, baselines: false },
-      this.cfg,
-    )
-    const fixed = p.resolved.some((r) => r.host === this.self && r.kind === o.ref.kind)
-    if (!fixed || p.moves.length === 0) return
-    if (o.ref.kind === 'drain') {
-      // A drain spreads its VMs: keep growing while the plan uses fewer destinations than asked.
-      const dests = new Set(p.moves.map((m) => m.to)).size
-      if (dests < Math.min(this.cfg.drainSpread, p.moves.length)) {
-        o.fallback = p
-        return
-      }
-    }
-    this.execute(p, now, out)
+    const p = this.planNow(now)
+    const verdict = judgePlan(p, this.self, o.ref.kind, this.cfg)
+    // A drain spreads its VMs: keep growing while the plan uses fewer destinations than asked.
+    if (verdict === 'fallback') o.fallback = p
+    else if (verdict === 'execute') this.execute(p, now, out)
   }
 
   private execute(p: Plan, now: number, out: Output[]): void {
@@ -442,6 +489,7 @@ export class PlacementNode {
         moves,
         plannerRuns: o.plannerRuns,
         asked: o.asked,
+        ...(o.note ? { note: o.note } : {}),
       },
     })
     this.own = undefined
