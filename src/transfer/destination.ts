@@ -56,6 +56,8 @@ export interface ValidOffer {
   compression: boolean
   /** The VM was paused at the source; it stays paused after the handover. */
   paused: boolean
+  /** The source's disk is a layer over this image (hex id), if any. */
+  baseImage?: string
 }
 
 const MODE_FROM_PB: Record<number, Mode> = {
@@ -121,7 +123,13 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     streams,
     compression: o.compression === true,
     paused: o.paused === true,
+    ...(o.baseImage ? { baseImage: checkImageId(o.baseImage, bad) } : {}),
   }
+}
+
+function checkImageId(id: string, bad: (msg: string) => Error): string {
+  if (!/^[0-9a-f]{64}$/.test(id)) throw bad('base image id is not 64 hex digits')
+  return id
 }
 
 export interface IncomingInit {
