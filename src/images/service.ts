@@ -12,6 +12,7 @@ const WINDOW = 2
 
 import { Push, type PushView } from './distribute.js'
 import { ImagesError } from './errors.js'
+import { LinkClock } from './link.js'
 import { Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
 import type { TreeHost } from './tree.js'
@@ -46,7 +47,7 @@ export interface ImageServiceInit {
   mesh: MeshView
   logger: Logger
   dialTimeoutMs?: number
-  /** Upload cap per stream in MiB/s (a per-link limit for benchmarks); 0 = none. */
+  /** This host's upload link in MiB/s, shared by all its streams (an emulated NIC for tests); 0 = none. */
   linkMiBps?: number
   /** How long a server waits for a chunk it is still receiving (pipeline) before MISSING. */
   waitMs?: number
@@ -67,11 +68,13 @@ export class ImageService {
   readonly #pulls = new Map<string, Pull>()
   readonly #pushes = new Map<string, Push>()
   readonly #lifetime = new AbortController()
+  readonly #link: LinkClock
 
   constructor(init: ImageServiceInit) {
     this.#init = init
     this.store = init.store
     this.#log = init.logger
+    this.#link = new LinkClock((init.linkMiBps ?? 0) * MiB)
   }
 
   async start(): Promise<void> {
@@ -128,13 +131,42 @@ export class ImageService {
       await this.store.register(id, encoded)
     }
     const pull = this.#startPull(id, [])
-    await pull.done
+    if (signal) {
+      // The pull goes on (others may wait for it too); only this caller stops waiting.
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = () => reject(signal.reason ?? new Error('aborted'))
+        if (signal.aborted) return onAbort()
+        signal.addEventListener('abort', onAbort, { once: true })
+        void pull.done.then(() => {
+          signal.removeEventListener('abort', onAbort)
+          resolve()
+        })
+      })
+    } else await pull.done
     if (!this.store.isComplete(id))
       throw new ImagesError('INVALID_STATE', `image ${id.slice(0, 12)} could not be fetched: ${pull.error}`)
   }
 
-  /** Starts a push of a local image to `to` ('all' or peer ids / unique prefixes). */
-  distribute(ref: string, to: 'all' | string[], fanout = 2): PushView {
+  /**
+   * The path of the image as one local file (qemu's backing file), fetching it from the mesh first if
+   * it is not complete here. The file is read-only and stays until the image is removed.
+   */
+  async localFile(id: string, signal?: AbortSignal): Promise<string> {
+    await this.ensure(id, signal)
+    return this.store.file(id)
+  }
+
+  /**
+   * Starts a push of a local image to `to` ('all' or peer ids / unique prefixes). Fanout 1 (a chain in
+   * each site) is the default: every host uploads the image once, so with links of equal speed the
+   * whole push takes about one copy's time (bench:propagate); a wider tree uploads k copies per host.
+   */
+  distribute(ref: string, to: 'all' | string[], fanout = 1): PushView {
+    return this.push(ref, to, fanout).view
+  }
+
+  /** As distribute, with a promise of the push's end (its final view). */
+  push(ref: string, to: 'all' | string[], fanout = 1): { view: PushView; done: Promise<PushView> } {
     const id = this.store.resolve(ref)
     if (!this.store.isComplete(id))
       throw new ImagesError('INVALID_STATE', `image ${id.slice(0, 12)} is not complete on this host`)
@@ -186,7 +218,7 @@ export class ImageService {
       { image: id, push: push.view.id, hosts: targets.length, skipped: skipped.length },
       'push started',
     )
-    return push.view
+    return { view: push.view, done: push.done.then(() => push.view) }
   }
 
   /** The latest push of an image started here. */
@@ -194,14 +226,6 @@ export class ImageService {
     const id = /^[0-9a-f]{64}$/.test(ref) ? ref : this.store.resolve(ref)
     const p = this.#pushes.get(id)
     if (!p) throw new ImagesError('NOT_FOUND', `no push of image ${id.slice(0, 12)} was started on this host`)
-    return p.view
-  }
-
-  /** Waits for the push of an image to end (virtual clusters). */
-  async pushDone(id: string): Promise<PushView> {
-    const p = this.#pushes.get(id)
-    if (!p) throw new ImagesError('NOT_FOUND', `no push of image ${id.slice(0, 12)}`)
-    await p.done
     return p.view
   }
 
@@ -464,22 +488,15 @@ export class ImageService {
     if (indices.length > MAX_CHUNKS || indices.some((i) => i >= count))
       return fail('BAD_REQUEST', 'chunk index out of range')
     const wait = Math.min(waitMs, 60_000)
-    const rate = (this.#init.linkMiBps ?? 0) * MiB
-    const t0 = Date.now()
-    let sent = 0
     for (const i of indices) {
       // Pipeline: a chunk this host is itself still receiving is sent as soon as it lands.
       if (!this.store.hasChunk(id, i) && !(await this.store.waitChunk(id, i, wait, signal))) {
         return fail('MISSING', `chunk ${i} is not here (yet)`)
       }
       const data = await this.store.readChunk(id, i)
+      // An emulated link (images.linkMiBps): the chunk leaves when the host's link would have delivered it.
+      await this.#link.send(data.length, signal)
       await ch.sendResponse({ chunk: { index: i, data } }, signal)
-      sent += data.length
-      if (rate > 0) {
-        const due = t0 + (sent / rate) * 1000
-        const now = Date.now()
-        if (due > now) await new Promise((r) => setTimeout(r, due - now))
-      }
     }
     await ch.sendResponse({ done: true }, signal)
     return true

@@ -295,6 +295,7 @@ export class ImageStore {
     const e = this.#require(id)
     this.#images.delete(id)
     await rm(join(this.#manifestDir, id), { force: true })
+    await rm(join(this.#dir, 'files', id), { force: true })
     const used = new Set<string>()
     for (const other of this.#images.values())
       for (const h of other.manifest.chunks) used.add(Buffer.from(h).toString('hex'))
@@ -318,6 +319,32 @@ export class ImageStore {
       }
     }
     return bad
+  }
+
+  /**
+   * The image as one plain file (its chunks concatenated), for drivers that need a file (qemu's backing
+   * file): made once under DIR/files/<id>, read-only, atomically; removed with the image.
+   */
+  async file(id: string): Promise<string> {
+    if (!this.isComplete(id))
+      throw new ImagesError('INVALID_STATE', `image ${id.slice(0, 12)} is not complete on this host`)
+    const path = join(this.#dir, 'files', id)
+    if (existsSync(path)) return path
+    await mkdir(join(this.#dir, 'files'), { recursive: true })
+    const tmp = `${path}.${randomBytes(4).toString('hex')}.tmp`
+    const out = await open(tmp, 'w', 0o444)
+    try {
+      const m = this.manifest(id)
+      for (let i = 0; i < m.chunks.length; i++) await out.write(await this.readChunk(id, i))
+      await out.sync()
+    } catch (err) {
+      await out.close()
+      await rm(tmp, { force: true })
+      throw err
+    }
+    await out.close()
+    await rename(tmp, path)
+    return path
   }
 
   /** The file of chunk `i` (for the copy-on-write base reader). */

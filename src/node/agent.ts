@@ -8,6 +8,7 @@ import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
+import type { VmContext } from '../images/index.js'
 import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
 import { createDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
@@ -270,7 +271,9 @@ export class Agent implements AgentService, NetworkApi {
         vmDir: (id) => this.vmDir(id),
         adoptIncoming: (rec, instance) =>
           this.serial(async () => {
-            await this.saveRecord(rec)
+            // A disk that arrived as a layer over a base image keeps that image in use here.
+            const image = instance.disk.baseImage?.id
+            await this.saveRecord(image ? { ...rec, image } : rec)
             this.adopt(instance)
             const from = this.migrations?.activeFor(rec.id)?.from
             this.overlay?.arrived(
@@ -281,6 +284,19 @@ export class Agent implements AgentService, NetworkApi {
               instance.nicSocket,
             )
           }),
+        ensureImage: async (id, signal) => {
+          if (this.config.driver !== 'synthetic') return false
+          try {
+            await this.images.requireService().ensure(id, signal)
+            return true
+          } catch (err) {
+            this.log.info(
+              { image: id, err: (err as Error).message },
+              'base image not available: full disk copy',
+            )
+            return false
+          }
+        },
         releaseOutgoing: (id) =>
           this.serial(async () => {
             this.overlay?.departed(id, this.migrations?.activeFor(id)?.to)
@@ -343,6 +359,7 @@ export class Agent implements AgentService, NetworkApi {
       placement: this.placement,
       images: imagesApi(this.images, (id) => [...this.records.values()].some((r) => r.image === id), {
         createVcluster: (req) => this.requireVclusters().create(req),
+        scaleVcluster: (name, count) => this.requireVclusters().scale(name, count),
         listVclusters: () => this.requireVclusters().list(),
         getVcluster: (name) => this.requireVclusters().get(name),
         vclusterContext: (name, vm) => this.requireVclusters().context(name, vm),
@@ -1036,6 +1053,11 @@ export class Agent implements AgentService, NetworkApi {
   private requireGossip(): Gossip {
     if (!this.gossip) throw new AgentError('NOT_RUNNING', 'the agent is not started')
     return this.gossip
+  }
+
+  /** The virtual-cluster context of a VM of this host (what its metadata service serves), or undefined. */
+  vmContext(vmId: string): VmContext | undefined {
+    return this.vclusters?.vmContext(vmId)
   }
 
   private requireVclusters(): Vclusters {

@@ -120,6 +120,26 @@ export class AgentImages {
     return base
   }
 
+  /**
+   * The image (id, unique prefix or name) as one local read-only file — for the qemu driver's backing
+   * file — fetched from the mesh by its id first if this host lacks it.
+   */
+  async localFile(ref: string, signal?: AbortSignal): Promise<string> {
+    const svc = this.requireService()
+    let id: string
+    try {
+      id = svc.store.resolve(ref)
+    } catch (err) {
+      if (!/^[0-9a-f]{64}$/.test(ref)) throw asAgentError(err, 'image')
+      id = ref
+    }
+    try {
+      return await svc.localFile(id, signal)
+    } catch (err) {
+      throw asAgentError(err, 'image')
+    }
+  }
+
   /** Image ids for the host state. */
   gossiped(): string[] {
     return this.service?.gossiped() ?? []
@@ -137,7 +157,12 @@ export function imagesApi(
   inUse: (id: string) => boolean,
   vclusters: Pick<
     ImagesApi,
-    'createVcluster' | 'listVclusters' | 'getVcluster' | 'vclusterContext' | 'deleteVcluster'
+    | 'createVcluster'
+    | 'scaleVcluster'
+    | 'listVclusters'
+    | 'getVcluster'
+    | 'vclusterContext'
+    | 'deleteVcluster'
   >,
 ): ImagesApi {
   const svc = () => images.requireService()

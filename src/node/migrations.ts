@@ -49,6 +49,8 @@ export interface MigrationOwner {
   hasVmDir(id: string): Promise<boolean>
   /** Saves the record of a VM whose commit was journaled but whose record was not (agent died between). */
   restoreRecord(rec: VmRecord): Promise<void>
+  /** Optional: makes a content-addressed image complete here (fetched from the mesh); false if it cannot. */
+  ensureImage?(imageId: string, signal: AbortSignal): Promise<boolean>
 }
 
 export interface MigrationsInit {
@@ -128,6 +130,7 @@ export class AgentMigrations {
           reserve: (offer) => this.reserve(offer),
           onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
           lookupOutcome: (id) => this.lookupOutcome(id),
+          ensureBaseImage: async (id, opts) => (await init.owner.ensureImage?.(id, opts.signal)) ?? false,
           onHandover: (m) => this.onHandover(m),
           onReleased: (m) => this.onReleased(m),
           onAborted: (m) => this.onAborted(m),

@@ -1,8 +1,13 @@
-// Virtual clusters on the agent: `POST /v1/vclusters` places N VMs over the mesh (spread over the
-// gossip view, all checked before anything starts), pushes the image to the chosen hosts first, creates
-// each VM on its host (/skymesh/vcluster/1 for remote ones; any failure removes the VMs already made),
-// then hands every VM its context: written to `context.json` in the VM's directory on its host and
-// served by `GET /v1/vclusters/:name/context?vm=NAME` on the creating host and on every VM's host.
+// Virtual clusters on the agent. `POST /v1/vclusters` checks the spec and places all N VMs over the
+// gossip view (src/images placeVms over the placement core's arithmetic: --spread or --pack, --site);
+// a cluster that does not fit is refused there, before anything starts. Then, in the background, it
+// pushes the image to the chosen hosts that lack it (one pipelined push), creates each VM on its host
+// (/skymesh/vcluster/1 for remote ones; any failure removes the VMs already made: never half-created)
+// and hands every VM its context: written to `context.json` in the VM's directory on its host, served
+// by `GET /v1/vclusters/:name/context?vm=NAME` there and on the creating host, and by `vmContext(vmId)`
+// to the overlay's metadata responder (169.254.169.254). `GET /v1/vclusters/:name` shows the progress
+// (phase, push, VMs running) until the state is `running`. Scaling adds VMs the same way or removes the
+// last ones, and gives every VM its new context (its peers changed).
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Connection, Stream } from '@libp2p/interface'
@@ -13,9 +18,13 @@ import {
   type ClusterVmEntry,
   contexts,
   ImagesError,
-  spread,
+  type PlacementHost,
+  type PlacementMode,
+  type PushView,
+  placeVms,
   VCLUSTER_PROTOCOL,
   type VmContext,
+  type VmShape,
 } from '../images/index.js'
 import { pb } from '../proto/index.js'
 import type { CreateVclusterRequest } from './api/routes/images.js'
@@ -26,13 +35,36 @@ import type { Store } from './store.js'
 import type { ClusterView, CreateVmRequest, VmRecord } from './types.js'
 
 const MAX_MSG = 512 * 1024
+/** VMs created at once while a cluster comes up. */
+const CREATE_CONCURRENCY = 4
+
+export type VclusterState = 'creating' | 'scaling' | 'running' | 'failed'
+export type VclusterPhase = 'pushing' | 'starting' | 'contexts' | 'removing' | 'done'
+
+export interface VclusterProgress {
+  phase: VclusterPhase
+  /** VMs the cluster is to have, and how many of them run now. */
+  want: number
+  running: number
+  push?: { id: string; state: string; hosts: number; done: number; elapsedMs: number }
+}
+
+export interface VclusterSpec extends VmShape {
+  placement: PlacementMode
+  site?: string
+  network?: string
+  userData?: string
+}
 
 export interface VclusterView {
   name: string
   image: string
   createdAt: string
+  state: VclusterState
+  error?: string
+  spec: VclusterSpec
+  progress: VclusterProgress
   vms: ClusterVmEntry[]
-  push?: { id: string; state: string; elapsedMs: number }
 }
 
 export interface VclustersInit {
@@ -52,8 +84,12 @@ export class Vclusters {
   readonly #init: VclustersInit
   /** Clusters created here. */
   readonly #clusters = new Map<string, VclusterView>()
+  /** The push a cluster waits for (live progress). */
+  readonly #pushes = new Map<string, PushView>()
   /** Contexts of local VMs of any cluster (received from the creating host): cluster -> vm id -> context. */
   readonly #contexts = new Map<string, Map<string, VmContext>>()
+  /** Background jobs (create, scale), awaited on stop. */
+  readonly #jobs = new Set<Promise<void>>()
 
   constructor(init: VclustersInit) {
     this.#init = init
@@ -62,33 +98,52 @@ export class Vclusters {
   async start(): Promise<void> {
     const saved = (await this.#init.store.getMeta<{ clusters: VclusterView[]; contexts: VmContext[] }>(
       'vclusters',
-    )) ?? {
-      clusters: [],
-      contexts: [],
+    )) ?? { clusters: [], contexts: [] }
+    for (const c of saved.clusters) {
+      // A job cut by a restart: the cluster keeps the VMs it had (rm removes them, scale retries).
+      if (c.state === 'creating' || c.state === 'scaling') {
+        c.state = 'failed'
+        c.error = 'the agent restarted while the cluster was being changed'
+      }
+      c.spec ??= { vcpus: 1, memoryMiB: 64, diskMiB: 64, placement: 'spread' }
+      c.progress ??= { phase: 'done', want: c.vms.length, running: c.vms.length }
+      this.#clusters.set(c.name, c)
     }
-    for (const c of saved.clusters) this.#clusters.set(c.name, c)
     for (const ctx of saved.contexts) this.#keepContext(ctx)
     await this.#init.host.handle(VCLUSTER_PROTOCOL, (s, c) => this.#serve(s, c), { maxInboundStreams: 32 })
   }
 
   async stop(): Promise<void> {
     await this.#init.host.unhandle(VCLUSTER_PROTOCOL).catch(() => {})
+    await Promise.allSettled([...this.#jobs])
   }
 
   list(): VclusterView[] {
-    return [...this.#clusters.values()]
+    return [...this.#clusters.values()].map((c) => this.#withPush(c))
   }
 
   get(name: string): VclusterView {
     const c = this.#clusters.get(name)
     if (!c) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' was created on this host`)
-    return c
+    return this.#withPush(c)
+  }
+
+  /**
+   * The context of a VM that runs on this host, for the metadata service its guest queries
+   * (169.254.169.254), or undefined if the VM is in no virtual cluster known here.
+   */
+  vmContext(vmId: string): VmContext | undefined {
+    for (const m of this.#contexts.values()) {
+      const ctx = m.get(vmId)
+      if (ctx) return ctx
+    }
+    return undefined
   }
 
   context(name: string, vm?: string): unknown {
     const c = this.#clusters.get(name)
     const local = this.#contexts.get(name)
-    const all = c ? contexts(c.name, c.image, c.vms) : [...(local?.values() ?? [])]
+    const all = c ? contexts(c.name, c.image, c.vms, c.spec.userData) : [...(local?.values() ?? [])]
     if (all.length === 0) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' known on this host`)
     if (vm === undefined) return { cluster: name, contexts: all }
     const one = all.find((x) => x.vm.name === vm || x.vm.id === vm)
@@ -96,7 +151,8 @@ export class Vclusters {
     return one
   }
 
-  async create(req: CreateVclusterRequest): Promise<VclusterView> {
+  /** Checks and places the whole cluster (refused here if it does not fit), then builds it in the background. */
+  create(req: CreateVclusterRequest): VclusterView {
     if (this.#clusters.has(req.name))
       throw new AgentError('NAME_TAKEN', `a virtual cluster named '${req.name}' exists`)
     const svc = this.#init.images.requireService()
@@ -106,42 +162,120 @@ export class Vclusters {
         field: 'image',
       })
     const imageMiB = Math.ceil(svc.store.manifest(image).size / 1048576)
-    const shape = {
+    const spec: VclusterSpec = {
       vcpus: req.vcpus ?? 1,
       memoryMiB: req.memoryMiB ?? 64,
       diskMiB: req.diskMiB ?? Math.max(64, imageMiB),
+      placement: req.placement ?? 'spread',
+      ...(req.site !== undefined ? { site: req.site } : {}),
+      ...(req.network !== undefined ? { network: req.network } : {}),
+      ...(req.userData !== undefined ? { userData: req.userData } : {}),
     }
-    if (shape.diskMiB < imageMiB)
+    if (spec.diskMiB < imageMiB)
       throw new AgentError(
         'BAD_REQUEST',
-        `diskMiB: ${shape.diskMiB} MiB is smaller than the image (${imageMiB} MiB)`,
+        `diskMiB: ${spec.diskMiB} MiB is smaller than the image (${imageMiB} MiB)`,
         { field: 'diskMiB' },
       )
-    const view = this.#init.cluster()
-    const hosts = view.hosts
-      .filter((h) => (h.status === 'alive' || h.self) && h.capacity && h.used)
-      .map((h) => ({
-        peerId: h.peerId,
-        site: h.site,
-        freeMemoryMiB: h.capacity!.memoryMiB - h.used!.memoryMiB,
-        freeDiskMiB: h.capacity!.diskMiB - h.used!.diskMiB,
-        freeVcpus: h.capacity!.vcpus - h.used!.vcpus,
-      }))
     // Refused before anything starts when it does not fit.
-    const placement = wrap(() => spread(hosts, req.count, shape), 'count')
-    const log = this.#init.logger
-    log.info(
-      { cluster: req.name, count: req.count, hosts: new Set(placement).size },
-      'virtual cluster: placing',
+    const hosts = this.#placement(req.count, spec, [])
+    const cluster: VclusterView = {
+      name: req.name,
+      image,
+      createdAt: new Date().toISOString(),
+      state: 'creating',
+      spec,
+      progress: { phase: 'pushing', want: req.count, running: 0 },
+      vms: [],
+    }
+    this.#clusters.set(cluster.name, cluster)
+    this.#init.logger.info(
+      { cluster: req.name, count: req.count, hosts: new Set(hosts).size, placement: spec.placement },
+      'virtual cluster: placed',
     )
+    this.#job(cluster, () => this.#grow(cluster, hosts))
+    return this.get(cluster.name)
+  }
 
+  /** Grows or shrinks a cluster to `count` VMs (growth placed and checked first, like a creation). */
+  scale(name: string, count: number): VclusterView {
+    const c = this.#clusters.get(name)
+    if (!c) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' was created on this host`)
+    if (c.state === 'creating' || c.state === 'scaling')
+      throw new AgentError('INVALID_STATE', `virtual cluster '${name}' is ${c.state}: wait until it is done`)
+    if (!Number.isInteger(count) || count < 1)
+      throw new AgentError('BAD_REQUEST', 'count: an integer >= 1', { field: 'count' })
+    const have = c.vms.length
+    if (count === have) return this.get(name)
+    if (count > have) {
+      const hosts = this.#placement(count - have, c.spec, c.vms)
+      c.state = 'scaling'
+      c.error = undefined
+      c.progress = { phase: 'pushing', want: count, running: have }
+      this.#job(c, () => this.#grow(c, hosts))
+    } else {
+      c.state = 'scaling'
+      c.error = undefined
+      c.progress = { phase: 'removing', want: count, running: have }
+      this.#job(c, () => this.#shrink(c, count))
+    }
+    return this.get(name)
+  }
+
+  async delete(name: string): Promise<void> {
+    const c = this.get(name)
+    if (c.state === 'creating' || c.state === 'scaling')
+      throw new AgentError('INVALID_STATE', `virtual cluster '${name}' is ${c.state}: wait until it is done`)
+    const results = await Promise.allSettled(c.vms.map((v) => this.#deleteVm(v)))
+    const failed = c.vms.filter((_, i) => results[i]!.status === 'rejected')
+    if (failed.length) {
+      c.vms = failed
+      await this.#save()
+      throw new AgentError(
+        'INTERNAL',
+        `${failed.length} VM(s) of '${name}' could not be removed; try again`,
+        {
+          vms: failed.map((v) => v.name),
+        },
+      )
+    }
+    this.#clusters.delete(name)
+    this.#contexts.delete(name)
+    await this.#save()
+  }
+
+  // --- jobs ---
+
+  #job(c: VclusterView, fn: () => Promise<void>): void {
+    const p = fn()
+      .then(() => {
+        c.state = 'running'
+        c.progress.phase = 'done'
+      })
+      .catch((err: unknown) => {
+        c.state = 'failed'
+        c.error = (err as Error).message
+        this.#init.logger.warn({ cluster: c.name, err: c.error }, 'virtual cluster job failed')
+      })
+      .finally(async () => {
+        this.#pushes.delete(c.name)
+        this.#jobs.delete(p)
+        await this.#save().catch(() => {})
+      })
+    this.#jobs.add(p)
+  }
+
+  /** Adds one VM per entry of `hosts` (next indices), then gives every VM its context. */
+  async #grow(c: VclusterView, hosts: string[]): Promise<void> {
+    const svc = this.#init.images.requireService()
+    const log = this.#init.logger
     // The image first, to every chosen host that lacks it (one pipelined push).
-    const remote = [...new Set(placement)].filter((p) => p !== this.#init.self)
-    let push: VclusterView['push']
+    const remote = [...new Set(hosts)].filter((p) => p !== this.#init.self)
     if (remote.length) {
-      const started = wrap(() => svc.distribute(image, remote, 2), 'image')
-      const done = await svc.pushDone(image)
-      push = { id: started.id, state: done.state, elapsedMs: done.elapsedMs }
+      c.progress.phase = 'pushing'
+      const push = wrap(() => svc.push(c.image, remote), 'image')
+      this.#pushes.set(c.name, push.view)
+      const done = await push.done
       const failed = done.hosts.filter((h) => h.state === 'failed')
       if (failed.length)
         throw new AgentError(
@@ -150,72 +284,136 @@ export class Vclusters {
           { failed: failed.map((h) => h.peerId) },
         )
     }
-
-    const vms: ClusterVmEntry[] = []
+    c.progress.phase = 'starting'
+    const first = c.vms.reduce((m, v) => Math.max(m, v.index + 1), 0)
+    const made: ClusterVmEntry[] = []
     try {
-      for (let i = 0; i < placement.length; i++) {
-        const host = placement[i]!
-        const vmReq: CreateVmRequest = {
-          name: `${req.name}-${i}`,
-          ...shape,
-          image,
-          ...(req.network ? { networks: [req.network] } : {}),
+      let next = 0
+      const worker = async () => {
+        while (next < hosts.length) {
+          const k = next++
+          const index = first + k
+          const host = hosts[k]!
+          const req: CreateVmRequest = {
+            name: `${c.name}-${index}`,
+            vcpus: c.spec.vcpus,
+            memoryMiB: c.spec.memoryMiB,
+            diskMiB: c.spec.diskMiB,
+            image: c.image,
+            ...(c.spec.network ? { networks: [c.spec.network] } : {}),
+          }
+          const rec =
+            host === this.#init.self
+              ? await this.#init.createVm(req)
+              : await this.#remoteCreate(host, c.name, req)
+          const entry: ClusterVmEntry = {
+            index,
+            name: rec.name,
+            id: rec.id,
+            host,
+            role: index === 0 ? 'head' : 'worker',
+            ...(rec.nics?.[0] ? { ip: rec.nics[0].ip } : {}),
+          }
+          made.push(entry)
+          c.progress.running++
         }
-        const rec =
-          host === this.#init.self
-            ? await this.#init.createVm(vmReq)
-            : await this.#remoteCreate(host, req.name, vmReq)
-        vms.push({
-          index: i,
-          name: rec.name,
-          id: rec.id,
-          host,
-          role: i === 0 ? 'head' : 'worker',
-          ...(rec.nics?.[0] ? { ip: rec.nics[0].ip } : {}),
-        })
       }
+      await Promise.all(Array.from({ length: Math.min(CREATE_CONCURRENCY, hosts.length) }, worker))
     } catch (err) {
-      // Not half-created: the VMs made so far go away again.
+      // Not half-created: the VMs this job made go away again.
       log.warn(
-        { cluster: req.name, err: (err as Error).message, made: vms.length },
-        'virtual cluster failed; removing its VMs',
+        { cluster: c.name, err: (err as Error).message, made: made.length },
+        'virtual cluster: a VM could not be created; removing the ones this step made',
       )
-      await Promise.allSettled(vms.map((v) => this.#deleteVm(v)))
+      await Promise.allSettled(made.map((v) => this.#deleteVm(v)))
+      c.progress.running = c.vms.length
       throw err
     }
-    const cluster: VclusterView = {
-      name: req.name,
-      image,
-      createdAt: new Date().toISOString(),
-      vms,
-      ...(push ? { push } : {}),
+    c.vms = [...c.vms, ...made].sort((a, b) => a.index - b.index)
+    await this.#save()
+    await this.#handContexts(c)
+    log.info({ cluster: c.name, vms: c.vms.length }, 'virtual cluster up')
+  }
+
+  /** Removes the VMs of the highest indices until `count` remain, then refreshes the contexts. */
+  async #shrink(c: VclusterView, count: number): Promise<void> {
+    const sorted = [...c.vms].sort((a, b) => a.index - b.index)
+    const gone = sorted.slice(count)
+    for (const v of gone) {
+      await this.#deleteVm(v)
+      c.vms = c.vms.filter((x) => x.id !== v.id)
+      c.progress.running = c.vms.length
+      await this.#save()
     }
-    this.#clusters.set(cluster.name, cluster)
-    for (const ctx of contexts(cluster.name, image, vms)) {
-      if (ctx.vm.host === this.#init.self) await this.#deliver(ctx)
-      else
+    await this.#handContexts(c)
+  }
+
+  /** Every VM's context (peers and all) to the VM's host. */
+  async #handContexts(c: VclusterView): Promise<void> {
+    c.progress.phase = 'contexts'
+    const log = this.#init.logger
+    await Promise.all(
+      contexts(c.name, c.image, c.vms, c.spec.userData).map(async (ctx) => {
+        if (ctx.vm.host === this.#init.self) return this.#deliver(ctx)
         await this.#rpc(ctx.vm.host, {
           context: { vmId: ctx.vm.id, contextJson: JSON.stringify(ctx) },
         }).catch((err: unknown) =>
           log.warn({ vm: ctx.vm.id, err: (err as Error).message }, 'context not delivered'),
         )
-    }
+      }),
+    )
     await this.#save()
-    log.info({ cluster: cluster.name, vms: vms.length }, 'virtual cluster up')
-    return cluster
   }
 
-  async delete(name: string): Promise<void> {
-    const c = this.get(name)
-    await Promise.allSettled(c.vms.map((v) => this.#deleteVm(v)))
-    this.#clusters.delete(name)
-    this.#contexts.delete(name)
-    await this.#save()
+  #placement(count: number, spec: VclusterSpec, existing: readonly ClusterVmEntry[]): string[] {
+    const view = this.#init.cluster()
+    const perHost = new Map<string, number>()
+    for (const v of existing) perHost.set(v.host, (perHost.get(v.host) ?? 0) + 1)
+    const hosts: PlacementHost[] = view.hosts
+      .filter((h) => (h.status === 'alive' || h.self) && h.capacity && h.used)
+      .map((h) => ({
+        peerId: h.peerId,
+        site: h.site,
+        capacity: { cpu: h.capacity!.vcpus, mem: h.capacity!.memoryMiB, disk: h.capacity!.diskMiB },
+        used: { cpu: h.used!.vcpus, mem: h.used!.memoryMiB, disk: h.used!.diskMiB },
+        clusterVms: perHost.get(h.peerId) ?? 0,
+      }))
+    return wrap(
+      () =>
+        placeVms(hosts, count, spec, {
+          mode: spec.placement,
+          ...(spec.site !== undefined ? { site: spec.site } : {}),
+        }),
+      'count',
+    )
+  }
+
+  #withPush(c: VclusterView): VclusterView {
+    const p = this.#pushes.get(c.name)
+    if (!p) return { ...c, progress: { ...c.progress } }
+    const hosts = p.hosts.filter((h) => h.state !== 'skipped')
+    return {
+      ...c,
+      progress: {
+        ...c.progress,
+        push: {
+          id: p.id,
+          state: p.state,
+          hosts: hosts.length,
+          done: hosts.filter((h) => h.state === 'done').length,
+          elapsedMs: p.elapsedMs,
+        },
+      },
+    }
   }
 
   async #deleteVm(v: ClusterVmEntry): Promise<void> {
-    if (v.host === this.#init.self) await this.#init.deleteVm(v.id)
-    else await this.#rpc(v.host, { deleteVm: v.id })
+    if (v.host === this.#init.self) {
+      await this.#init.deleteVm(v.id).catch((err: unknown) => {
+        if ((err as AgentError).code !== 'VM_NOT_FOUND') throw err
+      })
+      this.#dropContext(v.id)
+    } else await this.#rpc(v.host, { deleteVm: v.id })
   }
 
   async #remoteCreate(host: string, cluster: string, r: CreateVmRequest): Promise<VmRecord> {
@@ -275,13 +473,26 @@ export class Vclusters {
         })
         vmJson = JSON.stringify(rec)
       } else if (req.context) {
-        const ctx = JSON.parse(req.context.contextJson ?? '') as VmContext
-        if (ctx.vm?.id !== req.context.vmId || ctx.vm.host !== this.#init.self)
+        let ctx: VmContext
+        try {
+          ctx = JSON.parse(req.context.contextJson ?? '') as VmContext
+        } catch {
+          throw new AgentError('BAD_REQUEST', 'context is not JSON')
+        }
+        if (
+          ctx?.vm?.id !== req.context.vmId ||
+          ctx.vm.host !== this.#init.self ||
+          typeof ctx.cluster !== 'string'
+        )
           throw new AgentError('BAD_REQUEST', 'context is not of a VM of this host')
         await this.#deliver(ctx)
         await this.#save()
       } else if (req.deleteVm) {
-        await this.#init.deleteVm(req.deleteVm)
+        await this.#init.deleteVm(req.deleteVm).catch((err: unknown) => {
+          if ((err as AgentError).code !== 'VM_NOT_FOUND') throw err
+        })
+        this.#dropContext(req.deleteVm)
+        await this.#save()
       } else throw new AgentError('BAD_REQUEST', 'unknown request')
       await lp.write(pb.VclusterResponse.encode({ ok: true, vmJson }).finish(), { signal })
       await stream.close({ signal }).catch(() => {})
@@ -306,6 +517,13 @@ export class Vclusters {
     const m = this.#contexts.get(ctx.cluster) ?? new Map<string, VmContext>()
     m.set(ctx.vm.id, ctx)
     this.#contexts.set(ctx.cluster, m)
+  }
+
+  #dropContext(vmId: string): void {
+    for (const [name, m] of this.#contexts) {
+      m.delete(vmId)
+      if (m.size === 0) this.#contexts.delete(name)
+    }
   }
 
   async #save(): Promise<void> {

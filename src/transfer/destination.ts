@@ -59,6 +59,8 @@ export interface ValidOffer {
   paused: boolean
   /** The address the source reached us at, asking for a direct data channel (direct.ts). */
   directHost?: string
+  /** The source's disk is a layer over this image (hex id), if any. */
+  baseImage?: string
 }
 
 const MODE_FROM_PB: Record<number, Mode> = {
@@ -127,7 +129,13 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     compression: o.compression === true,
     paused: o.paused === true,
     ...(directHost ? { directHost } : {}),
+    ...(o.baseImage ? { baseImage: checkImageId(o.baseImage, bad) } : {}),
   }
+}
+
+function checkImageId(id: string, bad: (msg: string) => Error): string {
+  if (!/^[0-9a-f]{64}$/.test(id)) throw bad('base image id is not 64 hex digits')
+  return id
 }
 
 export interface IncomingInit {

@@ -459,9 +459,20 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         : { ok: true as const, release: () => undefined }
       if (!r.ok) return await refuse(r.code, r.message)
       release = () => r.release()
+      // A disk over a base image: with our own copy of the image (fetched now if needed, within half a
+      // step) the disk here is a layer over it and the source sends only its layer.
+      let baseImage: string | undefined
+      if (offer.baseImage && this.#c.hooks?.ensureBaseImage) {
+        const bound = AbortSignal.any([signal, AbortSignal.timeout(this.#timeouts.stepTimeoutMs / 2)])
+        const ok = await this.#c.hooks.ensureBaseImage(offer.baseImage, { signal: bound }).catch(() => false)
+        if (ok) baseImage = offer.baseImage
+      }
       let instance: Awaited<ReturnType<MigrationComponents['driver']['prepareIncoming']>>
       try {
-        instance = await this.#c.driver.prepareIncoming(offer.spec, { dir: this.#c.vmDir(vmId) })
+        instance = await this.#c.driver.prepareIncoming(offer.spec, {
+          dir: this.#c.vmDir(vmId),
+          ...(baseImage ? { baseImage } : {}),
+        })
       } catch (err) {
         release()
         return await refuse('NO_CAPACITY', `cannot create the VM: ${asMigrationError(err).message}`)
@@ -524,6 +535,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
               ...(direct
                 ? { directPort: direct.port, directKey: direct.key, directIdentity: direct.identity }
                 : {}),
+              baseImage: baseImage !== undefined && instance.disk.baseImage?.id === baseImage,
             },
           },
           signal,

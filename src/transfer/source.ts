@@ -307,6 +307,7 @@ export class OutgoingMigration {
           dedup: options.dedup !== 'off',
           paused: this.#wasPaused,
           directHost: this.#directHost ?? '',
+          baseImage: instance.disk.ownBlocks ? (instance.disk.baseImage?.id ?? '') : '',
         },
       },
       this.#signal,
@@ -326,6 +327,8 @@ export class OutgoingMigration {
     } else if (this.#directHost) {
       this.#channelNote = 'the destination offers no direct channel'
     }
+    // The destination's disk is a layer over its own copy of our base image: send only our layer.
+    this.#baseShared = answer.accept?.baseImage === true && instance.disk.ownBlocks !== undefined
     // The destination holds content (a copy of this VM that left it, ...): ask which of our pages
     if (
       Number(answer.accept?.contentEntries ?? 0) > 0 &&
@@ -366,6 +369,8 @@ export class OutgoingMigration {
     this.#channelNote = 'no direct connection to the destination (relayed or unknown)'
     return undefined
   }
+  /** The destination holds our disk's base image: blocks of the base never cross the wire. */
+  #baseShared = false
   #retained: RetainedMemory | undefined
   /** Content hashes (keys) of pages the destination said it holds. */
   readonly #destHas = new Set<string>()
@@ -477,7 +482,9 @@ export class OutgoingMigration {
     let pages: Iterable<number> | null = withMemory
       ? (memory.maybeNonZeroPages?.() ?? range(memory.pageCount))
       : null
-    let blocks: Iterable<number> | null = disk.allocatedBlocks().indices()
+    let blocks: Iterable<number> | null = (
+      this.#baseShared ? disk.ownBlocks!() : disk.allocatedBlocks()
+    ).indices()
     while (true) {
       const t = performance.now()
       const before = this.#c.bytesSent
@@ -633,7 +640,8 @@ export class OutgoingMigration {
       this.#signal.throwIfAborted()
       if (h === null) {
         this.#c.zeroBlocks++
-        if (!skipZero) {
+        // Over a shared base a zero block of our layer hides a base block: it must be written there.
+        if (!skipZero || this.#baseShared) {
           b.addZero('disk', i)
           this.#tables[k]!.disk.forget(i)
           this.#c.blocksSent++

@@ -74,6 +74,12 @@ export interface DestinationHooks {
    * a restart): 'committed' if the journal has it, else undefined (= it did not commit here).
    */
   lookupOutcome?(migrationId: string): Promise<'committed' | 'aborted' | undefined>
+  /**
+   * Destination, an offer whose disk is a copy-on-write layer over a content-addressed image: make the
+   * image complete here (fetching it from the mesh by its id if needed) and say true — the VM's disk is
+   * then a layer over it and only the source's layer crosses the wire — or false for a full copy.
+   */
+  ensureBaseImage?(imageId: string, opts: { signal: AbortSignal }): Promise<boolean>
 }
 
 export interface TransferTimeouts {

@@ -123,6 +123,13 @@ export interface VmDisk {
   readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }>
   /** The disk part of `VmInstance.digest()`. Pause the VM first. */
   digest(): Promise<string>
+  /**
+   * Optional: the disk is a copy-on-write layer over this content-addressed base image (src/images);
+   * a migration to a host that holds the image sends only `ownBlocks()`.
+   */
+  readonly baseImage?: { id: string; size: number }
+  /** Optional, with `baseImage`: the blocks of the VM's own layer (all others read from the base). */
+  ownBlocks?(): DirtyBitmap
   startDirtyTracking(): void
   takeDirtyBlocks(): DirtyBitmap
   stopDirtyTracking(): void
@@ -180,6 +187,11 @@ export interface CreateVmOptions {
   mac?: string
   /** The guest's IPv4 with prefix on that network (e.g. 10.42.0.5/24). */
   ip?: string
+  /**
+   * prepareIncoming only: the disk starts as an empty copy-on-write layer over this base image (an id
+   * the driver resolves on this host), so a migration sends only the source's layer.
+   */
+  baseImage?: string
 }
 
 export interface VmDriver {

@@ -197,7 +197,7 @@ describe('images across agents', () => {
     assert.deepEqual((await restarted.request('POST', `/v1/images/${imageId}/verify`, {})).body.ok, true)
   })
 
-  it('a virtual cluster of VMs from the image comes up spread over the hosts, each with its context', async () => {
+  it('a virtual cluster comes up spread over the hosts, each VM with its context; it is scaled up and down, packed, removed', async () => {
     const a = agent('a')
     // does not fit: refused before anything starts
     let r = await a.request('POST', '/v1/vclusters', {
@@ -211,25 +211,37 @@ describe('images across agents', () => {
     assert.equal(r.status, 400)
     for (const x of agents.values()) assert.deepEqual((await x.request('GET', '/v1/vms')).body.vms, [])
 
-    const made = await runCli(
-      [
-        'cluster',
-        'create',
-        'web',
-        '--image',
-        imageId.slice(0, 12),
-        '--count',
-        '3',
-        '--memory',
-        '16',
-        '--json',
-        '--data-dir',
-        a.dataDir,
-      ],
-      { timeoutMs: 60_000 },
-    )
-    assert.equal(made.code, 0, made.stderr)
-    const c = JSON.parse(made.stdout)
+    const cli = async (args: string[]) => {
+      const r = await runCli([...args, '--json', '--data-dir', a.dataDir], { timeoutMs: 90_000 })
+      assert.equal(r.code, 0, r.stderr)
+      return JSON.parse(r.stdout)
+    }
+    const ctxFile = async (v: { id: string; host: string }) => {
+      const owner = [...agents.values()].find((x) => x.peerId === v.host)!
+      return JSON.parse(await readFile(join(owner.dataDir, 'vms', v.id, 'context.json'), 'utf8'))
+    }
+    // No live host in that site: refused, nothing started.
+    r = await a.request('POST', '/v1/vclusters', { name: 'far', image: imageId, count: 1, site: 'nowhere' })
+    assert.equal(r.status, 400, JSON.stringify(r.body))
+    assert.match(r.body.error.message, /site/)
+
+    const c = await cli([
+      'cluster',
+      'create',
+      'web',
+      '--image',
+      imageId.slice(0, 12),
+      '--count',
+      '3',
+      '--memory',
+      '16',
+      '--spread',
+      '--site',
+      'one',
+      '--user-data',
+      'role=web',
+    ])
+    assert.equal(c.state, 'running', JSON.stringify(c))
     assert.equal(c.vms.length, 3)
     assert.equal(new Set(c.vms.map((v: { host: string }) => v.host)).size, 3, 'spread over 3 hosts')
     assert.deepEqual(
@@ -239,20 +251,73 @@ describe('images across agents', () => {
     // The broker: each VM's context names it and its two peers, on the creating host and in the VM's dir.
     const ctx = (await a.request('GET', '/v1/vclusters/web/context?vm=web-1')).body
     assert.equal(ctx.vm.name, 'web-1')
+    assert.equal(ctx.userData, 'role=web')
     assert.deepEqual(ctx.peers.map((p: { name: string }) => p.name).sort(), ['web-0', 'web-2'])
     for (const v of c.vms) {
       const owner = [...agents.values()].find((x) => x.peerId === v.host)!
       const vm = (await owner.request('GET', `/v1/vms/${v.id}`)).body
       assert.equal(vm.image, imageId)
       assert.equal(vm.state, 'running')
-      const file = JSON.parse(await readFile(join(owner.dataDir, 'vms', v.id, 'context.json'), 'utf8'))
+      const file = await ctxFile(v)
       assert.equal(file.vm.name, v.name)
       assert.equal(file.peers.length, 2)
       const served = (await owner.request('GET', `/v1/vclusters/web/context?vm=${v.name}`)).body
       assert.deepEqual(served, file)
     }
+
+    // Scaled up: two more VMs, and every VM's context now names the four others.
+    const up = await cli(['cluster', 'scale', 'web', '5'])
+    assert.equal(up.state, 'running', JSON.stringify(up))
+    assert.deepEqual(
+      up.vms.map((v: { name: string }) => v.name),
+      ['web-0', 'web-1', 'web-2', 'web-3', 'web-4'],
+    )
+    assert.equal(new Set(up.vms.map((v: { host: string }) => v.host)).size, 4, 'spread over all 4 hosts')
+    for (const v of up.vms) assert.equal((await ctxFile(v)).peers.length, 4, v.name)
+
+    // Scaled down: the last three go, the rest learn it.
+    const down = await cli(['cluster', 'scale', 'web', '2'])
+    assert.equal(down.state, 'running', JSON.stringify(down))
+    assert.deepEqual(
+      down.vms.map((v: { name: string }) => v.name),
+      ['web-0', 'web-1'],
+    )
+    for (const v of up.vms.slice(2)) {
+      const owner = [...agents.values()].find((x) => x.peerId === v.host)!
+      assert.equal((await owner.request('GET', `/v1/vms/${v.id}`)).status, 404, `${v.name} removed`)
+    }
+    const head = await ctxFile(down.vms[0])
+    assert.deepEqual(
+      head.peers.map((p: { name: string }) => p.name),
+      ['web-1'],
+    )
+    const listed = await cli(['cluster', 'ls'])
+    assert.deepEqual(
+      listed.vclusters.map((x: { name: string; state: string }) => [x.name, x.state]),
+      [['web', 'running']],
+    )
+    assert.equal((await cli(['cluster', 'show', 'web'])).vms.length, 2)
+
     // Removed with its VMs.
     assert.equal((await a.request('DELETE', '/v1/vclusters/web')).status, 204)
+    for (const x of agents.values()) assert.deepEqual((await x.request('GET', '/v1/vms')).body.vms, [])
+
+    // Packed: as few hosts as fit (all of them fit on one).
+    const packed = await cli([
+      'cluster',
+      'create',
+      'dense',
+      '--image',
+      imageId.slice(0, 12),
+      '--count',
+      '3',
+      '--memory',
+      '16',
+      '--pack',
+    ])
+    assert.equal(packed.state, 'running', JSON.stringify(packed))
+    assert.equal(new Set(packed.vms.map((v: { host: string }) => v.host)).size, 1, 'packed on one host')
+    assert.equal((await a.request('DELETE', '/v1/vclusters/dense')).status, 204)
     for (const x of agents.values()) assert.deepEqual((await x.request('GET', '/v1/vms')).body.vms, [])
   })
 

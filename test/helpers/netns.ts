@@ -228,6 +228,27 @@ export class NetnsMesh {
     await run('ip', ['-n', router, 'rule', 'add', 'iif', 'lan', 'lookup', '100'])
   }
 
+  /**
+   * Bytes that crossed the site's wide-area link so far (its router's uplink interface counters):
+   * `in` entered the site from the backbone, `out` left it.
+   */
+  async siteLinkBytes(site: string): Promise<{ in: number; out: number }> {
+    const s = this.#siteIndex(site)
+    const { stdout } = await run('ip', [
+      '-n',
+      this.#routerNs(s),
+      '-s',
+      '-j',
+      'link',
+      'show',
+      'dev',
+      `${this.#prefix}u${s}`,
+    ])
+    const stats = (JSON.parse(stdout) as { stats64: { rx: { bytes: number }; tx: { bytes: number } } }[])[0]!
+      .stats64
+    return { in: stats.rx.bytes, out: stats.tx.bytes }
+  }
+
   /** Cuts every packet between two sites (both directions) until heal(). */
   async partition(siteA: string, siteB: string): Promise<void> {
     const a = this.#siteIndex(siteA)

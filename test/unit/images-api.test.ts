@@ -31,8 +31,15 @@ function setup() {
       return { id: 'push-1', state: 'running' }
     },
     imagePush: () => ({}),
-    createVcluster: async () => {
-      throw new ImagesError('INSUFFICIENT_CAPACITY', 'count: only 2 of 5 VMs fit; nothing was started')
+    createVcluster: (req) => {
+      if (req.count > 4)
+        throw new ImagesError('INSUFFICIENT_CAPACITY', 'count: only 2 of 5 VMs fit; nothing was started')
+      calls.push(`vcluster ${req.name} ${req.placement ?? '-'} ${req.site ?? '-'}`)
+      return { name: req.name, state: 'creating' }
+    },
+    scaleVcluster: (name, count) => {
+      calls.push(`scale ${name} ${count}`)
+      return { name, state: 'scaling' }
     },
     listVclusters: () => [],
     getVcluster: () => ({}),
@@ -112,16 +119,39 @@ describe('api: images', () => {
   })
 
   it('virtual clusters: a bad spec is refused with the field named; the context query is checked', async () => {
-    const { app } = setup()
+    const { app, calls } = setup()
     for (const payload of [
       { name: 'bad name', image: 'abcdef', count: 1 },
       { name: 'web', image: 'abcdef', count: 0 },
       { name: 'web', image: 'ab', count: 1 },
+      { name: 'web', image: 'abcdef', count: 1, placement: 'scatter' },
+      { name: 'web', image: 'abcdef', count: 1, site: 'a b' },
+      { name: 'web', image: 'abcdef', count: 1, userData: 'x'.repeat(16385) },
     ]) {
       const res = await app.inject({ method: 'POST', url: '/v1/vclusters', headers: AUTH, payload })
       assert.equal(res.statusCode, 400, JSON.stringify(payload))
     }
-    let res = await app.inject({ url: '/v1/vclusters/web/context?vm=web-1', headers: AUTH })
+    // Accepted once placed: built in the background (202), progress at GET /v1/vclusters/:name.
+    let res = await app.inject({
+      method: 'POST',
+      url: '/v1/vclusters',
+      headers: AUTH,
+      payload: { name: 'web', image: 'abcdef', count: 2, placement: 'pack', site: 'eu-1', userData: 'k=v' },
+    })
+    assert.equal(res.statusCode, 202, res.body)
+    for (const payload of [{ count: 0 }, { count: 257 }, { count: 2, extra: 1 }, {}]) {
+      res = await app.inject({ method: 'POST', url: '/v1/vclusters/web/scale', headers: AUTH, payload })
+      assert.equal(res.statusCode, 400, JSON.stringify(payload))
+    }
+    res = await app.inject({
+      method: 'POST',
+      url: '/v1/vclusters/web/scale',
+      headers: AUTH,
+      payload: { count: 3 },
+    })
+    assert.equal(res.statusCode, 202, res.body)
+    assert.deepEqual(calls, ['vcluster web pack eu-1', 'scale web 3'])
+    res = await app.inject({ url: '/v1/vclusters/web/context?vm=web-1', headers: AUTH })
     assert.deepEqual(res.json(), { cluster: 'web', vm: 'web-1' })
     res = await app.inject({ url: '/v1/vclusters/web/context?other=1', headers: AUTH })
     assert.equal(res.statusCode, 400)

@@ -52,7 +52,7 @@ describe('OverlayDisk', () => {
     assert.ok(Buffer.from(await disk.readBlock(5)).equals(Buffer.alloc(BLOCK_SIZE)))
     assert.ok(Buffer.from(await disk.readBlock(50)).equals(mine))
     assert.equal(await disk.blockHash(5), null)
-    assert.equal(disk.ownBlocks, 3)
+    assert.equal(disk.ownBlocks().count(), 3)
     // the shared base is untouched
     assert.deepEqual(await store.verify(imageId), [])
     const { data, hash } = await disk.readBlockHashed(3)

@@ -86,9 +86,14 @@ export class OverlayDisk implements GuestDisk {
     return this.#own.open
   }
 
-  /** Blocks in the VM's own layer (what a migration would need to move beyond the base). */
-  get ownBlocks(): number {
-    return this.#written.count()
+  /** The base image below (a migration to a host holding it sends only the own layer). */
+  get baseImage(): { id: string; size: number } {
+    return { id: this.base.id, size: this.base.size }
+  }
+
+  /** Blocks in the VM's own layer (what a migration needs to move beyond the base). */
+  ownBlocks(): Bitmap {
+    return this.#written.clone()
   }
 
   #fromBase(i: number): boolean {

@@ -65,8 +65,17 @@ export class SyntheticDriver implements VmDriver {
     return this.#start(spec, opts, new SyntheticMemory(sizes.memoryBytes), disk, 'running')
   }
 
-  prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
-    return this.#fresh(spec, opts, 'paused')
+  /** A paused, empty VM for a migration to fill; with `opts.baseImage` its disk is a layer over that image. */
+  async prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance> {
+    if (opts.baseImage === undefined) return this.#fresh(spec, opts, 'paused')
+    this.#checkOpen()
+    const base = this.#resolveBase?.(opts.baseImage)
+    if (!base) throw new VmError('VM_IO', `the base image ${opts.baseImage.slice(0, 12)} is not on this host`)
+    const sizes = checkSpec(spec)
+    await mkdir(opts.dir, { recursive: true })
+    await removeSuspendImage(opts.dir)
+    const disk = await OverlayDisk.create(opts.dir, sizes.diskBytes, base)
+    return this.#start(spec, opts, new SyntheticMemory(sizes.memoryBytes), disk, 'paused')
   }
 
   /** A VM with zeroed memory and an empty disk, in a wiped directory. */

@@ -25,6 +25,12 @@ export interface CreateVclusterRequest {
   memoryMiB?: number
   diskMiB?: number
   network?: string
+  /** spread (default): over as many hosts as fit; pack: on as few as possible. */
+  placement?: 'spread' | 'pack'
+  /** Only hosts of this site. */
+  site?: string
+  /** Handed to every VM in its context (at most 16 KiB). */
+  userData?: string
 }
 
 /** What the routes call; the agent implements it (src/node/images.ts). */
@@ -36,7 +42,8 @@ export interface ImagesApi {
   verifyImage(ref: string): Promise<unknown>
   distributeImage(ref: string, req: DistributeRequest): unknown
   imagePush(ref: string): unknown
-  createVcluster(req: CreateVclusterRequest): Promise<unknown>
+  createVcluster(req: CreateVclusterRequest): unknown
+  scaleVcluster(name: string, count: number): unknown
   listVclusters(): unknown[]
   getVcluster(name: string): unknown
   vclusterContext(name: string, vm?: string): unknown
@@ -93,6 +100,23 @@ const vclusterSchema = z.strictObject(
     memoryMiB: z.number(msg('an integer from 1 to 1048576')).int().min(1).max(1_048_576).optional(),
     diskMiB: z.number(msg('an integer from 1 to 16777216')).int().min(1).max(16_777_216).optional(),
     network: z.string(msg('a network name')).regex(nameRe, msg('a network name')).optional(),
+    placement: z.enum(['spread', 'pack'], msg("'spread' or 'pack'")).optional(),
+    site: z
+      .string(msg('a site name'))
+      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/, msg("1 to 63 letters, digits, '.', '_' or '-'"))
+      .optional(),
+    userData: z.string(msg('a string')).max(16384, msg('at most 16 KiB of user data')).optional(),
+  },
+  msg('a JSON object'),
+)
+
+const scaleSchema = z.strictObject(
+  {
+    count: z
+      .number(msg('an integer from 1 to 256'))
+      .int(msg('an integer'))
+      .min(1, msg('>= 1'))
+      .max(256, msg('<= 256')),
   },
   msg('a JSON object'),
 )
@@ -142,7 +166,15 @@ export function imageRoutes(app: FastifyInstance, api: ImagesApi): void {
 
   app.post('/v1/vclusters', async (request, reply) => {
     const req = parseOrThrow(vclusterSchema, request.body)
-    return reply.code(201).send(await call(() => api.createVcluster(req)))
+    // Placed and checked now (a cluster that does not fit is refused here); built in the background:
+    // GET /v1/vclusters/:name shows the progress until its state is 'running'.
+    return reply.code(202).send(await call(() => api.createVcluster(req)))
+  })
+
+  app.post('/v1/vclusters/:name/scale', async (request, reply) => {
+    const name = parseOrThrow(nameParams, request.params, 'name').name
+    const req = parseOrThrow(scaleSchema, request.body)
+    return reply.code(202).send(await call(() => api.scaleVcluster(name, req.count)))
   })
 
   app.get('/v1/vclusters/:name', async (request) =>
