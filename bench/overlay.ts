@@ -401,7 +401,7 @@ async function partTwo(migrations: number) {
 async function main(): Promise<void> {
   const args = { frames: arg('frames', 50_000), pings: arg('pings', 1000), migrations: arg('migrations', 3) }
   const one = await partOne(args.frames, args.pings)
-  const two = await partTwo(args.migrations)
+  const two = args.migrations > 0 ? await partTwo(args.migrations) : []
 
   process.stdout.write(
     '\nVM-to-VM frames across two agents (overlay) vs a direct TCP socket between the same processes\n\n',

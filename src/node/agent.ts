@@ -2,7 +2,7 @@
 // owns the lifecycle of this host's VMs (create, delete, suspend on stop, resume on start).
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Logger } from 'pino'
 import { Registry } from 'prom-client'
@@ -10,6 +10,14 @@ import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import type { VmContext } from '../images/index.js'
 import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
+import {
+  type MetadataCaller,
+  metadataFromContext,
+  type NicRecord,
+  OverlayError,
+  OverlayService,
+  type VmMetadata,
+} from '../overlay/index.js'
 import { createDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
@@ -515,9 +523,15 @@ export class Agent implements AgentService, NetworkApi {
         )
       }
       const id = `vm-${randomBytes(6).toString('hex')}`
+      if (req.nicAttach && this.config.driver !== 'synthetic')
+        throw new AgentError('BAD_REQUEST', `nicAttach: a ${this.config.driver} VM has its own NIC`, {
+          field: 'nicAttach',
+        })
       // Addresses first: an unknown network refuses the VM before anything is made.
       const nics = req.networks?.length
-        ? this.overlayCall(() => this.requireOverlay().allocate(id, req.networks ?? []))
+        ? this.overlayCall(() =>
+            this.requireOverlay().allocate(id, req.networks ?? [], { attach: req.nicAttach }),
+          )
         : []
       const spec: VmSpec = {
         id,
@@ -716,7 +730,7 @@ export class Agent implements AgentService, NetworkApi {
     const overlay = this.requireOverlay()
     return overlay.nicsOf(id).map((n) => ({
       ...n,
-      stats: overlay.endpoint(id, n.network)?.stats,
+      ...overlay.nicView(id, n.network),
       firstFrameAfterArrivalMs: overlay.firstFrameAfterArrival(id, n.network),
     }))
   }
@@ -795,6 +809,7 @@ export class Agent implements AgentService, NetworkApi {
       metrics: this.metrics,
       networks: this.config.networks,
       dialTimeoutMs: this.config.dialTimeoutMs,
+      metadata: (vm) => this.vmMetadata(vm),
       store: {
         load: () => store.getMeta('overlay'),
         save: (snapshot) => store.putMeta('overlay', snapshot),
@@ -813,6 +828,16 @@ export class Agent implements AgentService, NetworkApi {
     // VMs resumed before the overlay started get their NICs back.
     for (const [id, instance] of this.instances)
       this.overlay.plug(id, () => instance.state === 'running', instance.nicSocket)
+  }
+
+  /** What a local VM reads at 169.254.169.254: its virtual cluster context (context.json) if it has one. */
+  private async vmMetadata(vm: MetadataCaller): Promise<VmMetadata> {
+    const base = { ...vm, name: this.records.get(vm.vmId)?.name ?? vm.vmId }
+    const ctx = await readFile(join(this.vmDir(vm.vmId), 'context.json'), 'utf8').then(
+      (s) => JSON.parse(s) as unknown,
+      () => undefined,
+    )
+    return metadataFromContext(base, ctx)
   }
 
   private overlayCall<T>(fn: () => T): T {

@@ -1,6 +1,7 @@
 // Shapes the agent shows through its API (and the CLI reads). JSON-safe: strings, numbers, arrays.
 import type { Registry } from 'prom-client'
 import type { MemberStatus } from '../gossip/types.js'
+import type { TapView } from '../overlay/service.js'
 import type { NicStats } from '../overlay/synthetic-nic.js'
 import type { NetworkDetail, NetworkSummary } from '../overlay/types.js'
 import type { MigrationView } from '../transfer/index.js'
@@ -90,6 +91,8 @@ export interface CreateVmRequest {
   workload?: Partial<WorkloadSpec>
   /** Virtual networks to attach the VM to (one NIC each). */
   networks?: string[]
+  /** 'tap': its NICs are Linux TAP devices made by the agent (synthetic driver; root, socat). */
+  nicAttach?: 'tap'
   /** Image id (or unique prefix/name) whose content the disk starts with, copy-on-write (synthetic driver). */
   image?: string
 }
@@ -200,6 +203,8 @@ export interface VmNicView {
   mac: string
   ip: string
   stats?: NicStats
+  /** A NIC attached as a TAP device: its interface name and helper state. */
+  tap?: TapView
   /** For a VM that arrived by migration: ms from its arrival here to the first frame it received. */
   firstFrameAfterArrivalMs?: number
 }

@@ -23,9 +23,13 @@ export function encodeHostOverlay(o: HostOverlay): Uint8Array {
       createdMs: n.createdMs,
       creator: n.creator,
     })),
-    nics: o.nics
-      .slice(0, MAX_NICS)
-      .map((n) => ({ vmId: n.vmId, network: n.network, mac: macToBytes(n.mac), ip: n.ip })),
+    nics: o.nics.slice(0, MAX_NICS).map((n) => ({
+      vmId: n.vmId,
+      network: n.network,
+      mac: macToBytes(n.mac),
+      ip: n.ip,
+      attach: n.attach ?? '',
+    })),
   }).finish()
 }
 
@@ -57,7 +61,13 @@ export function decodeHostOverlay(buf: Uint8Array): HostOverlay {
     if (!n.vmId || !n.network || n.mac?.length !== 6 || ipToNumber(n.ip ?? '') === undefined) continue
     const mac = macFromBytes(n.mac)
     if (isGroupMac(mac)) continue
-    nics.push({ vmId: n.vmId, network: n.network, mac, ip: n.ip ?? '' })
+    nics.push({
+      vmId: n.vmId,
+      network: n.network,
+      mac,
+      ip: n.ip ?? '',
+      ...(n.attach === 'tap' ? { attach: 'tap' as const } : {}),
+    })
   }
   return { networks, nics }
 }

@@ -103,6 +103,21 @@ export function gratuitousArpFrame(mac: Mac, ip: string): Uint8Array {
   return buildEthernet('ff:ff:ff:ff:ff:ff', mac, ETHERTYPE_ARP, arp)
 }
 
+/** RARP "request reverse" (RFC 903) for one's own MAC, as QEMU's announce-self sends: switches learn the MAC. */
+export const RARP_REQUEST_REVERSE = 3
+
+export function rarpAnnounceFrame(mac: Mac): Uint8Array {
+  const arp = buildArp({
+    op: ARP_REQUEST,
+    senderMac: mac,
+    senderIp: '0.0.0.0',
+    targetMac: mac,
+    targetIp: '0.0.0.0',
+  })
+  new DataView(arp.buffer).setUint16(6, RARP_REQUEST_REVERSE)
+  return buildEthernet('ff:ff:ff:ff:ff:ff', mac, ETHERTYPE_RARP, arp)
+}
+
 export function arpRequestFrame(from: { mac: Mac; ip: string }, targetIp: string): Uint8Array {
   const arp = buildArp({
     op: ARP_REQUEST,

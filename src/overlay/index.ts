@@ -3,11 +3,24 @@ export * from './frame.js'
 export { allocateIp, parseSubnet, type Subnet, subnetContains, usableRange } from './ipam.js'
 export { allocateMac, BROADCAST_MAC, isGroupMac, isMac, type Mac, macFromBytes, macToBytes } from './mac.js'
 export {
+  METADATA_IP,
+  METADATA_MAC,
+  METADATA_PORT,
+  type MetadataCaller,
+  type MetadataProvider,
+  MetadataServer,
+  type MetadataStats,
+  metadataFromContext,
+  metadataPath,
+  type VmMetadata,
+} from './metadata.js'
+export {
   type NetworkConfig,
   type OverlayGossip,
   OverlayService,
   type OverlayServiceInit,
   type ProbeReport,
+  type TapView,
 } from './service.js'
 export { StreamPort, type StreamPortStats } from './stream-port.js'
 export {
@@ -23,5 +36,13 @@ export {
   VirtualSwitch,
 } from './switch.js'
 export { type NicStats, type PingResult, SyntheticNic } from './synthetic-nic.js'
+export {
+  isIfname,
+  type TapEvent,
+  TapPort,
+  type TapPortStats,
+  type TapSupport,
+  tapSupport,
+} from './tap-port.js'
 export { OVERLAY_PROTOCOL, OverlayTransport, type TransportStats } from './transport.js'
 export * from './types.js'

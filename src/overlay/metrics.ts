@@ -1,5 +1,6 @@
 // Prometheus metrics of the overlay, read from the switch's and transport's counters at scrape time.
 import { Counter, Gauge, type Registry } from 'prom-client'
+import type { MetadataStats } from './metadata.js'
 import { DROP_REASONS, FORWARD_KINDS, type SwitchStats } from './switch.js'
 import type { TransportStats } from './transport.js'
 
@@ -7,6 +8,8 @@ export interface OverlayMetricsSource {
   readonly switch: { stats: SwitchStats }
   readonly transport: { stats: TransportStats }
   malformedBatches: number
+  readonly portDropped: { 'nic-down': number; 'nic-full': number }
+  readonly metadata: { stats: MetadataStats }
   portCount(): number
   networkCount(): number
 }
@@ -54,6 +57,11 @@ export function registerOverlayMetrics(registry: Registry, src: OverlayMetricsSo
       ]),
       [{ reason: 'malformed-batch' }, src.malformedBatches],
       [{ reason: 'link-lost' }, src.transport.stats.framesLost],
+      [{ reason: 'nic-down' }, src.portDropped['nic-down']],
+      [{ reason: 'nic-full' }, src.portDropped['nic-full']],
+      [{ reason: 'metadata-malformed' }, src.metadata.stats.dropped.malformed],
+      [{ reason: 'metadata-not-served' }, src.metadata.stats.dropped['not-served']],
+      [{ reason: 'metadata-too-many' }, src.metadata.stats.dropped['too-many']],
     ],
   )
   mirrored(
@@ -79,6 +87,29 @@ export function registerOverlayMetrics(registry: Registry, src: OverlayMetricsSo
       [{ direction: 'out' }, src.transport.stats.bytesOut],
       [{ direction: 'in' }, src.transport.stats.bytesIn],
     ],
+  )
+  mirrored(
+    registry,
+    'skymesh_overlay_metadata_responses_total',
+    'Answers of the metadata service (169.254.169.254), by HTTP status',
+    ['status'],
+    () => Object.entries(src.metadata.stats.responses).map(([status, n]) => [{ status }, n]),
+  )
+  mirrored(
+    registry,
+    'skymesh_overlay_metadata_tcp_total',
+    'TCP events of the metadata service',
+    ['event'],
+    () => {
+      const s = src.metadata.stats
+      return [
+        [{ event: 'connection' }, s.connections],
+        [{ event: 'retransmit' }, s.retransmits],
+        [{ event: 'reset-sent' }, s.resetsSent],
+        [{ event: 'reset-received' }, s.resetsReceived],
+        [{ event: 'timeout' }, s.timeouts],
+      ]
+    },
   )
   new Gauge({
     name: 'skymesh_overlay_ports',

@@ -8,21 +8,25 @@
 // with the location table, and a migration's location update (epoch bump) moves the MACs with it.
 // Right after a handover the destination also sends an OverlayAnnounce on the frame streams, so
 // peers reroute before gossip catches up; the epoch orders both.
+import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
 import { decodeHostOverlay, encodeHostOverlay, type HostOverlay } from './codec.js'
 import { allocateIp, parseSubnet, subnetContains } from './ipam.js'
 import { allocateMac } from './mac.js'
+import { type MetadataProvider, MetadataServer, type VmMetadata } from './metadata.js'
 import { registerOverlayMetrics } from './metrics.js'
 import { StreamPort } from './stream-port.js'
 import { DEFAULT_MTU, type RemoteNic, VirtualSwitch } from './switch.js'
 import { type PingResult, SyntheticNic } from './synthetic-nic.js'
+import { TapPort, type TapPortStats, type TapSupport, tapSupport } from './tap-port.js'
 import { type OverlayHost, OverlayTransport, type WireAnnounce, type WireFrame } from './transport.js'
 import {
   type NetworkDef,
   type NetworkDetail,
   type NetworkMember,
   type NetworkSummary,
+  type NicAttach,
   type NicRecord,
   OverlayError,
   type OverlayStore,
@@ -56,6 +60,21 @@ export interface OverlayServiceInit {
   /** How long a VM's previous host relays frames for it after a migration; default 10 s. */
   graceMs?: number
   dialTimeoutMs?: number
+  /**
+   * A VM's context for the metadata service at 169.254.169.254 (the virtual cluster's). Default, and
+   * when it returns undefined: the VM's own name, MAC and address.
+   */
+  metadata?: MetadataProvider
+  /** Whether TAP devices can be made here (default: root, /dev/net/tun, socat, ip). */
+  tapSupport?: () => TapSupport
+}
+
+/** A NIC plugged in as a TAP device: its interface and its helper's state. */
+export interface TapView extends TapPortStats {
+  ifname: string
+  up: boolean
+  pid?: number
+  lastError?: string
 }
 
 export interface ProbeReport {
@@ -73,6 +92,7 @@ export const MTU_RANGE = { min: 576, max: 9000 } as const
 export class OverlayService {
   readonly switch: VirtualSwitch
   readonly transport: OverlayTransport
+  readonly metadata: MetadataServer
   private readonly log: Logger
   /** Networks created here or from config. */
   private readonly ownNetworks = new Map<string, NetworkDef>()
@@ -88,6 +108,8 @@ export class OverlayService {
   private readonly endpoints = new Map<string, SyntheticNic>()
   /** Guests with a real NIC (QEMU's `-netdev stream` socket), by `vmId\0network`. */
   private readonly streams = new Map<string, StreamPort>()
+  /** NICs attached as TAP devices (socat helpers), by `vmId\0network`. */
+  private readonly taps = new Map<string, TapPort>()
   /** When VMs arrived here by migration (wall-clock ms). */
   private readonly arrivals = new Map<string, number>()
   private unsubscribe?: () => void
@@ -95,6 +117,8 @@ export class OverlayService {
   private saving: Promise<void> = Promise.resolve()
   private readonly graceMs: number
   malformedBatches = 0
+  /** Frames for a NIC whose port could not take them: TAP helper or QEMU socket down, guest not reading. */
+  readonly portDropped = { 'nic-down': 0, 'nic-full': 0 }
 
   constructor(private readonly init: OverlayServiceInit) {
     this.log = init.logger
@@ -109,8 +133,17 @@ export class OverlayService {
         this.log.debug({ peer }, 'malformed overlay batch dropped')
       },
     })
+    this.metadata = new MetadataServer({
+      provider: async (vm) => (await init.metadata?.(vm)) ?? this.ownMetadata(vm),
+    })
     this.switch = new VirtualSwitch({
       send: (host, network, data, relayed) => this.transport.send(host, { network, data, relayed }),
+      metadata: (port, frame, reply) =>
+        this.metadata.handle(
+          { vmId: port.vmId, network: port.network, mac: port.mac, ip: port.ip },
+          frame,
+          reply,
+        ),
     })
     if (init.metrics) registerOverlayMetrics(init.metrics, this)
   }
@@ -146,6 +179,9 @@ export class OverlayService {
     if (this.pruneTimer) clearInterval(this.pruneTimer)
     for (const port of this.streams.values()) port.close()
     this.streams.clear()
+    for (const port of this.taps.values()) port.close()
+    this.taps.clear()
+    this.metadata.close()
     await this.transport.stop()
     await this.saving
   }
@@ -205,8 +241,16 @@ export class OverlayService {
 
   // ---------------------------------------------------------------- VMs
 
-  /** NICs for a new VM on `networks` (nothing is kept until `attach`). Throws on unknown networks. */
-  allocate(vmId: string, networks: readonly string[]): NicRecord[] {
+  /**
+   * NICs for a new VM on `networks` (nothing is kept until `attach`). Throws on unknown networks, and
+   * when `attach` asks for TAP devices on a host that cannot make them.
+   */
+  allocate(vmId: string, networks: readonly string[], opts: { attach?: NicAttach } = {}): NicRecord[] {
+    if (opts.attach === 'tap') {
+      const support = (this.init.tapSupport ?? tapSupport)()
+      if (!support.ok)
+        throw new OverlayError('INVALID_STATE', support.reason ?? 'no TAP', { field: 'nicAttach' })
+    }
     const seen = new Set<string>()
     const nics: NicRecord[] = []
     const macs = new Set<string>()
@@ -239,7 +283,7 @@ export class OverlayService {
       }
       const mac = allocateMac(name, vmId, (m) => macs.has(m))
       macs.add(mac)
-      nics.push({ vmId, network: name, mac, ip })
+      nics.push({ vmId, network: name, mac, ip, ...(opts.attach ? { attach: opts.attach } : {}) })
     }
     return nics
   }
@@ -261,6 +305,10 @@ export class OverlayService {
   plug(vmId: string, running: () => boolean, nicSocket?: string): void {
     for (const [i, nic] of (this.localNics.get(vmId) ?? []).entries()) {
       if (!this.switch.hasNetwork(nic.network)) this.switch.addNetwork(nic.network, { mtu: DEFAULT_MTU })
+      if (nic.attach === 'tap' && nicSocket === undefined) {
+        this.plugTap(vmId, nic)
+        continue
+      }
       if (nicSocket !== undefined) {
         // QEMU has one NIC: further networks stay allocated but unplugged
         if (i > 0) continue
@@ -270,6 +318,7 @@ export class OverlayService {
           path: nicSocket,
           transmit: (frame) => this.switch.fromPort(vmId, nic.network, frame),
           onError: (err) => this.log.warn({ vm: vmId, err: err.message }, 'guest NIC stream'),
+          onDrop: (reason) => this.portDropped[reason]++,
         })
         this.streams.set(k, port)
         this.switch.attach({ ...nic, deliver: (frame) => port.deliver(frame) })
@@ -283,6 +332,55 @@ export class OverlayService {
       })
       this.endpoints.set(`${vmId}\0${nic.network}`, endpoint)
       this.switch.attach({ ...nic, deliver: (frame) => endpoint.receive(frame) })
+    }
+  }
+
+  /**
+   * A NIC as a TAP device named after (host, VM, network), so the old and the new host of a migrating
+   * VM never compete for one name. The helper is supervised by the port; its ups and downs are logged.
+   */
+  private plugTap(vmId: string, nic: NicRecord): void {
+    const k = `${vmId}\0${nic.network}`
+    this.taps.get(k)?.close()
+    const ifname = `sm${createHash('sha256').update(`${this.init.self}\0${k}`).digest('hex').slice(0, 11)}`
+    const port = new TapPort({
+      ifname,
+      mac: nic.mac,
+      mtu: this.switch.mtu(nic.network) ?? DEFAULT_MTU,
+      transmit: (frame) => this.switch.fromPort(vmId, nic.network, frame),
+      onDrop: (reason) => this.portDropped[reason]++,
+      onEvent: (e) => {
+        if (e.type === 'up')
+          this.log.info({ vm: vmId, network: nic.network, ifname, pid: e.pid }, 'TAP port up')
+        else
+          this.log.warn(
+            { vm: vmId, network: nic.network, ifname, reason: e.reason, restartInMs: e.restartInMs },
+            'TAP port down: its helper exited, restarting it',
+          )
+      },
+    })
+    this.taps.set(k, port)
+    this.switch.attach({ ...nic, deliver: (frame) => port.deliver(frame) })
+    port.start().catch((err: unknown) => {
+      this.log.error({ vm: vmId, ifname, err: (err as Error).message }, 'TAP port did not start')
+    })
+  }
+
+  /** How a local VM's NIC on `network` is plugged in, and its counters. */
+  nicView(vmId: string, network: string): { stats?: SyntheticNic['stats']; tap?: TapView } {
+    const k = `${vmId}\0${network}`
+    const tap = this.taps.get(k)
+    return {
+      stats: this.endpoints.get(k)?.stats,
+      tap: tap
+        ? {
+            ifname: tap.ifname,
+            up: tap.up,
+            pid: tap.pid,
+            ...tap.stats,
+            ...(tap.lastError ? { lastError: tap.lastError } : {}),
+          }
+        : undefined,
     }
   }
 
@@ -344,6 +442,17 @@ export class OverlayService {
     for (const n of nics) this.switch.announce(vmId, n.network)
     this.log.info({ vm: vmId, epoch, hosts: hosts.size, nics: nics.length }, 'VM announced on the overlay')
     return nics
+  }
+
+  /** What any VM of this host learns from the metadata service: its own name, MAC and address. */
+  ownMetadata(vm: { vmId: string; network: string; mac: string; ip: string }): VmMetadata {
+    return {
+      vmId: vm.vmId,
+      name: this.init.gossip.where(vm.vmId)?.name ?? vm.vmId,
+      network: vm.network,
+      mac: vm.mac,
+      ip: vm.ip,
+    }
   }
 
   /** After a migration: ms from the handover (arrival here) to the first frame the VM received. */
@@ -432,7 +541,7 @@ export class OverlayService {
   }
 
   portCount(): number {
-    return this.endpoints.size
+    return this.endpoints.size + this.streams.size + this.taps.size
   }
 
   networkCount(): number {
@@ -510,6 +619,8 @@ export class OverlayService {
       this.endpoints.delete(`${vmId}\0${n.network}`)
       this.streams.get(`${vmId}\0${n.network}`)?.close()
       this.streams.delete(`${vmId}\0${n.network}`)
+      this.taps.get(`${vmId}\0${n.network}`)?.close()
+      this.taps.delete(`${vmId}\0${n.network}`)
     }
     return true
   }

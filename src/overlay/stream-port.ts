@@ -27,6 +27,8 @@ export interface StreamPortInit {
   /** A frame from the guest, for the switch. */
   transmit: (frame: Uint8Array) => void
   onError?: (err: Error) => void
+  /** A frame for the guest was dropped: not connected ('nic-down') or the guest does not read ('nic-full'). */
+  onDrop?: (reason: 'nic-down' | 'nic-full') => void
 }
 
 export class StreamPort {
@@ -51,6 +53,7 @@ export class StreamPort {
     const s = this.#socket
     if (!this.#connected || !s || s.writableLength > MAX_QUEUED) {
       this.stats.txDropped++
+      this.init.onDrop?.(!this.#connected || !s ? 'nic-down' : 'nic-full')
       return
     }
     const hdr = Buffer.allocUnsafe(4)

@@ -17,8 +17,10 @@ import {
   gratuitousArpFrame,
   parseArp,
   parseEthernet,
+  rarpAnnounceFrame,
 } from './frame.js'
 import { isGroupMac, type Mac } from './mac.js'
+import { METADATA_IP, METADATA_MAC } from './metadata.js'
 
 export const DEFAULT_MTU = 1500
 
@@ -39,7 +41,7 @@ export const FORWARD_KINDS = ['local', 'to-peer', 'from-peer', 'relayed'] as con
 export type ForwardKind = (typeof FORWARD_KINDS)[number]
 
 /** What became of a frame: where it went, or why it was dropped. */
-export type Outcome = 'delivered' | 'sent' | 'flooded' | 'arp-proxied' | 'relayed' | DropReason
+export type Outcome = 'delivered' | 'sent' | 'flooded' | 'arp-proxied' | 'relayed' | 'metadata' | DropReason
 
 export interface PortInit {
   vmId: string
@@ -62,6 +64,11 @@ export interface RemoteNic {
 export interface SwitchInit {
   /** Sends a frame to the agent `host`; false when it cannot be reached (the frame is dropped). */
   send: (host: string, network: string, frame: Uint8Array, relayed: boolean) => boolean
+  /**
+   * The metadata service (169.254.169.254): frames a local port sends to METADATA_MAC, with that port
+   * (who asks) and a way to answer it (false once the port is gone). Without it the address is unknown.
+   */
+  metadata?: (port: PortInit, frame: Uint8Array, reply: (frame: Uint8Array) => boolean) => void
   now?: () => number
 }
 
@@ -70,6 +77,8 @@ export interface SwitchStats {
   dropped: Record<DropReason, number>
   arpProxied: number
   announced: number
+  /** Frames handed to the metadata service. */
+  metadata: number
 }
 
 interface Detour {
@@ -103,6 +112,7 @@ export class VirtualSwitch {
     dropped: Object.fromEntries(DROP_REASONS.map((r) => [r, 0])) as Record<DropReason, number>,
     arpProxied: 0,
     announced: 0,
+    metadata: 0,
   }
   private readonly now: () => number
 
@@ -204,6 +214,14 @@ export class VirtualSwitch {
       if (arp.senderMac !== port.mac || (arp.senderIp !== port.ip && arp.senderIp !== '0.0.0.0'))
         return this.drop('spoofed')
       if (arp.op === ARP_REQUEST) {
+        if (arp.targetIp === METADATA_IP && this.init.metadata) {
+          this.stats.arpProxied++
+          this.deliver(
+            port,
+            arpReplyFrame({ mac: port.mac, ip: arp.senderIp }, { mac: METADATA_MAC, ip: METADATA_IP }),
+          )
+          return 'arp-proxied'
+        }
         const answer = arp.targetIp === port.ip ? undefined : this.ipIndex.get(network)?.get(arp.targetIp)
         if (answer) {
           this.stats.arpProxied++
@@ -219,6 +237,16 @@ export class VirtualSwitch {
       if (arp.op !== ARP_REPLY) return this.drop('malformed')
     }
 
+    if (eth.dst === METADATA_MAC && this.init.metadata) {
+      this.stats.metadata++
+      const k = key(network, vmId)
+      this.init.metadata(port, frame, (reply) => {
+        if (this.ports.get(k) !== port) return false
+        this.deliver(port, reply)
+        return true
+      })
+      return 'metadata'
+    }
     if (isGroupMac(eth.dst)) {
       this.floodLocal(network, frame, port.mac)
       for (const host of this.hostsOf(network)) this.toPeer(host, network, frame, false)
@@ -268,16 +296,18 @@ export class VirtualSwitch {
   }
 
   /**
-   * Announces a local VM's NIC (after a migration): a gratuitous ARP to this host's other ports and
-   * to every host with members of the network, so ARP caches and tables follow the VM.
+   * Announces a local VM's NIC (after a migration): a gratuitous ARP (ARP caches learn the address)
+   * and a RARP (as QEMU's announce-self: learning switches and bridges behind guests learn the MAC) to
+   * this host's other ports and to every host with members of the network.
    */
   announce(vmId: string, network: string): boolean {
     const port = this.ports.get(key(network, vmId))
     if (!port) return false
-    const frame = gratuitousArpFrame(port.mac, port.ip)
     this.stats.announced++
-    this.floodLocal(network, frame, port.mac)
-    for (const host of this.hostsOf(network)) this.toPeer(host, network, frame, false)
+    for (const frame of [gratuitousArpFrame(port.mac, port.ip), rarpAnnounceFrame(port.mac)]) {
+      this.floodLocal(network, frame, port.mac)
+      for (const host of this.hostsOf(network)) this.toPeer(host, network, frame, false)
+    }
     return true
   }
 

@@ -1,13 +1,16 @@
 // Frames between agents: the libp2p protocol /skymesh/overlay/1. One long-lived outbound stream per
 // peer carries length-prefixed OverlayBatch messages; frames queued while a write is in flight go
 // out together in the next batch, so a burst costs few messages and a lone frame waits for nothing.
+// The hot path avoids per-message promises: a batch is encoded with its length prefix in one buffer
+// and handed to `stream.send` (awaiting only when the stream asks to drain); incoming bytes are cut
+// into batches synchronously in the stream's 'message' handler (LpDecoder), not by awaited reads.
 // Who sent a batch is the authenticated remote peer of the connection (noise; pnet keeps strangers
 // out); what it may send is the switch's business.
 import type { PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
 import { pb } from '../proto/index.js'
+import { LpDecoder } from './lp-decoder.js'
 
 export const OVERLAY_PROTOCOL = '/skymesh/overlay/1'
 /** Largest batch on the wire; a peer sending more is cut off. */
@@ -59,7 +62,6 @@ interface Link {
   frames: WireFrame[]
   queuedBytes: number
   announces: WireAnnounce[]
-  lp?: ReturnType<typeof lpStream>
   stream?: Stream
   pumping: boolean
   scheduled: boolean
@@ -207,69 +209,90 @@ export class OverlayTransport {
     link: Link,
     batch: { frames: WireFrame[]; announces: WireAnnounce[] },
   ): Promise<boolean> {
+    let dialed = true
     try {
-      if (!link.lp) {
+      if (!link.stream || link.stream.status !== 'open' || link.stream.writeStatus !== 'writable') {
+        link.stream?.abort(new Error('overlay stream replaced'))
+        link.stream = undefined
+        dialed = false
         const stream = await this.init.host.dialProtocol(peerIdFromString(link.peer), OVERLAY_PROTOCOL, {
           signal: AbortSignal.timeout(this.init.dialTimeoutMs ?? 5000),
           runOnLimitedConnection: true,
         })
+        dialed = true
         link.stream = stream
-        link.lp = lpStream(stream, { maxDataLength: MAX_BATCH_BYTES })
+        // nothing comes back on this stream; a reader keeps its buffer empty
+        stream.addEventListener('message', () => {})
       }
-      const buf = pb.OverlayBatch.encode({
+      // varint length + message in one buffer: one send, one yamux frame, one noise message
+      const buf = pb.OverlayBatch.encodeDelimited({
         frames: batch.frames,
         announces: batch.announces,
       }).finish()
-      await link.lp.write(buf)
+      if (!link.stream.send(buf)) await link.stream.onDrain({ signal: AbortSignal.timeout(30_000) })
       this.stats.batchesOut++
       this.stats.bytesOut += buf.length
       return true
     } catch (err) {
-      this.stats.dialFailures += link.lp ? 0 : 1
+      if (!dialed) this.stats.dialFailures++
       this.init.logger.debug({ peer: link.peer, err: (err as Error).message }, 'overlay link failed')
       link.stream?.abort(err as Error)
       link.stream = undefined
-      link.lp = undefined
       return false
     }
   }
 
+  /** Reads one peer's stream until it closes; batches are handled as their last byte arrives. */
   private async serve(stream: Stream, peer: string): Promise<void> {
     this.inbound.add(stream)
-    const lp = lpStream(stream, { maxDataLength: MAX_BATCH_BYTES })
-    try {
-      while (this.started) {
-        const buf = (await lp.read()).subarray()
-        this.stats.batchesIn++
-        this.stats.bytesIn += buf.length
-        let batch: InstanceType<typeof pb.OverlayBatch>
-        try {
-          batch = pb.OverlayBatch.decode(buf)
-        } catch {
-          this.init.onMalformed?.(peer)
-          continue
-        }
-        if (batch.frames.length > MAX_BATCH_FRAMES || batch.announces.length > MAX_BATCH_ANNOUNCES) {
-          this.init.onMalformed?.(peer)
-          continue
-        }
-        this.init.onBatch(
-          peer,
-          batch.announces.map((a) => ({ vmId: a.vmId ?? '', epoch: Number(a.epoch ?? 0) })),
-          batch.frames.map((f) => ({
-            network: f.network ?? '',
-            data: f.data ?? new Uint8Array(0),
-            relayed: f.relayed === true,
-          })),
-        )
+    const decoder = new LpDecoder(MAX_BATCH_BYTES)
+    const done = new Promise<void>((resolve) => {
+      stream.addEventListener('close', () => resolve(), { once: true })
+      stream.addEventListener('remoteCloseWrite', () => resolve(), { once: true })
+    })
+    stream.addEventListener('message', (evt) => {
+      if (!this.started) return
+      let batches: Uint8Array[]
+      try {
+        batches = decoder.push(evt.data)
+      } catch {
+        // a length over the limit: the rest of the stream cannot be trusted
+        this.init.onMalformed?.(peer)
+        stream.abort(new Error('overlay batch too large'))
+        return
       }
-    } catch (err) {
-      const name = (err as Error).name ?? ''
-      if (/InvalidDataLength|InvalidMessageLength/.test(name)) this.init.onMalformed?.(peer)
-      // otherwise: the peer closed or reset the stream
+      for (const buf of batches) this.onBatchBytes(peer, buf)
+    })
+    try {
+      await done
     } finally {
       this.inbound.delete(stream)
       stream.abort(new Error('overlay stream done'))
     }
+  }
+
+  private onBatchBytes(peer: string, buf: Uint8Array): void {
+    this.stats.batchesIn++
+    this.stats.bytesIn += buf.length
+    let batch: InstanceType<typeof pb.OverlayBatch>
+    try {
+      batch = pb.OverlayBatch.decode(buf)
+    } catch {
+      this.init.onMalformed?.(peer)
+      return
+    }
+    if (batch.frames.length > MAX_BATCH_FRAMES || batch.announces.length > MAX_BATCH_ANNOUNCES) {
+      this.init.onMalformed?.(peer)
+      return
+    }
+    this.init.onBatch(
+      peer,
+      batch.announces.map((a) => ({ vmId: a.vmId ?? '', epoch: Number(a.epoch ?? 0) })),
+      batch.frames.map((f) => ({
+        network: f.network ?? '',
+        data: f.data ?? new Uint8Array(0),
+        relayed: f.relayed === true,
+      })),
+    )
   }
 }

@@ -13,12 +13,17 @@ export interface NetworkDef {
   creator: string
 }
 
+/** How a NIC is plugged into the switch beyond the driver's own way: a Linux TAP device. */
+export type NicAttach = 'tap'
+
 /** A VM's NIC on one network: static for the VM's life. */
 export interface NicRecord {
   vmId: string
   network: string
   mac: Mac
   ip: string
+  /** Absent: the driver's NIC (in-process for synthetic VMs, `-netdev stream` for QEMU). */
+  attach?: NicAttach
 }
 
 export interface NetworkSummary {

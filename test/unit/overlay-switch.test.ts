@@ -8,6 +8,7 @@ import {
   buildArp,
   buildEthernet,
   ETHERTYPE_ARP,
+  ETHERTYPE_RARP,
   gratuitousArpFrame,
   parseArp,
   parseEthernet,
@@ -185,13 +186,18 @@ describe('overlay switch: ARP proxy', () => {
     assert.equal(sent.length, 0)
   })
 
-  it('announce() sends a gratuitous ARP to local members and every host of the network', () => {
+  it('announce() sends a gratuitous ARP and a RARP to local members and every host of the network', () => {
     assert.ok(sw.announce(A.vmId, 'red'))
-    assert.deepEqual(sent.map((s) => s.host).sort(), ['host-2', 'host-3'])
+    assert.deepEqual(sent.map((s) => s.host).sort(), ['host-2', 'host-2', 'host-3', 'host-3'])
     const a = arpReplyTo(sent[0]?.frame)
     assert.equal(a?.senderIp, A.ip)
     assert.equal(a?.targetIp, A.ip)
-    assert.equal(inbox[B.vmId]?.length, 1)
+    const rarp = parseEthernet(sent.at(-1)?.frame ?? new Uint8Array())
+    assert.equal(rarp?.ethertype, ETHERTYPE_RARP)
+    assert.equal(rarp?.src, A.mac)
+    assert.equal(rarp?.dst, 'ff:ff:ff:ff:ff:ff')
+    assert.equal(((rarp?.payload[6] ?? 0) << 8) | (rarp?.payload[7] ?? 0), 3, 'op: request reverse')
+    assert.equal(inbox[B.vmId]?.length, 2)
     assert.equal(sw.stats.announced, 1)
     assert.equal(sw.announce('vm-nope', 'red'), false)
   })

@@ -22,6 +22,7 @@ interface CreateOpts extends Opts {
   cpu?: number
   diskWrite?: number
   network?: string[]
+  tap?: boolean
   image?: string
 }
 
@@ -45,6 +46,7 @@ export function registerVmCommands(program: Command, io: CliIo, migrate: Migrate
         'attach to a virtual network (repeatable)',
         (v: string, acc: string[] = []) => [...acc, v],
       )
+      .option('--tap', 'plug its NICs in as Linux TAP devices (synthetic driver; root and socat)')
       .option('--image <id>', 'start the disk from an image, copy-on-write (id, unique prefix or name)'),
   ).action(async (name: string, opts: CreateOpts) => {
     const client = await connect(opts, io)
@@ -156,6 +158,7 @@ export function createRequest(name: string, opts: CreateOpts): CreateVmRequest {
   if (opts.diskWrite !== undefined) workload.diskWriteMiBps = opts.diskWrite
   if (Object.keys(workload).length > 0) req.workload = workload
   if (opts.network?.length) req.networks = opts.network
+  if (opts.tap) req.nicAttach = 'tap'
   if (opts.image) req.image = opts.image
   return req
 }

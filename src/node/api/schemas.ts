@@ -71,6 +71,7 @@ export const createVmSchema = z
         .array(nameSchema, expect('an array of network names'))
         .max(16, expect('at most 16 networks'))
         .optional(),
+      nicAttach: z.literal('tap', expect("'tap'")).optional(),
       image: (() => {
         const e = expect('an image id, a unique prefix of 6+ hex digits, or a name')
         return z.string(e).min(1, e).max(128, e)
