@@ -21,6 +21,11 @@ export interface DashboardSource {
   agent: DashboardAgent
   placement?: { status(): PlacementStatus; clusterView(): PlacementClusterView }
   images?: { listImages(): unknown[]; listVclusters(): unknown[] }
+  /** The overlay's networks: the addresses of every VM of the mesh on them. */
+  networks?: {
+    listNetworks(): { name: string }[]
+    getNetwork(name: string): { vms: { vmId: string; ip: string }[] }
+  }
 }
 
 /** One VM of the mesh as the VMs table shows it. */

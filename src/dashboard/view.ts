@@ -53,17 +53,37 @@ export function buildVms(source: DashboardSource, moves: MoveTracker, now: numbe
     })
   }
   const movedAt = moves.update(mesh, now)
+  const ips = meshAddresses(source)
   return mesh.map((v) => {
     const rec = local.get(v.id)
     const out: DashVm = {
       ...v,
       local: v.host === self && rec !== undefined,
-      ips: rec?.nics?.map((n) => n.ip) ?? [],
+      ips: rec?.nics?.map((n) => n.ip) ?? ips.get(v.id) ?? [],
       movedAt: movedAt.get(v.id) ?? null,
     }
     if (rec?.migration) out.migration = { id: rec.migration.id, phase: rec.migration.phase }
     return out
   })
+}
+
+/** VM id -> its addresses on the overlay's networks (as this agent's overlay knows them). */
+function meshAddresses(source: DashboardSource): Map<string, string[]> {
+  const out = new Map<string, string[]>()
+  const nets = source.networks
+  if (!nets) return out
+  try {
+    for (const n of nets.listNetworks()) {
+      for (const m of nets.getNetwork(n.name).vms) {
+        const list = out.get(m.vmId) ?? []
+        if (!list.includes(m.ip)) list.push(m.ip)
+        out.set(m.vmId, list)
+      }
+    }
+  } catch {
+    // no overlay running: no addresses
+  }
+  return out
 }
 
 /** Running migrations and the newest `maxFinished` finished ones, newest first. */

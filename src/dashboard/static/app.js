@@ -220,4 +220,6 @@ function makeActions(state, open, say) {
 }
 
 store.connect()
-render(html`<${App} />`, document.getElementById('app'))
+const root = document.getElementById('app')
+root.textContent = ''
+render(html`<${App} />`, root)

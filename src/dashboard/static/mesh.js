@@ -49,7 +49,7 @@ function HostCard({ host, vms, actions }) {
     <ul class="host-vms">
       ${vms.map(
         (v) => html`<li key=${v.id} class=${`vm vm-${v.status}`} data-testid="host-vm" title=${v.id}>
-          <span class="vm-name">${v.name}</span> <span class="muted">${v.state}</span>
+          <span class="vm-name">${v.name}</span> <span class="muted">${v.status === 'ok' ? v.state : v.status}</span>
         </li>`,
       )}
       ${vms.length === 0 ? html`<li class="muted">no VMs</li>` : null}

@@ -5,11 +5,12 @@ import { duration, html, shortId } from './ui.js'
 export function PlacementView({ state, actions }) {
   const p = state.placement
   const events = p ? [...p.open, ...p.recent] : []
+  const names = new Map(state.vms.map((v) => [v.id, v.name]))
   return html`<section class="placement">
     <h2>active hosts over time</h2>
     <${Chart} points=${state.history} />
     <h2>plan (dry run)</h2>
-    <${DryRun} actions=${actions} />
+    <${DryRun} actions=${actions} names=${names} />
     <h2>events ${p ? html`<span class="muted">${p.enabled ? 'placement on' : 'placement off'}${p.draining ? ', this host drains' : ''}${p.reservedBy ? `, reserved by ${p.reservedBy.id}` : ''}</span>` : null}</h2>
     ${!p ? html`<p class="muted">This agent runs no placement.</p>` : null}
     ${p && events.length === 0 ? html`<p class="muted">No placement event yet: every host is within its thresholds.</p>` : null}
@@ -22,7 +23,7 @@ export function PlacementView({ state, actions }) {
             <td>${e.kind}</td>
             <td><span class=${`chip chip-${e.state === 'done' ? 'alive' : e.state === 'growing' || e.state === 'executing' ? 'suspect' : 'left'}`}>${e.state}</span></td>
             <td>${e.members.map((m) => html`<span class="tag" title=${m}>${shortId(m)}</span>`)}</td>
-            <td>${e.moves.length === 0 ? '—' : html`<ul class="moves">${e.moves.map((mv) => html`<li>${mv.vm} ${shortId(mv.from)} → ${shortId(mv.to)} <span class="muted">${mv.reason}</span></li>`)}</ul>`}</td>
+            <td>${e.moves.length === 0 ? '—' : html`<ul class="moves">${e.moves.map((mv) => html`<li>${names.get(mv.vm) ?? mv.vm} ${shortId(mv.from)} → ${shortId(mv.to)} <span class="muted">${mv.reason}</span></li>`)}</ul>`}</td>
             <td class="num">${e.durationMs === undefined ? '…' : duration(e.durationMs)}</td>
           </tr>`,
         )}
@@ -31,7 +32,7 @@ export function PlacementView({ state, actions }) {
   </section>`
 }
 
-function DryRun({ actions }) {
+function DryRun({ actions, names }) {
   const [policy, setPolicy] = useState('all')
   const [result, setResult] = useState(null)
   const [error, setError] = useState('')
@@ -59,7 +60,7 @@ function DryRun({ actions }) {
             ${
               result.moves.length
                 ? html`<table class="grid"><thead><tr><th>VM</th><th>from → to</th><th>why</th></tr></thead><tbody>
-              ${result.moves.map((m) => html`<tr><td>${m.vm}</td><td>${shortId(m.from)} → ${shortId(m.to)}</td><td>${m.why}</td></tr>`)}
+              ${result.moves.map((m) => html`<tr><td title=${m.vm}>${names.get(m.vm) ?? m.vm}</td><td>${shortId(m.from)} → ${shortId(m.to)}</td><td>${m.why}</td></tr>`)}
             </tbody></table>`
                 : null
             }
@@ -93,8 +94,8 @@ export function Chart({ points }) {
     <svg viewBox=${`0 0 ${w} ${hgt}`} role="img" aria-label="active hosts and lower bound over time">
       ${[0, ymax].map((v) => html`<g><line x1=${pad} x2=${w - pad} y1=${y(v)} y2=${y(v)} class="grid-line" /><text x="4" y=${y(v) + 4} class="axis">${v}</text></g>`)}
       <path d=${steps('alive')} class="line-alive" />
-      <path d=${steps('lowerBound')} class="line-bound" />
       <path d=${steps('active')} class="line-active" />
+      <path d=${steps('lowerBound')} class="line-bound" />
       <text x=${pad} y=${hgt - 6} class="axis">${new Date(t0).toLocaleTimeString()}</text>
       <text x=${w - pad} y=${hgt - 6} class="axis" text-anchor="end">${new Date(t1).toLocaleTimeString()}</text>
     </svg>

@@ -81,9 +81,9 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   if (init.placement) placementRoutes(app, init.placement)
   if (init.images) imageRoutes(app, init.images)
   if (init.dashboard !== false) {
-    const { agent, placement, images } = init
+    const { agent, placement, images, networks } = init
     dashboardRoutes(app, {
-      source: { agent, placement, images },
+      source: { agent, placement, images, networks },
       token: init.token,
       logger: log.child({ component: 'dashboard' }),
       hub: init.dashboard?.hub,
