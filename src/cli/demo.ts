@@ -12,6 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import type { ClusterView, ClusterVm, CreateVmRequest, VmRecord } from '../node/types.js'
 import { ApiClient } from './client.js'
+import { dashboardLink } from './commands/dashboard.js'
 import type { AgentFile } from './connection.js'
 import {
   agentsToAvoid,
@@ -169,7 +170,15 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     await waitReady(first, startTimeoutMs, stop.signal)
     const boot = bootstrapAddr(first)
     const dir0 = first.dataDir
-    if (opts.json || !io.stdout.isTTY) io[opts.json ? 'stderr' : 'stdout'].write(hint(dir0))
+    // The web dashboard of the first agent: a one-time link (a new one: `skymesh dashboard`).
+    const dashboard = first.client
+      ? await dashboardLink(first.client).then(
+          (l) =>
+            `dashboard:  ${l.url}\n            (one-time link; a new one: skymesh dashboard --data-dir ${dir0})\n`,
+          () => '',
+        )
+      : ''
+    if (opts.json || !io.stdout.isTTY) io[opts.json ? 'stderr' : 'stdout'].write(hint(dir0) + dashboard)
 
     // The rest join while the view already runs, so the mesh is seen converging.
     let created = 0
@@ -338,7 +347,7 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
               : opts.durationS === undefined
                 ? 'Ctrl-C to stop'
                 : `stops at ${formatDuration(deadline - startedAt)}`
-          io.stdout.write(CLEAR_HOME + renderView(snap, elapsed, stopHint, extras))
+          io.stdout.write(CLEAR_HOME + renderView(snap, elapsed, stopHint, extras) + dashboard)
         } else {
           for (const e of tracker.events) {
             const key = `${e.at} ${e.text}`

@@ -3,6 +3,7 @@ import { Command } from 'commander'
 import { VERSION } from '../node/version.js'
 import { type RunAgent, registerAgentCommand } from './commands/agent.js'
 import { registerClusterCommands } from './commands/cluster.js'
+import { registerDashboardCommand } from './commands/dashboard.js'
 import { registerDemoCommand } from './commands/demo.js'
 import { registerImageCommands } from './commands/image.js'
 import { registerMeshKeyCommand } from './commands/mesh-key.js'
@@ -50,6 +51,7 @@ export function createProgram(io: CliIo, deps: ProgramDeps = {}): Command {
   registerImageCommands(program, io)
   registerVclusterCommands(program, io)
   registerMeshKeyCommand(program, io)
+  registerDashboardCommand(program, io)
   registerDemoCommand(program, io)
   return program
 }

@@ -462,6 +462,26 @@ export class Agent implements AgentService, NetworkApi {
     return buildSitesView({ peerId: this.peerId, site: this.config.site }, hosts)
   }
 
+  /** The dashboard's feed: membership changes, gossiped host states, migration progress. */
+  watch(fn: (what: 'members' | 'hosts' | 'migrations') => void): () => void {
+    const gossip = this.requireGossip()
+    const service = this.requireMigrations().service
+    const members = () => fn('members')
+    const hosts = () => fn('hosts')
+    const migrations = () => fn('migrations')
+    const events = ['member:alive', 'member:suspect', 'member:dead', 'member:left'] as const
+    for (const e of events) gossip.swim.addEventListener(e, members)
+    gossip.state.on('host:update', hosts)
+    service.on('progress', migrations)
+    service.on('finished', migrations)
+    return () => {
+      for (const e of events) gossip.swim.removeEventListener(e, members)
+      gossip.state.off('host:update', hosts)
+      service.off('progress', migrations)
+      service.off('finished', migrations)
+    }
+  }
+
   listVms(): VmRecord[] {
     return [...this.records.values()]
       .map((r) => this.withNics(this.withMigration(publicRecord(r))))

@@ -183,6 +183,8 @@ export interface AgentService {
   where(idOrName: string): ClusterVm
   /** Sites, hosts per site, measured latency/bandwidth between them (GET /v1/sites). */
   sites?(): import('./sites.js').SitesView
+  /** Calls `fn` when membership, a host's gossiped state or a migration changes (the dashboard's feed). */
+  watch?(fn: (what: 'members' | 'hosts' | 'migrations') => void): () => void
   readonly metrics: Registry
 }
 

@@ -2,6 +2,7 @@
 // error shape. Serve it on loopback only; the token lives in DIR/api-token.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from 'fastify'
 import type { Logger } from 'pino'
+import { type DashboardInit, dashboardRoutes } from '../../dashboard/index.js'
 import type { PlacementService } from '../placement/index.js'
 import type { AgentService, NetworkApi } from '../types.js'
 import { installAuth } from './auth.js'
@@ -38,6 +39,8 @@ export interface ApiServerInit {
   port?: number
   /** Largest accepted request body in bytes; default 64 KiB. */
   bodyLimit?: number
+  /** The web dashboard under /dashboard/ (src/dashboard); on unless false. */
+  dashboard?: false | { hub?: DashboardInit['hub'] }
 }
 
 export interface ApiServer {
@@ -77,6 +80,15 @@ export function createApiServer(init: ApiServerInit): ApiServer {
   if (init.networks) networkRoutes(app, init.networks)
   if (init.placement) placementRoutes(app, init.placement)
   if (init.images) imageRoutes(app, init.images)
+  if (init.dashboard !== false) {
+    const { agent, placement, images, networks } = init
+    dashboardRoutes(app, {
+      source: { agent, placement, images, networks },
+      token: init.token,
+      logger: log.child({ component: 'dashboard' }),
+      hub: init.dashboard?.hub,
+    })
+  }
 
   let closing: Promise<void> | undefined
   return {
