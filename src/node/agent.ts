@@ -9,7 +9,6 @@ import { Registry } from 'prom-client'
 import { Gossip } from '../gossip/index.js'
 import type { LocalHostState, MemberStatus } from '../gossip/types.js'
 import type { VmContext } from '../images/index.js'
-import { type NicRecord, OverlayError, OverlayService } from '../overlay/index.js'
 import {
   type MetadataCaller,
   metadataFromContext,
