@@ -13,6 +13,7 @@ import { createApiServer } from '../../src/node/api/index.js'
 import { loadConfig } from '../../src/node/config.js'
 import { ConfigError } from '../../src/node/errors.js'
 import {
+  constraintsOf,
   DEFAULT_PLACEMENT_SETTINGS,
   type LocalVm,
   PlacementConflictError,
@@ -281,6 +282,31 @@ describe('placement service', () => {
     }
   })
 
+  it('placement rules by VM name: an anti-affinity group broken on a host is repaired by an event', async () => {
+    const rules = [{ vms: 'a-vm*', antiAffinity: 'web' }]
+    const mesh = new Mesh({ a: [30, 30], b: [] }, { ...FAST, rules })
+    await mesh.start()
+    try {
+      const a = mesh.services.get('a')!
+      const ev = await until('the misplaced event', () =>
+        a.status().recent.find((e) => e.kind === 'misplaced' && e.state === 'done'),
+      )
+      assert.deepEqual(
+        ev.moves.map((m) => [m.from, m.to, m.reason]),
+        [['a', 'b', 'anti-affinity']],
+      )
+      assert.equal(mesh.vms.get('a')!.length, 1)
+      assert.equal(mesh.vms.get('b')!.length, 1)
+      assert.deepEqual(constraintsOf('a-vm1', [...rules, { vms: '*', ban: ['x'] }]), {
+        antiAffinity: 'web',
+        ban: ['x'],
+      })
+      assert.deepEqual(constraintsOf('b-vm1', rules), {})
+    } finally {
+      await mesh.stop()
+    }
+  })
+
   it('a lease ends when its leader is declared dead', () => {
     const b = new PlacementNode({
       self: 'b',
@@ -372,6 +398,18 @@ describe('placement config', () => {
       assert.equal(c.placement.tickMs, 250)
       writeFileSync(file, 'placement:\n  tickMs: fast\n')
       assert.throws(() => loadConfig({ dataDir: dir, config: file }, {}), /placement\.tickMs/)
+      writeFileSync(
+        file,
+        'placement:\n  rules:\n    - vms: "web-*"\n      antiAffinity: web\n      sites: [{ site: eu, fromHour: 6, toHour: 18 }]\n',
+      )
+      assert.deepEqual(loadConfig({ dataDir: dir, config: file }, {}).placement.rules, [
+        { vms: 'web-*', antiAffinity: 'web', sites: [{ site: 'eu', fromHour: 6, toHour: 18 }] },
+      ])
+      writeFileSync(
+        file,
+        'placement:\n  rules:\n    - vms: "web-*"\n      sites: [{ site: eu, fromHour: 25, toHour: 1 }]\n',
+      )
+      assert.throws(() => loadConfig({ dataDir: dir, config: file }, {}), /placement\.rules/)
       writeFileSync(file, 'placement:\n  underload: 0.95\n')
       assert.throws(() => loadConfig({ dataDir: dir, config: file }, {}), ConfigError)
     } finally {

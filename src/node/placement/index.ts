@@ -21,9 +21,10 @@ export {
 } from './service.js'
 export {
   DEFAULT_PLACEMENT_SETTINGS,
+  type PlacementRule,
   type PlacementSettings,
   placementSchema,
   placementSettings,
 } from './settings.js'
 export { PLACEMENT_PROTOCOL, PlacementTransport } from './transport.js'
-export { type LocalVm, localSnapshot } from './view.js'
+export { constraintsOf, type LocalVm, localSnapshot } from './view.js'

@@ -366,8 +366,14 @@ export class PlacementService {
       // A VM at epoch > 1 came by migration: it is left alone for the back-off period.
       if (v.epoch > 1 && !this.known.has(v.id) && !this.arrivedAt.has(v.id)) this.arrivedAt.set(v.id, now)
     }
-    return localSnapshot(this.init.self, this.init.site, this.init.capacity, this.draining, vms, (id) =>
-      this.arrivedAt.get(id),
+    return localSnapshot(
+      this.init.self,
+      this.init.site,
+      this.init.capacity,
+      this.draining,
+      vms,
+      (id) => this.arrivedAt.get(id),
+      this.init.settings.rules,
     )
   }
 
@@ -386,7 +392,7 @@ export class PlacementService {
       if (h.peerId === this.init.self || !alive.has(h.peerId)) continue
       hosts.push(hostView(h.peerId, h.site, h.capacity, 'up'))
       for (const v of h.vms) {
-        const view = vmView(h.peerId, { ...v, epoch: v.epoch })
+        const view = vmView(h.peerId, { ...v, epoch: v.epoch }, undefined, this.init.settings.rules)
         if (view) vms.push(view)
       }
     }

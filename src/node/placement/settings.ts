@@ -3,6 +3,27 @@
 // anything moves, and an underload 40 min (as VMware DPM looks at 40 min of history before it powers a
 // host down): consolidation saves power, it is never urgent, and idle test meshes stay still.
 import { z } from 'zod'
+
+const hour = z.number().int().min(0).max(24)
+
+/** Constraints for the VMs whose name matches `vms` (a glob: `*` matches anything). */
+const ruleSchema = z.strictObject({
+  vms: z.string().min(1).max(128),
+  /** The only host (peer id) they may run on. */
+  pin: z.string().min(1).max(128).optional(),
+  /** Hosts (peer ids) they must not run on. */
+  ban: z.array(z.string().min(1).max(128)).max(16).optional(),
+  /** At most one VM of this group per host. */
+  antiAffinity: z.string().min(1).max(64).optional(),
+  /** Follow-the-sun: the site they prefer by the hour (UTC), first matching rule wins. */
+  sites: z
+    .array(z.strictObject({ site: z.string().min(1).max(64), fromHour: hour, toHour: hour }))
+    .max(8)
+    .optional(),
+})
+
+export type PlacementRule = z.infer<typeof ruleSchema>
+
 import { ConfigError } from '../errors.js'
 
 export const placementSchema = z
@@ -33,6 +54,8 @@ export const placementSchema = z
      * or auto. Drains and consolidation always use the engine's default.
      */
     reliefMode: z.enum(['precopy', 'postcopy', 'auto']),
+    /** Per-VM constraints by VM name (pin, ban, anti-affinity, follow-the-sun); shared by the mesh. */
+    rules: z.array(ruleSchema).max(256),
     /** Bandwidth cap of the migrations placement starts (MiB/s; default: none), to spare the links. */
     migrationBandwidthMiBps: z.number().positive().max(1_000_000),
   })
@@ -62,6 +85,7 @@ export const DEFAULT_PLACEMENT_SETTINGS: PlacementSettings = Object.freeze({
   retryBackoffMs: 30_000,
   history: 100,
   reliefMode: 'precopy',
+  rules: [],
 })
 
 export function placementSettings(given: z.infer<typeof placementSchema> | undefined): PlacementSettings {
