@@ -333,6 +333,7 @@ export class IncomingMigration {
         )
         if (!ok) throw new VerifyFailedError(`disk digest ${disk} differs from the source's ${s.diskDigest}`)
       } else {
+        this.#mark('digesting')
         const d = await instance.digest()
         const ok = d.combined === s.digest
         // A committing switchover (one round trip) gets an answer here only if the check failed

@@ -22,7 +22,12 @@ export function sha256(data: Uint8Array): Buffer {
 
 export class UnitHashCache {
   readonly count: number
-  readonly #hashes: Uint8Array
+  /**
+   * One group record per unit, `i u32 BE || unitHash(i)` (the layout groupHash hashes), indices written
+   * once: a group's input is then copied in runs of non-zero units (or hashed in place when all are),
+   * not built unit by unit — at the pause of a migration every group the last round touched is rehashed.
+   */
+  readonly #records: Uint8Array
   /** Bit set: the cached value of the unit is stale (written since it was hashed). */
   readonly #stale: Uint32Array
   #staleCount = 0
@@ -36,7 +41,9 @@ export class UnitHashCache {
 
   constructor(count: number) {
     this.count = count
-    this.#hashes = new Uint8Array(count * HASH_LEN)
+    this.#records = new Uint8Array(count * RECORD)
+    const view = new DataView(this.#records.buffer)
+    for (let i = 0; i < count; i++) view.setUint32(i * RECORD, i)
     this.#stale = new Uint32Array(Math.ceil(count / 32))
     this.#nonZero = new Uint32Array(Math.ceil(count / 32))
     const groups = Math.ceil(count / GROUP)
@@ -79,7 +86,7 @@ export class UnitHashCache {
       this.#staleCount--
     }
     if (h) {
-      this.#hashes.set(h, i * HASH_LEN)
+      this.#records.set(h.subarray(0, HASH_LEN), i * RECORD + 4)
       this.#nonZero[w]! |= bit
     } else {
       this.#nonZero[w]! &= ~bit
@@ -91,7 +98,7 @@ export class UnitHashCache {
   get(i: number): Uint8Array | null {
     if (this.isStale(i)) throw new Error(`unit ${i} has no fresh hash`)
     if ((this.#nonZero[i >>> 5]! & (1 << (i & 31))) === 0) return null
-    return Buffer.from(this.#hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN))
+    return Buffer.from(this.#records.subarray(i * RECORD + 4, (i + 1) * RECORD))
   }
 
   /** Indices of the units that were non-zero when hashed, ascending. */
@@ -141,22 +148,43 @@ export class UnitHashCache {
   #hashGroup(g: number): void {
     const first = g * GROUP
     const end = Math.min(this.count, first + GROUP)
-    const buf = Buffer.allocUnsafe((end - first) * RECORD)
+    const records = this.#records
+    // Runs of consecutive non-zero units, each copied in one go (GROUP is a multiple of 32: whole words)
+    let buf: Uint8Array | undefined
     let used = 0
-    // GROUP is a multiple of 32: whole words
+    let runStart = -1
+    let all = true
+    const flush = (runEnd: number) => {
+      buf ??= Buffer.allocUnsafe((end - first) * RECORD)
+      buf.set(records.subarray(runStart * RECORD, runEnd * RECORD), used)
+      used += (runEnd - runStart) * RECORD
+      runStart = -1
+    }
     for (let w = first >>> 5; w < Math.ceil(end / 32); w++) {
-      let v = this.#nonZero[w]!
-      while (v !== 0) {
-        const low = v & -v
-        const i = w * 32 + 31 - Math.clz32(low)
-        v = (v ^ low) >>> 0
-        buf.writeUInt32BE(i, used)
-        buf.set(this.#hashes.subarray(i * HASH_LEN, (i + 1) * HASH_LEN), used + 4)
-        used += RECORD
+      const v = this.#nonZero[w]!
+      const base = w * 32
+      if (v === 0xffffffff && base + 32 <= end) {
+        if (runStart < 0) runStart = base
+        continue
+      }
+      all = false
+      for (let b = 0; b < 32 && base + b < end; b++) {
+        const on = (v & (1 << b)) !== 0
+        if (on && runStart < 0) runStart = base + b
+        else if (!on && runStart >= 0) flush(base + b)
       }
     }
+    let input: Uint8Array
+    if (all) {
+      // Every unit of the group is non-zero: its records are the input as they lie
+      input = records.subarray(first * RECORD, end * RECORD)
+      used = input.length
+    } else {
+      if (runStart >= 0) flush(end)
+      input = buf ? buf.subarray(0, used) : new Uint8Array(0)
+    }
     this.#groupNonEmpty[g] = used > 0 ? 1 : 0
-    if (used > 0) this.#groupHashes.set(sha256(buf.subarray(0, used)), g * HASH_LEN)
+    if (used > 0) this.#groupHashes.set(sha256(input), g * HASH_LEN)
     this.#groupFresh[g] = 1
   }
 }
