@@ -266,14 +266,13 @@ describe('overlay with TAP NICs in network namespaces (a real TCP stack)', {
         nsA,
         'busybox',
         'wget',
-        '-q',
         '-T',
         '10',
         '-O',
         '-',
         'http://169.254.169.254/latest/user-data',
       ]),
-      /404/,
+      (err: { stderr?: string }) => /404 Not Found/.test(err.stderr ?? ''),
     )
     const metrics = (await a.request('GET', '/metrics')).body as string
     assert.match(metrics, /skymesh_overlay_metadata_responses_total\{status="200"\} [1-9]/)
