@@ -179,6 +179,8 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'nat' }),
       directTimeoutMs: config.nat.directTimeoutMs,
+      configured: config.nat.reachability,
+      autonat: config.nat.autonat,
     })
     this.natLinks.start()
     this.siteMeter = new SiteMeter({
@@ -436,6 +438,7 @@ export class Agent implements AgentService, NetworkApi {
       capacity: { ...this.config.capacity },
       used: this.used(),
       vmCount: this.records.size,
+      nat: this.natLinks?.status(),
     }
   }
 

@@ -75,6 +75,7 @@ const fileSchema = z.strictObject({
       indirectChecks: z.number().int().min(0).max(16),
       gossipIntervalMs: z.number().int().min(10).max(60000),
       gossipNodes: z.number().int().min(1).max(32),
+      sitePreference: z.number().min(1).max(1000),
       suspicionMult: z.number().min(1).max(100),
       heartbeatMs: z.number().int().min(100).max(3600000),
       debounceMs: z.number().int().min(0).max(60000),
@@ -173,6 +174,7 @@ export type AgentConfig = Readonly<{
       indirectChecks?: number
       gossipIntervalMs?: number
       gossipNodes?: number
+      sitePreference?: number
       suspicionMult?: number
     }
     state: { heartbeatMs?: number; debounceMs?: number; syncIntervalMs?: number }

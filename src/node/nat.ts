@@ -2,8 +2,12 @@
 // or over a direct connection that hole punching (DCUtR) made out of a relayed one. Bulk transfer
 // asks here for a direct connection first (BulkLinkAdvisor) and is told when it can only have a
 // relayed one, or refused when the relay's limits cannot carry the VM.
-import type { Connection, PeerId } from '@libp2p/interface'
-import { multiaddr } from '@multiformats/multiaddr'
+// Hole punching between two NATed hosts does not happen over TCP with js-libp2p (the dialer uses
+// ephemeral ports, so observed addresses are useless and DCUtR has nothing to dial; see README and
+// test/cluster/nat-punch.test.ts): `hole-punched` comes from DCUtR's unilateral upgrade (one side public).
+import type { Connection, IdentifyResult, PeerId } from '@libp2p/interface'
+import { isPrivate } from '@libp2p/utils'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import { type BulkLink, type BulkLinkAdvisor, LinkError } from '../transfer/index.js'
 import type { Host } from './p2p.js'
@@ -19,6 +23,79 @@ export interface NatLinksInit {
   logger: Logger
   /** How long bulk transfer tries for a direct connection before it settles for a relayed one. */
   directTimeoutMs: number
+  /** What the operator said (`nat.reachability`), and whether AutoNAT runs. */
+  configured?: 'auto' | 'public' | 'private'
+  autonat?: boolean
+}
+
+/** What AutoNAT found (GET /v1/node `nat`, `skymesh status`). */
+export interface NatStatus {
+  /** `nat.reachability` from the configuration: `auto` lets AutoNAT decide. */
+  configured: 'auto' | 'public' | 'private'
+  /**
+   * AutoNAT's result: `reachable` (peers dialled one of our public addresses back), `unreachable`
+   * (they tried and failed), `unknown` (nothing checked: AutoNAT checks public addresses only), `off`.
+   */
+  autonat: 'reachable' | 'unreachable' | 'unknown' | 'off'
+  /** One sentence: why that result. */
+  reason: string
+  /** Addresses AutoNAT confirmed, and those it found unreachable. */
+  confirmed: string[]
+  unreachable: string[]
+  /** How peers see us (identify's observed address, per peer; newest first, at most 16). */
+  observed: { addr: string; by: string }[]
+  /** Our circuit-relay addresses (reservations on relays), when we listen through relays. */
+  relayed: string[]
+}
+
+/** One address as libp2p's address manager keeps it (its `NodeAddress`, the fields we read). */
+export interface NatAddress {
+  multiaddr: Multiaddr
+  verified: boolean
+  expires: number
+  lastVerified?: number
+  type: string
+}
+
+const MAX_OBSERVED = 16
+
+/** AutoNAT's verdict from the address manager's view of our addresses (pure, for tests). */
+export function autonatVerdict(
+  addrs: readonly NatAddress[],
+  now: number,
+): Pick<NatStatus, 'autonat' | 'reason' | 'confirmed' | 'unreachable'> {
+  const network = addrs.filter(
+    (a) => !a.multiaddr.getComponents().some((c) => c.name === 'p2p-circuit') && a.type !== 'announce',
+  )
+  const checkable = network.filter((a) => !isPrivate(a.multiaddr))
+  const confirmed = checkable.filter((a) => a.verified && a.expires > now)
+  const unreachable = checkable.filter((a) => !a.verified && a.expires > now)
+  const str = (xs: NatAddress[]) => [...new Set(xs.map((a) => a.multiaddr.toString()))]
+  if (confirmed.length > 0) {
+    return {
+      autonat: 'reachable',
+      reason: 'peers dialled this host back on a public address',
+      confirmed: str(confirmed),
+      unreachable: str(unreachable),
+    }
+  }
+  if (unreachable.length > 0) {
+    return {
+      autonat: 'unreachable',
+      reason: 'peers tried to dial this host back on its public addresses and failed',
+      confirmed: [],
+      unreachable: str(unreachable),
+    }
+  }
+  return {
+    autonat: 'unknown',
+    reason:
+      checkable.length === 0
+        ? 'no public address to check: AutoNAT verifies public addresses only, and libp2p ignores observed TCP addresses (dials use ephemeral ports)'
+        : 'not checked yet (AutoNAT asks peers that support it, after start-up)',
+    confirmed: [],
+    unreachable: [],
+  }
 }
 
 const POLL_MS = 200
@@ -42,17 +119,56 @@ export class NatLinks implements BulkLinkAdvisor {
   private readonly onDisconnect = (evt: CustomEvent<PeerId>) => {
     this.punched.delete(evt.detail.toString())
   }
+  /** How each peer saw us (identify), newest first. */
+  private readonly observed = new Map<string, string>()
+  private readonly onIdentify = (evt: CustomEvent<IdentifyResult>) => {
+    const { observedAddr, peerId } = evt.detail
+    if (!observedAddr) return
+    const by = peerId.toString()
+    this.observed.delete(by)
+    this.observed.set(by, observedAddr.toString())
+    while (this.observed.size > MAX_OBSERVED) {
+      const oldest = this.observed.keys().next().value
+      if (oldest === undefined) break
+      this.observed.delete(oldest)
+    }
+  }
 
   constructor(private readonly init: NatLinksInit) {}
 
   start(): void {
     this.init.host.addEventListener('connection:open', this.onOpen)
     this.init.host.addEventListener('peer:disconnect', this.onDisconnect)
+    this.init.host.addEventListener('peer:identify', this.onIdentify)
   }
 
   stop(): void {
     this.init.host.removeEventListener('connection:open', this.onOpen)
     this.init.host.removeEventListener('peer:disconnect', this.onDisconnect)
+    this.init.host.removeEventListener('peer:identify', this.onIdentify)
+  }
+
+  /** Whether this host is reachable, as AutoNAT found it, with the addresses peers see. */
+  status(now = Date.now()): NatStatus {
+    const { host } = this.init
+    const autonat = this.init.autonat ?? false
+    const verdict = autonat
+      ? autonatVerdict(host.services.addresses?.withMetadata() ?? [], now)
+      : {
+          autonat: 'off' as const,
+          reason: 'AutoNAT is off (nat.autonat: false)',
+          confirmed: [],
+          unreachable: [],
+        }
+    return {
+      configured: this.init.configured ?? 'auto',
+      ...verdict,
+      observed: [...this.observed.entries()].reverse().map(([by, addr]) => ({ addr, by })),
+      relayed: host
+        .getMultiaddrs()
+        .map(String)
+        .filter((a) => a.includes('/p2p-circuit')),
+    }
   }
 
   /** How we are connected to `peer` now (undefined: not connected). A direct connection wins. */

@@ -16,6 +16,7 @@ import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import { createLibp2p } from 'libp2p'
+import type { NatAddress } from './nat.js'
 
 export interface HostInit {
   privateKey: PrivateKey
@@ -127,6 +128,11 @@ export async function createHost(init: HostInit) {
 
 export type Host = Awaited<ReturnType<typeof createHost>>
 
+/** Our addresses as the address manager keeps them (verified by AutoNAT or not): `status()` in nat.ts. */
+function addressView(components: { addressManager: { getAddressesWithMetadata(): NatAddress[] } }) {
+  return { withMetadata: () => components.addressManager.getAddressesWithMetadata() }
+}
+
 /**
  * AutoNAT (asks peers to dial us back, so the address manager learns which addresses are public),
  * DCUtR (upgrades a relayed connection to a direct one by a synchronised dial from both ends), and
@@ -136,8 +142,9 @@ function natServices(nat: NatHostInit): {
   autonat?: ReturnType<typeof autoNAT>
   dcutr?: ReturnType<typeof dcutr>
   relay?: ReturnType<typeof circuitRelayServer>
+  addresses?: typeof addressView
 } {
-  const services: ReturnType<typeof natServices> = {}
+  const services: ReturnType<typeof natServices> = { addresses: addressView }
   if (nat.autonat) services.autonat = autoNAT({ startupDelay: 2000, refreshInterval: 60_000 })
   if (nat.holePunching) services.dcutr = dcutr({ retries: 3 })
   if (nat.relay) {

@@ -6,6 +6,7 @@ import type { NicStats } from '../overlay/synthetic-nic.js'
 import type { NetworkDetail, NetworkSummary } from '../overlay/types.js'
 import type { MigrationView } from '../transfer/index.js'
 import type { VmState, WorkloadSpec } from '../vm/types.js'
+import type { NatStatus } from './nat.js'
 
 export interface Resources {
   vcpus: number
@@ -24,6 +25,8 @@ export interface NodeInfo {
   capacity: Resources
   used: Resources
   vmCount: number
+  /** Reachability: what AutoNAT found, how peers see this host, its relayed addresses (nat.ts). */
+  nat?: NatStatus
 }
 
 export interface PeerInfo {

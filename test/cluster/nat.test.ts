@@ -110,6 +110,37 @@ describe('hosts behind NAT reach each other through a relay', { skip: why }, () 
     assert.equal((await kindOf(relay, east.peerId))?.connection, 'direct')
   })
 
+  it('GET /v1/node: the AutoNAT result and the addresses peers see each host at', async (t) => {
+    const behind = mesh.routerIp('east')
+    const nat = await waitFor(
+      'east learns that peers see it at its NAT address',
+      async () => {
+        const n = (await east.request('GET', '/v1/node')).body.nat
+        return n?.observed?.some((o: { addr: string }) => o.addr.startsWith(`/ip4/${behind}/tcp/`))
+          ? n
+          : undefined
+      },
+      30_000,
+    )
+    t.diagnostic(`east: ${JSON.stringify(nat)}`)
+    assert.equal(nat.configured, 'private')
+    // 10.x addresses only: AutoNAT has nothing public to check, and says so.
+    assert.equal(nat.autonat, 'unknown')
+    assert.match(nat.reason, /public addresses only/)
+    assert.ok(
+      nat.relayed.some((a: string) => a.includes('/p2p-circuit')),
+      `east listens through the relay: ${nat.relayed.join(', ')}`,
+    )
+    const pubIp = mesh.hostsOf('pub')[0]!.ip
+    const relayNat = (await relay.request('GET', '/v1/node')).body.nat
+    assert.equal(relayNat.configured, 'public')
+    assert.deepEqual(relayNat.relayed, [])
+    assert.ok(
+      relayNat.observed.some((o: { addr: string }) => o.addr.startsWith(`/ip4/${pubIp}/tcp/`)),
+      `peers see the relay at its own address: ${JSON.stringify(relayNat.observed)}`,
+    )
+  })
+
   it('gossip converges: a VM created behind one NAT is seen behind the other', async () => {
     const r = await east.request('POST', '/v1/vms', {
       name: 'natvm',

@@ -336,6 +336,20 @@ export class NetnsMesh {
       ['-j', 'DROP'],
     ]
     for (const rule of rules) await this.#iptables(router, ['-A', 'SMNAT', ...rule])
+    // Unsolicited TCP to the router's own (public) address is dropped silently, as most NATs do:
+    // a kernel RST from here would end the other side's half of a TCP simultaneous open (hole
+    // punching) before this side's SYN arrives (see test/cluster/nat-punch.test.ts).
+    await this.#iptables(router, ['-A', 'INPUT', '-i', `${this.#prefix}u${s}`, '-p', 'tcp', '-j', 'DROP'])
+  }
+
+  /** The namespace of a site's router (for tests that read its conntrack table). */
+  routerNs(site: string): string {
+    return this.#routerNs(this.#siteIndex(site))
+  }
+
+  /** The address of a site's router on the backbone: a NATed site's hosts appear from it. */
+  routerIp(site: string): string {
+    return `10.${this.#net}.0.${this.#siteIndex(site)}`
   }
 
   /** Whether site `site` sits behind NAT. */

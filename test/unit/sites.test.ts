@@ -86,6 +86,34 @@ describe('site measurements', () => {
   })
 })
 
+describe("a host cannot speak for another's measurements", () => {
+  it('a report carries no sender: it counts for the (signed) reporter and its own site only', () => {
+    // b1 reports figures towards a: they are b -> a, never a -> b, and never another host's.
+    const view = buildSitesView({ peerId: 'a1', site: 'a' }, [
+      {
+        peerId: 'a1',
+        site: 'a',
+        alive: true,
+        links: [{ site: 'b', rttMs: 40, rttSamples: 1, bandwidthSamples: 0 }],
+      },
+      {
+        peerId: 'b1',
+        site: 'b',
+        alive: true,
+        links: [
+          { site: 'a', rttMs: 1, rttSamples: 1, bandwidthMiBps: 9999, bandwidthSamples: 1 },
+          { site: 'b', rttMs: 2, rttSamples: 1, bandwidthSamples: 0 },
+        ],
+      },
+    ])
+    assert.deepEqual(
+      view.links.find((l) => l.from === 'a' && l.to === 'b'),
+      { from: 'a', to: 'b', rttMs: 40, bandwidthMiBps: undefined, reporters: 1 },
+    )
+    assert.equal(view.links.find((l) => l.from === 'b' && l.to === 'a')?.reporters, 1)
+  })
+})
+
 describe('nat and relay config', () => {
   const withFile = async (text: string, fn: (file: string) => void) => {
     const dir = await mkdtemp(join(tmpdir(), 'skymesh-natcfg-'))

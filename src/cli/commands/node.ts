@@ -1,6 +1,6 @@
 // `skymesh status` and `skymesh peers`: what the local agent knows about itself and its peers.
 import type { Command } from 'commander'
-import type { PeerInfo } from '../../node/types.js'
+import type { NodeInfo, PeerInfo } from '../../node/types.js'
 import { addConnectionOptions, type ConnectionOptions, connect } from '../connection.js'
 import { formatAge, formatMiB, keyValues, table } from '../format.js'
 import { type CliIo, printJson } from '../io.js'
@@ -36,6 +36,7 @@ export function registerNodeCommands(program: Command, io: CliIo): void {
         ['disk', `${formatMiB(used.diskMiB)} / ${formatMiB(cap.diskMiB)}`],
         ['addrs', firstAddr],
         ...moreAddrs.map((a): [string, string] => ['', a]),
+        ...natLines(node.nat),
       ]),
     )
   })
@@ -52,6 +53,19 @@ export function registerNodeCommands(program: Command, io: CliIo): void {
     }
     io.stdout.write(peersTable(res.peers))
   })
+}
+
+/** Reachability lines of `skymesh status`: AutoNAT's verdict and how peers see this host. */
+function natLines(nat: NodeInfo['nat']): [string, string][] {
+  if (!nat) return []
+  const seen = [...new Set(nat.observed.map((o) => o.addr))]
+  return [
+    ['reachability', `${nat.autonat} (AutoNAT; configured: ${nat.configured}): ${nat.reason}`],
+    ...nat.confirmed.map((a, i): [string, string] => [i === 0 ? 'reachable at' : '', a]),
+    ...nat.unreachable.map((a, i): [string, string] => [i === 0 ? 'unreachable at' : '', a]),
+    ...seen.map((a, i): [string, string] => [i === 0 ? 'peers see' : '', a]),
+    ...nat.relayed.map((a, i): [string, string] => [i === 0 ? 'relayed at' : '', a]),
+  ]
 }
 
 export function peersTable(peers: PeerInfo[]): string {

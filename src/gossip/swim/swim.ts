@@ -39,7 +39,8 @@ import {
 import type { SwimEventName, SwimEvents } from './events.js'
 import { LocalHealth } from './health.js'
 import { type ApplyResult, MemberList, type MemberUpdate } from './members.js'
-import { anySignal, asError, delay, pickRandom, raceSignal, readErrorReason, shuffle } from './util.js'
+import { pickSiteWeighted, SiteProbeOrder } from './site-pick.js'
+import { anySignal, asError, delay, pickRandom, raceSignal, readErrorReason } from './util.js'
 
 /** What the service needs from the libp2p host (the agent's `Host` satisfies it). */
 export type SwimHost = Pick<
@@ -153,8 +154,7 @@ export class Swim extends EventTarget {
   private gossipTimer?: NodeJS.Timeout
   private tickTimer?: NodeJS.Timeout
   private reconnectTimer?: NodeJS.Timeout
-  private probeOrder: string[] = []
-  private probeIndex = 0
+  private readonly probeOrder: SiteProbeOrder
   private seq = 0
   private gossiping = false
   private readonly dialing = new Map<string, Promise<void>>()
@@ -194,6 +194,16 @@ export class Swim extends EventTarget {
       maxQueued: this.config.maxQueuedBroadcasts,
     })
     this.health = new LocalHealth(this.config.awarenessMaxMultiplier)
+    this.probeOrder = new SiteProbeOrder({
+      random: this.random,
+      preference: this.config.sitePreference,
+      candidates: () => this.list.others(['alive', 'suspect']),
+      selfSite: components.self.site,
+      probeable: (id) => {
+        const m = this.list.get(id)
+        return Boolean(m && (m.status === 'alive' || m.status === 'suspect'))
+      },
+    })
     const kinds = (): Record<SwimMessageKind, number> => ({ ping: 0, ack: 0, 'ping-req': 0, nack: 0 })
     this.counters = {
       messagesIn: kinds(),
@@ -415,22 +425,13 @@ export class Swim extends EventTarget {
     }
   }
 
-  /** The next alive or suspect member of a shuffled round-robin (reshuffled at each pass). */
+  /**
+   * The next alive or suspect member of a shuffled round-robin (reshuffled at each pass), one per
+   * site group, the group chosen with the site preference (site-pick.ts).
+   */
   private nextProbeTarget(): MemberUpdate | undefined {
-    for (let tries = 0; tries <= this.probeOrder.length; tries++) {
-      if (this.probeIndex >= this.probeOrder.length) {
-        this.probeOrder = shuffle(
-          this.list.others(['alive', 'suspect']).map((m) => m.peerId),
-          this.random,
-        )
-        this.probeIndex = 0
-        if (this.probeOrder.length === 0) return undefined
-      }
-      const id = this.probeOrder[this.probeIndex++] as string
-      const m = this.list.get(id)
-      if (m && (m.status === 'alive' || m.status === 'suspect')) return m
-    }
-    return undefined
+    const id = this.probeOrder.next()
+    return id === undefined ? undefined : this.list.get(id)
   }
 
   /** One probe: PING; without an ACK in time, PING_REQ through others; without any ACK, suspect. */
@@ -514,7 +515,13 @@ export class Swim extends EventTarget {
       ...this.list.others(['alive', 'suspect']),
       ...this.list.recentlyDead(Date.now(), this.config.gossipToTheDeadMs),
     ]
-    return pickRandom(candidates, this.config.gossipNodes, this.random)
+    return pickSiteWeighted(
+      candidates,
+      this.config.gossipNodes,
+      this.self.site,
+      this.config.sitePreference,
+      this.random,
+    )
   }
 
   /** Best-effort PINGs carrying queued updates; the ACKs' updates are applied, failures ignored. */
@@ -843,8 +850,7 @@ export class Swim extends EventTarget {
     }
     if (res.added && res.event && (res.event.type === 'alive' || res.event.type === 'suspect')) {
       // Probe newcomers within this pass: insert at a random place among the members still to come.
-      const at = this.probeIndex + Math.floor(this.random() * (this.probeOrder.length - this.probeIndex + 1))
-      this.probeOrder.splice(at, 0, res.event.member.peerId)
+      this.probeOrder.insert(res.event.member.peerId, res.event.member.site)
     }
     if (res.event) {
       const { type, member } = res.event

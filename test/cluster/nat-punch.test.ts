@@ -1,0 +1,187 @@
+// Hole punching between two NATed sites (network namespaces, see netns.ts): a public relay host and
+// two hosts, each behind its own NAT router (iptables MASQUERADE, which keeps the source port when
+// it is free: an endpoint-independent mapping; conntrack lets in only replies).
+//
+// 1. The NATs are punchable: two plain TCP sockets bound to fixed ports reach each other by a TCP
+//    simultaneous open through both NATs (each side's SYN opens its own NAT for the other's).
+// 2. libp2p still cannot punch them, and says why: js-libp2p's TCP dialer connects from a fresh
+//    ephemeral port (Node has no SO_REUSEPORT for client sockets, libp2p/js-libp2p#2620), so the
+//    address a peer observes (the relay connection's NAT mapping) is not where a punching dial
+//    comes from; identify therefore drops observed TCP addresses, AutoNAT has none to confirm, and
+//    DCUtR finds no address to dial (it also skips private addresses). The connection stays relayed.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { randomInt } from 'node:crypto'
+import { writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import { type RunningAgent, removeDir, tempDir, waitFor } from '../helpers/agent-process.js'
+import { NetnsMesh, netnsUnavailable } from '../helpers/netns.js'
+
+const why = await netnsUnavailable()
+if (why) console.log(`# nat-punch: running no namespace tests here: ${why}`)
+
+const GOSSIP = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n'
+const RELAY_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay: true\n`
+const NATED_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  holePunching: true\n`
+
+// One side of a TCP simultaneous open: bind a fixed port, connect (non-blocking) to the other
+// side's public address, say "syn-sent", then wait for the connection and swap names.
+const PUNCH = `
+import select, socket, sys
+name, lport, dst, dport, wait = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(('0.0.0.0', lport))
+s.setblocking(False)
+s.connect_ex((dst, dport))
+print('syn-sent', flush=True)
+_, w, _ = select.select([], [s], [], wait)
+err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+if not w or err:
+    print('fail', err or 'timeout', flush=True)
+    sys.exit(0)
+s.setblocking(True)
+s.settimeout(5)
+s.sendall(name.encode())
+print('ok', s.recv(64).decode(), '%s:%d' % s.getpeername(), flush=True)
+`
+
+type Peer = { peerId: string; connection?: string; addrs: string[] }
+
+describe('hole punching between two NATed sites', { skip: why }, () => {
+  let mesh: NetnsMesh
+  let dir: string
+  let relay: RunningAgent
+  let east: RunningAgent
+  let west: RunningAgent
+
+  before(async () => {
+    dir = await tempDir('skymesh-punch-')
+    await writeFile(join(dir, 'relay.yaml'), RELAY_CONFIG)
+    await writeFile(join(dir, 'nated.yaml'), NATED_CONFIG)
+    mesh = await NetnsMesh.create([
+      { name: 'pub', hosts: 1 },
+      { name: 'east', hosts: 1, nat: true },
+      { name: 'west', hosts: 1, nat: true },
+    ])
+    const pubHost = mesh.hostsOf('pub')[0]!
+    relay = await mesh.startAgent(pubHost, {
+      dataDir: join(dir, 'relay'),
+      args: ['--config', join(dir, 'relay.yaml'), '--log-level', 'info'],
+    })
+    const bootstrap = relay.addrs.filter((a) => a.includes(`/ip4/${pubHost.ip}/`)).slice(0, 1)
+    const args = ['--config', join(dir, 'nated.yaml'), '--log-level', 'info']
+    // libp2p's own DCUtR log (stderr of the agents) tells why it gives up.
+    const debug = process.env.DEBUG
+    process.env.DEBUG = 'libp2p:dcutr*'
+    try {
+      east = await mesh.startAgent(mesh.hostsOf('east')[0]!, { dataDir: join(dir, 'east'), bootstrap, args })
+      west = await mesh.startAgent(mesh.hostsOf('west')[0]!, { dataDir: join(dir, 'west'), bootstrap, args })
+    } finally {
+      if (debug === undefined) delete process.env.DEBUG
+      else process.env.DEBUG = debug
+    }
+  })
+
+  after(async () => {
+    await Promise.all([relay, east, west].filter(Boolean).map((a) => a.stop().catch(() => undefined)))
+    await mesh?.destroy()
+    if (dir) await removeDir(dir)
+  })
+
+  it('the NATs let a TCP simultaneous open through, from fixed ports', async (t) => {
+    const eastNs = mesh.hostsOf('east')[0]!.ns
+    const westNs = mesh.hostsOf('west')[0]!.ns
+    const [eastPublic, westPublic] = [mesh.routerIp('east'), mesh.routerIp('west')]
+    const eastPort = 20000 + randomInt(5000)
+    const westPort = 25000 + randomInt(5000)
+    // East's SYN leaves first: it opens east's NAT for west:westPort and is dropped at west's NAT.
+    const eastSide = spawn(
+      'ip',
+      [
+        'netns',
+        'exec',
+        eastNs,
+        'python3',
+        '-c',
+        PUNCH,
+        'east',
+        String(eastPort),
+        westPublic,
+        String(westPort),
+        '15',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    let eastOut = ''
+    eastSide.stdout.on('data', (d) => {
+      eastOut += d
+    })
+    eastSide.stderr.on('data', (d) => {
+      eastOut += d
+    })
+    const eastDone = new Promise<void>((resolve) => eastSide.once('exit', () => resolve()))
+    await waitFor('east sent its SYN', async () => eastOut.includes('syn-sent'), 10_000)
+    // West's SYN to east's public address and port matches east's mapping and goes in.
+    const westOut = await mesh.exec(westNs, 'python3', [
+      '-c',
+      PUNCH,
+      'west',
+      String(westPort),
+      eastPublic,
+      String(eastPort),
+      '15',
+    ])
+    await eastDone
+    const conntrack = await mesh
+      .exec(mesh.routerNs('east'), 'cat', ['/proc/net/nf_conntrack'])
+      .then((s) => s.split('\n').filter((l) => l.includes(`sport=${eastPort} `)))
+      .catch((err: Error) => [`(no conntrack table: ${err.message.split('\n')[0]})`])
+    for (const line of conntrack) t.diagnostic(`east NAT: ${line.replace(/\s+/g, ' ')}`)
+    // Each side sees the other at its NAT's address with the port it bound: the mapping kept it.
+    assert.match(
+      westOut,
+      new RegExp(`^ok east ${eastPublic.replaceAll('.', '\\.')}:${eastPort}$`, 'm'),
+      westOut,
+    )
+    assert.match(
+      eastOut,
+      new RegExp(`^ok west ${westPublic.replaceAll('.', '\\.')}:${westPort}$`, 'm'),
+      eastOut,
+    )
+  })
+
+  it('libp2p stays relayed between them, and DCUtR says why', async (t) => {
+    const kindOf = async (a: RunningAgent, peer: string) =>
+      ((await a.request('GET', '/v1/peers')).body.peers as Peer[]).find((p) => p.peerId === peer)
+    await waitFor(
+      'east and west connected through the relay',
+      async () =>
+        (await kindOf(east, west.peerId))?.connection === 'relayed' &&
+        (await kindOf(west, east.peerId))?.connection === 'relayed',
+      60_000,
+    )
+    // DCUtR ran over the relayed connection and found no address to dial (wording of @libp2p/dcutr 3.x).
+    const reason = /(did not have any|had no) dialable multiaddrs/
+    await waitFor(
+      'a DCUtR attempt and its reason in the agents log',
+      async () => reason.test(east.output()) || reason.test(west.output()),
+      30_000,
+    )
+    for (const line of `${east.output()}\n${west.output()}`.split('\n').filter((l) => l.includes('dcutr'))) {
+      t.diagnostic(line.slice(0, 300))
+    }
+    // What the relay observes of east: east's NAT address and the port of that one connection,
+    // not the port east listens on nor the one its next dial would come from.
+    const eastListen = east.addrs.find((a) => a.includes('/tcp/') && !a.includes('p2p-circuit')) ?? ''
+    const seen = (await kindOf(relay, east.peerId))?.addrs ?? []
+    t.diagnostic(`east listens on ${eastListen}; the relay sees it at ${seen.join(', ')}`)
+    assert.ok(
+      seen.some((a) => a.startsWith(`/ip4/${mesh.routerIp('east')}/tcp/`)),
+      `the relay sees east behind its NAT: ${seen.join(', ')}`,
+    )
+    // Nothing upgraded it meanwhile.
+    assert.equal((await kindOf(east, west.peerId))?.connection, 'relayed')
+  })
+})
