@@ -93,6 +93,33 @@ describe('direct data channel', { timeout: 180_000 }, () => {
     assert.ok(dead.vms.has('d-3'))
   })
 
+  it('a digest mismatch answers the committing switchover: nothing commits, the VM resumes at the source', async () => {
+    const vm = await a.createVm('d-5', busy)
+    await fillVm(vm, 500, 5)
+    const driver = b.driver as { prepareIncoming: typeof b.driver.prepareIncoming }
+    const prepare = driver.prepareIncoming.bind(b.driver)
+    driver.prepareIncoming = async (spec, opts) => {
+      const inst = await prepare(spec, opts)
+      const digest = inst.digest.bind(inst)
+      inst.digest = async () => ({ ...(await digest()), combined: 'f'.repeat(64) })
+      return inst
+    }
+    try {
+      const end = await a.service.done(a.service.migrate('d-5', b.host.peerId).id)
+      assert.equal(end.phase, 'failed')
+      assert.equal(end.error?.code, 'VERIFY_FAILED', JSON.stringify(end.error))
+      assert.equal(end.epoch, undefined, 'no new epoch')
+      assert.equal(a.vms.get('d-5')?.instance.state, 'running')
+      assert.equal(b.vms.has('d-5'), false)
+      assert.ok(!b.calls.some((c) => c.hook === 'onCommit' && c.migrationId === end.id), 'nothing committed')
+      assert.ok(a.calls.some((c) => c.hook === 'onAborted' && c.migrationId === end.id))
+      assert.ok(!a.calls.some((c) => c.hook === 'onInDoubt' && c.migrationId === end.id))
+      assert.equal((await b.service.done(end.id)).phase, 'failed')
+    } finally {
+      driver.prepareIncoming = prepare
+    }
+  })
+
   it('a cut of the direct connection aborts: the VM runs at the source, a retry succeeds', async () => {
     const vm = await a.createVm('d-4', busy)
     await fillVm(vm, 4000, 20)
