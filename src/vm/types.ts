@@ -180,6 +180,8 @@ export interface CreateVmOptions {
   mac?: string
   /** The guest's IPv4 with prefix on that network (e.g. 10.42.0.5/24). */
   ip?: string
+  /** Settings for a real guest (the qemu driver: `skymesh.KEY=VALUE` on its kernel command line). */
+  guestArgs?: Record<string, string>
 }
 
 export interface VmDriver {
@@ -195,6 +197,13 @@ export interface VmDriver {
   prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance>
   /** True if `dir` holds a complete suspend image. */
   hasSuspendImage(dir: string): Promise<boolean>
+  /**
+   * Drivers whose guests outlive the agent (qemu): the guest a previous agent left running in
+   * `opts.dir`, re-attached; undefined if it is not running any more.
+   */
+  attach?(spec: VmSpec, opts: { dir: string }): Promise<VmInstance | undefined>
+  /** The same drivers: ends a guest a previous agent left running in `dir` (before `dir` is removed). */
+  discard?(dir: string): Promise<void>
   close(): Promise<void>
 }
 
