@@ -5,7 +5,8 @@
 #
 # Output: a directory with vmlinuz, initrd.img and manifest.json, printed on stdout (last line).
 # Cached in ${SKYMESH_CACHE:-~/.cache/skymesh}/guest/<key>/, key = sha256 of this script and the
-# kernel and busybox package versions; a cached guest is never rebuilt (older keys are removed).
+# kernel and busybox package versions; a cached guest is never rebuilt (other keys are removed
+# after a week).
 #
 # Guest kernel command line (all optional):
 #   skymesh.ip=10.0.2.15/24   static IPv4 of eth0 (default: 10.<mac[3]>.<mac[4]>.<mac[5]>/8)
@@ -13,9 +14,15 @@
 #   skymesh.echo=7            TCP echo server port
 #   skymesh.memmib=16         memory the writer keeps (hot set, MiB)
 #   skymesh.rate=1024         KiB/s the writer rewrites (0 = idle, checks only)
+#   skymesh.connect=IP:PORT   a TCP client: one connection to an echo server, a numbered line
+#                             every 100 ms, each echo checked (reconnects after 1 s if it breaks)
 # Serial console lines (ttyS0), one per second from the writer:
 #   SKYMESH MEM OK t=<guest uptime> gen=<n> wrote=<KiB> checked=<chunks>
 #   SKYMESH MEM FAIL chunk=<i> ...      (a chunk's content no longer matches its checksum)
+# The TCP client (skymesh.connect) prints SKYMESH TCP CONNECT <ip:port> per connection, then
+#   SKYMESH TCP OK n=<lines echoed> t=<uptime>   every 10 echoed lines
+#   SKYMESH TCP FAIL got=<line> want=<line>       (an echo out of order or corrupted)
+#   SKYMESH TCP CLOSED n=<lines echoed>           (the connection ended)
 # plus SKYMESH BOOT, SKYMESH NET <ip>, SKYMESH ECHO <port>, SKYMESH DISK <dev>|none, and
 # SKYMESH DISK MARK|FOUND <marker> (a marker kept at 1 MiB of /dev/vda). The writer also puts
 # "SKYMESH-GEN <gen>" at 2 MiB of /dev/vda every second.
@@ -38,7 +45,7 @@ bbver=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null || echo unknown
 key=$( (cat "$0"; echo "$kver $kpkgver $bbver") | sha256sum | cut -c1-16)
 cache=${SKYMESH_CACHE:-$HOME/.cache/skymesh}/guest
 out=$cache/$key
-if [ -f "$out/manifest.json" ]; then echo "$out"; exit 0; fi
+if [ -f "$out/manifest.json" ]; then touch "$out"; echo "$out"; exit 0; fi
 
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/.build-XXXXXX")
@@ -118,6 +125,25 @@ port=$(arg echo 7)
 (while true; do nc -ll -p "$port" -e /bin/cat; sleep 1; done) &
 echo "SKYMESH ECHO $port"
 
+# The TCP client: one long-lived connection that carries a numbered line every 100 ms and checks
+# that each comes back in order (a connection that survives a migration keeps counting up).
+connect=$(arg connect "")
+if [ -n "$connect" ]; then
+  (cip=${connect%:*}; cport=${connect##*:}
+   while true; do
+     echo "SKYMESH TCP CONNECT $connect"
+     (i=0; while true; do echo "SEQ $i"; i=$((i + 1)); usleep 100000; done) | nc "$cip" "$cport" | (
+       n=0
+       while read -r l; do
+         [ "$l" = "SEQ $n" ] || echo "SKYMESH TCP FAIL got=$l want=SEQ $n"
+         n=$((n + 1))
+         [ $((n % 10)) -eq 0 ] && echo "SKYMESH TCP OK n=$n t=$(cut -d' ' -f1 /proc/uptime)"
+       done
+       echo "SKYMESH TCP CLOSED n=$n")
+     sleep 1
+   done) &
+fi
+
 # The memory writer: keeps memmib MiB in 256 KiB chunks on a tmpfs (guest RAM), rewrites
 # chunks with fresh random bytes at `rate` KiB/s and records each chunk's md5; every second it
 # re-checks a few of the chunks written so far round-robin against their recorded sums and prints OK or FAIL.
@@ -166,6 +192,7 @@ rm -rf "$root"
 mkdir -p "$out"
 mv "$work"/vmlinuz "$work"/initrd.img "$out"/
 mv "$work/manifest.json" "$out/manifest.json" # last: its presence marks a complete build
-# Guests built by older versions of this script or older packages are not used any more.
-find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build-*' -exec rm -rf {} +
+# Guests built by other versions of this script or other packages: removed once unused for a week
+# (not at once: another checkout on this machine may be using its own version right now).
+find "$cache" -mindepth 1 -maxdepth 1 -type d ! -name "$key" ! -name '.build-*' -mtime +7 -exec rm -rf {} +
 echo "$out"

@@ -17,7 +17,7 @@ import {
   OverlayService,
   type VmMetadata,
 } from '../overlay/index.js'
-import { createDriver, type SyntheticDriver } from '../vm/index.js'
+import { createDriver, QemuDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
 import { Bootstrapper } from './bootstrap.js'
@@ -151,7 +151,18 @@ export class Agent implements AgentService, NetworkApi {
     this.driver =
       config.driver === 'synthetic'
         ? createDriver('synthetic', { resolveBase: (id) => this.images.base(id) })
-        : createDriver(config.driver)
+        : createDriver(config.driver, {
+            // this host's qcow2 bases (blank ones, mesh images as files), beside its VMs
+            imageStore: join(config.dataDir, 'qemu-bases'),
+            // qemu: mesh images as disk bases, fetched by id (creating from one, or arriving by migration)
+            images: {
+              ensure: (id: string, signal?: AbortSignal) => this.images.requireService().ensure(id, signal),
+              chunkFiles: (id: string) => {
+                const store = this.images.requireService().store
+                return store.manifest(id).chunks.map((_, i) => store.chunkFile(id, i))
+              },
+            },
+          })
     this.startedAt = new Date()
 
     this.host = await createHost({
@@ -336,7 +347,10 @@ export class Agent implements AgentService, NetworkApi {
           }),
         discardIncomingDir: (id) =>
           this.serial(async () => {
-            if (!this.records.has(id)) await rm(this.vmDir(id), { recursive: true, force: true })
+            if (this.records.has(id)) return
+            // a guest process the dead agent left there (qemu: its paused incoming copy) goes too
+            await this.driver?.discard?.(this.vmDir(id)).catch(() => undefined)
+            await rm(this.vmDir(id), { recursive: true, force: true })
           }),
       },
     })
@@ -523,6 +537,11 @@ export class Agent implements AgentService, NetworkApi {
     const image = req.image
       ? await this.images.prepare(req.image, req.diskMiB, this.config.driver)
       : undefined
+    if (req.guestArgs && this.config.driver !== 'qemu') {
+      throw new AgentError('BAD_REQUEST', `guestArgs: only the qemu driver's guests take them`, {
+        field: 'guestArgs',
+      })
+    }
     return this.serial(async () => {
       const workload = fillWorkload(req)
       if ([...this.records.values()].some((r) => r.name === req.name)) {
@@ -567,10 +586,13 @@ export class Agent implements AgentService, NetworkApi {
       let instance: VmInstance | undefined
       try {
         const driver = this.requireDriver()
-        const nicOpts = this.guestNic(nics[0])
-        instance = image
-          ? await (driver as SyntheticDriver).createFromImage(spec, { dir, ...nicOpts }, image)
-          : await driver.create(spec, { dir, ...nicOpts })
+        const nicOpts = { ...this.guestNic(nics[0]), ...(req.guestArgs ? { guestArgs: req.guestArgs } : {}) }
+        instance =
+          image && driver instanceof QemuDriver
+            ? await driver.create(spec, { dir, ...nicOpts, imageId: image.id })
+            : image
+              ? await (driver as SyntheticDriver).createFromImage(spec, { dir, ...nicOpts }, image)
+              : await driver.create(spec, { dir, ...nicOpts })
         const now = new Date().toISOString()
         const rec: StoredVm = {
           ...spec,
@@ -994,6 +1016,21 @@ export class Agent implements AgentService, NetworkApi {
             { vm: stored.id, err: (err as Error).message },
             'VM could not be resumed; marked crashed',
           )
+        }
+      }
+      if ((stored.state === 'running' || stored.state === 'paused') && driver.attach) {
+        // A guest that outlives the agent (qemu): take it back if it still runs
+        try {
+          const instance = await driver.attach(specOf(stored), { dir })
+          if (instance) {
+            this.adopt(instance)
+            await this.saveRecord({ ...stored, state: instance.state, resumeState: undefined })
+            this.log.info({ vm: stored.id, name: stored.name, state: instance.state }, 'VM re-attached')
+            continue
+          }
+          this.log.warn({ vm: stored.id, name: stored.name }, 'VM process gone while the agent was down')
+        } catch (err) {
+          this.log.error({ vm: stored.id, err: (err as Error).message }, 'VM could not be re-attached')
         }
       }
       if (stored.state !== 'stopped' && stored.state !== 'crashed') {

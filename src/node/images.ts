@@ -91,10 +91,10 @@ export class AgentImages {
 
   /** `vm create --image`: the image, fetched from a holder if needed, as a base for a disk of diskMiB. */
   async prepare(ref: string, diskMiB: number, driver: string): Promise<ImageBase> {
-    if (driver !== 'synthetic')
+    if (driver !== 'synthetic' && driver !== 'qemu')
       throw new AgentError(
         'BAD_REQUEST',
-        `image: VMs from images need the synthetic driver here, not ${driver}`,
+        `image: VMs from images need the synthetic or qemu driver here, not ${driver}`,
         { field: 'image' },
       )
     const svc = this.requireService()

@@ -98,6 +98,8 @@ export interface CreateVmRequest {
   nicAttach?: 'tap'
   /** Image id (or unique prefix/name) whose content the disk starts with, copy-on-write (synthetic driver). */
   image?: string
+  /** qemu driver: guest settings, `skymesh.KEY=VALUE` on the kernel command line (e.g. connect: 'ip:port'). */
+  guestArgs?: Record<string, string>
 }
 
 export interface VmDigest {

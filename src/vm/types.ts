@@ -192,6 +192,8 @@ export interface CreateVmOptions {
    * the driver resolves on this host), so a migration sends only the source's layer.
    */
   baseImage?: string
+  /** Settings for a real guest (the qemu driver: `skymesh.KEY=VALUE` on its kernel command line). */
+  guestArgs?: Record<string, string>
 }
 
 export interface VmDriver {
@@ -207,6 +209,13 @@ export interface VmDriver {
   prepareIncoming(spec: VmSpec, opts: CreateVmOptions): Promise<VmInstance>
   /** True if `dir` holds a complete suspend image. */
   hasSuspendImage(dir: string): Promise<boolean>
+  /**
+   * Drivers whose guests outlive the agent (qemu): the guest a previous agent left running in
+   * `opts.dir`, re-attached; undefined if it is not running any more.
+   */
+  attach?(spec: VmSpec, opts: { dir: string }): Promise<VmInstance | undefined>
+  /** The same drivers: ends a guest a previous agent left running in `dir` (before `dir` is removed). */
+  discard?(dir: string): Promise<void>
   close(): Promise<void>
 }
 

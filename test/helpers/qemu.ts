@@ -25,6 +25,21 @@ export function qemuSkipReason(): string | false {
   return false
 }
 
+/**
+ * Why QEMU 7.2 cannot do post-copy here, or false: its destination needs the userfaultfd syscall,
+ * which needs CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd is 1 (7.2 does not use /dev/userfaultfd).
+ */
+export function postcopySkipReason(): string | false {
+  try {
+    if (readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim() === '1') return false
+    const eff = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'))?.[1]
+    if (eff && (BigInt(`0x${eff}`) >> 19n) & 1n) return false
+    return 'no userfaultfd for QEMU: vm.unprivileged_userfaultfd is 0 and there is no CAP_SYS_PTRACE'
+  } catch {
+    return 'no userfaultfd for QEMU (no /proc/sys/vm/unprivileged_userfaultfd)'
+  }
+}
+
 /** A short temp dir under /tmp (sockets inside must stay under 108 bytes). */
 export function shortTmpDir(prefix = 'skq-'): { path: string; remove: () => Promise<void> } {
   const path = mkdtempSync(`/tmp/${prefix}`)
@@ -70,6 +85,35 @@ export function memLines(path: string): MemLine[] {
     else if (line.startsWith('SKYMESH MEM FAIL')) out.push({ ok: false, t: Number.NaN, gen: -1, line })
   }
   return out
+}
+
+/** The guest TCP client's console lines (scripts/build-guest.sh, skymesh.connect). */
+export interface TcpLog {
+  connects: number
+  /** Lines echoed so far on the current connection (the last OK line). */
+  echoed: number
+  fails: string[]
+  closes: string[]
+  /** Index in `lines` order: CONNECT/CLOSED/OK/FAIL events as they came. */
+  events: string[]
+}
+
+export function tcpLog(path: string): TcpLog {
+  const log: TcpLog = { connects: 0, echoed: 0, fails: [], closes: [], events: [] }
+  for (const line of serialLines(path)) {
+    if (!line.startsWith('SKYMESH TCP ')) continue
+    log.events.push(line)
+    if (line.startsWith('SKYMESH TCP CONNECT')) {
+      log.connects++
+      log.echoed = 0
+    } else if (line.startsWith('SKYMESH TCP FAIL')) log.fails.push(line)
+    else if (line.startsWith('SKYMESH TCP CLOSED')) log.closes.push(line)
+    else {
+      const ok = /^SKYMESH TCP OK n=(\d+)/.exec(line)
+      if (ok) log.echoed = Number(ok[1])
+    }
+  }
+  return log
 }
 
 /** Waits until `pred` holds for the serial console's lines; throws with the console's tail if not. */

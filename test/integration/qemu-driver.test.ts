@@ -250,6 +250,32 @@ describe('qemu driver', { skip, timeout: 300_000 }, () => {
     await vm2.destroy()
   })
 
+  it('a restarted agent re-attaches to a QEMU that outlived it; one that died is not found', async () => {
+    const spec = guestSpec('att')
+    const first = await driver.create(spec, { dir: `${tmp.path}/att`, nic: 'none' })
+    // The agent "dies": its QMP connection goes, QEMU runs on (own process group)
+    first.qmp.close()
+    const later = new QemuDriver()
+    try {
+      const again = await later.attach(spec, { dir: `${tmp.path}/att` })
+      assert.ok(again, 're-attached')
+      assert.equal(again.pid, first.pid)
+      assert.equal(again.state, 'running')
+      assert.equal(again.options.nic, 'none', 'its launch options came back')
+      await again.pause()
+      assert.equal((await again.qmp.execute<{ status: string }>('query-status')).status, 'paused')
+      await again.resume()
+      // It dies: the re-attached handle sees it (not our child: by /proc) and reports it
+      process.kill(first.pid as number, 'SIGKILL')
+      await again.exited
+      assert.equal(again.state, 'crashed')
+      assert.equal(await later.attach(spec, { dir: `${tmp.path}/att` }), undefined)
+    } finally {
+      await later.close()
+      await first.destroy()
+    }
+  })
+
   it('destroy ends QEMU and removes the VM directory', async () => {
     const pid = vm.pid as number
     await vm.destroy()

@@ -15,6 +15,7 @@ import { QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
 import {
   guestSpec,
   memLines,
+  postcopySkipReason,
   qemuPids,
   qemuSkipReason,
   readGuestDisk,
@@ -73,9 +74,10 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     await tmp?.remove()
   })
 
-  it('moves a running guest, memory and disk, through the tunnel', async () => {
-    const spec = guestSpec('tun1', { rateMiBps: 1 })
-    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/tun1` })) as QemuVm
+  /** Boots a guest at host 0, moves it to host 1 with `options`, checks it there; returns the destination QEMU. */
+  async function moveGuest(id: string, options: { streams: number; mode?: 'precopy' | 'postcopy' }) {
+    const spec = guestSpec(id, { rateMiBps: 1 })
+    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/${id}` })) as QemuVm
     vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
     await waitSerial(
       src.serialLog,
@@ -89,20 +91,20 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
       .find((l) => l.startsWith('SKYMESH DISK MARK'))!
       .split(' ')[3]!
     const genBefore = memLines(src.serialLog).at(-1)!.gen
-    const started = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams: 1, downtimeMs: 300 })
+    const started = services[0]!.migrate(spec.id, hosts[1]!.peerId, { ...options, downtimeMs: 300 })
     const end = await services[0]!.done(started.id)
     assert.equal(end.phase, 'done', JSON.stringify(end.error))
     assert.equal(end.epoch, 2)
     assert.ok(end.bytesSent > 0 && end.wireBytes > 0)
     const { totalMs, downtimeMs, bytesSent, wireBytes } = end
     console.log(
-      `# qemu through libp2p (128 MiB guest, writer 1 MiB/s): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
+      `# qemu through libp2p (128 MiB guest, writer 1 MiB/s, ${JSON.stringify(options)}): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
     )
     const dst = vms[1]!.get(spec.id)?.instance as QemuVm | undefined
     assert.ok(dst, 'the destination holds the VM')
     assert.equal(dst.state, 'running')
     assert.equal(vms[0]!.has(spec.id), false)
-    assert.deepEqual(qemuPids('skymesh-tun1'), [dst.pid])
+    assert.deepEqual(qemuPids(`skymesh-${id}`), [dst.pid])
     await waitSerial(
       dst.serialLog,
       () => memLines(dst.serialLog).filter((l) => l.ok).length >= 2,
@@ -116,7 +118,50 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     )
     assert.ok(atDst[0]!.gen > genBefore)
     assert.equal((await readGuestDisk(dst.paths.disk, 1 << 20, mark.length)).toString('latin1'), mark)
+    return { dst, end }
+  }
+
+  it('moves a running guest, memory and disk, through the tunnel', async () => {
+    const { dst, end } = await moveGuest('tun1', { streams: 1 })
+    assert.equal(end.postcopy, false)
     await dst.destroy()
+  })
+
+  it('moves a guest with multifd: several QEMU channels, each its own libp2p stream', async () => {
+    const { dst } = await moveGuest('tun3', { streams: 3 })
+    // The destination QEMU took the stream as multifd with 3 channels
+    const caps = await dst.qmp.execute<Array<{ capability: string; state: boolean }>>(
+      'query-migrate-capabilities',
+    )
+    assert.equal(caps.find((c) => c.capability === 'multifd')?.state, true)
+    const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
+    assert.equal(params['multifd-channels'], 3)
+    await dst.destroy()
+  })
+
+  const noPostcopy = postcopySkipReason()
+  it('moves a guest in post-copy: it runs at the destination before its last pages are there', {
+    skip: noPostcopy,
+  }, async () => {
+    const { dst, end } = await moveGuest('tun4', { streams: 1, mode: 'postcopy' })
+    assert.equal(end.postcopy, true, 'QEMU switched to post-copy (status postcopy-active)')
+    // every page arrived: the destination's incoming migration completed
+    const info = await dst.waitMigration(60_000)
+    assert.equal(info.status, 'completed')
+    await dst.destroy()
+  })
+
+  it('refuses post-copy with several streams, saying why; the guest stays', async () => {
+    const spec = guestSpec('tun5', { rateMiBps: 0 })
+    const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/tun5` })) as QemuVm
+    vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+    const started = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams: 2, mode: 'postcopy' })
+    const end = await services[0]!.done(started.id)
+    assert.equal(end.phase, 'failed')
+    assert.match(end.error?.message ?? '', /multifd/)
+    assert.equal(src.state, 'running')
+    vms[0]!.delete(spec.id)
+    await src.destroy()
   })
 
   it('keeps the guest running at the source when the destination dies mid-migration', async () => {

@@ -76,6 +76,15 @@ export const createVmSchema = z
         const e = expect('an image id, a unique prefix of 6+ hex digits, or a name')
         return z.string(e).min(1, e).max(128, e)
       })().optional(),
+      // qemu driver: `skymesh.KEY=VALUE` words on the guest's kernel command line
+      guestArgs: z
+        .record(
+          z.string().regex(/^[a-z][a-z0-9]{0,15}$/, expect('keys of 1-16 a-z0-9, starting with a letter')),
+          z.string().regex(/^[A-Za-z0-9.:/_-]{1,64}$/, expect('values of 1-64 A-Z a-z 0-9 . : / _ -')),
+          expect('an object of guest settings'),
+        )
+        .refine((r) => Object.keys(r).length <= 8, expect('at most 8 guest settings'))
+        .optional(),
     },
     expect('a JSON object'),
   )

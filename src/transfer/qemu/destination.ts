@@ -20,6 +20,8 @@ export interface QemuIncomingInit {
   to: string
   epoch: number
   paused: boolean
+  /** Post-copy allowed: the source may switch over before every page is here (status postcopy-active). */
+  postcopy: boolean
   instance: QemuVm
   control: QemuControlChannel
   reservationId: string
@@ -94,6 +96,17 @@ export class QemuIncomingMigration {
     const log = logger.child({ migration: this.id, vm: vm.spec.id, qemu: true })
     const signal = AbortSignal.any([this.#i.signal, this.#cancel.signal])
     this.#setPhase('precopy')
+    // The incoming QEMU's end (MIGRATION event): once complete, the disk export has served its
+    // purpose (the source completed its mirror before it sent the rest of the RAM) — ended here
+    // before COMMIT comes, so the handover does not wait for it
+    const ready = this.#i.postcopy ? ['completed', 'postcopy-active'] : ['completed']
+    const incoming = vm
+      .waitMigrationStatus(ready, { timeoutMs: 24 * 3600_000, signal })
+      .then(async (info) => {
+        if (ready.includes(info.status)) await unexportDisk(vm)
+        return info
+      })
+    incoming.catch(() => undefined)
     try {
       const commitP = control.expect(['commit'], signal)
       let commit: Awaited<typeof commitP> | undefined
@@ -120,12 +133,20 @@ export class QemuIncomingMigration {
       if (newEpoch !== this.#i.epoch + 1) {
         throw new MigrationError('PROTOCOL', `commit epoch ${newEpoch}, expected ${this.#i.epoch + 1}`)
       }
-      const end = await vm.waitMigration(timeouts.stepTimeoutMs)
-      if (end.status !== 'completed') {
+      const end = await withTimeout(timeouts.stepTimeoutMs, 'incoming QEMU migration', signal, (s) =>
+        Promise.race([
+          incoming,
+          new Promise<never>((_, reject) =>
+            s.addEventListener('abort', () => reject(s.reason), { once: true }),
+          ),
+        ]),
+      )
+      if (!ready.includes(end.status)) {
         throw new MigrationError('VM_FAILED', `incoming QEMU migration ${end.status}: ${end.errorDesc ?? ''}`)
       }
+      // post-copy: the guest runs here from COMMIT on, its missing pages fault in from the source
+      if (end.status === 'postcopy-active') this.#v.postcopy = true
       applyQemuInfo(this.#v, end, 0)
-      await unexportDisk(vm)
       this.#setPhase('handover')
       this.#committed = true
       try {

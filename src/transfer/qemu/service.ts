@@ -8,7 +8,14 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
 import { pb } from '../../proto/index.js'
-import { exportDisk, findBase, QemuDriver, type QemuVm } from '../../vm/qemu/index.js'
+import {
+  type BaseRef,
+  exportDisk,
+  findBase,
+  guestArgsProblem,
+  QemuDriver,
+  type QemuVm,
+} from '../../vm/qemu/index.js'
 import type { VmDriver, VmInstance, VmSpec } from '../../vm/types.js'
 import { MAX_ID_LENGTH } from '../constants.js'
 import { asMigrationError, MigrationRefusedError, type RefusalCode } from '../errors.js'
@@ -154,7 +161,12 @@ export class QemuMigrations {
     if (nic?.kind !== 'stream' && nic?.kind !== 'none')
       return refuse('BAD_OFFER', `unknown NIC kind ${nic?.kind}`)
     if (multifd > 16) return refuse('BAD_OFFER', `multifd channels ${multifd} > 16`)
-    if (offer.postcopy) return refuse('BAD_OFFER', 'post-copy of QEMU guests is not supported')
+    if (offer.postcopy && multifd > 1)
+      return refuse('BAD_OFFER', 'post-copy with multifd: QEMU 7.2 cannot combine them (use one stream)')
+    const guestArgs =
+      offer.guestArgs && Object.keys(offer.guestArgs).length ? { ...offer.guestArgs } : undefined
+    const argsProblem = guestArgsProblem(guestArgs)
+    if (argsProblem) return refuse('BAD_OFFER', argsProblem)
     const driver = b.driver
     if (!(driver instanceof QemuDriver)) {
       return refuse('BAD_OFFER', `this host runs the ${driver.name} driver, not qemu`)
@@ -174,7 +186,11 @@ export class QemuMigrations {
         : { ok: true as const, release: () => undefined }
       if (!r.ok) return await refuse(r.code, r.message)
       release = () => r.release()
-      const ref = offer.base?.sha256 ? { sha256: offer.base.sha256 } : { blankMiB: offer.base?.blankMib ?? 0 }
+      const ref: BaseRef = offer.base?.imageId
+        ? { imageId: offer.base.imageId }
+        : offer.base?.sha256
+          ? { sha256: offer.base.sha256 }
+          : { blankMiB: offer.base?.blankMib ?? 0 }
       let baseImage: string | undefined
       try {
         baseImage = await findBase(driver.binaries.img, driver.imageStore, ref)
@@ -182,12 +198,26 @@ export class QemuMigrations {
         release()
         return await refuse('BAD_OFFER', `base image: ${(err as Error).message}`)
       }
+      if (!baseImage && 'imageId' in ref) {
+        // A mesh image: fetched by id from its holders (the source holds it) before accepting
+        try {
+          baseImage = await withTimeout(b.timeouts.stepTimeoutMs, 'base image fetch', signal, (s) =>
+            driver.imageBase(ref.imageId, s),
+          )
+        } catch (err) {
+          release()
+          return await refuse(
+            'NO_CAPACITY',
+            `base image ${ref.imageId.slice(0, 12)} could not be fetched from the mesh: ${(err as Error).message}`,
+          )
+        }
+      }
       if (!baseImage) {
         release()
         const name = 'sha256' in ref ? `sha256:${ref.sha256}` : 'blank'
         return await refuse(
           'NO_CAPACITY',
-          `base image ${name} is not on this host (import it here first; fetching bases over the mesh is not implemented)`,
+          `base image ${name} is not on this host (an imported base is not fetched over the mesh: add it as a mesh image)`,
         )
       }
       try {
@@ -199,11 +229,22 @@ export class QemuMigrations {
           ...(nic.ip ? { ip: nic.ip } : {}),
           ...(nic.gateway ? { gateway: nic.gateway } : {}),
           ...(nic.echoPort ? { echoPort: nic.echoPort } : {}),
+          ...(guestArgs ? { guestArgs } : {}),
         })
         const nbdPath = join(instance.paths.sockets, 'nbd-in.sock')
         const migrationPath = join(instance.paths.sockets, 'mig-in.sock')
         await exportDisk(instance, nbdPath)
-        await instance.migrateIncoming(`unix:${migrationPath}`, { multifdChannels: multifd || 1 })
+        // Post-copy needs userfaultfd here (QEMU checks it when the capability is set): required
+        // (mode postcopy) it refuses with QEMU's reason, optional (auto) it falls back to pre-copy
+        let postcopy = offer.postcopy === true || offer.postcopyOptional === true
+        try {
+          await instance.migrateIncoming(`unix:${migrationPath}`, { multifdChannels: multifd || 1, postcopy })
+        } catch (err) {
+          if (!postcopy || offer.postcopy) throw err
+          this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
+          postcopy = false
+          await instance.migrateIncoming(`unix:${migrationPath}`, { multifdChannels: multifd || 1, postcopy })
+        }
         const reservationId = randomUUID()
         const m = new QemuIncomingMigration({
           id: migrationId,
@@ -211,6 +252,7 @@ export class QemuMigrations {
           to: b.host.peerId.toString(),
           epoch,
           paused: offer.paused === true,
+          postcopy,
           instance,
           control,
           reservationId,
@@ -225,7 +267,7 @@ export class QemuMigrations {
           onOutcome: (o, e) => b.setOutcome(migrationId, o, e),
         })
         b.track(m)
-        await control.send({ accept: { reservationId } }, signal).catch((err: unknown) => {
+        await control.send({ accept: { reservationId, postcopy } }, signal).catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
         })
       } catch (err) {

@@ -31,6 +31,7 @@ import {
   type RefusalCode,
 } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
+import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
@@ -77,6 +78,10 @@ export class QemuOutgoingMigration {
   readonly #fail = new AbortController()
   readonly #signal: AbortSignal
   #committed = false
+  /** Post-copy switched over: the source cannot resume the guest any more. */
+  #postcopySwitched = false
+  /** ms from the start to each step (accepted, mirrorReady, preSwitchover, completed, running...). */
+  readonly milestones: Record<string, number> = {}
   #pausedAt: number | undefined
   #diskBytes = 0
   #lastEmit = 0
@@ -90,7 +95,7 @@ export class QemuOutgoingMigration {
       direction: 'out',
       from: init.host.peerId.toString(),
       to: init.to.toString(),
-      mode: 'precopy',
+      mode: init.options.mode,
     })
     this.#signal = AbortSignal.any([init.signal, this.#cancel.signal, this.#fail.signal])
     this.done = this.#run()
@@ -102,7 +107,7 @@ export class QemuOutgoingMigration {
 
   /** Cancels before the handover (the guest runs on here); false once COMMIT was sent or it ended. */
   cancel(): boolean {
-    if (this.#committed || isTerminal(this.#v.phase)) return false
+    if (this.#committed || this.#postcopySwitched || isTerminal(this.#v.phase)) return false
     this.#cancel.abort(new CancelledError())
     return true
   }
@@ -126,6 +131,9 @@ export class QemuOutgoingMigration {
   async #run(): Promise<MigrationView> {
     const { instance: vm, options, timeouts, host, to, hooks, spec, epoch, logger } = this.#i
     const log = logger.child({ migration: this.id, vm: spec.id, qemu: true })
+    const mark = (what: string) => {
+      this.milestones[what] = Date.now() - this.#v.startedAt
+    }
     const wasPaused = vm.state === 'paused'
     const offStateChange = vm.onStateChange((s) => {
       if (s === 'paused' && this.#pausedAt === undefined) this.#pausedAt = Date.now()
@@ -135,10 +143,10 @@ export class QemuOutgoingMigration {
     let migrating = false
     let mirroring = false
     try {
-      if (options.mode === 'postcopy') {
+      if (options.mode === 'postcopy' && options.streams > 1) {
         throw new MigrationRefusedError(
           'BAD_OFFER',
-          'post-copy of QEMU guests through the mesh is not supported yet (use precopy or auto)',
+          'post-copy with several streams: QEMU 7.2 cannot combine post-copy with multifd (use streams: 1)',
         )
       }
       const base = await baseOf(this.#i.qemuImg, vm.paths.disk).catch((err: unknown) => {
@@ -157,6 +165,9 @@ export class QemuOutgoingMigration {
       )
       control = new QemuControlChannel(stream)
       const multifd = options.streams > 1 ? options.streams : 0
+      // Post-copy: asked for, or as auto's way out of a pre-copy that does not converge (not with
+      // multifd, which QEMU 7.2 does not combine with it)
+      const postcopyOptional = options.mode === 'auto' && multifd === 0
       await control.send(
         {
           offer: {
@@ -175,7 +186,12 @@ export class QemuOutgoingMigration {
               },
             },
             epoch,
-            base: 'blankMiB' in base ? { blankMib: base.blankMiB } : { sha256: base.sha256 },
+            base:
+              'blankMiB' in base
+                ? { blankMib: base.blankMiB }
+                : 'imageId' in base
+                  ? { imageId: base.imageId }
+                  : { sha256: base.sha256 },
             nic: {
               kind: nicKind,
               mac: o.mac ?? macForVm(spec.id),
@@ -183,8 +199,10 @@ export class QemuOutgoingMigration {
               gateway: o.gateway ?? '',
               echoPort: o.echoPort ?? 7,
             },
+            guestArgs: o.guestArgs ?? {},
             multifdChannels: multifd,
-            postcopy: false,
+            postcopy: options.mode === 'postcopy',
+            postcopyOptional,
             paused: wasPaused,
           },
         },
@@ -201,6 +219,8 @@ export class QemuOutgoingMigration {
         )
       }
       const reservationId = reply.accept?.reservationId ?? ''
+      // The destination took post-copy (always when asked for; in auto mode when it can)
+      const postcopy = reply.accept?.postcopy === true
       // One pending read for the whole migration: the destination says nothing until COMMIT, so
       // anything before (an abort, the stream dying) fails the migration at once.
       const answer = control.expect(['running'], this.#i.signal)
@@ -235,6 +255,7 @@ export class QemuOutgoingMigration {
       )
       listeners.push(mig)
 
+      mark('accepted')
       // Disk: mirror the writable layer until it follows every write
       this.#setPhase('precopy')
       const bps = options.bandwidthMiBps ? options.bandwidthMiBps * MiB : undefined
@@ -247,32 +268,63 @@ export class QemuOutgoingMigration {
         this.#v.wireBytes = nbd.counters.out + nbd.counters.in
         this.#emit()
       })
+      mark('mirrorReady')
 
       // Memory: QEMU's own pre-copy, stopping before switchover
       await vm.migrate(`unix:${mig.path}`, {
         downtimeLimitMs: options.downtimeMs,
         maxBandwidth: bps ?? 10 * 1024 ** 3,
         autoConverge: options.autoConverge,
-        postcopy: false,
+        postcopy,
         multifdChannels: multifd || 1,
         pauseBeforeSwitchover: true,
       })
       migrating = true
+      mark('migrateStarted')
+      const startPostcopy = async () => {
+        if (this.milestones.postcopyRequested !== undefined) return
+        mark('postcopyRequested')
+        await vm.qmp.execute('migrate-start-postcopy')
+      }
+      // 'postcopy': at once (QEMU switches after its first pass); 'auto': when rounds stop converging
+      if (options.mode === 'postcopy') await startPostcopy()
       const wire = () => listeners.reduce((n, l) => n + l.counters.out + l.counters.in, 0)
-      await this.#pollUntil(vm, 'pre-switchover', wire)
-      this.#pausedAt ??= Date.now()
-      this.#setPhase('stopcopy')
-      await completeMirror(vm, timeouts.stepTimeoutMs)
-      mirroring = false
-      await vm.qmp.execute('migrate-continue', { state: 'pre-switchover' })
-      const last = await this.#pollUntil(vm, 'completed', wire)
+      const progress = this.#watchProgress(
+        vm,
+        wire,
+        postcopy && options.mode === 'auto' ? startPostcopy : undefined,
+      )
+      let last: QemuMigrationInfo
+      try {
+        await this.#waitStatus(vm, ['pre-switchover'])
+        this.#pausedAt ??= Date.now()
+        mark('preSwitchover')
+        this.#setPhase('stopcopy')
+        await completeMirror(vm, timeouts.stepTimeoutMs)
+        mirroring = false
+        mark('mirrorCompleted')
+        await vm.qmp.execute('migrate-continue', { state: 'pre-switchover' })
+        // Post-copy switches here: the source has sent the devices and serves the rest on demand
+        // from now on; it cannot take the guest back (the handover in doubt rules apply)
+        if (this.milestones.postcopyRequested !== undefined) this.#postcopySwitched = true
+        last = await this.#waitStatus(vm, ['completed', 'postcopy-active'])
+        if (last.status === 'postcopy-active') {
+          this.#v.postcopy = true
+          this.#setPhase('postcopy')
+        } else this.#postcopySwitched = false
+        mark(last.status === 'completed' ? 'completed' : 'postcopyActive')
+      } finally {
+        progress.stop()
+      }
       migrating = false
+      applyQemuInfo(this.#v, last, this.#diskBytes)
       this.#v.wireBytes = wire()
 
       // Handover: journal, COMMIT, wait for RUNNING
       this.#setPhase('handover')
       this.#signal.throwIfAborted()
       await hooks.onHandover?.(this.view(), { signal: this.#signal })
+      mark('journaled')
       this.#signal.throwIfAborted()
       this.#committed = true
       const newEpoch = epoch + 1
@@ -297,11 +349,27 @@ export class QemuOutgoingMigration {
         await hooks.onInDoubt?.(this.view())
         return this.view()
       }
+      mark('running')
+      if (last.status === 'postcopy-active') {
+        // The guest runs there; its remaining pages still come from this QEMU: quit only after
+        const end = await vm.waitMigrationStatus([], { timeoutMs: 24 * 3600_000, signal: this.#i.signal })
+        if (end.status !== 'completed') {
+          throw new MigrationError('VM_FAILED', `post-copy ended ${end.status}: ${end.errorDesc ?? ''}`)
+        }
+        applyQemuInfo(this.#v, end, this.#diskBytes)
+        this.#v.wireBytes = wire()
+        mark('completed')
+      }
       this.#v.epoch = newEpoch
       this.#v.totalMs = Date.now() - this.#v.startedAt
       this.#v.downtimeMs = Date.now() - (this.#pausedAt ?? Date.now())
       log.info(
-        { totalMs: this.#v.totalMs, downtimeMs: this.#v.downtimeMs, qemuDowntimeMs: last.downtimeMs },
+        {
+          totalMs: this.#v.totalMs,
+          downtimeMs: this.#v.downtimeMs,
+          qemuDowntimeMs: last.downtimeMs,
+          milestones: this.milestones,
+        },
         'qemu guest running at the destination',
       )
       await this.#closeAll(listeners, control)
@@ -315,6 +383,18 @@ export class QemuOutgoingMigration {
         const e = asMigrationError(err)
         this.#v.error = { code: e.code, message: `after the handover: ${e.message}` }
         this.#setPhase('failed')
+        return this.view()
+      }
+      if (this.#postcopySwitched) {
+        // Post-copy switched over, no COMMIT yet: the source QEMU cannot resume the guest and the
+        // destination has not run it — in doubt, as after a COMMIT without an answer
+        const e = new HandoverInDoubtError(`post-copy switched over, then: ${asMigrationError(err).message}`)
+        this.#v.error = { code: e.code, message: e.message }
+        this.#v.totalMs = Date.now() - this.#v.startedAt
+        this.#setPhase('failed')
+        log.error({ err: e.message }, 'qemu post-copy in doubt: the guest stays paused here')
+        await this.#closeAll(listeners, control)
+        await hooks.onInDoubt?.(this.view())
         return this.view()
       }
       const cause =
@@ -343,32 +423,81 @@ export class QemuOutgoingMigration {
     }
   }
 
-  /** Polls query-migrate until `want`; a failed/cancelled migration, a stall or an abort throws. */
-  async #pollUntil(vm: QemuVm, want: string, wire: () => number): Promise<QemuMigrationInfo> {
+  /** Waits (on QEMU's MIGRATION events) until the status is one of `want`; a failed/cancelled migration or an abort throws. */
+  async #waitStatus(vm: QemuVm, want: string[]): Promise<QemuMigrationInfo> {
+    const info = await vm.waitMigrationStatus(want, {
+      timeoutMs: 24 * 3600_000,
+      signal: this.#signal,
+    })
+    if (!want.includes(info.status)) {
+      throw new MigrationError(
+        'VM_FAILED',
+        `QEMU migration ${info.status}${info.errorDesc ? `: ${info.errorDesc}` : ''}`,
+      )
+    }
+    return info
+  }
+
+  /**
+   * The progress view from query-migrate every 200 ms, beside the waits (never in their way); a
+   * migration that moves no byte for stallTimeoutMs fails.
+   */
+  #watchProgress(vm: QemuVm, wire: () => number, startPostcopy?: () => Promise<void>): { stop(): void } {
     const { stallTimeoutMs } = this.#i.timeouts
+    const { downtimeMs, maxRounds } = this.#i.options
+    let stopped = false
     let lastBytes = -1
     let lastMove = Date.now()
-    for (;;) {
-      this.#signal.throwIfAborted()
-      const info = await vm.queryMigrate()
-      applyQemuInfo(this.#v, info, this.#diskBytes)
-      this.#v.wireBytes = wire()
-      this.#emit()
-      if (info.status === want) return info
-      if (!ACTIVE.has(info.status)) {
-        throw new MigrationError(
-          'VM_FAILED',
-          `QEMU migration ${info.status}${info.errorDesc ? `: ${info.errorDesc}` : ''}`,
-        )
+    let lastSync = 0
+    const history: number[] = []
+    const loop = async () => {
+      while (!stopped && !this.#signal.aborted) {
+        await sleep(200)
+        if (stopped) return
+        const info = await vm.queryMigrate().catch(() => undefined)
+        if (!info || stopped) continue
+        applyQemuInfo(this.#v, info, this.#diskBytes)
+        this.#v.wireBytes = wire()
+        this.#emit()
+        // auto: after each of QEMU's dirty syncs (a round), the engine's rule for leaving pre-copy
+        const sync = info.dirtySyncCount ?? 0
+        if (startPostcopy && info.status === 'active' && sync > lastSync && sync >= 2) {
+          lastSync = sync
+          history.push(info.remainingBytes ?? 0)
+          const d = decideNextRound({
+            mode: 'auto',
+            round: sync - 1,
+            remainingBytes: info.remainingBytes ?? 0,
+            history,
+            bandwidthBps: ((info.mbps ?? 0) * 1e6) / 8,
+            downtimeMs,
+            maxRounds,
+          })
+          if (d.action === 'postcopy') {
+            this.#i.logger.info(
+              { migration: this.id, reason: d.reason, round: sync },
+              'qemu: switching to post-copy',
+            )
+            await startPostcopy().catch(() => undefined)
+          }
+        }
+        const moved = info.transferredBytes ?? 0
+        if (moved !== lastBytes) {
+          lastBytes = moved
+          lastMove = Date.now()
+        } else if (info.status === 'active' && Date.now() - lastMove > stallTimeoutMs) {
+          this.#fail.abort(
+            new MigrationError('TIMEOUT', `QEMU migration made no progress for ${stallTimeoutMs} ms`),
+          )
+          return
+        }
       }
-      const moved = info.transferredBytes ?? 0
-      if (moved !== lastBytes) {
-        lastBytes = moved
-        lastMove = Date.now()
-      } else if (info.status === 'active' && Date.now() - lastMove > stallTimeoutMs) {
-        throw new MigrationError('TIMEOUT', `QEMU migration made no progress for ${stallTimeoutMs} ms`)
-      }
-      await sleep(50)
+    }
+    void loop()
+    return {
+      stop: () => {
+        stopped = true
+      },
     }
   }
 

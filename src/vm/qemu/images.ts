@@ -1,11 +1,12 @@
 // Disks: every VM's disk is a qcow2 copy-on-write layer (in the VM's directory) on a read-only
 // base image. Base images live in a store named by content: a blank base by its size, an imported
-// one by the sha256 of its bytes, so two hosts that hold the same base agree on its name.
+// one by the sha256 of its bytes, a mesh image (src/images) by its image id, so two hosts that
+// hold the same base agree on its name — and a host that lacks a mesh image fetches it by id.
 
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { access, copyFile, mkdir, rename } from 'node:fs/promises'
+import { access, copyFile, mkdir, open, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 
@@ -66,8 +67,44 @@ export async function createOverlay(img: string, base: string, path: string, siz
   await qemuImg(img, ['create', '-q', '-f', 'qcow2', '-F', info.format, '-b', base, path, String(size)])
 }
 
-/** A base image by content: the blank base of a size, or an imported base by its sha256. */
-export type BaseRef = { blankMiB: number } | { sha256: string }
+/** A base image by content: the blank base of a size, an imported base by its sha256, a mesh image by id. */
+export type BaseRef = { blankMiB: number } | { sha256: string } | { imageId: string }
+
+const HEX64 = /^[0-9a-f]{64}$/
+
+/** Where the mesh image `id` lives as one file in the store (see materializeImage). */
+export function imagePath(store: string, id: string): string {
+  if (!HEX64.test(id)) throw new Error(`bad image id ${id}`)
+  return join(store, `image-${id}.img`)
+}
+
+/**
+ * Writes the mesh image `id` into the store as one file (QEMU's backing file), from its chunk
+ * files in order (the image store checked each chunk's hash); kept if already there.
+ */
+export async function materializeImage(store: string, id: string, chunkFiles: string[]): Promise<string> {
+  const path = imagePath(store, id)
+  if (await exists(path)) return path
+  await mkdir(store, { recursive: true })
+  const tmp = `${path}.${process.pid}.${Date.now()}.tmp`
+  const out = await open(tmp, 'w')
+  try {
+    let pos = 0
+    for (const f of chunkFiles) {
+      const data = await readFile(f)
+      await out.write(data, 0, data.length, pos)
+      pos += data.length
+    }
+    await out.sync()
+  } catch (err) {
+    await out.close()
+    await rm(tmp, { force: true })
+    throw err
+  }
+  await out.close()
+  await rename(tmp, path)
+  return path
+}
 
 /** The content name of the base under the qcow2 layer `disk` (read while QEMU may hold it: `-U`). */
 export async function baseOf(img: string, disk: string): Promise<BaseRef> {
@@ -82,13 +119,19 @@ export async function baseOf(img: string, disk: string): Promise<BaseRef> {
   if (blank) return { blankMiB: Number(blank[1]) }
   const imported = /^([0-9a-f]{64})\.img$/.exec(name)
   if (imported) return { sha256: imported[1] as string }
+  const image = /^image-([0-9a-f]{64})\.img$/.exec(name)
+  if (image) return { imageId: image[1] as string }
   throw new Error(`base image ${backing} is not in the content-addressed store`)
 }
 
 /** The local path of `ref` in the store (a blank base is made on demand), or undefined if it is missing. */
 export async function findBase(img: string, store: string, ref: BaseRef): Promise<string | undefined> {
   if ('blankMiB' in ref) return blankBase(img, store, ref.blankMiB)
-  if (!/^[0-9a-f]{64}$/.test(ref.sha256)) throw new Error(`bad base image hash ${ref.sha256}`)
+  if ('imageId' in ref) {
+    const path = imagePath(store, ref.imageId)
+    return (await exists(path)) ? path : undefined
+  }
+  if (!HEX64.test(ref.sha256)) throw new Error(`bad base image hash ${ref.sha256}`)
   const path = join(store, `${ref.sha256}.img`)
   return (await exists(path)) ? path : undefined
 }

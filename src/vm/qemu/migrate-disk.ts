@@ -7,6 +7,7 @@
 import { setTimeout as sleep } from 'node:timers/promises'
 import { VmError } from '../types.js'
 import type { QemuVm } from './qemu-vm.js'
+import type { QmpEvent } from './qmp.js'
 
 /** Node name of every guest's disk (qemu-driver.ts) and the name of its NBD export. */
 export const DISK_NODE = 'disk0'
@@ -70,19 +71,35 @@ export async function mirrorProgress(vm: QemuVm): Promise<MirrorProgress | undef
   return j ? { offset: j.offset, len: j.len, ready: j.ready } : undefined
 }
 
-/** Polls until the mirror is ready (in sync); throws if the job disappears (it failed). */
+/**
+ * Waits until the mirror is ready (in sync): at QEMU's BLOCK_JOB_READY event, with a poll every
+ * `pollMs` for the progress (and in case the event was missed); throws if the job disappears (it
+ * failed).
+ */
 export async function waitMirrorReady(
   vm: QemuVm,
   signal: AbortSignal,
   onProgress: (p: MirrorProgress) => void,
+  pollMs = 250,
 ): Promise<void> {
-  for (;;) {
-    signal.throwIfAborted()
-    const p = await mirrorProgress(vm)
-    if (!p) throw new VmError('VM_IO', 'the disk mirror job ended before it was in sync (see the QEMU log)')
-    onProgress(p)
-    if (p.ready) return
-    await sleep(100)
+  const wake = new AbortController()
+  const onEvent = (e: QmpEvent) => {
+    if (e.event.startsWith('BLOCK_JOB_') && e.data?.device === MIRROR_JOB) wake.abort()
+  }
+  vm.qmp.on('event', onEvent)
+  try {
+    for (;;) {
+      signal.throwIfAborted()
+      const p = await mirrorProgress(vm)
+      if (!p) throw new VmError('VM_IO', 'the disk mirror job ended before it was in sync (see the QEMU log)')
+      onProgress(p)
+      if (p.ready) return
+      await sleep(pollMs, undefined, { signal: AbortSignal.any([wake.signal, signal]) }).catch(
+        () => undefined,
+      )
+    }
+  } finally {
+    vm.qmp.off('event', onEvent)
   }
 }
 

@@ -6,14 +6,15 @@
 import { spawn } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { closeSync, openSync, readFileSync } from 'node:fs'
-import { access, mkdir, rm } from 'node:fs/promises'
+import { access, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import { homedir, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { CreateVmOptions, VmDriver, VmSpec, VmState } from '../types.js'
 import { VmError } from '../types.js'
 import { ensureGuest, type GuestImage } from './guest.js'
 import { type Accel, detectAccel, findQemu, type QemuBinaries } from './host.js'
-import { blankBase, createOverlay } from './images.js'
+import { blankBase, createOverlay, findBase, materializeImage } from './images.js'
+import { AdoptedProcess, pidAlive, pidCmdline } from './process.js'
 import { QemuVm, type QemuVmPaths } from './qemu-vm.js'
 import { QmpClient } from './qmp.js'
 
@@ -34,11 +35,25 @@ export interface QemuVmOptions extends CreateVmOptions {
   nic?: QemuNic
   /** Base image under the disk's qcow2 layer (default: a blank base of spec.diskMiB in the image store). */
   baseImage?: string
+  /** Or a mesh image (src/images) by id: fetched from its holders if missing, then the base. */
+  imageId?: string
   /** TCP port of the guest's echo server (default 7). */
   echoPort?: number
+  /** Extra guest settings, passed as `skymesh.KEY=VALUE` on the kernel command line (e.g. connect). */
+  guestArgs?: Record<string, string>
+}
+
+/** Mesh images by id (src/images): what the driver needs to use one as a base. */
+export interface QemuImageSource {
+  /** Makes the image complete on this host (fetched from any holder in the mesh if not). */
+  ensure(id: string, signal?: AbortSignal): Promise<void>
+  /** Its chunk files, in order (the image is their concatenation). */
+  chunkFiles(id: string): string[]
 }
 
 export interface QemuDriverInit {
+  /** Mesh images, for `imageId` bases and migrations of VMs made from them. */
+  images?: QemuImageSource
   /** Where base images live (default ~/.cache/skymesh/images). */
   imageStore?: string
   /** The guest kernel + initramfs (default: build or locate the tiny test guest). */
@@ -48,6 +63,12 @@ export interface QemuDriverInit {
   qemu?: QemuBinaries
   /** How long a guest may take until QMP answers (default 20 s). */
   startTimeoutMs?: number
+}
+
+/** What `launch.json` in a VM's directory holds: enough to re-attach to its QEMU. */
+interface LaunchRecord {
+  spec: VmSpec
+  options: Omit<QemuVmOptions, 'dir'>
 }
 
 // Unix socket paths are limited to 108 bytes.
@@ -76,6 +97,20 @@ export class QemuDriver implements VmDriver {
 
   get binaries(): QemuBinaries {
     return this.bins
+  }
+
+  /**
+   * The local base file of mesh image `id`, fetched by id from the mesh first if this host lacks
+   * it (the destination of a migration does this before it accepts).
+   */
+  async imageBase(id: string, signal?: AbortSignal): Promise<string> {
+    const have = await findBase(this.bins.img, this.imageStore, { imageId: id })
+    if (have) return have
+    const images = this.init.images
+    if (!images)
+      throw new VmError('VM_IO', `image ${id.slice(0, 12)} is not here and this driver has no image source`)
+    await images.ensure(id, signal)
+    return materializeImage(this.imageStore, id, images.chunkFiles(id))
   }
 
   /** The QEMU guests this driver is running. */
@@ -110,6 +145,77 @@ export class QemuDriver implements VmDriver {
     }
   }
 
+  /**
+   * Re-attaches to the QEMU a previous agent started in `opts.dir` and left running: found by its
+   * pidfile (and its command line, so a recycled pid is not taken for it), QMP reconnected, its
+   * state read. Undefined when no such QEMU runs any more (it died meanwhile: the caller reports
+   * the VM crashed); throws if one runs but does not answer.
+   */
+  async attach(spec: VmSpec, opts: { dir: string }): Promise<QemuVm | undefined> {
+    if (this.closed) throw new VmError('VM_INVALID_STATE', 'qemu driver is closed')
+    let launch: LaunchRecord
+    let pid: number
+    try {
+      launch = JSON.parse(await readFile(join(opts.dir, 'launch.json'), 'utf8')) as LaunchRecord
+      pid = Number((await readFile(join(opts.dir, 'qemu.pid'), 'utf8')).trim())
+    } catch {
+      return undefined
+    }
+    if (launch.spec?.id !== spec.id || !Number.isInteger(pid) || pid <= 1) return undefined
+    const nic = launch.options.nic ?? 'stream'
+    const p = paths(opts.dir, nic === 'stream' ? 'stream' : 'none')
+    const cmd = pidCmdline(pid)
+    if (!pidAlive(pid) || !cmd.includes(`skymesh-${spec.id}`) || !cmd.some((a) => a.includes(p.qmp))) {
+      return undefined
+    }
+    const proc = new AdoptedProcess(pid)
+    let qmp: QmpClient
+    try {
+      qmp = await QmpClient.connect(p.qmp, { connectTimeoutMs: 5000 })
+    } catch (err) {
+      proc.check()
+      if (proc.exitCode !== null) return undefined
+      proc.kill('SIGKILL')
+      throw new VmError(
+        'VM_IO',
+        `QEMU ${pid} of ${spec.id} runs but its QMP does not answer: ${(err as Error).message}`,
+      )
+    }
+    const vm = new QemuVm(
+      launch.spec,
+      p,
+      proc,
+      qmp,
+      'running',
+      (gone) => this.vms.delete(gone),
+      launch.options,
+    )
+    this.vms.add(vm)
+    await vm.refreshState()
+    return vm
+  }
+
+  /**
+   * Ends the QEMU a previous agent left in `dir` if one still runs there (an incoming migration the
+   * agent died in: its paused copy is discarded with the directory).
+   */
+  async discard(dir: string): Promise<void> {
+    let launch: LaunchRecord
+    let pid: number
+    try {
+      launch = JSON.parse(await readFile(join(dir, 'launch.json'), 'utf8')) as LaunchRecord
+      pid = Number((await readFile(join(dir, 'qemu.pid'), 'utf8')).trim())
+    } catch {
+      return
+    }
+    const cmd = pidCmdline(pid)
+    if (Number.isInteger(pid) && pid > 1 && pidAlive(pid) && cmd.includes(`skymesh-${launch.spec?.id}`)) {
+      const proc = new AdoptedProcess(pid, 100)
+      proc.kill('SIGKILL')
+      await new Promise<void>((r) => (proc.exitCode !== null ? r() : proc.once('exit', () => r())))
+    }
+  }
+
   async hasSuspendImage(dir: string): Promise<boolean> {
     return access(join(dir, 'suspend.state')).then(
       () => true,
@@ -136,16 +242,27 @@ export class QemuDriver implements VmDriver {
     await mkdir(p.sockets, { recursive: true })
     await Promise.all([p.qmp, p.nic].map((s) => s && rm(s, { force: true })))
     if (mode !== 'restore' || !(await exists(p.disk))) {
-      const base = opts.baseImage ?? (await blankBase(this.bins.img, this.imageStore, spec.diskMiB))
+      const base =
+        opts.baseImage ??
+        (opts.imageId
+          ? await this.imageBase(opts.imageId)
+          : await blankBase(this.bins.img, this.imageStore, spec.diskMiB))
       await createOverlay(this.bins.img, base, p.disk, spec.diskMiB)
     }
     const guest = this.init.guest ?? (await ensureGuest())
     const accel = await this.accel()
     const args = qemuArgs(spec, opts, p, guest, accel, nic, mode)
+    const { dir: _dir, ...launchOptions } = opts
+    await rm(p.pidfile, { force: true })
+    const launchRecord: LaunchRecord = { spec, options: launchOptions }
+    await writeFile(`${p.launch}.tmp`, `${JSON.stringify(launchRecord)}\n`)
+    await rename(`${p.launch}.tmp`, p.launch)
     const logFd = openSync(p.log, 'a')
     let child: ReturnType<typeof spawn>
     try {
-      child = spawn(this.bins.system, args, { stdio: ['ignore', logFd, logFd] })
+      // Its own process group: QEMU outlives the agent (a restarted agent re-attaches to it) and a
+      // signal to the agent's group (Ctrl-C) does not reach the guests
+      child = spawn(this.bins.system, args, { stdio: ['ignore', logFd, logFd], detached: true })
     } finally {
       closeSync(logFd)
     }
@@ -183,7 +300,6 @@ export class QemuDriver implements VmDriver {
       )
     }
     const initial: VmState = mode === 'boot' ? 'running' : 'paused'
-    const { dir: _dir, ...launchOptions } = opts
     const vm = new QemuVm(spec, p, child, qmp, initial, (gone) => this.vms.delete(gone), launchOptions)
     this.vms.add(vm)
     await vm.refreshState().catch(() => {})
@@ -211,6 +327,8 @@ function paths(dir: string, nic: 'stream' | 'none'): QemuVmPaths {
     log: join(dir, 'qemu.log'),
     disk: join(dir, 'disk.qcow2'),
     suspendImage: join(dir, 'suspend.state'),
+    pidfile: join(dir, 'qemu.pid'),
+    launch: join(dir, 'launch.json'),
   }
 }
 
@@ -241,6 +359,22 @@ function validate(spec: VmSpec, opts: QemuVmOptions): void {
     throw bad(`ip must be a.b.c.d/prefix, got ${opts.ip}`)
   if (opts.mac !== undefined && !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/i.test(opts.mac))
     throw bad(`bad mac ${opts.mac}`)
+  const problem = guestArgsProblem(opts.guestArgs)
+  if (problem) throw bad(problem)
+}
+
+/** Why `args` cannot go on a kernel command line, or undefined if they can. */
+export function guestArgsProblem(args: Record<string, string> | undefined): string | undefined {
+  if (args === undefined) return undefined
+  const entries = Object.entries(args)
+  if (entries.length > 8) return `at most 8 guestArgs, got ${entries.length}`
+  for (const [k, v] of entries) {
+    if (!/^[a-z][a-z0-9]{0,15}$/.test(k))
+      return `guestArgs key '${k}' must be 1-16 of a-z0-9, starting with a letter`
+    if (typeof v !== 'string' || !/^[A-Za-z0-9.:/_-]{1,64}$/.test(v))
+      return `guestArgs.${k} must be 1-64 of A-Z a-z 0-9 . : / _ -`
+  }
+  return undefined
 }
 
 /** A stable locally administered-looking MAC in QEMU's 52:54:00 range, from the VM id. */
@@ -272,6 +406,7 @@ function qemuArgs(
   ]
   if (opts.ip) append.push(`skymesh.ip=${opts.ip}`)
   if (opts.gateway) append.push(`skymesh.gw=${opts.gateway}`)
+  for (const [k, v] of Object.entries(opts.guestArgs ?? {})) append.push(`skymesh.${k}=${v}`)
   const args = [
     '-name',
     `skymesh-${spec.id}`,
@@ -283,8 +418,11 @@ function qemuArgs(
     accel === 'kvm' ? 'host' : 'max',
     '-smp',
     String(spec.vcpus),
+    // 8 KiB short of the size: QEMU 7.2 under TCG loses dirty-page tracking of some guest writes
+    // during migration when RAM is a multiple of 256 KiB (fixed upstream in 9.x) — a busy guest
+    // then crashes at the destination; both ends use the same size
     '-m',
-    String(spec.memoryMiB),
+    `${spec.memoryMiB * 1024 - 8}k`,
     '-nodefaults',
     '-no-user-config',
     '-display',
@@ -300,6 +438,8 @@ function qemuArgs(
     `file:${p.serial}`,
     '-qmp',
     `unix:${p.qmp},server=on,wait=off`,
+    '-pidfile',
+    p.pidfile,
     '-blockdev',
     JSON.stringify({ driver: 'qcow2', 'node-name': 'disk0', file: { driver: 'file', filename: p.disk } }),
     '-device',

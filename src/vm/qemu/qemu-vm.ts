@@ -2,7 +2,6 @@
 // (STOP/RESUME events, query-status); a QEMU that exits without being told to is reported as
 // `crashed` (or `stopped` after a guest poweroff) and reaped — the child is always awaited.
 
-import type { ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -16,6 +15,7 @@ import {
   type VmState,
   type VmStats,
 } from '../types.js'
+import type { QemuProcess } from './process.js'
 import type { QemuVmOptions } from './qemu-driver.js'
 import type { QmpClient, QmpEvent } from './qmp.js'
 import { NoBlockDisk, NoPageMemory, noPageAccess, QEMU_CAPABILITIES } from './unsupported.js'
@@ -32,6 +32,10 @@ export interface QemuVmPaths {
   log: string
   disk: string
   suspendImage: string
+  /** QEMU's pid (`-pidfile`), to find it again after an agent restart. */
+  pidfile: string
+  /** How it was started (spec and options), for the same. */
+  launch: string
 }
 
 export interface QemuMigrateOptions {
@@ -104,7 +108,7 @@ export class QemuVm implements VmInstance {
   constructor(
     readonly spec: VmSpec,
     readonly paths: QemuVmPaths,
-    readonly process: ChildProcess,
+    readonly process: QemuProcess,
     readonly qmp: QmpClient,
     initial: VmState,
     onGone: (vm: QemuVm) => void,
@@ -115,6 +119,11 @@ export class QemuVm implements VmInstance {
     this.memory = new NoPageMemory(spec.memoryMiB)
     this.disk = new NoBlockDisk(spec.diskMiB)
     qmp.on('event', (e: QmpEvent) => this.onEvent(e))
+    // A QEMU that is not our child (re-attached) is watched by polling: its QMP closing means it is going
+    qmp.once('close', () => {
+      const check = (process as { check?: () => void }).check
+      if (check) setTimeout(() => check.call(process), 50).unref()
+    })
     this.exited = new Promise((resolve) => {
       const done = (code: number | null, signal: NodeJS.Signals | null) => {
         qmp.close()
@@ -223,6 +232,8 @@ export class QemuVm implements VmInstance {
   /** Starts an outgoing migration to `uri` (e.g. `unix:/path`), after setting capabilities/parameters. */
   async migrate(uri: string, opts: QemuMigrateOptions = {}): Promise<void> {
     const caps: Array<{ capability: string; state: boolean }> = [
+      // MIGRATION events on every status change: waits below react at once instead of polling
+      { capability: 'events', state: true },
       { capability: 'auto-converge', state: opts.autoConverge ?? false },
       { capability: 'postcopy-ram', state: opts.postcopy ?? false },
       { capability: 'multifd', state: (opts.multifdChannels ?? 1) > 1 },
@@ -239,6 +250,7 @@ export class QemuVm implements VmInstance {
   /** On a VM made by `prepareIncoming`: sets the same capabilities, then listens on `uri` for the stream. */
   async migrateIncoming(uri: string, opts: QemuMigrateOptions = {}): Promise<void> {
     const caps = [
+      { capability: 'events', state: true },
       { capability: 'postcopy-ram', state: opts.postcopy ?? false },
       { capability: 'multifd', state: (opts.multifdChannels ?? 1) > 1 },
     ]
@@ -268,15 +280,46 @@ export class QemuVm implements VmInstance {
     }
   }
 
-  /** Polls query-migrate until completed/failed/cancelled (or throws after `timeoutMs`). */
-  async waitMigration(timeoutMs: number, pollMs = 100): Promise<QemuMigrationInfo> {
-    const deadline = Date.now() + timeoutMs
-    for (;;) {
-      const info = await this.queryMigrate()
-      if (info.status === 'completed' || info.status === 'failed' || info.status === 'cancelled') return info
-      if (Date.now() > deadline)
-        throw new VmError('VM_IO', `migration of ${this.spec.id} still ${info.status} after ${timeoutMs} ms`)
-      await sleep(pollMs)
+  /** Waits until the migration completed, failed or was cancelled (or throws after `timeoutMs`). */
+  waitMigration(timeoutMs: number): Promise<QemuMigrationInfo> {
+    return this.waitMigrationStatus([], { timeoutMs })
+  }
+
+  /**
+   * Waits until the migration's status is one of `want` or it ended (completed/failed/cancelled),
+   * and returns query-migrate then. It reacts to QEMU's MIGRATION events (the `events` capability,
+   * set by migrate/migrateIncoming) the moment they come, with a slow poll behind in case one was
+   * missed; throws on timeout or when `signal` aborts.
+   */
+  async waitMigrationStatus(
+    want: string[],
+    opts: { timeoutMs: number; signal?: AbortSignal; pollMs?: number },
+  ): Promise<QemuMigrationInfo> {
+    const done = new Set([...want, 'completed', 'failed', 'cancelled'])
+    const wake = new AbortController()
+    const onEvent = (e: QmpEvent) => {
+      if (e.event === 'MIGRATION' && done.has(String(e.data?.status))) wake.abort()
+    }
+    this.qmp.on('event', onEvent)
+    const deadline = Date.now() + opts.timeoutMs
+    try {
+      for (;;) {
+        opts.signal?.throwIfAborted()
+        const info = await this.queryMigrate()
+        if (done.has(info.status)) return info
+        const left = deadline - Date.now()
+        if (left <= 0)
+          throw new VmError(
+            'VM_IO',
+            `migration of ${this.spec.id} still ${info.status} after ${opts.timeoutMs} ms`,
+          )
+        const signals = [wake.signal, ...(opts.signal ? [opts.signal] : [])]
+        await sleep(Math.min(left, opts.pollMs ?? 1000), undefined, {
+          signal: AbortSignal.any(signals),
+        }).catch(() => undefined)
+      }
+    } finally {
+      this.qmp.off('event', onEvent)
     }
   }
 
