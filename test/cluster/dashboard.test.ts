@@ -218,6 +218,11 @@ describe('web dashboard in chromium against real agents', () => {
     await page.waitForSelector(`[data-peer="${c.peerId}"][data-status=dead]`, { timeout: 30_000 })
     const ms = Date.now() - t0
     await page.screenshot({ path: join(shots, 'dashboard-dead.png') })
+    // the README's picture (docs/dashboard.png): the mesh view without the empty space below
+    await page.screenshot({
+      path: join(shots, 'dashboard-readme.png'),
+      clip: { x: 0, y: 0, width: 1280, height: 560 },
+    })
     process.stdout.write(`# dashboard showed the killed agent dead after ${ms} ms\n`)
     await ctx.close()
   })

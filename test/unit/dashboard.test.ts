@@ -320,14 +320,18 @@ describe('dashboard: sign-in and what needs it', () => {
   })
 })
 
+/** One parsed server-sent event; its data is JSON the assertions walk into. */
+// biome-ignore lint/suspicious/noExplicitAny: parsed JSON of the stream, checked field by field below
+type StreamEvent = { event: string; data: any }
+
 /** Reads server-sent events from a real socket until `until` says stop. */
 function readEvents(
   url: string,
   cookie: string,
-  until: (events: { event: string; data: Record<string, any> }[]) => boolean,
-): Promise<{ event: string; data: Record<string, any> }[]> {
+  until: (events: StreamEvent[]) => boolean,
+): Promise<StreamEvent[]> {
   return new Promise((resolve, reject) => {
-    const events: { event: string; data: Record<string, any> }[] = []
+    const events: StreamEvent[] = []
     const req = httpRequest(url, { headers: { cookie } }, (res) => {
       assert.equal(res.statusCode, 200)
       assert.match(String(res.headers['content-type']), /text\/event-stream/)
