@@ -30,10 +30,10 @@ function arg(name: string, dflt: number): number {
   return i > 0 ? Number(process.argv[i + 1]) : dflt
 }
 
-const SIZE_MIB = arg('size', 64)
-const MBIT = arg('mbit', 64)
+const SIZE_MIB = arg('size', 16)
+const MBIT = arg('mbit', 12)
 const MAX_HOSTS = arg('max-hosts', 8)
-const CHUNK_KIB = arg('chunk-kib', 1024)
+const CHUNK_KIB = arg('chunk-kib', 256)
 const COUNTS = [1, 2, 4, 8, 16].filter((n) => n <= MAX_HOSTS)
 
 interface PushView {
@@ -85,7 +85,8 @@ async function main(): Promise<void> {
         '',
       ].join('\n'),
     )
-    const args = ['--config', config, '--log-level', 'warn']
+    const logs = process.argv.includes('--logs')
+    const args = ['--config', config, '--log-level', logs ? 'debug' : 'warn']
     const total = MAX_HOSTS + 1
     if (useNetns) {
       // One namespace "site" per host: each host's link to the backbone is its own, shaped both ways.
@@ -257,6 +258,8 @@ async function main(): Promise<void> {
       )}\n`,
     )
   } finally {
+    if (process.argv.includes('--logs'))
+      for (const [i, a] of agents.entries()) await writeFile(`/tmp/propagate-h${i}.log`, a.output())
     await Promise.allSettled(agents.map((a) => a.stop()))
     await mesh?.destroy()
     await removeDir(dir)

@@ -139,7 +139,7 @@ export class Push {
         this.#fail(id, `pull order not taken: ${(err as Error).message}`)
       }
     }
-    const pollMs = this.#deps.pollMs ?? 200
+    const pollMs = this.#deps.pollMs ?? 100
     const stallMs = this.#deps.stallMs ?? 120_000
     for (;;) {
       const live = this.view.hosts.filter((h) => h.state === 'pulling')
