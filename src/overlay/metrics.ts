@@ -8,7 +8,7 @@ export interface OverlayMetricsSource {
   readonly switch: { stats: SwitchStats }
   readonly transport: { stats: TransportStats }
   malformedBatches: number
-  readonly portDropped: { 'nic-down': number; 'nic-full': number }
+  readonly portDropped: { 'nic-down': number; 'nic-full': number; 'nic-foreign': number }
   readonly metadata: { stats: MetadataStats }
   portCount(): number
   networkCount(): number
@@ -59,6 +59,7 @@ export function registerOverlayMetrics(registry: Registry, src: OverlayMetricsSo
       [{ reason: 'link-lost' }, src.transport.stats.framesLost],
       [{ reason: 'nic-down' }, src.portDropped['nic-down']],
       [{ reason: 'nic-full' }, src.portDropped['nic-full']],
+      [{ reason: 'nic-foreign' }, src.portDropped['nic-foreign']],
       [{ reason: 'metadata-malformed' }, src.metadata.stats.dropped.malformed],
       [{ reason: 'metadata-not-served' }, src.metadata.stats.dropped['not-served']],
       [{ reason: 'metadata-too-many' }, src.metadata.stats.dropped['too-many']],

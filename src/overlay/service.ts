@@ -117,8 +117,8 @@ export class OverlayService {
   private saving: Promise<void> = Promise.resolve()
   private readonly graceMs: number
   malformedBatches = 0
-  /** Frames for a NIC whose port could not take them: TAP helper or QEMU socket down, guest not reading. */
-  readonly portDropped = { 'nic-down': 0, 'nic-full': 0 }
+  /** Frames a NIC port dropped: TAP helper or QEMU socket down, guest not reading, foreign datagrams. */
+  readonly portDropped = { 'nic-down': 0, 'nic-full': 0, 'nic-foreign': 0 }
 
   constructor(private readonly init: OverlayServiceInit) {
     this.log = init.logger

@@ -94,8 +94,8 @@ export interface TapPortInit {
   /** A frame from the TAP (the kernel's stack sent it), for the switch. */
   transmit: (frame: Uint8Array) => void
   onEvent?: (e: TapEvent) => void
-  /** A frame for the NIC was dropped (the port is down). */
-  onDrop?: (reason: 'nic-down') => void
+  /** A frame was dropped: for the NIC while the port is down, or a datagram not from the helper. */
+  onDrop?: (reason: 'nic-down' | 'nic-foreign') => void
   /** Path of socat (default: found on PATH). */
   socat?: string
 }
@@ -138,6 +138,7 @@ export class TapPort {
     sock.on('message', (m, r) => {
       if (r.address !== '127.0.0.1' || r.port !== this.#helperPort || !this.#helperPort) {
         this.stats.foreign++
+        this.init.onDrop?.('nic-foreign')
         return
       }
       this.stats.rxFrames++

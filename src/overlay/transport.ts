@@ -211,7 +211,7 @@ export class OverlayTransport {
   ): Promise<boolean> {
     let dialed = true
     try {
-      if (!link.stream || link.stream.status !== 'open' || link.stream.writeStatus !== 'writable') {
+      if (link.stream?.status !== 'open' || link.stream.writeStatus !== 'writable') {
         link.stream?.abort(new Error('overlay stream replaced'))
         link.stream = undefined
         dialed = false
