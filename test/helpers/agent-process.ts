@@ -71,7 +71,7 @@ export function runCli(
     const timer = setTimeout(() => {
       proc.kill('SIGKILL')
       reject(new Error(`skymesh ${args.join(' ')} timed out\nstdout: ${stdout}\nstderr: ${stderr}`))
-    }, opts.timeoutMs ?? 30_000)
+    }, opts.timeoutMs ?? 60_000)
     proc.on('exit', (code) => {
       clearTimeout(timer)
       resolve({ code, stdout, stderr })
