@@ -25,7 +25,7 @@ import type { DestinationHooks, MigrationHost, SourceHooks, TransferTimeouts } f
 import { withTimeout } from '../wire.js'
 import { QemuIncomingMigration } from './destination.js'
 import { QemuOutgoingMigration } from './source.js'
-import { pipeSocketStream } from './tunnel.js'
+import { capStreamWindow, pipeSocketStream } from './tunnel.js'
 import {
   MAX_TUNNELS,
   QEMU_CONTROL_PROTOCOL,
@@ -285,6 +285,7 @@ export class QemuMigrations {
 
   async #onTunnel(stream: Stream, conn: Connection): Promise<void> {
     const b = this.#b
+    capStreamWindow(stream)
     const lp = lpStream(stream, { maxDataLength: 1024 })
     try {
       const bytes = await withTimeout(b.timeouts.stepTimeoutMs, 'tunnel hello', b.signal(), (s) =>

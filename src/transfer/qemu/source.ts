@@ -35,7 +35,7 @@ import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
-import { TunnelListener } from './tunnel.js'
+import { capStreamWindow, TunnelListener } from './tunnel.js'
 import { applyQemuInfo, initialView, isTerminal } from './view.js'
 import { QEMU_CONTROL_PROTOCOL, QEMU_TUNNEL_PROTOCOL, QemuControlChannel } from './wire.js'
 
@@ -230,6 +230,7 @@ export class QemuOutgoingMigration {
 
       const open = (kind: number) => async () => {
         const s = await host.dialProtocol(to, QEMU_TUNNEL_PROTOCOL, { signal: this.#signal })
+        capStreamWindow(s)
         const lp = lpStream(s)
         await lp.write(pb.QemuTunnelHello.encode({ migrationId: this.id, reservationId, kind }).finish(), {
           signal: this.#signal,

@@ -10,6 +10,23 @@ import type { Stream } from '@libp2p/interface'
 /** Read buffer of a tunnel stream: above yamux's largest stream window. */
 export const TUNNEL_READ_BUFFER = 32 * 1024 * 1024
 
+/**
+ * Bytes a tunnel may have in flight (sent, not yet taken by the remote agent) per direction.
+ * yamux grants window on receipt and grows it to 16 MiB per stream; with the JS noise+yamux path
+ * at ~50 MB/s that is ~300 ms of backlog per stream that QEMU's writes to its local socket never
+ * see, so QEMU overestimates the bandwidth and stops the guest with far too much left. A small
+ * window makes QEMU's socket block at the tunnel's real rate.
+ */
+export const TUNNEL_WINDOW = 1024 * 1024
+
+/** Caps the receive window a yamux stream grants its sender (no-op for other stream kinds). */
+export function capStreamWindow(stream: Stream, bytes = TUNNEL_WINDOW): void {
+  const s = stream as unknown as { maxStreamWindowSize?: unknown; recvWindow?: unknown }
+  if (typeof s.maxStreamWindowSize === 'number')
+    s.maxStreamWindowSize = Math.min(s.maxStreamWindowSize, bytes)
+  if (typeof s.recvWindow === 'number') s.recvWindow = Math.min(s.recvWindow, bytes)
+}
+
 /** Bytes carried by a tunnel, both directions. */
 export interface TunnelCounters {
   out: number
@@ -23,6 +40,7 @@ export interface TunnelCounters {
 export function pipeSocketStream(socket: Socket, stream: Stream, counters: TunnelCounters): Promise<void> {
   // A migration stream may be quiet for long stretches (an NBD connection between writes).
   stream.inactivityTimeout = 0
+  capStreamWindow(stream)
   // While paused, yamux stops granting window, but up to its largest stream window (16 MiB by
   // default) may already be on the way: room for that, so a pause never overflows the buffer.
   stream.maxReadBufferLength = Math.max(stream.maxReadBufferLength, TUNNEL_READ_BUFFER)
