@@ -132,7 +132,7 @@ export async function startAgent(
   proc.stderr?.on('data', (d) => {
     output += d
   })
-  const deadline = Date.now() + (opts.timeoutMs ?? 20_000)
+  const deadline = Date.now() + (opts.timeoutMs ?? 60_000)
   let info: AgentInfo | undefined
   while (!info) {
     if (proc.exitCode !== null)
