@@ -54,3 +54,9 @@ export const DEFAULTS = {
 export const MAX_WINDOW_BYTES = 8 * 1024 * 1024
 /** Read buffer of a destination data stream: the window plus a frame and its framing. */
 export const DATA_READ_BUFFER = MAX_WINDOW_BYTES + 2 * (1024 * 1024 + 512 * 1024)
+/**
+ * Pre-copy stops when the predicted pause fits this share of the downtime target: the last round
+ * measured 40–57 ms when the prediction said it fit 50 ms (acks of the stop-copy round, the switchover
+ * round trip and scheduling on a loaded host are what the fit underrates).
+ */
+export const STOP_AIM = 0.5

@@ -20,6 +20,11 @@ export interface RoundInput {
    * the verify/commit round trips about as much again. 0 or absent: only the bytes count.
    */
   roundFixedMs?: number
+  /**
+   * Share of `downtimeMs` the predicted pause must fit (default 1). Below 1 leaves a margin for what
+   * the prediction misses (a loaded host's scheduling, the stop-copy's acks, the switchover's trip).
+   */
+  aim?: number
 }
 
 export type RoundDecision =
@@ -40,7 +45,7 @@ export function sendTimeMs(bytes: number, bps: number): number {
 
 /** After a pre-copy round: another round, stop-and-copy, or (auto) switch to post-copy. */
 export function decideNextRound(i: RoundInput): RoundDecision {
-  if (predictedDowntimeMs(i) <= i.downtimeMs) return { action: 'stop', reason: 'converged' }
+  if (predictedDowntimeMs(i) <= i.downtimeMs * (i.aim ?? 1)) return { action: 'stop', reason: 'converged' }
   if (i.round + 1 >= i.maxRounds) {
     return i.mode === 'auto'
       ? { action: 'postcopy', reason: 'max-rounds' }

@@ -19,6 +19,7 @@ import {
   HASH_BYTES,
   MAX_QUERY_HASHES,
   MAX_WINDOW_BYTES,
+  STOP_AIM,
 } from './constants.js'
 import type { ContentStore } from './content-store.js'
 import { CostModel } from './cost.js'
@@ -510,6 +511,7 @@ export class OutgoingMigration {
         downtimeMs: options.downtimeMs,
         maxRounds: options.maxRounds,
         roundFixedMs: fit.fixedMs,
+        aim: STOP_AIM,
       })
       if (this.#autoConverge(decision, history)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')

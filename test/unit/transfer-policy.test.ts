@@ -50,6 +50,14 @@ describe('round decision', () => {
       action: 'stop',
       reason: 'converged',
     })
+    // aiming below the target leaves a margin: 2 MiB (20 ms + 20 ms) fits 50 ms, not half of it
+    assert.deepEqual(decideNextRound({ ...base, remainingBytes: 2 * MiB, roundFixedMs: 10, aim: 0.5 }), {
+      action: 'round',
+    })
+    assert.deepEqual(decideNextRound({ ...base, remainingBytes: MiB / 2, roundFixedMs: 5, aim: 0.5 }), {
+      action: 'stop',
+      reason: 'converged',
+    })
     // a slow round trip counts for half the target at most: a small enough rest still converges
     assert.equal(predictedDowntimeMs({ ...base, remainingBytes: 0, roundFixedMs: 500 }), 25)
   })
