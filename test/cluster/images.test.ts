@@ -326,6 +326,11 @@ describe('images across agents', () => {
     const d = agent(victim === 'd' ? 'c' : 'd')
     // d drops the image; a's copy of chunk 5 is damaged on disk (a serves what it has, d checks).
     assert.equal((await d.request('DELETE', `/v1/images/${imageId}`)).status, 204)
+    // a picks the push's targets from its gossip view: wait until it knows d no longer holds the image
+    await waitFor('a to learn that d dropped the image', async () => {
+      const r = await a.request('GET', `/v1/images/${imageId}`)
+      return r.status === 200 && !(r.body.holders as string[]).includes(d.peerId)
+    })
     const manifestChunk = join(a.dataDir, 'images', 'chunks')
     const files = await import('node:fs/promises').then((fs) => fs.readdir(manifestChunk))
     // find the file of chunk 5 by re-hashing is costly; damage every chunk file but keep sizes: all of a is bad
