@@ -156,11 +156,7 @@ export class Agent implements AgentService, NetworkApi {
             imageStore: join(config.dataDir, 'qemu-bases'),
             // qemu: mesh images as disk bases, fetched by id (creating from one, or arriving by migration)
             images: {
-              ensure: (id: string, signal?: AbortSignal) => this.images.requireService().ensure(id, signal),
-              chunkFiles: (id: string) => {
-                const store = this.images.requireService().store
-                return store.manifest(id).chunks.map((_, i) => store.chunkFile(id, i))
-              },
+              localFile: (id: string, signal?: AbortSignal) => this.images.localFile(id, signal),
             },
           })
     this.startedAt = new Date()

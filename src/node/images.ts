@@ -98,13 +98,7 @@ export class AgentImages {
         { field: 'image' },
       )
     const svc = this.requireService()
-    let id: string
-    try {
-      id = svc.store.resolve(ref)
-    } catch (err) {
-      if (!/^[0-9a-f]{64}$/.test(ref)) throw asAgentError(err, 'image')
-      id = ref
-    }
+    const id = resolveRef(svc, ref)
     try {
       await svc.ensure(id)
     } catch (err) {
@@ -126,13 +120,7 @@ export class AgentImages {
    */
   async localFile(ref: string, signal?: AbortSignal): Promise<string> {
     const svc = this.requireService()
-    let id: string
-    try {
-      id = svc.store.resolve(ref)
-    } catch (err) {
-      if (!/^[0-9a-f]{64}$/.test(ref)) throw asAgentError(err, 'image')
-      id = ref
-    }
+    const id = resolveRef(svc, ref)
     try {
       return await svc.localFile(id, signal)
     } catch (err) {
@@ -175,6 +163,16 @@ export function imagesApi(
     distributeImage: (ref, req: DistributeRequest) => svc().distribute(ref, req.to, req.fanout),
     imagePush: (ref) => svc().pushOf(ref),
     ...vclusters,
+  }
+}
+
+/** An image id, unique prefix or name known here; a full id not known here is kept, to fetch by it. */
+function resolveRef(svc: ImageService, ref: string): string {
+  try {
+    return svc.store.resolve(ref)
+  } catch (err) {
+    if (!/^[0-9a-f]{64}$/.test(ref)) throw asAgentError(err, 'image')
+    return ref
   }
 }
 

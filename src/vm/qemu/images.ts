@@ -6,7 +6,7 @@
 import { execFile } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { access, copyFile, mkdir, open, readFile, rename, rm } from 'node:fs/promises'
+import { access, copyFile, link, mkdir, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 
@@ -79,30 +79,22 @@ export function imagePath(store: string, id: string): string {
 }
 
 /**
- * Writes the mesh image `id` into the store as one file (QEMU's backing file), from its chunk
- * files in order (the image store checked each chunk's hash); kept if already there.
+ * Puts the mesh image `id` into the store under its content name (what `baseOf` reads back from a
+ * layer), as a hard link to `file`, the image store's assembled copy (a copy across file systems);
+ * kept if already there.
  */
-export async function materializeImage(store: string, id: string, chunkFiles: string[]): Promise<string> {
+export async function materializeImage(store: string, id: string, file: string): Promise<string> {
   const path = imagePath(store, id)
   if (await exists(path)) return path
   await mkdir(store, { recursive: true })
   const tmp = `${path}.${process.pid}.${Date.now()}.tmp`
-  const out = await open(tmp, 'w')
   try {
-    let pos = 0
-    for (const f of chunkFiles) {
-      const data = await readFile(f)
-      await out.write(data, 0, data.length, pos)
-      pos += data.length
-    }
-    await out.sync()
+    await link(file, tmp).catch(() => copyFile(file, tmp))
+    await rename(tmp, path)
   } catch (err) {
-    await out.close()
     await rm(tmp, { force: true })
     throw err
   }
-  await out.close()
-  await rename(tmp, path)
   return path
 }
 

@@ -45,10 +45,8 @@ export interface QemuVmOptions extends CreateVmOptions {
 
 /** Mesh images by id (src/images): what the driver needs to use one as a base. */
 export interface QemuImageSource {
-  /** Makes the image complete on this host (fetched from any holder in the mesh if not). */
-  ensure(id: string, signal?: AbortSignal): Promise<void>
-  /** Its chunk files, in order (the image is their concatenation). */
-  chunkFiles(id: string): string[]
+  /** The image as one local read-only file, fetched from any holder in the mesh first if missing. */
+  localFile(id: string, signal?: AbortSignal): Promise<string>
 }
 
 export interface QemuDriverInit {
@@ -109,8 +107,7 @@ export class QemuDriver implements VmDriver {
     const images = this.init.images
     if (!images)
       throw new VmError('VM_IO', `image ${id.slice(0, 12)} is not here and this driver has no image source`)
-    await images.ensure(id, signal)
-    return materializeImage(this.imageStore, id, images.chunkFiles(id))
+    return materializeImage(this.imageStore, id, await images.localFile(id, signal))
   }
 
   /** The QEMU guests this driver is running. */
