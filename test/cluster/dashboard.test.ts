@@ -128,6 +128,8 @@ describe('web dashboard in chromium against real agents', () => {
       assert.equal(status, 'alive')
     }
     assert.deepEqual((await page.locator('.site-name').allTextContents()).sort(), ['site-a', 'site-b'])
+    // counts read as words: "2 hosts" for site-a, "1 host" (not "1 hosts") for site-b
+    assert.deepEqual((await page.locator('.site-count').allTextContents()).sort(), ['1 host', '2 hosts'])
     await page.waitForFunction("document.querySelectorAll('[data-testid=host-vm]').length === 4")
     await page.screenshot({ path: join(shots, 'dashboard-mesh.png') })
     await page.click('[data-testid=tab-vms]')

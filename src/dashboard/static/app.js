@@ -7,7 +7,7 @@ import { MeshView } from './mesh.js'
 import { MigrationsView } from './migrations.js'
 import { PlacementView } from './placement.js'
 import { createStore } from './store.js'
-import { html, mib, shortId } from './ui.js'
+import { count, html, mib, shortId } from './ui.js'
 import { VmsView } from './vms.js'
 
 const store = createStore()
@@ -64,7 +64,7 @@ function App() {
         <span class="chip chip-alive">${counts.alive} alive</span>
         ${counts.suspect ? html`<span class="chip chip-suspect">${counts.suspect} suspect</span>` : null}
         ${counts.dead ? html`<span class="chip chip-dead">${counts.dead} dead</span>` : null}
-        <span class="chip">${state.vms.length} VMs</span>
+        <span class="chip">${count(state.vms.length, 'VM')}</span>
       </span>
       <span class=${state.connected ? 'live on' : 'live off'} data-testid="live">${state.connected ? 'live' : state.error || 'connecting…'}</span>
       <button type="button" class="link" onClick=${logout}>Sign out</button>
@@ -196,10 +196,10 @@ function makeActions(state, open, say) {
         confirmLabel: 'Drain',
         danger: true,
         body: () =>
-          html`<p>Move every VM off host <strong title=${host.peerId}>${shortId(host.peerId)}</strong> (site ${host.site}, ${host.vmCount} VMs)? Placement finds them new hosts; the host takes no new VMs.</p>`,
+          html`<p>Move every VM off host <strong title=${host.peerId}>${shortId(host.peerId)}</strong> (site ${host.site}, ${count(host.vmCount, 'VM')})? Placement finds them new hosts; the host takes no new VMs.</p>`,
         run: async () => {
           const r = await api('POST', `/v1/hosts/${encodeURIComponent(host.peerId)}/drain`)
-          say(`draining ${shortId(r.host)}: ${r.vms} VMs to move`)
+          say(`draining ${shortId(r.host)}: ${count(r.vms, 'VM')} to move`)
         },
       })
     },

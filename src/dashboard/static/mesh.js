@@ -1,5 +1,5 @@
 // The mesh view: hosts grouped by site, each with liveness, CPU/memory/disk bars and its VMs.
-import { Bar, html, mib, shortId } from './ui.js'
+import { Bar, count, html, mib, shortId } from './ui.js'
 
 const ratio = (used, cap) => (cap > 0 ? used / cap : 0)
 
@@ -18,7 +18,7 @@ export function MeshView({ state, actions }) {
   return html`<section class="mesh">
     ${[...bySite].map(
       ([site, hosts]) => html`<div class="site" data-testid="site">
-        <h2>site <span class="site-name">${site}</span> <span class="muted">${hosts.length} hosts</span></h2>
+        <h2>site <span class="site-name">${site}</span> <span class="muted site-count">${count(hosts.length, 'host')}</span></h2>
         <div class="hosts">
           ${hosts.map((h) => html`<${HostCard} key=${h.peerId} host=${h} vms=${vmsOf.get(h.peerId) ?? []} actions=${actions} />`)}
         </div>

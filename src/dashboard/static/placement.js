@@ -1,6 +1,6 @@
 // Placement: events (partition, plan, outcome), active hosts over time against the lower bound, dry runs.
 import { useState } from 'preact/hooks'
-import { duration, html, shortId } from './ui.js'
+import { count, duration, html, shortId } from './ui.js'
 
 export function PlacementView({ state, actions }) {
   const p = state.placement
@@ -56,7 +56,7 @@ function DryRun({ actions, names }) {
     ${
       result
         ? html`<div data-testid="plan-result">
-            <p>${result.moves.length} moves in ${result.waves} waves over ${result.hosts} hosts and ${result.vms} VMs${result.emptied.length ? `; empties ${result.emptied.length} hosts` : ''}. Nothing moved.</p>
+            <p>${count(result.moves.length, 'move')} in ${count(result.waves, 'wave')} over ${count(result.hosts, 'host')} and ${count(result.vms, 'VM')}${result.emptied.length ? `; empties ${count(result.emptied.length, 'host')}` : ''}. Nothing moved.</p>
             ${
               result.moves.length
                 ? html`<table class="grid"><thead><tr><th>VM</th><th>from → to</th><th>why</th></tr></thead><tbody>

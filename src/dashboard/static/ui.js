@@ -5,6 +5,11 @@ import { h } from 'preact'
 
 export const html = htm.bind(h)
 
+/** "1 host", "3 hosts": a count with its noun in the right number. */
+export function count(n, noun, plural = `${noun}s`) {
+  return `${n} ${n === 1 ? noun : plural}`
+}
+
 export function shortId(id) {
   if (typeof id !== 'string') return ''
   return id.length > 16 ? `${id.slice(0, 6)}…${id.slice(-6)}` : id
