@@ -22,7 +22,7 @@ import {
   seededRng,
   utilization,
 } from '../../placement/index.js'
-import { type DryRunRequest, type DryRunResult, dryRun, planIdOf } from './dry-run.js'
+import { type DryRunRequest, type DryRunResult, dryRun, planIdOf, plannerConfig } from './dry-run.js'
 import { PlacementConflictError, PlacementDisabledError, PlacementLookupError } from './errors.js'
 import { createPlacementMetrics, type PlacementMetrics } from './metrics.js'
 import type { PlacementSettings } from './settings.js'
@@ -140,19 +140,8 @@ export class PlacementService {
       ring: { next: (id) => this.nextOnRing(id), size: () => this.ring().length },
       local: () => this.snapshot(),
       rng: seededRng(seed),
-      placement: {
-        overload: s.overload,
-        underload: s.underload,
-        headroom: s.headroom,
-        overloadGraceMs: s.overloadGraceMs,
-        underloadGraceMs: s.underloadGraceMs,
-        backoffMs: s.backoffMs,
-        minGain: s.minGain,
-        maxIn: s.maxIn,
-        maxOut: s.maxOut,
-        drainSpread: s.drainSpread,
-        wakeStandby: false,
-      },
+      // the same planner settings as a dry run, so a dry run returns the plan an event would run
+      placement: plannerConfig(s),
       protocol: {
         leaseMs: s.leaseMs,
         joinTimeoutMs: s.joinTimeoutMs,
