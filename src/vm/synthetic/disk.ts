@@ -99,10 +99,13 @@ export class SyntheticDisk implements VmDisk {
   }
 
   async readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
+    // A write in flight when the read starts may land before, during or after it (a read can see part
+    // of it), and its completion caches the new bytes' hash without a new generation: no cache then
+    const quiet = !this.#hashes.isStale(i) && !this.#writing.has(i)
     const gen = this.#hashes.generation(i)
     const data = await this.readBlock(i)
-    // The cached hash is of these bytes only if no write started since the read began
-    if (!this.#hashes.isStale(i) && this.#hashes.generation(i) === gen && !this.#writing.has(i)) {
+    // The cached hash is of these bytes only if no write was in flight or started since the read began
+    if (quiet && !this.#hashes.isStale(i) && this.#hashes.generation(i) === gen && !this.#writing.has(i)) {
       return { data, hash: this.#hashes.get(i) }
     }
     return { data, hash: ZERO_BLOCK.equals(data) ? null : sha256(data) }
