@@ -15,6 +15,7 @@ import { LinkClock } from './link.js'
 import { type ChunkQueue, Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
 import type { TreeHost } from './tree.js'
+import { ProgressWatches, toProgress, WATCH_BEAT_MS, WATCH_CHECK_MS } from './watch.js'
 import { ImageChannel, ImageProtocolError, type ImageRequest, type ImageRequestProps } from './wire.js'
 
 /** The libp2p host, as far as images need it. */
@@ -208,12 +209,17 @@ export class ImageService {
     const skipped: TreeHost[] = []
     for (const h of chosen) (h.images.includes(id) ? skipped : targets).push({ id: h.peerId, site: h.site })
     const chunks = this.store.manifest(id).chunks.length
+    const watches = new ProgressWatches(
+      (peer, signal) => this.#open(peer, signal),
+      Buffer.from(id, 'hex'),
+      this.#lifetime.signal,
+    )
     const push = new Push(
       {
         logger: this.#log,
         self: mesh.self,
         order: (peer, sources, job, signal) => this.#order(peer, id, sources, job, signal),
-        status: (peer, signal) => this.#status(peer, id, signal),
+        status: (peer, signal) => this.#status(peer, id, signal, watches),
       },
       id,
       chunks,
@@ -356,18 +362,36 @@ export class ImageService {
     if (!res.accepted) throw new Error('pull order not accepted')
   }
 
-  async #status(peer: string, id: string, signal: AbortSignal): Promise<PullProgress> {
+  async #status(
+    peer: string,
+    id: string,
+    signal: AbortSignal,
+    watches?: ProgressWatches,
+  ): Promise<PullProgress> {
     if (peer === this.#init.mesh.self) return this.#progress(id)
+    const watched = watches?.latest(peer)
+    if (watched) return watched
     const res = await this.#call(peer, { imageId: Buffer.from(id, 'hex'), status: {} }, signal)
     const p = res.progress
     if (!p) throw new Error('no progress in the answer')
-    return {
-      have: p.have ?? 0,
-      total: p.total ?? 0,
-      state: p.state === 'done' ? 'done' : p.state === 'failed' ? 'failed' : 'pulling',
-      source: p.source || undefined,
-      badChunks: p.badChunks ?? 0,
-      error: p.error || undefined,
+    return toProgress(p)
+  }
+
+  /** A watch stream: the progress now, then whenever it changes, until the pull ends (watch.ts). */
+  async #serveWatch(ch: ImageChannel, id: string, signal: AbortSignal): Promise<void> {
+    let last = ''
+    let sent = 0
+    for (;;) {
+      const p = this.#progress(id)
+      const key = JSON.stringify(p)
+      if (key !== last || Date.now() - sent >= WATCH_BEAT_MS) {
+        await ch.sendResponse({ progress: p }, signal)
+        last = key
+        sent = Date.now()
+      }
+      if (p.state !== 'pulling') return
+      await new Promise((r) => setTimeout(r, WATCH_CHECK_MS))
+      signal.throwIfAborted()
     }
   }
 
@@ -445,7 +469,8 @@ export class ImageService {
           else await ch.sendResponse({ manifest: this.store.encodedManifest(id) })
           break
         case 'status':
-          await ch.sendResponse({ progress: this.#progress(id) })
+          if (req.status?.watch) await this.#serveWatch(ch, id, signal)
+          else await ch.sendResponse({ progress: this.#progress(id) })
           break
         case 'pull': {
           const pull = req.pull!
