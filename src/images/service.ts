@@ -15,7 +15,7 @@ import { LinkClock } from './link.js'
 import { type ChunkQueue, Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
 import type { TreeHost } from './tree.js'
-import { ProgressWatches, toProgress, WATCH_BEAT_MS, WATCH_CHECK_MS } from './watch.js'
+import { ProgressWatches, toProgress, WATCH_BEAT_MS, WATCH_CHECK_MS, WATCH_MAX_MS } from './watch.js'
 import { ImageChannel, ImageProtocolError, type ImageRequest, type ImageRequestProps } from './wire.js'
 
 /** The libp2p host, as far as images need it. */
@@ -381,7 +381,9 @@ export class ImageService {
   async #serveWatch(ch: ImageChannel, id: string, signal: AbortSignal): Promise<void> {
     let last = ''
     let sent = 0
-    for (;;) {
+    // Bounded: a host that neither finishes nor fails (no pull running) is not watched for ever.
+    const until = Date.now() + WATCH_MAX_MS
+    while (Date.now() < until) {
       const p = this.#progress(id)
       const key = JSON.stringify(p)
       if (key !== last || Date.now() - sent >= WATCH_BEAT_MS) {

@@ -11,6 +11,8 @@ const WATCH_SILENCE_MS = 20_000
 /** The server's heartbeat on a watch stream, and how often it looks at its progress. */
 export const WATCH_BEAT_MS = 5_000
 export const WATCH_CHECK_MS = 50
+/** The server ends a watch after this long (the client then asks with status calls). */
+export const WATCH_MAX_MS = 10 * 60_000
 
 /** An ImageProgress message as decoded. */
 interface ProgressMessage {

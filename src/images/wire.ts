@@ -97,7 +97,11 @@ export class ImageChannel {
 
   async readResponse(signal?: AbortSignal): Promise<ImageResponse> {
     const bytes = await this.#read(signal)
-    if (bytes === null) throw new ImageProtocolError('stream ended before a response')
+    if (bytes === null) {
+      // A TCP connection that ends is a peer gone (killed, restarted), not one that lies: try it again later.
+      if (this.direct) throw new Error('direct connection ended before a response')
+      throw new ImageProtocolError('stream ended before a response')
+    }
     try {
       return pb.ImageResponse.decode(bytes)
     } catch (err) {
