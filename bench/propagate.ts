@@ -15,6 +15,9 @@
 // the links: the JSON says how much of the machine each run took.
 //
 // Usage: npm run bench:propagate [-- --size MiB --mbit M --max-hosts N --chunk-kib K --loopback]
+//   [--methods sequential,at-once,pipeline] [--part]: measure some methods only; with --part, in two
+//   runs (e.g. `--methods sequential,pipeline --part`, then `--methods at-once --part`) whose results
+//   join into propagate.json (each run holds the machine shorter).
 // Prints a table and writes bench/results/propagate.json.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -35,6 +38,8 @@ const MBIT = arg('mbit', 12)
 const MAX_HOSTS = arg('max-hosts', 8)
 const CHUNK_KIB = arg('chunk-kib', 256)
 const COUNTS = [1, 2, 4, 8, 16].filter((n) => n <= MAX_HOSTS)
+/** --part: see where the results are written. */
+const PART = process.argv.includes('--part')
 /** --methods pipeline (comma list): measure only these (quicker runs while profiling); default all three. */
 const METHODS = (() => {
   const i = process.argv.indexOf('--methods')
@@ -197,6 +202,25 @@ async function main(): Promise<void> {
       await forget(group)
     }
 
+    // --part: the runs of this invocation join those of an earlier part (same image size, link, chunk)
+    // for the methods not measured now; once the parts hold all three methods they make propagate.json.
+    const partFile = join(process.cwd(), 'bench/results/propagate-part.json')
+    let parts = [new Date().toISOString()]
+    if (PART) {
+      try {
+        const prev = JSON.parse(readFileSync(partFile, 'utf8'))
+        if (prev.sizeMiB === SIZE_MIB && prev.mbitPerHost === MBIT && prev.chunkKiB === CHUNK_KIB) {
+          for (const r of prev.runs as Run[]) if (!METHODS.includes(r.method)) runs.push(r)
+          if (copies.length === 0) copies.push(...(prev.sequentialCopiesMs as number[]))
+          parts = [...(prev.parts ?? [prev.date]), ...parts]
+        }
+      } catch {
+        // no earlier part
+      }
+    }
+    const complete = (['sequential', 'at-once', 'pipeline'] as const).every((m) =>
+      runs.some((r) => r.method === m),
+    )
     const none: Run = {
       method: 'pipeline',
       hosts: 0,
@@ -243,11 +267,12 @@ async function main(): Promise<void> {
     await mkdir(out, { recursive: true })
     await writeFile(
       // A run of some methods only (--methods) does not replace the full run's figures.
-      join(out, METHODS.length === 3 ? 'propagate.json' : 'propagate-partial.json'),
+      complete ? join(out, 'propagate.json') : PART ? partFile : join(out, 'propagate-partial.json'),
       `${JSON.stringify(
         {
           bench: 'propagate',
           date: new Date().toISOString(),
+          ...(parts.length > 1 ? { parts } : {}),
           links: useNetns ? 'netns-tbf' : 'loopback-emulated',
           sizeMiB: SIZE_MIB,
           mbitPerHost: MBIT,
