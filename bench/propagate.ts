@@ -15,6 +15,9 @@
 // the links: the JSON says how much of the machine each run took.
 //
 // Usage: npm run bench:propagate [-- --size MiB --mbit M --max-hosts N --chunk-kib K --loopback]
+//   [--methods sequential,at-once,pipeline] [--part]: measure some methods only; with --part, in two
+//   runs (e.g. `--methods sequential,pipeline --part`, then `--methods at-once --part`) whose results
+//   join into propagate.json (each run holds the machine shorter).
 // Prints a table and writes bench/results/propagate.json.
 import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -35,6 +38,13 @@ const MBIT = arg('mbit', 12)
 const MAX_HOSTS = arg('max-hosts', 8)
 const CHUNK_KIB = arg('chunk-kib', 256)
 const COUNTS = [1, 2, 4, 8, 16].filter((n) => n <= MAX_HOSTS)
+/** --part: see where the results are written. */
+const PART = process.argv.includes('--part')
+/** --methods pipeline (comma list): measure only these (quicker runs while profiling); default all three. */
+const METHODS = (() => {
+  const i = process.argv.indexOf('--methods')
+  return i > 0 ? process.argv[i + 1]!.split(',') : ['sequential', 'at-once', 'pipeline']
+})()
 
 interface PushView {
   state: string
@@ -76,9 +86,7 @@ async function main(): Promise<void> {
     await writeFile(
       config,
       [
-        'gossip:',
-        '  probeIntervalMs: 500',
-        '  probeTimeoutMs: 250',
+        // gossip at its defaults (probe 1 s): the agents as they run in production
         'images:',
         `  chunkKiB: ${CHUNK_KIB}`,
         ...(useNetns ? [] : [`  linkMiBps: ${linkMiBps}`]),
@@ -166,24 +174,26 @@ async function main(): Promise<void> {
     )
     // Sequential: the source copies to each host in turn; T_seq(N) is the sum of the first N copies.
     const copies: number[] = []
-    for (const t of targets) {
+    for (const t of METHODS.includes('sequential') ? targets : []) {
       const c0 = cpu()
       const ms = await push([t.peerId], 1)
       copies.push(ms)
       process.stdout.write(`  copy ${copies.length}: ${f(ms)} ms, ${f(cpu() - c0, 1)} CPU s\n`)
     }
-    for (const n of COUNTS) {
+    for (const n of copies.length ? COUNTS : []) {
       const ms = copies.slice(0, n).reduce((a, b) => a + b, 0)
       runs.push({ method: 'sequential', hosts: n, ms, cpuSec: Number.NaN, cpuShare: Number.NaN })
     }
-    await forget(targets)
+    if (copies.length) await forget(targets)
 
     for (const n of COUNTS) {
       const group = targets.slice(0, n)
       const ids = group.map((t) => t.peerId)
       // At once: the source is every host's parent (a star), all served together.
-      await measure('at-once', n, () => push(ids, Math.max(1, n)))
-      await forget(group)
+      if (METHODS.includes('at-once')) {
+        await measure('at-once', n, () => push(ids, Math.max(1, n)))
+        await forget(group)
+      }
       await measure('pipeline', n, () => push(ids, 1))
       for (const t of group) {
         const v = await t.request('POST', `/v1/images/${image}/verify`, {})
@@ -192,9 +202,35 @@ async function main(): Promise<void> {
       await forget(group)
     }
 
-    const t1 = (m: Run['method']) => runs.find((r) => r.method === m && r.hosts === 1)!.ms
+    // --part: the runs of this invocation join those of an earlier part (same image size, link, chunk)
+    // for the methods not measured now; once the parts hold all three methods they make propagate.json.
+    const partFile = join(process.cwd(), 'bench/results/propagate-part.json')
+    let parts = [new Date().toISOString()]
+    if (PART) {
+      try {
+        const prev = JSON.parse(readFileSync(partFile, 'utf8'))
+        if (prev.sizeMiB === SIZE_MIB && prev.mbitPerHost === MBIT && prev.chunkKiB === CHUNK_KIB) {
+          for (const r of prev.runs as Run[]) if (!METHODS.includes(r.method)) runs.push(r)
+          if (copies.length === 0) copies.push(...(prev.sequentialCopiesMs as number[]))
+          parts = [...(prev.parts ?? [prev.date]), ...parts]
+        }
+      } catch {
+        // no earlier part
+      }
+    }
+    const complete = (['sequential', 'at-once', 'pipeline'] as const).every((m) =>
+      runs.some((r) => r.method === m),
+    )
+    const none: Run = {
+      method: 'pipeline',
+      hosts: 0,
+      ms: Number.NaN,
+      cpuSec: Number.NaN,
+      cpuShare: Number.NaN,
+    }
+    const t1 = (m: Run['method']) => (runs.find((r) => r.method === m && r.hosts === 1) ?? none).ms
     const rows = COUNTS.map((n) => {
-      const get = (m: Run['method']) => runs.find((r) => r.method === m && r.hosts === n)!
+      const get = (m: Run['method']) => runs.find((r) => r.method === m && r.hosts === n) ?? none
       const s = get('sequential')
       const o = get('at-once')
       const p = get('pipeline')
@@ -230,11 +266,13 @@ async function main(): Promise<void> {
     const out = join(process.cwd(), 'bench/results')
     await mkdir(out, { recursive: true })
     await writeFile(
-      join(out, 'propagate.json'),
+      // A run of some methods only (--methods) does not replace the full run's figures.
+      complete ? join(out, 'propagate.json') : PART ? partFile : join(out, 'propagate-partial.json'),
       `${JSON.stringify(
         {
           bench: 'propagate',
           date: new Date().toISOString(),
+          ...(parts.length > 1 ? { parts } : {}),
           links: useNetns ? 'netns-tbf' : 'loopback-emulated',
           sizeMiB: SIZE_MIB,
           mbitPerHost: MBIT,
@@ -247,7 +285,10 @@ async function main(): Promise<void> {
             (['sequential', 'at-once', 'pipeline'] as const).map((m) => [
               m,
               Object.fromEntries(
-                COUNTS.map((n) => [n, runs.find((r) => r.method === m && r.hosts === n)!.ms / t1(m)]),
+                COUNTS.map((n) => [
+                  n,
+                  (runs.find((r) => r.method === m && r.hosts === n) ?? none).ms / t1(m),
+                ]),
               ),
             ]),
           ),

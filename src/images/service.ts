@@ -5,17 +5,17 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
+import { directHostOf } from '../transfer/index.js'
 import { DEFAULT_WAIT_MS, IMAGES_PROTOCOL, MAX_CHUNKS, MAX_SOURCES, MiB } from './constants.js'
-
-/** Chunks per request window of a fetch (two windows in flight). */
-const WINDOW = 2
-
+import { connectChunks, DirectChunks } from './direct.js'
 import { Push, type PushView } from './distribute.js'
 import { ImagesError } from './errors.js'
+import { AHEAD, fetchLane, WINDOW } from './fetch.js'
 import { LinkClock } from './link.js'
-import { Pull, type PullProgress } from './pull.js'
+import { type ChunkQueue, Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
 import type { TreeHost } from './tree.js'
+import { ProgressWatches, toProgress, WATCH_BEAT_MS, WATCH_CHECK_MS, WATCH_MAX_MS } from './watch.js'
 import { ImageChannel, ImageProtocolError, type ImageRequest, type ImageRequestProps } from './wire.js'
 
 /** The libp2p host, as far as images need it. */
@@ -31,6 +31,8 @@ export interface ImagesHost {
     protocols: string,
     opts?: { signal?: AbortSignal },
   ): Promise<Stream>
+  /** The connections to a peer (to find the IP a direct chunk channel can use). */
+  getConnections?(peer?: PeerId): Connection[]
 }
 
 /** What the images need from gossip: who is in the mesh, where, and what each holds. */
@@ -53,6 +55,8 @@ export interface ImageServiceInit {
   waitMs?: number
   /** Chunk size of images added here. */
   chunkSize?: number
+  /** Chunk data over direct TLS connections where possible (direct.ts; default true). */
+  direct?: boolean
 }
 
 export interface ImageView extends ImageSummary {
@@ -69,6 +73,9 @@ export class ImageService {
   readonly #pushes = new Map<string, Push>()
   readonly #lifetime = new AbortController()
   readonly #link: LinkClock
+  #direct: DirectChunks | undefined
+  /** Peers whose direct channel failed, and until when they are not asked for one again. */
+  readonly #noDirect = new Map<string, number>()
 
   constructor(init: ImageServiceInit) {
     this.#init = init
@@ -78,6 +85,8 @@ export class ImageService {
   }
 
   async start(): Promise<void> {
+    if (this.#init.direct !== false)
+      this.#direct = new DirectChunks(this.#log, (ch, peer) => void this.#serveDirect(ch, peer))
     await this.#init.host.handle(IMAGES_PROTOCOL, (stream, conn) => this.#serve(stream, conn), {
       maxInboundStreams: 64,
       maxOutboundStreams: 64,
@@ -88,6 +97,7 @@ export class ImageService {
     this.#lifetime.abort(new Error('image service stopped'))
     for (const p of this.#pushes.values()) p.cancel()
     await this.#init.host.unhandle(IMAGES_PROTOCOL).catch(() => {})
+    this.#direct?.close()
     await Promise.allSettled([...this.#pulls.values()].map((p) => p.done))
   }
 
@@ -199,12 +209,17 @@ export class ImageService {
     const skipped: TreeHost[] = []
     for (const h of chosen) (h.images.includes(id) ? skipped : targets).push({ id: h.peerId, site: h.site })
     const chunks = this.store.manifest(id).chunks.length
+    const watches = new ProgressWatches(
+      (peer, signal) => this.#open(peer, signal),
+      Buffer.from(id, 'hex'),
+      this.#lifetime.signal,
+    )
     const push = new Push(
       {
         logger: this.#log,
         self: mesh.self,
         order: (peer, sources, job, signal) => this.#order(peer, id, sources, job, signal),
-        status: (peer, signal) => this.#status(peer, id, signal),
+        status: (peer, signal) => this.#status(peer, id, signal, watches),
       },
       id,
       chunks,
@@ -234,11 +249,13 @@ export class ImageService {
     return this.store.completeIds()
   }
 
-  /** Holders of an image by gossip (live hosts other than this one). */
+  /** Holders of an image by gossip (live hosts other than this one), those of this host's site first. */
   holders(id: string): string[] {
-    return this.#init.mesh
-      .hosts()
+    const hosts = this.#init.mesh.hosts()
+    const site = hosts.find((h) => h.peerId === this.#init.mesh.self)?.site
+    return hosts
       .filter((h) => h.peerId !== this.#init.mesh.self && h.images.includes(id))
+      .sort((a, b) => Number(b.site === site) - Number(a.site === site))
       .map((h) => h.peerId)
   }
 
@@ -256,7 +273,7 @@ export class ImageService {
       logger: this.#log,
       sources: sources.filter((s) => s !== this.#init.mesh.self),
       holders: () => this.holders(id),
-      fetch: (peer, indices, signal) => this.#fetchChunks(peer, id, indices, signal),
+      fetch: (peer, queue, signal) => this.#fetchChunks(peer, id, queue, signal),
       signal: this.#lifetime.signal,
     })
     this.#pulls.set(id, pull)
@@ -345,61 +362,87 @@ export class ImageService {
     if (!res.accepted) throw new Error('pull order not accepted')
   }
 
-  async #status(peer: string, id: string, signal: AbortSignal): Promise<PullProgress> {
+  async #status(
+    peer: string,
+    id: string,
+    signal: AbortSignal,
+    watches?: ProgressWatches,
+  ): Promise<PullProgress> {
     if (peer === this.#init.mesh.self) return this.#progress(id)
+    const watched = watches?.latest(peer)
+    if (watched) return watched
     const res = await this.#call(peer, { imageId: Buffer.from(id, 'hex'), status: {} }, signal)
     const p = res.progress
     if (!p) throw new Error('no progress in the answer')
-    return {
-      have: p.have ?? 0,
-      total: p.total ?? 0,
-      state: p.state === 'done' ? 'done' : p.state === 'failed' ? 'failed' : 'pulling',
-      source: p.source || undefined,
-      badChunks: p.badChunks ?? 0,
-      error: p.error || undefined,
+    return toProgress(p)
+  }
+
+  /** A watch stream: the progress now, then whenever it changes, until the pull ends (watch.ts). */
+  async #serveWatch(ch: ImageChannel, id: string, signal: AbortSignal): Promise<void> {
+    let last = ''
+    let sent = 0
+    // Bounded: a host that neither finishes nor fails (no pull running) is not watched for ever.
+    const until = Date.now() + WATCH_MAX_MS
+    while (Date.now() < until) {
+      const p = this.#progress(id)
+      const key = JSON.stringify(p)
+      if (key !== last || Date.now() - sent >= WATCH_BEAT_MS) {
+        await ch.sendResponse({ progress: p }, signal)
+        last = key
+        sent = Date.now()
+      }
+      if (p.state !== 'pulling') return
+      await new Promise((r) => setTimeout(r, WATCH_CHECK_MS))
+      signal.throwIfAborted()
     }
   }
 
-  /** Fetches `indices` of image `id` from `peer`, verifying each chunk as it lands. */
-  async #fetchChunks(peer: string, id: string, indices: number[], signal: AbortSignal): Promise<void> {
-    const ch = await this.#open(peer, signal)
-    const waitMs = this.#init.waitMs ?? DEFAULT_WAIT_MS
+  /** One lane of a pull: chunks of image `id` from `peer`, windows taken from `queue`, each verified. */
+  async #fetchChunks(peer: string, id: string, queue: ChunkQueue, signal: AbortSignal): Promise<void> {
+    const ch = (await this.#openDirect(peer, id, signal)) ?? (await this.#open(peer, signal))
+    await fetchLane(ch, {
+      store: this.store,
+      id,
+      peer,
+      queue,
+      waitMs: this.#init.waitMs ?? DEFAULT_WAIT_MS,
+      signal,
+    })
+  }
+
+  /**
+   * A direct TLS channel to `peer` for chunks (direct.ts), or undefined when there is none to be had:
+   * disabled, no direct connection (relayed), the peer refused or the connection failed (then the peer
+   * is not asked again for a minute).
+   */
+  async #openDirect(peer: string, id: string, signal: AbortSignal): Promise<ImageChannel | undefined> {
+    if (this.#init.direct === false || (this.#noDirect.get(peer) ?? 0) > Date.now()) return undefined
+    let host: string | undefined
+    for (const conn of this.#init.host.getConnections?.(peerIdFromString(peer)) ?? []) {
+      host = directHostOf(conn)
+      if (host) break
+    }
+    if (!host) return undefined
     try {
-      // Windows of WINDOW chunks, at most two outstanding: at most 2 x WINDOW chunks in flight, under
-      // the read buffer's bound, and the link never idles waiting for the next request.
-      const windows: number[][] = []
-      for (let k = 0; k < indices.length; k += WINDOW) windows.push(indices.slice(k, k + WINDOW))
-      let sent = 0
-      const ask = async () => {
-        const w = windows[sent++]
-        if (w)
-          await ch.sendRequest({ imageId: Buffer.from(id, 'hex'), chunks: { indices: w, waitMs } }, signal)
-      }
-      await ask()
-      await ask()
-      const wanted = new Set(indices)
-      let finished = 0
-      for (;;) {
-        // A server waits at most waitMs for a chunk it is still receiving; more than that is a dead link.
-        const res = await ch.readResponse(AbortSignal.any([signal, AbortSignal.timeout(waitMs + 15_000)]))
-        if (res.done) {
-          if (++finished >= windows.length) break
-          await ask()
-          continue
-        }
-        if (res.error) throw new Error(`${peer.slice(-6)}: ${res.error.code}: ${res.error.message}`)
-        const c = res.chunk
-        if (!c) throw new ImageProtocolError('expected a chunk')
-        const index = c.index ?? 0
-        if (!wanted.has(index)) throw new ImageProtocolError(`chunk ${index} was not asked for`)
-        wanted.delete(index)
-        // Verified against the manifest's hash: a mismatch throws BadChunkError and the source is dropped.
-        await this.store.writeChunk(id, index, c.data ?? new Uint8Array(), peer)
-      }
-      await ch.close()
+      const res = await this.#call(peer, { imageId: Buffer.from(id, 'hex'), direct: { host } }, signal)
+      const g = res.direct
+      if (!g?.port || !g.key?.length || !g.identity) throw new Error('no grant in the answer')
+      const sig = AbortSignal.any([signal, this.#lifetime.signal])
+      return await connectChunks(
+        host,
+        { port: g.port, key: Uint8Array.from(g.key), identity: g.identity },
+        WINDOW * AHEAD,
+        3000,
+        sig,
+      )
     } catch (err) {
-      ch.abort(err as Error)
-      throw err
+      if (signal.aborted) throw signal.reason
+      this.#noDirect.set(peer, Date.now() + 60_000)
+      this.#log.info(
+        { peer, host, err: (err as Error).message },
+        'no direct chunk channel; chunks over libp2p',
+      )
+      return undefined
     }
   }
 
@@ -428,7 +471,8 @@ export class ImageService {
           else await ch.sendResponse({ manifest: this.store.encodedManifest(id) })
           break
         case 'status':
-          await ch.sendResponse({ progress: this.#progress(id) })
+          if (req.status?.watch) await this.#serveWatch(ch, id, signal)
+          else await ch.sendResponse({ progress: this.#progress(id) })
           break
         case 'pull': {
           const pull = req.pull!
@@ -446,21 +490,22 @@ export class ImageService {
           await ch.sendResponse({ accepted: true })
           break
         }
-        case 'chunks': {
-          // Windows of chunks on one stream, one request each, until the client ends the stream: the
-          // client bounds what is in flight (its read buffer is bounded), we serve in order.
-          let next: ImageRequest | null = req
-          while (next) {
-            if (next.op !== 'chunks' || Buffer.from(next.imageId ?? []).toString('hex') !== id)
-              throw new ImageProtocolError('expected a chunks request for the same image')
-            if (
-              !(await this.#serveChunks(ch, id, next.chunks?.indices ?? [], next.chunks?.waitMs ?? 0, signal))
-            )
-              break
-            next = await ch.nextRequest(AbortSignal.any([signal, AbortSignal.timeout(120_000)]))
+        case 'direct': {
+          const host = req.direct?.host ?? ''
+          let grant: Awaited<ReturnType<DirectChunks['grant']>> | undefined
+          try {
+            if (!this.#direct) throw new Error('direct chunk channels are off on this host')
+            grant = await this.#direct.grant(host, remote)
+          } catch (err) {
+            await ch.sendResponse({ error: { code: 'UNAVAILABLE', message: (err as Error).message } })
+            break
           }
+          await ch.sendResponse({ direct: grant })
           break
         }
+        case 'chunks':
+          await this.#serveChunkRequests(ch, id, req, signal)
+          break
         default:
           throw new ImageProtocolError('unknown request')
       }
@@ -468,6 +513,41 @@ export class ImageService {
     } catch (err) {
       this.#log.debug({ peer: remote, err: (err as Error).message }, 'image request dropped')
       ch.abort(err as Error)
+    }
+  }
+
+  /** A direct TLS channel a mesh member was granted: chunk requests, as on a stream. */
+  async #serveDirect(ch: ImageChannel, peer: string): Promise<void> {
+    const signal = this.#lifetime.signal
+    try {
+      const req = await ch.readRequest(AbortSignal.any([signal, AbortSignal.timeout(15_000)]))
+      const id = Buffer.from(req.imageId ?? []).toString('hex')
+      if (id.length !== 64) throw new ImageProtocolError('image id is not 32 bytes')
+      await this.#serveChunkRequests(ch, id, req, signal)
+      await ch.close()
+    } catch (err) {
+      this.#log.debug({ peer, err: (err as Error).message }, 'direct chunk channel dropped')
+      ch.abort(err as Error)
+    }
+  }
+
+  /**
+   * Windows of chunks on one channel, one request each, until the client ends it: the client bounds
+   * what is in flight (its read buffer is bounded), we serve in order.
+   */
+  async #serveChunkRequests(
+    ch: ImageChannel,
+    id: string,
+    first: ImageRequest,
+    signal: AbortSignal,
+  ): Promise<void> {
+    let next: ImageRequest | null = first
+    while (next) {
+      if (next.op !== 'chunks' || Buffer.from(next.imageId ?? []).toString('hex') !== id)
+        throw new ImageProtocolError('expected a chunks request for the same image')
+      if (!(await this.#serveChunks(ch, id, next.chunks?.indices ?? [], next.chunks?.waitMs ?? 0, signal)))
+        break
+      next = await ch.nextRequest(AbortSignal.any([signal, AbortSignal.timeout(120_000)]))
     }
   }
 
@@ -490,7 +570,7 @@ export class ImageService {
     const wait = Math.min(waitMs, 60_000)
     for (const i of indices) {
       // Pipeline: a chunk this host is itself still receiving is sent as soon as it lands.
-      if (!this.store.hasChunk(id, i) && !(await this.store.waitChunk(id, i, wait, signal))) {
+      if (!this.store.canServe(id, i) && !(await this.store.waitChunk(id, i, wait, signal))) {
         return fail('MISSING', `chunk ${i} is not here (yet)`)
       }
       const data = await this.store.readChunk(id, i)

@@ -42,6 +42,12 @@ export class ImageStore {
   readonly #images = new Map<string, Entry>()
   /** Waiters for a chunk still to arrive (pipeline serving): key `${id}:${index}`. */
   readonly #waiters = new Map<string, Set<() => void>>()
+  /**
+   * Chunks verified but not yet on disk, key `${id}:${index}`: a pipeline forwards a chunk to the next
+   * host as soon as its hash checks out, while the write to disk goes on (only then does it count as
+   * held: gossip, completeness and resume see the disk).
+   */
+  readonly #landing = new Map<string, Uint8Array>()
   readonly #listeners = new Set<() => void>()
 
   private constructor(dir: string) {
@@ -211,6 +217,11 @@ export class ImageStore {
     return this.#images.get(id)?.have[i] === 1
   }
 
+  /** Chunk `i` can be served now: stored, or verified and being written. */
+  canServe(id: string, i: number): boolean {
+    return this.hasChunk(id, i) || this.#landing.has(`${id}:${i}`)
+  }
+
   /** Indices of the chunks not yet here, ascending. */
   missing(id: string): number[] {
     const e = this.#require(id)
@@ -247,6 +258,8 @@ export class ImageStore {
 
   async readChunk(id: string, i: number): Promise<Buffer> {
     const e = this.#require(id)
+    const landing = this.#landing.get(`${id}:${i}`)
+    if (landing) return Buffer.from(landing.buffer, landing.byteOffset, landing.byteLength)
     if (!e.have[i]) throw new ImagesError('NOT_FOUND', `chunk ${i} of image ${id} is not here`)
     return readFile(this.#chunkPath(e.manifest.chunks[i]!))
   }
@@ -258,19 +271,27 @@ export class ImageStore {
     if (!want) throw new ImagesError('BAD_REQUEST', `chunk ${i} is out of range`)
     if (data.length !== chunkLength(e.manifest, i) || !sha256(data).equals(want))
       throw new BadChunkError(i, source)
-    if (e.have[i]) return
-    await this.#writeChunkFile(want, data)
-    this.#mark(e, i)
     const key = `${id}:${i}`
+    if (e.have[i] || this.#landing.has(key)) return
+    // Servable from now on (a pipeline child waiting for it gets it at once), held once on disk.
+    this.#landing.set(key, data)
     const waiters = this.#waiters.get(key)
     this.#waiters.delete(key)
     for (const w of waiters ?? []) w()
+    try {
+      await this.#writeChunkFile(want, data)
+    } finally {
+      this.#landing.delete(key)
+    }
+    // Removed meanwhile: the chunk file may stay (as after a crash); nothing refers to it.
+    if (this.#images.get(id) !== e) return
+    this.#mark(e, i)
     if (e.haveCount === e.have.length) this.#changed()
   }
 
-  /** Resolves true once chunk `i` is here, false after `ms` or when `signal` aborts. */
+  /** Resolves true once chunk `i` can be served here, false after `ms` or when `signal` aborts. */
   waitChunk(id: string, i: number, ms: number, signal?: AbortSignal): Promise<boolean> {
-    if (this.hasChunk(id, i)) return Promise.resolve(true)
+    if (this.canServe(id, i)) return Promise.resolve(true)
     if (!this.#images.has(id) || signal?.aborted) return Promise.resolve(false)
     return new Promise((resolve) => {
       const key = `${id}:${i}`

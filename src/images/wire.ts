@@ -1,5 +1,6 @@
 // Framing of /skymesh/images/1: length-prefixed protobuf messages (lpStream, as the gossip sync and
-// transfer protocols), each at most MAX_MESSAGE_BYTES, decoded with clear errors.
+// transfer protocols), each at most MAX_MESSAGE_BYTES, decoded with clear errors. The same messages
+// also travel over a direct TLS connection (direct.ts): an ImageChannel works over either framer.
 import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import { pb } from '../proto/index.js'
@@ -18,19 +19,53 @@ export class ImageProtocolError extends Error {
   }
 }
 
-export class ImageChannel {
-  readonly #lp: ReturnType<typeof lpStream>
+/** Length-prefixed messages both ways: a libp2p stream (lpStream) or a TLS socket (SocketFramed). */
+export interface MessageFramer {
+  write(bytes: Uint8Array, signal?: AbortSignal): Promise<void>
+  /** The next message, or null at a clean end. */
+  read(signal?: AbortSignal): Promise<Uint8Array | null>
+  close(): Promise<void>
+  abort(err: Error): void
+}
 
-  constructor(readonly stream: Stream) {
-    this.#lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 3 * MAX_MESSAGE_BYTES })
+/** A libp2p stream as a MessageFramer. */
+function streamFramer(stream: Stream): MessageFramer {
+  const lp = lpStream(stream, { maxDataLength: MAX_MESSAGE_BYTES, maxBufferSize: 3 * MAX_MESSAGE_BYTES })
+  return {
+    write: (bytes, signal) => lp.write(bytes, { signal }),
+    read: async (signal) => {
+      const buf = await lp.read({ signal })
+      return buf === null ? null : buf.subarray()
+    },
+    close: async () => {
+      try {
+        await stream.close({ signal: AbortSignal.timeout(2000) })
+      } catch {
+        stream.abort(new Error('close failed'))
+      }
+    },
+    abort: (err) => stream.abort(err),
+  }
+}
+
+export class ImageChannel {
+  readonly #f: MessageFramer
+  /** Over a direct TLS connection (not a libp2p stream). */
+  readonly direct: boolean
+
+  constructor(stream: Stream)
+  constructor(framer: MessageFramer, direct: true)
+  constructor(from: Stream | MessageFramer, direct?: true) {
+    this.direct = direct === true
+    this.#f = direct ? (from as MessageFramer) : streamFramer(from as Stream)
   }
 
   async sendRequest(req: ImageRequestProps, signal?: AbortSignal): Promise<void> {
-    await this.#lp.write(pb.ImageRequest.encode(req).finish(), { signal })
+    await this.#f.write(pb.ImageRequest.encode(req).finish(), signal)
   }
 
   async sendResponse(res: ImageResponseProps, signal?: AbortSignal): Promise<void> {
-    await this.#lp.write(pb.ImageResponse.encode(res).finish(), { signal })
+    await this.#f.write(pb.ImageResponse.encode(res).finish(), signal)
   }
 
   /** The next request, or null when the peer ended the stream. */
@@ -62,7 +97,11 @@ export class ImageChannel {
 
   async readResponse(signal?: AbortSignal): Promise<ImageResponse> {
     const bytes = await this.#read(signal)
-    if (bytes === null) throw new ImageProtocolError('stream ended before a response')
+    if (bytes === null) {
+      // A TCP connection that ends is a peer gone (killed, restarted), not one that lies: try it again later.
+      if (this.direct) throw new Error('direct connection ended before a response')
+      throw new ImageProtocolError('stream ended before a response')
+    }
     try {
       return pb.ImageResponse.decode(bytes)
     } catch (err) {
@@ -72,27 +111,23 @@ export class ImageChannel {
 
   async #read(signal?: AbortSignal): Promise<Uint8Array | null> {
     try {
-      const buf = await this.#lp.read({ signal })
-      return buf === null ? null : buf.subarray()
+      return await this.#f.read(signal)
     } catch (err) {
-      const name = (err as Error).name
-      if (/InvalidDataLength|InvalidMessageLength/.test(name))
-        throw new ImageProtocolError(`bad frame: ${(err as Error).message}`)
+      const e = err as Error
+      // lpStream's length errors, and SocketFramed's ProtocolError (bad length, past the window)
+      if (/InvalidDataLength|InvalidMessageLength/.test(e.name) || e.name === 'ProtocolError')
+        throw new ImageProtocolError(`bad frame: ${e.message}`)
       throw err
     }
   }
 
   async close(): Promise<void> {
-    try {
-      await this.stream.close({ signal: AbortSignal.timeout(2000) })
-    } catch {
-      this.abort(new Error('close failed'))
-    }
+    await this.#f.close()
   }
 
   abort(err: Error): void {
     try {
-      this.stream.abort(err)
+      this.#f.abort(err)
     } catch {
       // already gone
     }

@@ -2,6 +2,14 @@
 // streams. Knows VMs only through the driver interface of src/vm. See README.md.
 export { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, STATUS_PROTOCOL } from './constants.js'
 export type { DirectInit } from './direct.js'
+// The TLS-PSK channel, also the chunk data path of images (src/images/direct.ts).
+export {
+  DIRECT_CIPHERS,
+  type DirectGrant,
+  DirectListener,
+  directHostOf,
+  SocketFramed,
+} from './direct.js'
 export {
   CancelledError,
   HandoverInDoubtError,
