@@ -16,6 +16,7 @@
 #   skymesh.rate=1024         KiB/s the writer rewrites (0 = idle, checks only)
 #   skymesh.connect=IP:PORT   a TCP client: one connection to an echo server, a numbered line
 #                             every 100 ms, each echo checked (reconnects after 1 s if it breaks)
+#   skymesh.metadata=1        read the metadata service at 169.254.169.254 (0 = do not)
 # Serial console lines (ttyS0), one per second from the writer:
 #   SKYMESH MEM OK t=<guest uptime> gen=<n> wrote=<KiB> checked=<chunks>
 #   SKYMESH MEM FAIL chunk=<i> ...      (a chunk's content no longer matches its checksum)
@@ -23,6 +24,12 @@
 #   SKYMESH TCP OK n=<lines echoed> t=<uptime>   every 10 echoed lines
 #   SKYMESH TCP FAIL got=<line> want=<line>       (an echo out of order or corrupted)
 #   SKYMESH TCP CLOSED n=<lines echoed>           (the connection ended)
+# The metadata reader (an on-link route to 169.254.169.254 on eth0: the agent's switch answers ARP
+# for it) polls every 2 s for up to 2 min, until the VM's virtual cluster context is there:
+#   SKYMESH META NAME <name>                 (at once: every VM on the overlay has a name)
+#   SKYMESH META CLUSTER <cluster> role=<role>
+#   SKYMESH META PEER <name> <ip> <role>     (one line per peer)
+#   SKYMESH META DONE peers=<n>              (or SKYMESH META NONE if no context came)
 # plus SKYMESH BOOT, SKYMESH NET <ip>, SKYMESH ECHO <port>, SKYMESH DISK <dev>|none, and
 # SKYMESH DISK MARK|FOUND <marker> (a marker kept at 1 MiB of /dev/vda). The writer also puts
 # "SKYMESH-GEN <gen>" at 2 MiB of /dev/vda every second.
@@ -103,6 +110,7 @@ if [ -e /sys/class/net/eth0 ]; then
   ip link set eth0 up
   gw=$(arg gw "")
   [ -n "$gw" ] && ip route add default via "$gw"
+  ip route add 169.254.169.254/32 dev eth0
   echo "SKYMESH NET $ip"
 else
   echo "SKYMESH NET none"
@@ -124,6 +132,22 @@ fi
 port=$(arg echo 7)
 (while true; do nc -ll -p "$port" -e /bin/cat; sleep 1; done) &
 echo "SKYMESH ECHO $port"
+
+if [ -e /sys/class/net/eth0 ] && [ "$(arg metadata 1)" != 0 ]; then
+  (md=http://169.254.169.254/latest/meta-data; named=; i=0; state=NONE
+   get() { timeout 5 wget -q -O - "$md/$1" 2>/dev/null; }
+   while [ $i -lt 60 ]; do
+     if [ -z "$named" ] && n=$(get name); then named=1; echo "SKYMESH META NAME $n"; fi
+     if c=$(get cluster); then
+       echo "SKYMESH META CLUSTER $c role=$(get role)"
+       get peers >/tmp/peers
+       while read -r p; do [ -n "$p" ] && echo "SKYMESH META PEER $p"; done </tmp/peers
+       state="DONE peers=$(grep -c . /tmp/peers)"; break
+     fi
+     i=$((i + 1)); sleep 2
+   done
+   echo "SKYMESH META $state") &
+fi
 
 # The TCP client: one long-lived connection that carries a numbered line every 100 ms and checks
 # that each comes back in order (a connection that survives a migration keeps counting up).

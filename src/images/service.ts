@@ -171,12 +171,19 @@ export class ImageService {
    * each site) is the default: every host uploads the image once, so with links of equal speed the
    * whole push takes about one copy's time (bench:propagate); a wider tree uploads k copies per host.
    */
-  distribute(ref: string, to: 'all' | string[], fanout = 1): PushView {
-    return this.push(ref, to, fanout).view
+  async distribute(ref: string, to: 'all' | string[], fanout = 1): Promise<PushView> {
+    return (await this.push(ref, to, fanout)).view
   }
 
-  /** As distribute, with a promise of the push's end (its final view). */
-  push(ref: string, to: 'all' | string[], fanout = 1): { view: PushView; done: Promise<PushView> } {
+  /**
+   * As distribute, with a promise of the push's end (its final view). A host is skipped only if it
+   * says now that it holds the whole image: gossip may still list a host that just dropped it.
+   */
+  async push(
+    ref: string,
+    to: 'all' | string[],
+    fanout = 1,
+  ): Promise<{ view: PushView; done: Promise<PushView> }> {
     const id = this.store.resolve(ref)
     if (!this.store.isComplete(id))
       throw new ImagesError('INVALID_STATE', `image ${id.slice(0, 12)} is not complete on this host`)
@@ -205,10 +212,15 @@ export class ImageService {
         if (found[0]!.peerId !== mesh.self && !chosen.includes(found[0]!)) chosen.push(found[0]!)
       }
     }
+    const chunks = this.store.manifest(id).chunks.length
+    const holds = await Promise.all(
+      chosen.map((h) => (h.images.includes(id) ? this.#confirmHolds(h.peerId, id, chunks) : false)),
+    )
     const targets: TreeHost[] = []
     const skipped: TreeHost[] = []
-    for (const h of chosen) (h.images.includes(id) ? skipped : targets).push({ id: h.peerId, site: h.site })
-    const chunks = this.store.manifest(id).chunks.length
+    chosen.forEach((h, i) => {
+      ;(holds[i] ? skipped : targets).push({ id: h.peerId, site: h.site })
+    })
     const watches = new ProgressWatches(
       (peer, signal) => this.#open(peer, signal),
       Buffer.from(id, 'hex'),
@@ -234,6 +246,25 @@ export class ImageService {
       'push started',
     )
     return { view: push.view, done: push.done.then(() => push.view) }
+  }
+
+  /**
+   * Whether a host gossip lists as a holder holds the whole image now, by its own fresh answer: a
+   * status taken at this moment (have = total, state done). No answer, or any other, is a no: the host
+   * becomes a target (a pull of an image already there ends at once; a dead host is routed around).
+   */
+  async #confirmHolds(peer: string, id: string, chunks: number): Promise<boolean> {
+    try {
+      const p = await this.#status(
+        peer,
+        id,
+        AbortSignal.any([this.#lifetime.signal, AbortSignal.timeout(5000)]),
+      )
+      return p.state === 'done' && p.total === chunks && p.have === chunks
+    } catch (err) {
+      this.#log.debug({ image: id, peer, err: (err as Error).message }, 'holder did not confirm: pushed to')
+      return false
+    }
   }
 
   /** The latest push of an image started here. */

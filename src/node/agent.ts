@@ -252,6 +252,8 @@ export class Agent implements AgentService, NetworkApi {
       createVm: (req) => this.createVm(req),
       deleteVm: (id) => this.deleteVm(id),
       vmDir: (id) => this.vmDir(id),
+      where: (id) => this.gossip?.where(id),
+      migratingTo: (id) => this.migrations?.activeFor(id)?.to,
     })
     await this.vclusters.start()
     this.migrations = new AgentMigrations({
@@ -299,7 +301,20 @@ export class Agent implements AgentService, NetworkApi {
               () => instance.state === 'running',
               instance.nicSocket,
             )
+            // its virtual-cluster context, fetched when the offer came, is its context here now
+            await this.vclusters
+              ?.arrived(rec.id)
+              .catch((err: unknown) =>
+                this.log.warn({ vm: rec.id, err }, 'context of an arrived VM not filed'),
+              )
           }),
+        prepareIncoming: async (id, from, signal) => {
+          await this.vclusters?.fetchIncoming(
+            id,
+            from,
+            AbortSignal.any([signal, AbortSignal.timeout(15_000)]),
+          )
+        },
         ensureImage: async (id, signal) => {
           if (this.config.driver !== 'synthetic') return false
           try {
@@ -315,7 +330,11 @@ export class Agent implements AgentService, NetworkApi {
         },
         releaseOutgoing: (id) =>
           this.serial(async () => {
-            this.overlay?.departed(id, this.migrations?.activeFor(id)?.to)
+            const to = this.migrations?.activeFor(id)?.to
+            this.overlay?.departed(id, to)
+            await this.vclusters
+              ?.departed(id, to)
+              .catch((err: unknown) => this.log.warn({ vm: id, err }, 'context of a departed VM not dropped'))
             const instance = this.instances.get(id)
             this.instances.delete(id)
             await instance?.destroy()
@@ -354,6 +373,8 @@ export class Agent implements AgentService, NetworkApi {
     await this.startPlacement()
     // Bandwidth between sites, as migrations measured it (both ends learn it).
     this.migrations.service.on('finished', (m) => {
+      if (m.direction === 'in' && m.phase !== 'done')
+        void this.vclusters?.incomingFailed(m.vmId).catch(() => {})
       if (m.phase !== 'done') return
       // the link rate the engine measured; else the average over the whole migration
       const average = m.totalMs ? m.wireBytes / 1048576 / (m.totalMs / 1000) : 0
@@ -873,11 +894,22 @@ export class Agent implements AgentService, NetworkApi {
   /** What a local VM reads at 169.254.169.254: its virtual cluster context (context.json) if it has one. */
   private async vmMetadata(vm: MetadataCaller): Promise<VmMetadata> {
     const base = { ...vm, name: this.records.get(vm.vmId)?.name ?? vm.vmId }
-    const ctx = await readFile(join(this.vmDir(vm.vmId), 'context.json'), 'utf8').then(
-      (s) => JSON.parse(s) as unknown,
-      () => undefined,
-    )
+    const ctx =
+      this.vclusters?.vmContext(vm.vmId) ??
+      (await readFile(join(this.vmDir(vm.vmId), 'context.json'), 'utf8').then(
+        (s) => JSON.parse(s) as unknown,
+        () => undefined,
+      ))
     return metadataFromContext(base, ctx)
+  }
+
+  /** What the metadata service (169.254.169.254) answers a local VM on its first NIC. */
+  async vmMetadataOf(id: string): Promise<VmMetadata> {
+    this.requireRecord(id)
+    const nic = this.requireOverlay().nicsOf(id)[0]
+    if (!nic)
+      throw new AgentError('INVALID_STATE', `VM ${id} has no NIC: nothing reaches the metadata service`)
+    return this.vmMetadata({ vmId: id, network: nic.network, mac: nic.mac, ip: nic.ip })
   }
 
   private overlayCall<T>(fn: () => T): T {

@@ -49,6 +49,11 @@ export interface MigrationOwner {
   hasVmDir(id: string): Promise<boolean>
   /** Saves the record of a VM whose commit was journaled but whose record was not (agent died between). */
   restoreRecord(rec: VmRecord): Promise<void>
+  /**
+   * Optional: what comes with an incoming VM besides its bytes (its virtual-cluster context, from the
+   * source), before anything is reserved. If it throws, the offer is refused.
+   */
+  prepareIncoming?(vmId: string, from: string, signal: AbortSignal): Promise<void>
   /** Optional: makes a content-addressed image complete here (fetched from the mesh); false if it cannot. */
   ensureImage?(imageId: string, signal: AbortSignal): Promise<boolean>
 }
@@ -127,7 +132,7 @@ export class AgentMigrations {
         lookupVm: (id) => this.lookupVm(id),
         link: init.link,
         hooks: {
-          reserve: (offer) => this.reserve(offer),
+          reserve: (offer, opts) => this.reserve(offer, opts.signal),
           onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
           lookupOutcome: (id) => this.lookupOutcome(id),
           ensureBaseImage: async (id, opts) => (await init.owner.ensureImage?.(id, opts.signal)) ?? false,
@@ -258,10 +263,16 @@ export class AgentMigrations {
     }
   }
 
-  private async reserve(offer: IncomingOffer): Promise<Reservation> {
+  private async reserve(offer: IncomingOffer, signal: AbortSignal): Promise<Reservation> {
     const { spec } = offer
     if (this.init.owner.record(spec.id)) {
       return { ok: false, code: 'VM_EXISTS', message: `VM ${spec.id} is already on this host` }
+    }
+    // Before the capacity check: the check and the reservation stay one step (no await between them).
+    try {
+      await this.init.owner.prepareIncoming?.(spec.id, offer.from, signal)
+    } catch (err) {
+      return { ok: false, code: 'REFUSED', message: `VM ${spec.id}: ${(err as Error).message}` }
     }
     const free = this.init.owner.free()
     if (spec.memoryMiB > free.memoryMiB || spec.diskMiB > free.diskMiB) {

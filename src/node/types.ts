@@ -245,4 +245,6 @@ export interface NetworkApi {
   getNetwork(name: string): NetworkDetail
   vmNics(id: string): VmNicView[]
   pingFromVm(id: string, req: PingRequest): Promise<PingReport>
+  /** What the metadata service (169.254.169.254) answers the VM; optional for test doubles. */
+  vmMetadataOf?(id: string): Promise<import('../overlay/metadata.js').VmMetadata>
 }

@@ -8,6 +8,14 @@
 // to the overlay's metadata responder (169.254.169.254). `GET /v1/vclusters/:name` shows the progress
 // (phase, push, VMs running) until the state is `running`. Scaling adds VMs the same way or removes the
 // last ones, and gives every VM its new context (its peers changed).
+//
+// A context moves with its VM. When a migration's offer reaches the destination, the destination asks
+// the source for the VM's context (get_context, answered only for a VM migrating to the asker) and
+// keeps it before it reserves anything: the context is there before any byte of the VM, so a source
+// that dies after the handover takes nothing with it. On arrival it becomes the VM's context there
+// (context.json in its new directory); the source forgets it when the VM leaves. The creating host
+// follows its VMs by the gossiped location table (and a host a VM left names where it went), so
+// scale and rm find a VM that moved.
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Connection, Stream } from '@libp2p/interface'
@@ -78,7 +86,14 @@ export interface VclustersInit {
   createVm(req: CreateVmRequest): Promise<VmRecord>
   deleteVm(id: string): Promise<void>
   vmDir(id: string): string
+  /** Where gossip's location table puts a VM now (it may have migrated since the cluster placed it). */
+  where?(vmId: string): { host: string; status: string } | undefined
+  /** The host an outgoing migration of a local VM goes to, while one runs. */
+  migratingTo?(vmId: string): string | undefined
 }
+
+/** VMs that left this host, remembered to tell a creating host where they went. */
+const MOVED_KEEP = 1024
 
 export class Vclusters {
   readonly #init: VclustersInit
@@ -88,6 +103,10 @@ export class Vclusters {
   readonly #pushes = new Map<string, PushView>()
   /** Contexts of local VMs of any cluster (received from the creating host): cluster -> vm id -> context. */
   readonly #contexts = new Map<string, Map<string, VmContext>>()
+  /** Contexts of VMs migrating here, fetched from the source when the offer came: vm id -> context. */
+  readonly #incoming = new Map<string, VmContext>()
+  /** VMs that migrated away from here: vm id -> destination. */
+  readonly #movedTo = new Map<string, string>()
   /** Background jobs (create, scale), awaited on stop. */
   readonly #jobs = new Set<Promise<void>>()
 
@@ -96,9 +115,11 @@ export class Vclusters {
   }
 
   async start(): Promise<void> {
-    const saved = (await this.#init.store.getMeta<{ clusters: VclusterView[]; contexts: VmContext[] }>(
-      'vclusters',
-    )) ?? { clusters: [], contexts: [] }
+    const saved = (await this.#init.store.getMeta<{
+      clusters: VclusterView[]
+      contexts: VmContext[]
+      incoming?: VmContext[]
+    }>('vclusters')) ?? { clusters: [], contexts: [] }
     for (const c of saved.clusters) {
       // A job cut by a restart: the cluster keeps the VMs it had (rm removes them, scale retries).
       if (c.state === 'creating' || c.state === 'scaling') {
@@ -110,6 +131,7 @@ export class Vclusters {
       this.#clusters.set(c.name, c)
     }
     for (const ctx of saved.contexts) this.#keepContext(ctx)
+    for (const ctx of saved.incoming ?? []) this.#incoming.set(ctx.vm.id, ctx)
     await this.#init.host.handle(VCLUSTER_PROTOCOL, (s, c) => this.#serve(s, c), { maxInboundStreams: 32 })
   }
 
@@ -119,12 +141,16 @@ export class Vclusters {
   }
 
   list(): VclusterView[] {
-    return [...this.#clusters.values()].map((c) => this.#withPush(c))
+    return [...this.#clusters.values()].map((c) => {
+      this.#follow(c)
+      return this.#withPush(c)
+    })
   }
 
   get(name: string): VclusterView {
     const c = this.#clusters.get(name)
     if (!c) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' was created on this host`)
+    this.#follow(c)
     return this.#withPush(c)
   }
 
@@ -137,7 +163,56 @@ export class Vclusters {
       const ctx = m.get(vmId)
       if (ctx) return ctx
     }
-    return undefined
+    // Arrived, but the agent stopped before the context was filed as the VM's (see arrived()).
+    return this.#incoming.get(vmId)
+  }
+
+  // --- migrations: the context moves with its VM ---
+
+  /**
+   * Destination, when a migration's offer comes in: fetches the VM's context from the source and keeps
+   * it (stored) before anything else happens. Throws if the source does not answer: the migration is
+   * then refused and the VM stays where it is, with its context.
+   */
+  async fetchIncoming(vmId: string, from: string, signal?: AbortSignal): Promise<void> {
+    const res = await this.#rpc(from, { getContext: vmId }, signal)
+    const json = res.contextJson ?? ''
+    if (json === '') {
+      if (this.#incoming.delete(vmId)) await this.#save()
+      return
+    }
+    const ctx = parseContext(json)
+    if (ctx.vm.id !== vmId) throw new AgentError('BAD_REQUEST', `the context sent is not VM ${vmId}'s`)
+    this.#incoming.set(vmId, { ...ctx, vm: { ...ctx.vm, host: this.#init.self } })
+    await this.#save()
+  }
+
+  /** Destination, once the VM is adopted: its fetched context becomes its context here. */
+  async arrived(vmId: string): Promise<void> {
+    this.#movedTo.delete(vmId)
+    this.#relocate(vmId, this.#init.self)
+    const ctx = this.#incoming.get(vmId)
+    if (ctx) {
+      this.#incoming.delete(vmId)
+      await this.#deliver(ctx)
+    }
+    await this.#save()
+  }
+
+  /** Destination, a migration in that did not end here: the fetched context goes. */
+  async incomingFailed(vmId: string): Promise<void> {
+    if (this.#incoming.delete(vmId)) await this.#save()
+  }
+
+  /** Source, once the VM left: its context goes with it (its directory is removed by the agent). */
+  async departed(vmId: string, to: string | undefined): Promise<void> {
+    this.#dropContext(vmId)
+    if (to) {
+      this.#movedTo.set(vmId, to)
+      if (this.#movedTo.size > MOVED_KEEP) this.#movedTo.delete(this.#movedTo.keys().next().value!)
+      this.#relocate(vmId, to)
+    }
+    await this.#save()
   }
 
   context(name: string, vm?: string): unknown {
@@ -205,6 +280,7 @@ export class Vclusters {
       throw new AgentError('INVALID_STATE', `virtual cluster '${name}' is ${c.state}: wait until it is done`)
     if (!Number.isInteger(count) || count < 1)
       throw new AgentError('BAD_REQUEST', 'count: an integer >= 1', { field: 'count' })
+    this.#follow(c)
     const have = c.vms.length
     if (count === have) return this.get(name)
     if (count > have) {
@@ -223,7 +299,8 @@ export class Vclusters {
   }
 
   async delete(name: string): Promise<void> {
-    const c = this.get(name)
+    const c = this.#clusters.get(name)
+    if (!c) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' was created on this host`)
     if (c.state === 'creating' || c.state === 'scaling')
       throw new AgentError('INVALID_STATE', `virtual cluster '${name}' is ${c.state}: wait until it is done`)
     const results = await Promise.allSettled(c.vms.map((v) => this.#deleteVm(v)))
@@ -273,7 +350,7 @@ export class Vclusters {
     const remote = [...new Set(hosts)].filter((p) => p !== this.#init.self)
     if (remote.length) {
       c.progress.phase = 'pushing'
-      const push = wrap(() => svc.push(c.image, remote), 'image')
+      const push = await wrapAsync(() => svc.push(c.image, remote), 'image')
       this.#pushes.set(c.name, push.view)
       const done = await push.done
       const failed = done.hosts.filter((h) => h.state === 'failed')
@@ -351,6 +428,7 @@ export class Vclusters {
   /** Every VM's context (peers and all) to the VM's host. */
   async #handContexts(c: VclusterView): Promise<void> {
     c.progress.phase = 'contexts'
+    this.#follow(c)
     const log = this.#init.logger
     await Promise.all(
       contexts(c.name, c.image, c.vms, c.spec.userData).map(async (ctx) => {
@@ -407,13 +485,60 @@ export class Vclusters {
     }
   }
 
+  /**
+   * Removes a VM of a cluster wherever it runs now: where gossip puts it, else where it was; a host it
+   * left names where it went. Not found where it was last seen: it is gone.
+   */
   async #deleteVm(v: ClusterVmEntry): Promise<void> {
-    if (v.host === this.#init.self) {
-      await this.#init.deleteVm(v.id).catch((err: unknown) => {
-        if ((err as AgentError).code !== 'VM_NOT_FOUND') throw err
-      })
-      this.#dropContext(v.id)
-    } else await this.#rpc(v.host, { deleteVm: v.id })
+    this.#locate(v)
+    const tried = new Set<string>()
+    while (!tried.has(v.host)) {
+      tried.add(v.host)
+      if (v.host === this.#init.self) {
+        const found = await this.#init.deleteVm(v.id).then(
+          () => true,
+          (err: unknown) => {
+            if ((err as AgentError).code !== 'VM_NOT_FOUND') throw err
+            return false
+          },
+        )
+        this.#dropContext(v.id)
+        const to = this.#movedTo.get(v.id)
+        if (found || !to) return
+        v.host = to
+        continue
+      }
+      try {
+        await this.#rpc(v.host, { deleteVm: v.id })
+        return
+      } catch (err) {
+        const e = err as AgentError
+        if (e.code !== 'VM_NOT_FOUND') throw err
+        const to = e.details?.movedTo
+        if (typeof to !== 'string' || to === '') return
+        v.host = to
+      }
+    }
+  }
+
+  /** The VM's host as gossip's location table has it now (a VM may have migrated). */
+  #locate(v: ClusterVmEntry): boolean {
+    const loc = this.#init.where?.(v.id)
+    if (!loc || loc.host === v.host || loc.status !== 'ok') return false
+    v.host = loc.host
+    return true
+  }
+
+  /** Follows the cluster's VMs to where they run now; stores the cluster if any moved. */
+  #follow(c: VclusterView): void {
+    let moved = false
+    for (const v of c.vms) moved = this.#locate(v) || moved
+    if (moved) void this.#save().catch(() => {})
+  }
+
+  /** A VM of a cluster created here now runs on `host`. */
+  #relocate(vmId: string, host: string): void {
+    for (const c of this.#clusters.values()) for (const v of c.vms) if (v.id === vmId) v.host = host
   }
 
   async #remoteCreate(host: string, cluster: string, r: CreateVmRequest): Promise<VmRecord> {
@@ -431,8 +556,10 @@ export class Vclusters {
     return JSON.parse(res.vmJson ?? '{}') as VmRecord
   }
 
-  async #rpc(peer: string, req: Parameters<typeof pb.VclusterRequest.encode>[0]) {
-    const signal = AbortSignal.timeout(120_000)
+  async #rpc(peer: string, req: Parameters<typeof pb.VclusterRequest.encode>[0], outer?: AbortSignal) {
+    const signal = outer
+      ? AbortSignal.any([outer, AbortSignal.timeout(120_000)])
+      : AbortSignal.timeout(120_000)
     const stream = await this.#init.host.dialProtocol(peerIdFromString(peer), VCLUSTER_PROTOCOL, { signal })
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_MSG })
@@ -443,6 +570,7 @@ export class Vclusters {
         throw new AgentError(
           (res.code as 'BAD_REQUEST') || 'INTERNAL',
           `host ${peer.slice(-6)}: ${res.message}`,
+          res.movedTo ? { movedTo: res.movedTo } : undefined,
         )
       return res
     } catch (err) {
@@ -458,9 +586,12 @@ export class Vclusters {
     }
     const lp = lpStream(stream, { maxDataLength: MAX_MSG })
     const signal = AbortSignal.timeout(120_000)
+    const remote = conn.remotePeer.toString()
+    let movedTo = ''
     try {
       const req = pb.VclusterRequest.decode((await lp.read({ signal })).subarray())
       let vmJson = ''
+      let contextJson = ''
       if (req.create) {
         const c = req.create
         const rec = await this.#init.createVm({
@@ -473,14 +604,9 @@ export class Vclusters {
         })
         vmJson = JSON.stringify(rec)
       } else if (req.context) {
-        let ctx: VmContext
-        try {
-          ctx = JSON.parse(req.context.contextJson ?? '') as VmContext
-        } catch {
-          throw new AgentError('BAD_REQUEST', 'context is not JSON')
-        }
+        const ctx = parseContext(req.context.contextJson ?? '')
         if (
-          ctx?.vm?.id !== req.context.vmId ||
+          ctx.vm.id !== req.context.vmId ||
           ctx.vm.host !== this.#init.self ||
           typeof ctx.cluster !== 'string'
         )
@@ -488,18 +614,32 @@ export class Vclusters {
         await this.#deliver(ctx)
         await this.#save()
       } else if (req.deleteVm) {
-        await this.#init.deleteVm(req.deleteVm).catch((err: unknown) => {
-          if ((err as AgentError).code !== 'VM_NOT_FOUND') throw err
-        })
-        this.#dropContext(req.deleteVm)
+        const id = req.deleteVm
+        // Not here: the asker is told where it went, if it left by migration.
+        movedTo = this.#movedTo.get(id) ?? ''
+        const gone = await this.#init.deleteVm(id).then(
+          () => undefined,
+          (err: unknown) => err as AgentError,
+        )
+        if (gone && gone.code !== 'VM_NOT_FOUND') throw gone
+        this.#dropContext(id)
         await this.#save()
+        if (gone) throw gone
+      } else if (req.getContext) {
+        // Only to the host the VM is migrating to: it is asking because our offer reached it.
+        const id = req.getContext
+        if (this.#init.migratingTo?.(id) !== remote)
+          throw new AgentError('INVALID_STATE', `VM ${id} is not migrating to the asking host`)
+        const ctx = this.vmContext(id)
+        if (ctx) contextJson = JSON.stringify(ctx)
       } else throw new AgentError('BAD_REQUEST', 'unknown request')
-      await lp.write(pb.VclusterResponse.encode({ ok: true, vmJson }).finish(), { signal })
+      await lp.write(pb.VclusterResponse.encode({ ok: true, vmJson, contextJson }).finish(), { signal })
       await stream.close({ signal }).catch(() => {})
     } catch (err) {
       const code = err instanceof AgentError ? err.code : 'INTERNAL'
+      const res = { ok: false, code, message: (err as Error).message, movedTo }
       await lp
-        .write(pb.VclusterResponse.encode({ ok: false, code, message: (err as Error).message }).finish(), {
+        .write(pb.VclusterResponse.encode(res).finish(), {
           signal,
         })
         .catch(() => {})
@@ -510,7 +650,8 @@ export class Vclusters {
   /** Writes the context where the VM's software finds it, and keeps it to serve by API. */
   async #deliver(ctx: VmContext): Promise<void> {
     await writeFile(join(this.#init.vmDir(ctx.vm.id), 'context.json'), `${JSON.stringify(ctx, null, 2)}\n`)
-    this.#keepContext(ctx)
+    // a copy: the cluster record's entries change as VMs move, a VM's context only when it is handed
+    this.#keepContext(structuredClone(ctx))
   }
 
   #keepContext(ctx: VmContext): void {
@@ -528,7 +669,40 @@ export class Vclusters {
 
   async #save(): Promise<void> {
     const ctxs = [...this.#contexts.values()].flatMap((m) => [...m.values()])
-    await this.#init.store.putMeta('vclusters', { clusters: [...this.#clusters.values()], contexts: ctxs })
+    await this.#init.store.putMeta('vclusters', {
+      clusters: [...this.#clusters.values()],
+      contexts: ctxs,
+      incoming: [...this.#incoming.values()],
+    })
+  }
+}
+
+/** A context as it crosses the wire: JSON with the fields a context must have. */
+function parseContext(json: string): VmContext {
+  let ctx: VmContext
+  try {
+    ctx = JSON.parse(json) as VmContext
+  } catch {
+    throw new AgentError('BAD_REQUEST', 'context is not JSON')
+  }
+  if (
+    !ctx ||
+    typeof ctx.cluster !== 'string' ||
+    typeof ctx.vm?.id !== 'string' ||
+    typeof ctx.vm.host !== 'string' ||
+    !Array.isArray(ctx.peers)
+  )
+    throw new AgentError('BAD_REQUEST', 'context lacks cluster, vm or peers')
+  return ctx
+}
+
+async function wrapAsync<T>(fn: () => Promise<T>, field: string): Promise<T> {
+  try {
+    return await fn()
+  } catch (err) {
+    if (err instanceof ImagesError)
+      throw new AgentError(err.code, `${field}: ${err.message}`, { field, ...err.details })
+    throw err
   }
 }
 
