@@ -562,6 +562,8 @@ export class OutgoingMigration {
     whileAcked?: () => Promise<void>,
     /** The guest runs: a page it dirtied again since the round began waits for the next round. */
     skipRedirtied = false,
+    /** False: return once every frame is written (the early switchover counts them instead). */
+    waitAcks = true,
   ): Promise<void> {
     const n = this.#senders.length
     const pl: number[][] = Array.from({ length: n }, () => [])
@@ -575,7 +577,7 @@ export class OutgoingMigration {
     await Promise.all(
       this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero, skipRedirtied)),
     )
-    await Promise.all([...this.#senders.map((s) => s.flush()), whileAcked?.()])
+    await Promise.all([...(waitAcks ? this.#senders.map((s) => s.flush()) : []), whileAcked?.()])
     this.#roundRemaining = 0
   }
 
@@ -751,17 +753,32 @@ export class OutgoingMigration {
     // The source digest depends only on the paused VM (its page hashes are fresh once the last frames
     // are built): computed while the destination applies them, not after
     let digest: { combined: string } | undefined
-    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false, async () => {
-      digest = await instance.digest()
-      this.#mark('digest')
-    })
+    await this.#sendRound(
+      this.#round,
+      pages.indices(),
+      blocks.indices(),
+      false,
+      async () => {
+        digest = await instance.digest()
+        this.#mark('digest')
+      },
+      false,
+      false,
+    )
     this.#mark('lastRound')
     await journaled
     this.#signal.throwIfAborted()
     if (!digest) throw new MigrationError('INTERNAL', 'no source digest')
     const d = digest.combined
     this.#setPhase('handover')
-    await this.#commit(epoch + 1, { switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1 } })
+    // Early switchover: sent as soon as the last round is written, not acknowledged (one data round
+    // trip less in the pause). The destination applies exactly `streamFrames` frames per stream before
+    // it verifies, so the digest still covers every byte; a failure from here on is resolved as any
+    // lost COMMIT (status protocol), never by resuming blindly.
+    const streamFrames = this.#senders.map((s) => s.nextSeq)
+    await this.#commit(epoch + 1, {
+      switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1, streamFrames },
+    })
   }
 
   /** The handover journal write started at the pause (a failure waits for it before `onAborted`). */
