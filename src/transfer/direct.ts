@@ -97,6 +97,7 @@ export class SocketFramed implements FrameChannel {
 
   #onData(c: Buffer): void {
     if (this.#error) return
+    const had = this.#messages.length
     this.#chunks.push(c)
     this.#buffered += c.length
     while (this.#buffered >= HEADER) {
@@ -129,21 +130,26 @@ export class SocketFramed implements FrameChannel {
       this.socket.destroy()
       return
     }
-    this.#wakeAll()
+    // A reader waits for whole messages: most chunks (TLS records) only add to one
+    if (this.#messages.length > had) this.#wakeAll()
   }
 
-  async write(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+  async write(message: Uint8Array | readonly Uint8Array[], signal?: AbortSignal): Promise<void> {
     signal?.throwIfAborted()
     if (this.#error) throw this.#error
     if (this.socket.destroyed || this.socket.writableEnded)
       throw new LinkError('a direct data connection closed')
+    const parts = message instanceof Uint8Array ? [message] : message
+    let length = 0
+    for (const p of parts) length += p.length
     const header = Buffer.allocUnsafe(HEADER)
-    header.writeUInt32BE(bytes.length, 0)
+    header.writeUInt32BE(length, 0)
+    // One writev: the header and the parts as they are (a frame's payload is not copied)
     this.socket.cork()
-    this.socket.write(header)
-    const ok = this.socket.write(bytes)
+    let ok = this.socket.write(header)
+    for (const p of parts) ok = this.socket.write(p)
     this.socket.uncork()
-    this.#wrote += HEADER + bytes.length
+    this.#wrote += HEADER + length
     if (ok) return
     await this.#until(() => !this.socket.writableNeedDrain, signal, 'drain')
   }

@@ -157,15 +157,26 @@ export class FrameBuilder {
 const SPACE_TO_PB = { memory: pb.Space.MEMORY, disk: pb.Space.DISK } as const
 const KIND_TO_PB = { data: pb.RunKind.DATA, zero: pb.RunKind.ZERO, ref: pb.RunKind.REF } as const
 
-export function encodeFrame(f: {
+export interface FrameFields {
   seq: number
   round: number
   runs: Run[]
   payload: Uint8Array
   codec: 'none' | 'lz4'
   rawLength: number
-}): Uint8Array {
-  return pb.DataFrame.encode({
+}
+
+/** Field 4 (`payload`), length-delimited: its key byte in the protobuf encoding. */
+const PAYLOAD_KEY = (4 << 3) | 2
+
+/**
+ * The frame as parts written back to back, without copying the payload: the protobuf encoding of
+ * every field but `payload`, then the payload field's key and length, then the payload itself. Fields
+ * may come in any order in protobuf, so the concatenation is a valid `DataFrame` (the same bytes
+ * `encodeFrame` gives, and `parseFrame` reads it unchanged).
+ */
+export function encodeFrameParts(f: FrameFields): Uint8Array[] {
+  const head = pb.DataFrame.encode({
     seq: f.seq,
     round: f.round,
     runs: f.runs.map((r) => ({
@@ -176,9 +187,33 @@ export function encodeFrame(f: {
       hashes: r.hashes ?? new Uint8Array(0),
     })),
     codec: f.codec === 'lz4' ? pb.Codec.LZ4 : pb.Codec.NONE,
-    payload: f.payload,
     rawLength: f.rawLength,
   }).finish()
+  if (f.payload.length === 0) return [head]
+  const key = Buffer.allocUnsafe(head.length + 1 + 5)
+  key.set(head, 0)
+  let off = head.length
+  key[off++] = PAYLOAD_KEY
+  let n = f.payload.length
+  while (n >= 0x80) {
+    key[off++] = (n & 0x7f) | 0x80
+    n >>>= 7
+  }
+  key[off++] = n
+  return [key.subarray(0, off), f.payload]
+}
+
+/** The frame in one buffer (tests, and channels that cannot write parts). */
+export function encodeFrame(f: FrameFields): Uint8Array {
+  const parts = encodeFrameParts(f)
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+}
+
+/** Bytes of a frame given as parts. */
+export function partsLength(parts: readonly Uint8Array[]): number {
+  let n = 0
+  for (const p of parts) n += p.length
+  return n
 }
 
 /** Decodes and checks a frame against the VM's geometry; throws ProtocolError on anything off. */

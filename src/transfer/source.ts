@@ -38,7 +38,7 @@ import {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
-import { encodeFrame, FrameBuilder, type Space } from './frame.js'
+import { encodeFrameParts, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
 import type { MigrationControlMsg } from './pb-types.js'
 import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
@@ -711,7 +711,7 @@ export class OutgoingMigration {
         this.#c.compressedFrames++
       }
     }
-    const bytes = encodeFrame({
+    const bytes = encodeFrameParts({
       seq: sender.nextSeq,
       round,
       runs,
@@ -1002,7 +1002,7 @@ export class OutgoingMigration {
           continue
         }
         const { runs, payload } = b.take()
-        const bytes = encodeFrame({
+        const bytes = encodeFrameParts({
           seq: sender.nextSeq,
           round,
           runs,
