@@ -21,7 +21,7 @@ export class DataSender {
   readonly framed: FrameChannel
   readonly #init: DataSenderInit
   readonly #window: number
-  readonly #inflight: { seq: number; bytes: number }[] = []
+  readonly #inflight: { seq: number; bytes: number; acked?: (() => void) | undefined }[] = []
   #inflightBytes = 0
   #seq = 0
   #error: Error | null = null
@@ -51,12 +51,12 @@ export class DataSender {
   }
 
   /** Sends one encoded frame (its seq must be `nextSeq`; parts: see `encodeFrameParts`), waiting for credit first. */
-  async send(frame: Uint8Array | readonly Uint8Array[]): Promise<void> {
+  async send(frame: Uint8Array | readonly Uint8Array[], acked?: () => void): Promise<void> {
     const length = frame instanceof Uint8Array ? frame.length : partsLength(frame)
     if (length > MAX_FRAME_BYTES) throw new RangeError(`frame of ${length} bytes`)
     await this.#waitUntil(() => this.#inflightBytes === 0 || this.#inflightBytes + length <= this.#window)
     await this.#init.bucket?.take(length, this.#init.signal)
-    this.#inflight.push({ seq: this.#seq++, bytes: length })
+    this.#inflight.push({ seq: this.#seq++, bytes: length, acked })
     this.#inflightBytes += length
     await this.#writeOrStall(frame)
   }
@@ -142,6 +142,8 @@ export class DataSender {
       }
       this.#inflight.shift()
       this.#inflightBytes -= head.bytes
+      // Applied at the other end: every byte of it left this host, its buffers may be reused
+      head.acked?.()
       this.#init.onAck(head.bytes)
       this.#wake?.()
     }

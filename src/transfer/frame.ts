@@ -64,9 +64,17 @@ export class FrameBuilder {
   /** Hash bytes in the runs: a frame of references carries no payload but 16 bytes a unit. */
   #hashBytes = 0
 
-  constructor(payloadLimit = FRAME_PAYLOAD_BYTES, maxRuns = MAX_RUNS) {
+  readonly #alloc: (bytes: number) => Buffer
+
+  /** `alloc`: where payload buffers come from (a pool of buffers of frames already acknowledged). */
+  constructor(
+    payloadLimit = FRAME_PAYLOAD_BYTES,
+    maxRuns = MAX_RUNS,
+    alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+  ) {
     this.#limit = payloadLimit
     this.#maxRuns = maxRuns
+    this.#alloc = alloc
   }
 
   get payloadBytes(): number {
@@ -100,7 +108,7 @@ export class FrameBuilder {
     unit = typeof data === 'function' ? 0 : data.length,
   ): void {
     if (typeof data === 'function' && unit === 0) throw new RangeError('addData with a copier needs its size')
-    this.#payload ??= Buffer.allocUnsafe(this.#limit)
+    this.#payload ??= this.#alloc(this.#limit)
     if (this.#bytes + unit > this.#payload.length) throw new RangeError('frame payload overflow')
     if (typeof data === 'function') data(this.#payload, this.#bytes)
     else this.#payload.set(data, this.#bytes)
@@ -116,8 +124,8 @@ export class FrameBuilder {
     this.#add(space, 'ref', index, hash)
   }
 
-  /** The runs and the raw payload so far; the builder starts over. */
-  take(): { runs: Run[]; payload: Uint8Array; units: number } {
+  /** The runs and the raw payload so far (`buffer`: the whole buffer it is in); the builder starts over. */
+  take(): { runs: Run[]; payload: Uint8Array; units: number; buffer: Buffer | null } {
     const runs: Run[] = this.#runs.map((r) => ({
       space: r.space,
       kind: r.kind,
@@ -127,12 +135,13 @@ export class FrameBuilder {
     }))
     const payload = this.#payload ? this.#payload.subarray(0, this.#bytes) : new Uint8Array(0)
     const units = this.#units
+    const buffer = this.#payload
     this.#runs = []
     this.#payload = null
     this.#bytes = 0
     this.#units = 0
     this.#hashBytes = 0
-    return { runs, payload, units }
+    return { runs, payload, units, buffer }
   }
 
   #add(space: Space, kind: RunKind, index: number, hash: Uint8Array | null): void {

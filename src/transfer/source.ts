@@ -16,8 +16,10 @@ import { compressPayload } from './compress.js'
 import {
   CONTROL_PROTOCOL,
   DATA_PROTOCOL,
+  FRAME_PAYLOAD_BYTES,
   HASH_BYTES,
   MAX_QUERY_HASHES,
+  MAX_RUNS,
   MAX_WINDOW_BYTES,
   STOP_AIM,
 } from './constants.js'
@@ -53,6 +55,8 @@ const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
 /** Disk reads in flight per stream while a round's blocks are framed (each is a thread-pool trip). */
 const BLOCK_READ_AHEAD = 16
+/** Payload buffers kept per stream (the 8 MiB window holds 8 frames of 1 MiB). */
+const POOL_BUFFERS = 10
 /** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
 const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
 
@@ -120,6 +124,8 @@ export class OutgoingMigration {
   #wasPaused = false
   #control: ControlChannel | undefined
   #senders: DataSender[] = []
+  /** Payload buffers per data stream (index as #senders). */
+  readonly #pools: PayloadPool[] = []
   #tables: { memory: DedupTable; disk: DedupTable }[] = []
   #lastEmit = 0
   /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
@@ -459,6 +465,7 @@ export class OutgoingMigration {
       signal: this.#signal,
     })
     this.#senders.push(sender)
+    this.#pools.push(new PayloadPool())
     this.#tables.push({
       memory: new DedupTable(dedupOn ? undefined : 0),
       disk: new DedupTable(dedupOn ? undefined : 0),
@@ -591,7 +598,7 @@ export class OutgoingMigration {
     skipRedirtied: boolean,
   ): Promise<void> {
     const { memory, disk } = this.#i.instance
-    const b = new FrameBuilder()
+    const b = new FrameBuilder(FRAME_PAYLOAD_BYTES, MAX_RUNS, this.#pools[k]!.alloc)
     const frame = new FrameState(this.#cost)
     // QEMU-style: a page written again since this round's snapshot is in the next round's set anyway;
     // sending it now would only be overwritten (the stop-copy round, guest paused, sends everything)
@@ -697,7 +704,7 @@ export class OutgoingMigration {
 
   async #emitFrame(k: number, round: number, b: FrameBuilder, f: FrameState): Promise<void> {
     const sender = this.#senders[k]!
-    const { runs, payload } = b.take()
+    const { runs, payload, buffer } = b.take()
     f.finish()
     let body = payload
     let codec: 'none' | 'lz4' = 'none'
@@ -722,7 +729,7 @@ export class OutgoingMigration {
     this.#c.frames++
     this.#c.bytesSent += payload.length
     const before = sender.framed.written
-    await sender.send(bytes)
+    await sender.send(bytes, buffer ? () => this.#pools[k]!.release(buffer) : undefined)
     this.#c.wireBytes += sender.framed.written - before
     this.#roundRemaining = Math.max(0, this.#roundRemaining - payload.length)
     this.#emit()
@@ -1135,6 +1142,21 @@ export class OutgoingMigration {
     }
     if (this.#control) closing.push(this.#control.framed.close())
     await Promise.allSettled(closing)
+  }
+}
+
+/**
+ * Payload buffers of one stream's frames, reused once a frame is acknowledged (a fresh 1 MiB buffer a
+ * frame costs page faults and garbage collection of external memory). At most a window's worth.
+ */
+class PayloadPool {
+  readonly #free: Buffer[] = []
+  readonly alloc = (bytes: number): Buffer => {
+    const b = this.#free.pop()
+    return b && b.length === bytes ? b : Buffer.allocUnsafe(bytes)
+  }
+  release(b: Buffer): void {
+    if (this.#free.length < POOL_BUFFERS) this.#free.push(b)
   }
 }
 
