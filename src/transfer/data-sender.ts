@@ -87,6 +87,11 @@ export class DataSender {
     await this.#waitUntil(() => this.#inflightBytes === 0)
   }
 
+  /** Resolves when at most `bytes` are unacknowledged. */
+  async drainTo(bytes: number): Promise<void> {
+    await this.#waitUntil(() => this.#inflightBytes <= bytes)
+  }
+
   async close(): Promise<void> {
     await this.framed.close()
   }

@@ -55,6 +55,8 @@ const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
 /** Disk reads in flight per stream while a round's blocks are framed (each is a thread-pool trip). */
 const BLOCK_READ_AHEAD = 16
+/** The early switchover leaves at most this long (at the measured rate) of the last round unacknowledged. */
+const EARLY_SWITCHOVER_MS = 500
 /** Payload buffers kept per stream (the 8 MiB window holds 8 frames of 1 MiB). */
 const POOL_BUFFERS = 10
 /** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
@@ -782,6 +784,12 @@ export class OutgoingMigration {
     // trip less in the pause). The destination applies exactly `streamFrames` frames per stream before
     // it verifies, so the digest still covers every byte; a failure from here on is resolved as any
     // lost COMMIT (status protocol), never by resuming blindly.
+    // Only what the link delivers in a moment may still be on its way (a slow link, or no rate measured
+    // yet, waits for the acknowledgements first): the destination's wait for it then stays far inside
+    // the step timeout the COMMIT's answer has.
+    const early = (this.#bandwidthBps * EARLY_SWITCHOVER_MS) / 1000 / Math.max(1, this.#senders.length)
+    await Promise.all(this.#senders.map((s) => s.drainTo(early)))
+    this.#mark('drained')
     const streamFrames = this.#senders.map((s) => s.nextSeq)
     await this.#commit(epoch + 1, {
       switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1, streamFrames },
