@@ -1,8 +1,9 @@
 // Loopback throughput of the transports the migration engine could use: raw TCP (node:net), TLS
 // (node:tls, a self-signed certificate made in-process) and libp2p (tcp + noise + yamux, the agent's
 // host) with one or several streams, over one or several connections; and the migration engine's
-// direct data channel (src/transfer/direct.ts: TLS 1.2 PSK connections carrying 1 MiB frames, each
-// acknowledged, the engine's DataSender keeping its 8 MiB window), over one or several connections.
+// direct data channel (src/transfer/direct.ts: TLS 1.2 PSK connections carrying the engine's frames of
+// 1 MiB payload, written as parts, each acknowledged, the engine's DataSender keeping its 8 MiB window),
+// over one or several connections.
 //
 // Every transfer is the same: an 8-byte big-endian length, then that many bytes; the receiver answers
 // one byte once it has them all, and the sender's clock runs from its first write to that byte.
@@ -18,6 +19,7 @@ import { createHost, type Host } from '../../src/node/p2p.js'
 import { pb } from '../../src/proto/index.js'
 import { DataSender } from '../../src/transfer/data-sender.js'
 import { connectDirect, DirectListener, type SocketFramed } from '../../src/transfer/direct.js'
+import { encodeFrameParts } from '../../src/transfer/frame.js'
 import { selfSignedCert } from './tls-cert.js'
 
 export const THROUGHPUT_PROTOCOL = '/skymesh/bench/throughput/1.0.0'
@@ -159,11 +161,18 @@ export async function directTransfer(
       }),
   )
   const frames = Math.max(1, Math.round(total / frame.length / conns))
+  // The engine's frames: one DATA run of the chunk's pages, written as parts (encodeFrameParts)
+  const runs = [{ space: 'memory' as const, kind: 'data' as const, first: 0, count: frame.length / 4096 }]
   try {
     const t = performance.now()
     await Promise.all(
       senders.map(async (s) => {
-        for (let i = 0; i < frames; i++) await s.send(frame)
+        for (let i = 0; i < frames; i++) {
+          const seq = s.nextSeq
+          await s.send(
+            encodeFrameParts({ seq, round: 0, runs, payload: frame, codec: 'none', rawLength: frame.length }),
+          )
+        }
         await s.flush()
       }),
     )

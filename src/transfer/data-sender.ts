@@ -4,6 +4,7 @@
 import { pb } from '../proto/index.js'
 import { MAX_FRAME_BYTES, MAX_WINDOW_BYTES } from './constants.js'
 import { LinkError, ProtocolError } from './errors.js'
+import { partsLength } from './frame.js'
 import type { TokenBucket } from './rate.js'
 import type { FrameChannel } from './wire.js'
 
@@ -20,7 +21,7 @@ export class DataSender {
   readonly framed: FrameChannel
   readonly #init: DataSenderInit
   readonly #window: number
-  readonly #inflight: { seq: number; bytes: number }[] = []
+  readonly #inflight: { seq: number; bytes: number; acked?: (() => void) | undefined }[] = []
   #inflightBytes = 0
   #seq = 0
   #error: Error | null = null
@@ -49,15 +50,14 @@ export class DataSender {
     await this.framed.write(bytes, this.#init.signal)
   }
 
-  /** Sends one encoded frame (its seq must be `nextSeq`), waiting for credit first. */
-  async send(frame: Uint8Array): Promise<void> {
-    if (frame.length > MAX_FRAME_BYTES) throw new RangeError(`frame of ${frame.length} bytes`)
-    await this.#waitUntil(
-      () => this.#inflightBytes === 0 || this.#inflightBytes + frame.length <= this.#window,
-    )
-    await this.#init.bucket?.take(frame.length, this.#init.signal)
-    this.#inflight.push({ seq: this.#seq++, bytes: frame.length })
-    this.#inflightBytes += frame.length
+  /** Sends one encoded frame (its seq must be `nextSeq`; parts: see `encodeFrameParts`), waiting for credit first. */
+  async send(frame: Uint8Array | readonly Uint8Array[], acked?: () => void): Promise<void> {
+    const length = frame instanceof Uint8Array ? frame.length : partsLength(frame)
+    if (length > MAX_FRAME_BYTES) throw new RangeError(`frame of ${length} bytes`)
+    await this.#waitUntil(() => this.#inflightBytes === 0 || this.#inflightBytes + length <= this.#window)
+    await this.#init.bucket?.take(length, this.#init.signal)
+    this.#inflight.push({ seq: this.#seq++, bytes: length, acked })
+    this.#inflightBytes += length
     await this.#writeOrStall(frame)
   }
 
@@ -65,7 +65,7 @@ export class DataSender {
    * A write blocked by the stream's own backpressure (a silent link: nothing acknowledged, nothing
    * reset) never reaches the credit wait above, so it gets the same bound.
    */
-  async #writeOrStall(frame: Uint8Array): Promise<void> {
+  async #writeOrStall(frame: Uint8Array | readonly Uint8Array[]): Promise<void> {
     const { stallTimeoutMs } = this.#init
     let timer: NodeJS.Timeout | undefined
     const stalled = new Promise<never>((_, reject) => {
@@ -85,6 +85,11 @@ export class DataSender {
   /** Resolves when every frame sent so far is acknowledged. */
   async flush(): Promise<void> {
     await this.#waitUntil(() => this.#inflightBytes === 0)
+  }
+
+  /** Resolves when at most `bytes` are unacknowledged. */
+  async drainTo(bytes: number): Promise<void> {
+    await this.#waitUntil(() => this.#inflightBytes <= bytes)
   }
 
   async close(): Promise<void> {
@@ -142,6 +147,8 @@ export class DataSender {
       }
       this.#inflight.shift()
       this.#inflightBytes -= head.bytes
+      // Applied at the other end: every byte of it left this host, its buffers may be reused
+      head.acked?.()
       this.#init.onAck(head.bytes)
       this.#wake?.()
     }

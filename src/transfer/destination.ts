@@ -43,7 +43,7 @@ import type { Mode } from './policy.js'
 import { type Counters, emptyCounters, type MigrationView, type Phase } from './progress.js'
 import type { Outcome } from './status.js'
 import type { DestinationHooks, TransferTimeouts } from './types.js'
-import { type ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
+import { type Control, type ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
 
 const FAULT_POLL_MS = 5
 
@@ -195,6 +195,11 @@ export class IncomingMigration {
   readonly #pinned = new Map<string, StoredPage>()
   /** When the source last sent something while we receive (a silent link never resets a stream). */
   #lastHeard = performance.now()
+  /** Frames applied per data stream. */
+  readonly #applied: number[]
+  /** Early switchover: frames each stream carries in all (none may come after them). */
+  #expected: number[] | undefined
+  #wakeApplied: (() => void) | undefined
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -203,6 +208,7 @@ export class IncomingMigration {
     this.#signal = AbortSignal.any([this.#ac.signal, init.signal])
     setMaxListeners(Number.POSITIVE_INFINITY, this.#signal)
     this.#streams = new Array(init.offer.streams).fill(undefined)
+    this.#applied = new Array(init.offer.streams).fill(0)
     for (let k = 0; k < init.offer.streams; k++)
       this.#tables.push({ memory: new DedupTable(), disk: new DedupTable() })
     const g = init.offer.geometry
@@ -301,12 +307,15 @@ export class IncomingMigration {
         await this.#answerContentQuery(sw.contentQuery?.hashes ?? new Uint8Array(0))
         sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
       }
-      clearInterval(idle)
       const s = sw.switchover!
       // Milestones of the pause as seen here (ms since the switchover arrived), logged at the end
       this.#switchedAt = performance.now()
       if (this.#streams.some((f) => f === undefined))
         throw new ProtocolError('switchover before every data stream opened')
+      // Early switchover (pre-copy): the last round may still be on its way; it is applied (and
+      // acknowledged) before anything is verified, and no frame may follow it
+      if ((s.streamFrames?.length ?? 0) > 0) await this.#lastFrames(s)
+      clearInterval(idle)
       if ((s.round ?? 0) < this.#lastRound) {
         throw new ProtocolError(`switchover at round ${s.round}, last frame of round ${this.#lastRound}`)
       }
@@ -391,6 +400,33 @@ export class IncomingMigration {
     return this.view()
   }
 
+  /** Waits until every stream applied the frames the switchover counts (the stall timeout still runs). */
+  async #lastFrames(s: NonNullable<Control['switchover']>): Promise<void> {
+    const expected = s.streamFrames ?? []
+    if (s.postcopy || expected.length !== this.#streams.length)
+      throw new ProtocolError(`switchover counts frames of ${expected.length} streams`)
+    for (let k = 0; k < expected.length; k++) {
+      if (!(expected[k]! >= this.#applied[k]!))
+        throw new ProtocolError(
+          `switchover counts ${expected[k]} frames on stream ${k}, ${this.#applied[k]} came`,
+        )
+    }
+    this.#expected = expected
+    while (this.#applied.some((n, k) => n < expected[k]!)) {
+      this.#signal.throwIfAborted()
+      let onAbort: (() => void) | undefined
+      await new Promise<void>((resolve) => {
+        this.#wakeApplied = resolve
+        onAbort = resolve
+        this.#signal.addEventListener('abort', onAbort, { once: true })
+      })
+      if (onAbort) this.#signal.removeEventListener('abort', onAbort)
+      this.#wakeApplied = undefined
+    }
+    this.#signal.throwIfAborted()
+    this.#mark('lastFrames')
+  }
+
   /** Which of these content hashes our store holds (a bitmap); those pages are pinned for us. */
   async #answerContentQuery(hashes: Uint8Array): Promise<void> {
     if (!this.#i.offer.geometry.dedup) throw new ProtocolError('content query in a migration without dedup')
@@ -418,10 +454,14 @@ export class IncomingMigration {
       this.#lastHeard = performance.now()
       const f = parseFrame(bytes, g)
       if (f.seq !== seq) throw new ProtocolError(`frame ${f.seq} on stream ${k}, expected ${seq}`)
+      if (this.#expected && this.#state === 'receiving' && seq >= this.#expected[k]!)
+        throw new ProtocolError(`frame ${f.seq} on stream ${k} after the switchover's last`)
       seq++
       if (f.codec === 'lz4' && !this.#i.offer.compression)
         throw new ProtocolError('lz4 frame without compression')
       await this.#apply(k, f)
+      this.#applied[k]!++
+      this.#wakeApplied?.()
       this.#c.frames++
       this.#c.wireBytes += bytes.length
       if (f.codec === 'lz4') this.#c.compressedFrames++

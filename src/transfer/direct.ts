@@ -24,6 +24,8 @@ import type { FrameChannel } from './wire.js'
 export const DIRECT_CIPHERS = 'PSK-AES128-GCM-SHA256:PSK-AES256-GCM-SHA384'
 const KEY_BYTES = 32
 const HEADER = 4
+/** A message part at least this large is written on its own instead of copied next to its header. */
+const SEPARATE_WRITE_BYTES = 16 * 1024
 
 export type DataChannelKind = 'libp2p' | 'direct-tls'
 
@@ -53,8 +55,11 @@ export class SocketFramed implements FrameChannel {
   readonly socket: tls.TLSSocket
   readonly #maxData: number
   readonly #maxBuffer: number
-  #chunks: Buffer[] = []
-  #buffered = 0
+  /** The length prefix being read, and the message being assembled (null: none). */
+  readonly #header = Buffer.alloc(HEADER)
+  #headerGot = 0
+  #message: Buffer | null = null
+  #got = 0
   readonly #messages: Uint8Array[] = []
   #queued = 0
   #ended = false
@@ -70,7 +75,7 @@ export class SocketFramed implements FrameChannel {
     socket.setNoDelay(true)
     socket.on('data', (c: Buffer) => this.#onData(c))
     socket.on('end', () => {
-      if (this.#buffered > 0) this.#fail(new LinkError('a direct data connection ended mid-message'))
+      if (this.#partial > 0) this.#fail(new LinkError('a direct data connection ended mid-message'))
       this.#ended = true
       this.#wakeAll()
     })
@@ -97,53 +102,85 @@ export class SocketFramed implements FrameChannel {
 
   #onData(c: Buffer): void {
     if (this.#error) return
-    this.#chunks.push(c)
-    this.#buffered += c.length
-    while (this.#buffered >= HEADER) {
-      if (this.#chunks[0]!.length < HEADER) this.#chunks = [Buffer.concat(this.#chunks, this.#buffered)]
-      const len = this.#chunks[0]!.readUInt32BE(0)
-      if (len > this.#maxData) {
-        this.#fail(new ProtocolError(`bad frame length: ${len} bytes`))
-        this.socket.destroy()
-        return
+    const had = this.#messages.length
+    let off = 0
+    while (off < c.length) {
+      if (this.#message === null) {
+        const take = Math.min(HEADER - this.#headerGot, c.length - off)
+        c.copy(this.#header, this.#headerGot, off, off + take)
+        this.#headerGot += take
+        off += take
+        if (this.#headerGot < HEADER) break
+        this.#headerGot = 0
+        const len = this.#header.readUInt32BE(0)
+        if (len > this.#maxData) {
+          this.#fail(new ProtocolError(`bad frame length: ${len} bytes`))
+          this.socket.destroy()
+          return
+        }
+        if (c.length - off >= len) {
+          // All of it in this chunk: a view, no copy
+          this.#push(c.subarray(off, off + len))
+          off += len
+          continue
+        }
+        // Spread over chunks (TLS records are <= 16 KiB): copied into place as they come, so the
+        // records are garbage at once instead of kept for a concat
+        this.#message = Buffer.allocUnsafe(len)
+        this.#got = 0
       }
-      if (this.#buffered < HEADER + len) break
-      const first = this.#chunks[0]!
-      let msg: Buffer
-      if (first.length >= HEADER + len) {
-        msg = first.subarray(HEADER, HEADER + len)
-        if (first.length === HEADER + len) this.#chunks.shift()
-        else this.#chunks[0] = first.subarray(HEADER + len)
-      } else {
-        const all = Buffer.concat(this.#chunks, this.#buffered)
-        msg = all.subarray(HEADER, HEADER + len)
-        this.#chunks = all.length > HEADER + len ? [all.subarray(HEADER + len)] : []
+      const take = Math.min(this.#message.length - this.#got, c.length - off)
+      c.copy(this.#message, this.#got, off, off + take)
+      this.#got += take
+      off += take
+      if (this.#got === this.#message.length) {
+        this.#push(this.#message)
+        this.#message = null
       }
-      this.#buffered -= HEADER + len
-      this.#messages.push(msg)
-      this.#queued += msg.length
     }
     // The sender keeps a window of unacknowledged bytes: more than that waiting here breaks the protocol
-    if (this.#queued + this.#buffered > this.#maxBuffer) {
+    if (this.#queued + this.#partial > this.#maxBuffer) {
       this.#fail(new ProtocolError('the peer sent past its window'))
       this.socket.destroy()
       return
     }
-    this.#wakeAll()
+    // A reader waits for whole messages: most chunks (TLS records) only add to one
+    if (this.#messages.length > had) this.#wakeAll()
   }
 
-  async write(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+  /** Bytes of a message (and its length prefix) that arrived but not all of it yet. */
+  get #partial(): number {
+    return this.#headerGot + (this.#message ? HEADER + this.#got : 0)
+  }
+
+  #push(msg: Uint8Array): void {
+    this.#messages.push(msg)
+    this.#queued += msg.length
+  }
+
+  async write(message: Uint8Array | readonly Uint8Array[], signal?: AbortSignal): Promise<void> {
     signal?.throwIfAborted()
     if (this.#error) throw this.#error
     if (this.socket.destroyed || this.socket.writableEnded)
       throw new LinkError('a direct data connection closed')
-    const header = Buffer.allocUnsafe(HEADER)
-    header.writeUInt32BE(bytes.length, 0)
-    this.socket.cork()
-    this.socket.write(header)
-    const ok = this.socket.write(bytes)
-    this.socket.uncork()
-    this.#wrote += HEADER + bytes.length
+    const parts = message instanceof Uint8Array ? [message] : message
+    let length = 0
+    for (const p of parts) length += p.length
+    // Not a writev: node's TLS socket copies a multi-buffer write into one new buffer before it
+    // encrypts. So the small parts (our length prefix, a frame's protobuf head) go in one write and a
+    // large last part (a frame's payload) in another, as it is.
+    const last = parts[parts.length - 1]
+    const big = last !== undefined && last.length >= SEPARATE_WRITE_BYTES ? last : undefined
+    const head = Buffer.allocUnsafe(HEADER + length - (big?.length ?? 0))
+    head.writeUInt32BE(length, 0)
+    let off = HEADER
+    for (const p of big ? parts.slice(0, -1) : parts) {
+      head.set(p, off)
+      off += p.length
+    }
+    let ok = this.socket.write(head)
+    if (big) ok = this.socket.write(big)
+    this.#wrote += HEADER + length
     if (ok) return
     await this.#until(() => !this.socket.writableNeedDrain, signal, 'drain')
   }

@@ -64,9 +64,17 @@ export class FrameBuilder {
   /** Hash bytes in the runs: a frame of references carries no payload but 16 bytes a unit. */
   #hashBytes = 0
 
-  constructor(payloadLimit = FRAME_PAYLOAD_BYTES, maxRuns = MAX_RUNS) {
+  readonly #alloc: (bytes: number) => Buffer
+
+  /** `alloc`: where payload buffers come from (a pool of buffers of frames already acknowledged). */
+  constructor(
+    payloadLimit = FRAME_PAYLOAD_BYTES,
+    maxRuns = MAX_RUNS,
+    alloc: (bytes: number) => Buffer = Buffer.allocUnsafe,
+  ) {
     this.#limit = payloadLimit
     this.#maxRuns = maxRuns
+    this.#alloc = alloc
   }
 
   get payloadBytes(): number {
@@ -100,7 +108,7 @@ export class FrameBuilder {
     unit = typeof data === 'function' ? 0 : data.length,
   ): void {
     if (typeof data === 'function' && unit === 0) throw new RangeError('addData with a copier needs its size')
-    this.#payload ??= Buffer.allocUnsafe(this.#limit)
+    this.#payload ??= this.#alloc(this.#limit)
     if (this.#bytes + unit > this.#payload.length) throw new RangeError('frame payload overflow')
     if (typeof data === 'function') data(this.#payload, this.#bytes)
     else this.#payload.set(data, this.#bytes)
@@ -116,8 +124,8 @@ export class FrameBuilder {
     this.#add(space, 'ref', index, hash)
   }
 
-  /** The runs and the raw payload so far; the builder starts over. */
-  take(): { runs: Run[]; payload: Uint8Array; units: number } {
+  /** The runs and the raw payload so far (`buffer`: the whole buffer it is in); the builder starts over. */
+  take(): { runs: Run[]; payload: Uint8Array; units: number; buffer: Buffer | null } {
     const runs: Run[] = this.#runs.map((r) => ({
       space: r.space,
       kind: r.kind,
@@ -127,12 +135,13 @@ export class FrameBuilder {
     }))
     const payload = this.#payload ? this.#payload.subarray(0, this.#bytes) : new Uint8Array(0)
     const units = this.#units
+    const buffer = this.#payload
     this.#runs = []
     this.#payload = null
     this.#bytes = 0
     this.#units = 0
     this.#hashBytes = 0
-    return { runs, payload, units }
+    return { runs, payload, units, buffer }
   }
 
   #add(space: Space, kind: RunKind, index: number, hash: Uint8Array | null): void {
@@ -157,15 +166,26 @@ export class FrameBuilder {
 const SPACE_TO_PB = { memory: pb.Space.MEMORY, disk: pb.Space.DISK } as const
 const KIND_TO_PB = { data: pb.RunKind.DATA, zero: pb.RunKind.ZERO, ref: pb.RunKind.REF } as const
 
-export function encodeFrame(f: {
+export interface FrameFields {
   seq: number
   round: number
   runs: Run[]
   payload: Uint8Array
   codec: 'none' | 'lz4'
   rawLength: number
-}): Uint8Array {
-  return pb.DataFrame.encode({
+}
+
+/** Field 4 (`payload`), length-delimited: its key byte in the protobuf encoding. */
+const PAYLOAD_KEY = (4 << 3) | 2
+
+/**
+ * The frame as parts written back to back, without copying the payload: the protobuf encoding of
+ * every field but `payload`, then the payload field's key and length, then the payload itself. Fields
+ * may come in any order in protobuf, so the concatenation is a valid `DataFrame` (the same bytes
+ * `encodeFrame` gives, and `parseFrame` reads it unchanged).
+ */
+export function encodeFrameParts(f: FrameFields): Uint8Array[] {
+  const head = pb.DataFrame.encode({
     seq: f.seq,
     round: f.round,
     runs: f.runs.map((r) => ({
@@ -176,9 +196,33 @@ export function encodeFrame(f: {
       hashes: r.hashes ?? new Uint8Array(0),
     })),
     codec: f.codec === 'lz4' ? pb.Codec.LZ4 : pb.Codec.NONE,
-    payload: f.payload,
     rawLength: f.rawLength,
   }).finish()
+  if (f.payload.length === 0) return [head]
+  const key = Buffer.allocUnsafe(head.length + 1 + 5)
+  key.set(head, 0)
+  let off = head.length
+  key[off++] = PAYLOAD_KEY
+  let n = f.payload.length
+  while (n >= 0x80) {
+    key[off++] = (n & 0x7f) | 0x80
+    n >>>= 7
+  }
+  key[off++] = n
+  return [key.subarray(0, off), f.payload]
+}
+
+/** The frame in one buffer (tests, and channels that cannot write parts). */
+export function encodeFrame(f: FrameFields): Uint8Array {
+  const parts = encodeFrameParts(f)
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+}
+
+/** Bytes of a frame given as parts. */
+export function partsLength(parts: readonly Uint8Array[]): number {
+  let n = 0
+  for (const p of parts) n += p.length
+  return n
 }
 
 /** Decodes and checks a frame against the VM's geometry; throws ProtocolError on anything off. */

@@ -16,8 +16,10 @@ import { compressPayload } from './compress.js'
 import {
   CONTROL_PROTOCOL,
   DATA_PROTOCOL,
+  FRAME_PAYLOAD_BYTES,
   HASH_BYTES,
   MAX_QUERY_HASHES,
+  MAX_RUNS,
   MAX_WINDOW_BYTES,
   STOP_AIM,
 } from './constants.js'
@@ -38,7 +40,7 @@ import {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
-import { encodeFrame, FrameBuilder, type Space } from './frame.js'
+import { encodeFrameParts, FrameBuilder, type Space } from './frame.js'
 import type { ResolvedOptions } from './options.js'
 import type { MigrationControlMsg } from './pb-types.js'
 import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
@@ -53,6 +55,10 @@ const PAGE_SHARD = 64
 const BLOCK_SHARD = 4
 /** Disk reads in flight per stream while a round's blocks are framed (each is a thread-pool trip). */
 const BLOCK_READ_AHEAD = 16
+/** The early switchover leaves at most this long (at the measured rate) of the last round unacknowledged. */
+const EARLY_SWITCHOVER_MS = 500
+/** Payload buffers kept per stream (the 8 MiB window holds 8 frames of 1 MiB). */
+const POOL_BUFFERS = 10
 /** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
 const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
 
@@ -120,6 +126,8 @@ export class OutgoingMigration {
   #wasPaused = false
   #control: ControlChannel | undefined
   #senders: DataSender[] = []
+  /** Payload buffers per data stream (index as #senders). */
+  readonly #pools: PayloadPool[] = []
   #tables: { memory: DedupTable; disk: DedupTable }[] = []
   #lastEmit = 0
   /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
@@ -459,6 +467,7 @@ export class OutgoingMigration {
       signal: this.#signal,
     })
     this.#senders.push(sender)
+    this.#pools.push(new PayloadPool())
     this.#tables.push({
       memory: new DedupTable(dedupOn ? undefined : 0),
       disk: new DedupTable(dedupOn ? undefined : 0),
@@ -562,6 +571,8 @@ export class OutgoingMigration {
     whileAcked?: () => Promise<void>,
     /** The guest runs: a page it dirtied again since the round began waits for the next round. */
     skipRedirtied = false,
+    /** False: return once every frame is written (the early switchover counts them instead). */
+    waitAcks = true,
   ): Promise<void> {
     const n = this.#senders.length
     const pl: number[][] = Array.from({ length: n }, () => [])
@@ -575,7 +586,7 @@ export class OutgoingMigration {
     await Promise.all(
       this.#senders.map((_, k) => this.#sendUnits(k, round, pl[k]!, bl[k]!, skipZero, skipRedirtied)),
     )
-    await Promise.all([...this.#senders.map((s) => s.flush()), whileAcked?.()])
+    await Promise.all([...(waitAcks ? this.#senders.map((s) => s.flush()) : []), whileAcked?.()])
     this.#roundRemaining = 0
   }
 
@@ -589,7 +600,7 @@ export class OutgoingMigration {
     skipRedirtied: boolean,
   ): Promise<void> {
     const { memory, disk } = this.#i.instance
-    const b = new FrameBuilder()
+    const b = new FrameBuilder(FRAME_PAYLOAD_BYTES, MAX_RUNS, this.#pools[k]!.alloc)
     const frame = new FrameState(this.#cost)
     // QEMU-style: a page written again since this round's snapshot is in the next round's set anyway;
     // sending it now would only be overwritten (the stop-copy round, guest paused, sends everything)
@@ -695,7 +706,7 @@ export class OutgoingMigration {
 
   async #emitFrame(k: number, round: number, b: FrameBuilder, f: FrameState): Promise<void> {
     const sender = this.#senders[k]!
-    const { runs, payload } = b.take()
+    const { runs, payload, buffer } = b.take()
     f.finish()
     let body = payload
     let codec: 'none' | 'lz4' = 'none'
@@ -709,7 +720,7 @@ export class OutgoingMigration {
         this.#c.compressedFrames++
       }
     }
-    const bytes = encodeFrame({
+    const bytes = encodeFrameParts({
       seq: sender.nextSeq,
       round,
       runs,
@@ -720,7 +731,7 @@ export class OutgoingMigration {
     this.#c.frames++
     this.#c.bytesSent += payload.length
     const before = sender.framed.written
-    await sender.send(bytes)
+    await sender.send(bytes, buffer ? () => this.#pools[k]!.release(buffer) : undefined)
     this.#c.wireBytes += sender.framed.written - before
     this.#roundRemaining = Math.max(0, this.#roundRemaining - payload.length)
     this.#emit()
@@ -751,17 +762,38 @@ export class OutgoingMigration {
     // The source digest depends only on the paused VM (its page hashes are fresh once the last frames
     // are built): computed while the destination applies them, not after
     let digest: { combined: string } | undefined
-    await this.#sendRound(this.#round, pages.indices(), blocks.indices(), false, async () => {
-      digest = await instance.digest()
-      this.#mark('digest')
-    })
+    await this.#sendRound(
+      this.#round,
+      pages.indices(),
+      blocks.indices(),
+      false,
+      async () => {
+        digest = await instance.digest()
+        this.#mark('digest')
+      },
+      false,
+      false,
+    )
     this.#mark('lastRound')
     await journaled
     this.#signal.throwIfAborted()
     if (!digest) throw new MigrationError('INTERNAL', 'no source digest')
     const d = digest.combined
     this.#setPhase('handover')
-    await this.#commit(epoch + 1, { switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1 } })
+    // Early switchover: sent as soon as the last round is written, not acknowledged (one data round
+    // trip less in the pause). The destination applies exactly `streamFrames` frames per stream before
+    // it verifies, so the digest still covers every byte; a failure from here on is resolved as any
+    // lost COMMIT (status protocol), never by resuming blindly.
+    // Only what the link delivers in a moment may still be on its way (a slow link, or no rate measured
+    // yet, waits for the acknowledgements first): the destination's wait for it then stays far inside
+    // the step timeout the COMMIT's answer has.
+    const early = (this.#bandwidthBps * EARLY_SWITCHOVER_MS) / 1000 / Math.max(1, this.#senders.length)
+    await Promise.all(this.#senders.map((s) => s.drainTo(early)))
+    this.#mark('drained')
+    const streamFrames = this.#senders.map((s) => s.nextSeq)
+    await this.#commit(epoch + 1, {
+      switchover: { round: this.#round, digest: d, commitEpoch: epoch + 1, streamFrames },
+    })
   }
 
   /** The handover journal write started at the pause (a failure waits for it before `onAborted`). */
@@ -985,7 +1017,7 @@ export class OutgoingMigration {
           continue
         }
         const { runs, payload } = b.take()
-        const bytes = encodeFrame({
+        const bytes = encodeFrameParts({
           seq: sender.nextSeq,
           round,
           runs,
@@ -1118,6 +1150,21 @@ export class OutgoingMigration {
     }
     if (this.#control) closing.push(this.#control.framed.close())
     await Promise.allSettled(closing)
+  }
+}
+
+/**
+ * Payload buffers of one stream's frames, reused once a frame is acknowledged (a fresh 1 MiB buffer a
+ * frame costs page faults and garbage collection of external memory). At most a window's worth.
+ */
+class PayloadPool {
+  readonly #free: Buffer[] = []
+  readonly alloc = (bytes: number): Buffer => {
+    const b = this.#free.pop()
+    return b && b.length === bytes ? b : Buffer.allocUnsafe(bytes)
+  }
+  release(b: Buffer): void {
+    if (this.#free.length < POOL_BUFFERS) this.#free.push(b)
   }
 }
 

@@ -17,7 +17,8 @@ export type Control = InstanceType<typeof pb.MigrationControl>
 export interface FrameChannel {
   /** Bytes written so far (payload plus framing). */
   readonly written: number
-  write(bytes: Uint8Array, signal?: AbortSignal): Promise<void>
+  /** One message; given as parts, they are sent back to back as one message (no copy where possible). */
+  write(bytes: Uint8Array | readonly Uint8Array[], signal?: AbortSignal): Promise<void>
   /** The next message, or null at a clean end. */
   read(signal?: AbortSignal): Promise<Uint8Array | null>
   close(): Promise<void>
@@ -40,7 +41,9 @@ export class Framed implements FrameChannel {
     return this.#wrote
   }
 
-  async write(bytes: Uint8Array, signal?: AbortSignal): Promise<void> {
+  async write(message: Uint8Array | readonly Uint8Array[], signal?: AbortSignal): Promise<void> {
+    // noise copies every byte anyway: a concat costs little here
+    const bytes = message instanceof Uint8Array ? message : Buffer.concat(message)
     try {
       await this.#lp.write(bytes, { signal })
       this.#wrote += bytes.length + varintLength(bytes.length)

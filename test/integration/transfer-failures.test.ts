@@ -204,6 +204,92 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     assert.equal(b.vms.has('forged'), false)
   })
 
+  /** A forged source: offer (1 data stream) and DataHello; returns the control and data streams. */
+  async function forgedSource(id: string) {
+    const spec = { id, name: id, vcpus: 1, memoryMib: 32, diskMib: 64 }
+    const control = lpStream(await a.host.dialProtocol(b.host.peerId, CONTROL_PROTOCOL), {
+      maxDataLength: 1 << 20,
+    })
+    await control.write(
+      pb.MigrationControl.encode({
+        offer: {
+          migrationId: `${id}-1`,
+          spec,
+          epoch: 1,
+          pageSize: 4096,
+          pageCount: (32 * 1024 * 1024) / 4096,
+          blockSize: 65536,
+          blockCount: 1024,
+          streams: 1,
+        },
+      }).finish(),
+    )
+    const accept = pb.MigrationControl.decode((await control.read()).subarray())
+    assert.equal(accept.msg, 'accept')
+    const data = lpStream(await a.host.dialProtocol(b.host.peerId, DATA_PROTOCOL), { maxDataLength: 1 << 20 })
+    await data.write(
+      pb.DataHello.encode({
+        migrationId: `${id}-1`,
+        reservationId: accept.accept!.reservationId,
+        streamIndex: 0,
+      }).finish(),
+    )
+    // Zero runs only: valid frames that carry no payload
+    const frame = (seq: number) =>
+      pb.DataFrame.encode({ seq, round: 0, runs: [{ space: 0, kind: 1, first: seq, count: 1 }] }).finish()
+    const switchover = (streamFrames: number[]) =>
+      pb.MigrationControl.encode({
+        switchover: { round: 0, digest: 'not-the-digest', commitEpoch: 2, streamFrames },
+      }).finish()
+    return { control, data, frame, switchover }
+  }
+
+  it('early switchover: the destination applies the frames it counts before it verifies', {
+    timeout: 30_000,
+  }, async () => {
+    const f = await forgedSource('early')
+    await f.data.write(f.frame(0))
+    await f.control.write(f.switchover([2]))
+    // One frame is still missing: no verdict yet (the phase turns to verify once all are applied)
+    await waitFor(
+      () => b.service.get('early-1'),
+      (x) => (x?.frames ?? 0) >= 1,
+    )
+    await delay(300)
+    assert.equal(b.service.get('early-1')?.phase, 'precopy')
+    await f.data.write(f.frame(1))
+    for (const seq of [0, 1]) assert.equal(pb.DataAck.decode((await f.data.read()).subarray()).seq, seq)
+    // Then the (wrong) digest is checked: refused, nothing committed
+    const v = pb.MigrationControl.decode((await f.control.read()).subarray())
+    assert.equal(v.msg, 'verified')
+    assert.equal(v.verified?.ok, false)
+    const inEnd = await waitFor(
+      () => b.service.get('early-1'),
+      (x) => x?.phase === 'failed',
+    )
+    assert.equal(inEnd?.error?.code, 'VERIFY_FAILED', JSON.stringify(inEnd?.error))
+    assert.equal(b.vms.has('early'), false)
+  })
+
+  it('early switchover: counting fewer frames than came aborts the migration', {
+    timeout: 30_000,
+  }, async () => {
+    const f = await forgedSource('short')
+    await f.data.write(f.frame(0))
+    await f.data.write(f.frame(1))
+    await waitFor(
+      () => b.service.get('short-1'),
+      (x) => (x?.frames ?? 0) >= 2,
+    )
+    await f.control.write(f.switchover([1]))
+    const end = await waitFor(
+      () => b.service.get('short-1'),
+      (x) => x?.phase === 'failed',
+    )
+    assert.equal(end?.error?.code, 'PROTOCOL', JSON.stringify(end?.error))
+    assert.equal(b.vms.has('short'), false)
+  })
+
   it('commit refused by the destination journal: the source resumes the VM', {
     timeout: 30_000,
   }, async () => {

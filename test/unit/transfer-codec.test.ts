@@ -5,13 +5,55 @@ import { compressPayload, decompressPayload } from '../../src/transfer/compress.
 import { FRAME_PAYLOAD_BYTES, HASH_BYTES, MAX_RUNS } from '../../src/transfer/constants.js'
 import { contentHash, DedupTable, hashKey } from '../../src/transfer/dedup.js'
 import { ProtocolError } from '../../src/transfer/errors.js'
-import { encodeFrame, FrameBuilder, type Geometry, parseFrame } from '../../src/transfer/frame.js'
+import {
+  encodeFrame,
+  encodeFrameParts,
+  FrameBuilder,
+  type Geometry,
+  parseFrame,
+} from '../../src/transfer/frame.js'
 import { decodeControl } from '../../src/transfer/wire.js'
 
 const g: Geometry = { pageSize: 4096, pageCount: 1024, blockSize: 65536, blockCount: 64, dedup: true }
 const page = (v: number) => Buffer.alloc(4096, v)
 
 describe('data frame codec', () => {
+  it('frames written as parts (payload not copied) decode as the protobuf encoding does', () => {
+    const geo = { ...g, pageCount: 1 << 20 }
+    // Payload lengths around the varint boundaries of the payload field's length
+    for (const pages of [0, 1, 31, 32, 33, 256]) {
+      for (const extra of [0, 127, 128]) {
+        const payload = Buffer.alloc(pages * 4096 + extra, 9)
+        const runs =
+          pages > 0 ? [{ space: 'memory' as const, kind: 'data' as const, first: 7, count: pages }] : []
+        const fields = { seq: 3, round: 1, runs, payload, codec: 'none' as const, rawLength: pages * 4096 }
+        const parts = encodeFrameParts(fields)
+        if (payload.length > 0) assert.equal(parts[1], payload, 'the payload itself, not a copy')
+        const whole = pb.DataFrame.decode(Buffer.concat(parts))
+        const ref = pb.DataFrame.decode(
+          pb.DataFrame.encode({
+            seq: 3,
+            round: 1,
+            runs: whole.runs,
+            payload,
+            rawLength: pages * 4096,
+          }).finish(),
+        )
+        assert.deepEqual(Buffer.from(whole.payload), Buffer.from(ref.payload))
+        assert.equal(whole.seq, 3)
+        assert.equal(whole.rawLength, pages * 4096)
+        if (extra === 0) {
+          const f = parseFrame(Buffer.concat(parts), geo)
+          assert.equal(f.payload.length, payload.length)
+          assert.deepEqual(f.runs, runs)
+        } else {
+          // Runs that do not cover the payload are refused as before
+          assert.throws(() => parseFrame(Buffer.concat(parts), geo), ProtocolError)
+        }
+      }
+    }
+  })
+
   it('round-trips data, zero runs and references, merging consecutive units', () => {
     const b = new FrameBuilder()
     const h = contentHash(page(1))
