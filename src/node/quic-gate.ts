@@ -15,6 +15,15 @@ export function isQuic(addr: Multiaddr): boolean {
   return addr.getComponents().some((c) => c.name === 'quic-v1' || c.name === 'quic')
 }
 
+/**
+ * A connection that runs over QUIC itself, so without the protector. A relayed connection whose hop
+ * to the relay is QUIC (`/udp/N/quic-v1/p2p/R/p2p-circuit/...`) is upgraded with pnet end to end.
+ */
+export function isBareQuic(addr: Multiaddr): boolean {
+  const names = addr.getComponents().map((c) => c.name)
+  return names.some((n) => n === 'quic-v1' || n === 'quic') && !names.includes('p2p-circuit')
+}
+
 export class MeshKeyGate {
   /** Peers that completed a pnet-protected connection with us (so they hold the mesh key). */
   private readonly proved = new Set<string>()
@@ -34,7 +43,7 @@ export class MeshKeyGate {
       // Do not even start a QUIC handshake with a peer that has not proved the key (the dial
       // queue then tries the peer's next address, e.g. TCP, which proves it).
       denyDialMultiaddr: (ma: Multiaddr) => {
-        if (!this.enforced || !isQuic(ma)) return false
+        if (!this.enforced || !isBareQuic(ma)) return false
         const peer = ma.getComponents().find((c) => c.name === 'p2p')?.value
         return peer !== undefined && !this.proved.has(peer)
       },
@@ -50,7 +59,7 @@ export class MeshKeyGate {
   private deny(peer: PeerId, conn: MultiaddrConnection, direction: 'inbound' | 'outbound'): boolean {
     if (!this.enforced) return false
     const id = peer.toString()
-    if (!isQuic(conn.remoteAddr)) {
+    if (!isBareQuic(conn.remoteAddr)) {
       // Encrypted-stage calls come after pnet too (the protector runs before encryption).
       this.remember(id)
       return false

@@ -104,9 +104,12 @@ describe('QUIC transport: only peers that proved the mesh key get in', () => {
     stream.send(new TextEncoder().encode('over quic'))
     await waitFor('the member got the bytes', async () => sunk.some((s) => s.endsWith(':over quic')), 5000)
     assert.equal(sunk.length, 1, `only b's stream reached the sink: ${sunk.join(', ')}`)
-    assert.ok(
-      a.getConnections(b.peerId).some((c) => isQuic(c.remoteAddr)),
-      'a holds the QUIC connection from b',
-    )
+    const inbound = a.getConnections(b.peerId).find((c) => isQuic(c.remoteAddr))
+    assert.ok(inbound, 'a holds the QUIC connection from b')
+    // Why DCUtR cannot punch with this transport: @chainsafe/libp2p-quic dials from its own client
+    // socket (an ephemeral UDP port that accepts no connections), not from the listening socket, so
+    // the address a peer observes is not one that anybody can connect to (README, across clouds).
+    const port = (m: Multiaddr) => m.getComponents().find((c) => c.name === 'udp')?.value
+    assert.notEqual(port(inbound.remoteAddr), port(quicAddr(b)), 'b dialled from its listening port')
   })
 })
