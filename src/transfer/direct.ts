@@ -14,6 +14,7 @@
 import { randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import { isIP } from 'node:net'
+import { networkInterfaces } from 'node:os'
 import tls from 'node:tls'
 import type { Logger } from 'pino'
 import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
@@ -265,6 +266,9 @@ export class DirectListener {
    */
   async grant(host: string, migrationId: string): Promise<DirectGrant & { release(): void }> {
     if (!isIP(host)) throw new Error(`not an IP address: ${host}`)
+    // A peer names the address; only one of this host's own unicast addresses may be listened on
+    // (never 0.0.0.0 or ::, which would open the listener on every interface)
+    if (!isOwnAddress(host)) throw new Error(`not an address of this host: ${host}`)
     let s = this.#servers.get(host)
     if (!s) {
       const server = tls.createServer(
@@ -390,6 +394,15 @@ export async function connectDirect(
   } finally {
     if (onAbort) t.removeEventListener('abort', onAbort)
   }
+}
+
+/** Whether `ip` is configured on one of this host's interfaces (the unspecified addresses are not). */
+export function isOwnAddress(ip: string): boolean {
+  const wanted = ip.toLowerCase()
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) if (a.address.toLowerCase() === wanted) return true
+  }
+  return false
 }
 
 /** The IP address of a libp2p connection's remote end, if it is a direct TCP one (not a relay). */

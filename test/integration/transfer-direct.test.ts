@@ -177,7 +177,10 @@ describe('DirectListener', { timeout: 30_000 }, () => {
         (e: Error) => e.name === 'ProtocolError',
       )
       bad!.abort(new Error('done'))
-      await assert.rejects(l.grant('192.0.2.1', 'm-2'), 'not an address of this host')
+      await assert.rejects(l.grant('192.0.2.1', 'm-2'), /not an address of this host/)
+      // a peer cannot make the listener open on every interface
+      await assert.rejects(l.grant('0.0.0.0', 'm-4'), /not an address of this host: 0\.0\.0\.0/)
+      await assert.rejects(l.grant('::', 'm-5'), /not an address of this host: ::/)
     } finally {
       l.close()
     }
