@@ -45,6 +45,8 @@ interface Run {
   downtimeMs: number
   bytes: number
   memOk: boolean
+  /** Mesh runs: what carried the tunnels (direct-tls or libp2p). */
+  channel?: string
 }
 
 const WORKLOADS = [
@@ -54,6 +56,10 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
+/** Paths to run (comma-separated: direct, mesh1, mesh4); default all. */
+const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,mesh1,mesh4').split(','))
+/** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
+const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
 async function direct(workload: { name: string; rateMiBps: number }, rep: number): Promise<Run> {
   const driver = new QemuDriver()
@@ -200,7 +206,11 @@ async function meshPair(dir: string) {
         180_000,
         'boot',
       )
-      const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams, downtimeMs: DOWNTIME_MS })
+      const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, {
+        streams,
+        downtimeMs: DOWNTIME_MS,
+        channel: CHANNEL,
+      })
       const v = await services[0]!.done(m.id)
       if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
       const dst = vms[1]!.get(spec.id)!.instance as QemuVm
@@ -222,6 +232,7 @@ async function meshPair(dir: string) {
         downtimeMs: v.downtimeMs ?? Number.NaN,
         bytes: v.bytesSent,
         memOk,
+        ...(v.channel ? { channel: v.channel } : {}),
       }
     },
     async close() {
@@ -245,10 +256,11 @@ async function main(): Promise<void> {
     // Alternated, so a slow spell of the shared machine hits every path alike; medians reported
     for (let rep = 0; rep < REPEATS; rep++) {
       for (const w of WORKLOADS) {
-        runs.push(await direct(w, rep))
-        runs.push(await pair.migrate(w, 1, rep))
-        runs.push(await pair.migrate(w, 4, rep))
-        for (const r of runs.slice(-3)) process.stderr.write(`${JSON.stringify(r)}\n`)
+        const n = runs.length
+        if (ONLY.has('direct')) runs.push(await direct(w, rep))
+        if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
+        if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
+        for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
       }
     }
   } finally {
@@ -274,12 +286,12 @@ async function main(): Promise<void> {
     }
   })
   const rows = medians.map((r) => {
-    const base = medians.find((x) => x.workload === r.workload && x.path.startsWith('direct'))!
+    const base = medians.find((x) => x.workload === r.workload && x.path.startsWith('direct'))
     return {
       ...r,
-      totalRatio: r.totalMs / base.totalMs,
-      downtimeRatio: r.downtimeMs / base.downtimeMs,
-      bytesRatio: r.bytes / base.bytes,
+      totalRatio: base ? r.totalMs / base.totalMs : Number.NaN,
+      downtimeRatio: base ? r.downtimeMs / base.downtimeMs : Number.NaN,
+      bytesRatio: base ? r.bytes / base.bytes : Number.NaN,
     }
   })
   process.stdout.write(
@@ -300,7 +312,7 @@ async function main(): Promise<void> {
   )
   const outDir = join(process.cwd(), 'bench/results')
   await mkdir(outDir, { recursive: true })
-  const file = join(outDir, 'qemu.json')
+  const file = join(outDir, process.env.SKYMESH_BENCH_OUT ?? 'qemu.json')
   await writeFile(
     file,
     `${JSON.stringify({ date: new Date().toISOString(), guest: { memoryMiB: 128, downtimeLimitMs: DOWNTIME_MS }, repeats: REPEATS, medians: rows, runs }, null, 2)}\n`,

@@ -4,8 +4,9 @@
 // socket pauses the stream (yamux then stops granting window to the sender).
 
 import { rm } from 'node:fs/promises'
-import { createServer, type Server, type Socket } from 'node:net'
+import { createServer, type Server, Socket } from 'node:net'
 import type { Stream } from '@libp2p/interface'
+import { pipeSockets } from './direct-tunnel.js'
 
 /** Read buffer of a tunnel stream: above yamux's largest stream window. */
 export const TUNNEL_READ_BUFFER = 32 * 1024 * 1024
@@ -127,8 +128,9 @@ export function pipeSocketStream(socket: Socket, stream: Stream, counters: Tunne
 }
 
 /**
- * A unix socket the local QEMU connects to; each connection is tunnelled through a stream from
- * `open()`. Errors of a tunnel go to `onError` (the migration fails on them).
+ * A unix socket the local QEMU connects to; each connection is tunnelled through what `open()` gives:
+ * a libp2p stream or a direct TLS socket (direct-tunnel.ts). Errors of a tunnel go to `onError` (the
+ * migration fails on them).
  */
 export class TunnelListener {
   readonly counters: TunnelCounters = { out: 0, in: 0 }
@@ -145,7 +147,7 @@ export class TunnelListener {
 
   static async listen(
     path: string,
-    open: () => Promise<Stream>,
+    open: () => Promise<Stream | Socket>,
     onError: (err: Error) => void,
   ): Promise<TunnelListener> {
     await rm(path, { force: true })
@@ -159,9 +161,10 @@ export class TunnelListener {
       l.#sockets.add(socket)
       socket.pause()
       const p = open()
-        .then((stream) => {
+        .then((remote) => {
+          if (remote instanceof Socket) return pipeSockets(socket, remote, l.counters)
           socket.resume()
-          return pipeSocketStream(socket, stream, l.counters)
+          return pipeSocketStream(socket, remote, l.counters)
         })
         .catch((err: unknown) => {
           socket.destroy()
