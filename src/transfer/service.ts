@@ -167,7 +167,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       setOutcome: (id, outcome, epoch) => this.#setOutcome(id, outcome, epoch),
       emitProgress: (v) => this.emit('progress', v),
       directData: this.#directInit.enabled !== false,
-      ...(this.#directInit.connectTimeoutMs ? { directConnectTimeoutMs: this.#directInit.connectTimeoutMs } : {}),
+      ...(this.#directInit.connectTimeoutMs
+        ? { directConnectTimeoutMs: this.#directInit.connectTimeoutMs }
+        : {}),
     })
   }
 

@@ -20,7 +20,6 @@ const TLS_COMMON = { ciphers: DIRECT_CIPHERS, minVersion: 'TLSv1.2', maxVersion:
 export class QemuDirectListener {
   readonly grant: DirectGrant
   readonly #server: tls.Server
-  readonly #sockets = new Set<Socket>()
 
   private constructor(server: tls.Server, grant: DirectGrant) {
     this.#server = server
@@ -51,9 +50,6 @@ export class QemuDirectListener {
           socket.destroy()
           return
         }
-        const sockets = self.#sockets
-        sockets.add(socket)
-        socket.once('close', () => sockets.delete(socket))
         socket.setNoDelay(true)
         // The kind byte; a connection that says nothing within 10 s is dropped
         const t = setTimeout(() => socket.destroy(), 10_000)
@@ -84,11 +80,12 @@ export class QemuDirectListener {
     return self
   }
 
-  /** Stops accepting and cuts every tunnel still open. */
+  /**
+   * Stops accepting. Open tunnels carry on until QEMU closes them: after a post-copy handover the
+   * guest's last pages still come through them.
+   */
   close(): void {
     this.#server.close()
-    for (const s of this.#sockets) s.destroy()
-    this.#sockets.clear()
   }
 }
 

@@ -3,8 +3,8 @@
 // shares its bookkeeping (active list, limits, outcomes for the status protocol, agent hooks).
 import { randomUUID } from 'node:crypto'
 import { createConnection, type Socket } from 'node:net'
-import type tls from 'node:tls'
 import { join } from 'node:path'
+import type tls from 'node:tls'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
@@ -295,9 +295,7 @@ export class QemuMigrations {
         const accept = {
           reservationId,
           postcopy,
-          ...(grant
-            ? { directPort: grant.port, directKey: grant.key, directIdentity: grant.identity }
-            : {}),
+          ...(grant ? { directPort: grant.port, directKey: grant.key, directIdentity: grant.identity } : {}),
         }
         await control.send({ accept }, signal).catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
@@ -316,7 +314,12 @@ export class QemuMigrations {
   }
 
   /** A direct tunnel of `m` (its TLS-PSK key and identity are that migration's): to the QEMU socket of its kind. */
-  async #onDirectTunnel(m: QemuIncomingMigration, remote: tls.TLSSocket, kind: number, head: Buffer): Promise<void> {
+  async #onDirectTunnel(
+    m: QemuIncomingMigration,
+    remote: tls.TLSSocket,
+    kind: number,
+    head: Buffer,
+  ): Promise<void> {
     const path =
       kind === pb.QemuTunnelKind.TUNNEL_NBD
         ? m.nbdPath
@@ -340,7 +343,12 @@ export class QemuMigrations {
       await pipeSockets(socket, remote, m.counters, head)
     } catch (err) {
       remote.destroy()
-      this.#log.warn({ migration: m.id, err: (err as Error).message }, 'qemu direct tunnel ended with an error')
+      // Once the migration is over, the source cutting its tunnels is their normal end
+      const over = ['done', 'failed', 'cancelled'].includes(m.view().phase)
+      this.#log[over ? 'debug' : 'warn'](
+        { migration: m.id, err: (err as Error).message },
+        'qemu direct tunnel ended with an error',
+      )
     }
   }
 

@@ -5,9 +5,10 @@
 // migration completes; then the handover of the engine: onHandover (journal) -> COMMIT -> RUNNING
 // -> onReleased (the source QEMU quits). Before COMMIT every failure cancels QEMU's jobs and the
 // guest runs on here; after COMMIT without an answer the guest stays paused (in doubt).
+
+import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { Socket } from 'node:net'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
@@ -23,6 +24,7 @@ import {
   waitMirrorReady,
 } from '../../vm/qemu/index.js'
 import type { VmSpec } from '../../vm/types.js'
+import { type DirectGrant, directHostOf } from '../direct.js'
 import {
   asMigrationError,
   CancelledError,
@@ -32,7 +34,6 @@ import {
   type RefusalCode,
 } from '../errors.js'
 import type { ResolvedOptions } from '../options.js'
-import { type DirectGrant, directHostOf } from '../direct.js'
 import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'

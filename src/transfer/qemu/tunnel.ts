@@ -137,6 +137,7 @@ export class TunnelListener {
   readonly #server: Server
   readonly #sockets = new Set<Socket>()
   readonly #pipes: Promise<void>[] = []
+  #lastOpen: Promise<void> = Promise.resolve()
 
   private constructor(
     readonly path: string,
@@ -160,7 +161,15 @@ export class TunnelListener {
       const l = self
       l.#sockets.add(socket)
       socket.pause()
-      const p = open()
+      // Tunnels open one after the other, in QEMU's connection order: QEMU 7.2's incoming side takes
+      // its first connection as the main migration channel and the next ones as multifd channels, so
+      // the destination must see them in the same order (concurrent handshakes could swap them)
+      const opened = l.#lastOpen.then(open)
+      l.#lastOpen = opened.then(
+        () => undefined,
+        () => undefined,
+      )
+      const p = opened
         .then((remote) => {
           if (remote instanceof Socket) return pipeSockets(socket, remote, l.counters)
           socket.resume()
