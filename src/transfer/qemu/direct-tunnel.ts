@@ -13,8 +13,16 @@ import type { TunnelCounters } from './tunnel.js'
 
 const KEY_BYTES = 32
 
-/** TLS options both ends share: PSK only, no certificate. */
-const TLS_COMMON = { ciphers: DIRECT_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
+/**
+ * TLS options both ends share: PSK only, no certificate; half-open, so a QEMU that shuts down its
+ * sending side still gets what the other side has to say (as with a unix socket).
+ */
+const TLS_COMMON = {
+  ciphers: DIRECT_CIPHERS,
+  minVersion: 'TLSv1.2',
+  maxVersion: 'TLSv1.2',
+  allowHalfOpen: true,
+} as const
 
 /** The destination's listener of one migration's direct tunnels. */
 export class QemuDirectListener {
