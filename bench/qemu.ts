@@ -1,7 +1,8 @@
 // bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
 // sockets (the baseline) vs through the mesh: two libp2p hosts (tcp + noise + yamux, as the
-// agents') with the agents' migration service, QEMU's migration stream and its disk mirror
-// tunnelled over libp2p streams, with one stream and with multifd (4 channels, 4 streams).
+// agents') with the agents' migration service (the destination in a worker thread), QEMU's
+// migration stream and its disk mirror tunnelled over direct TLS-PSK connections (libp2p streams
+// with SKYMESH_BENCH_CHANNEL=libp2p), with one stream and with multifd (4 channels, 4 tunnels).
 //
 // Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
 // over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
