@@ -1,7 +1,8 @@
 // bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
 // sockets (the baseline) vs through the mesh: two libp2p hosts (tcp + noise + yamux, as the
-// agents') with the agents' migration service, QEMU's migration stream and its disk mirror
-// tunnelled over libp2p streams, with one stream and with multifd (4 channels, 4 streams).
+// agents') with the agents' migration service (the destination in a worker thread), QEMU's
+// migration stream and its disk mirror tunnelled over direct TLS-PSK connections (libp2p streams
+// with SKYMESH_BENCH_CHANNEL=libp2p), with one stream and with multifd (4 channels, 4 tunnels).
 //
 // Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
 // over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
@@ -19,11 +20,9 @@
 import '../src/node/polyfill.js'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { generateKeyPair } from '@libp2p/crypto/keys'
-import pino from 'pino'
-import { createHost } from '../src/node/p2p.js'
-import { type LocalVm, MigrationService } from '../src/transfer/index.js'
-import type { QemuVm } from '../src/vm/qemu/index.js'
+import { Worker } from 'node:worker_threads'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import {
   completeMirror,
   exportDisk,
@@ -35,6 +34,7 @@ import {
 } from '../src/vm/qemu/index.js'
 import { guestSpec, memLines, qemuSkipReason, shortTmpDir, waitSerial } from '../test/helpers/qemu.js'
 import { f, ratio, table } from './lib/format.js'
+import { meshSide } from './qemu-side.js'
 
 interface Run {
   workload: string
@@ -45,6 +45,10 @@ interface Run {
   downtimeMs: number
   bytes: number
   memOk: boolean
+  /** Mesh runs: what carried the tunnels (direct-tls or libp2p). */
+  channel?: string
+  /** Mesh runs: CPU time of the bench process (both agents) during the migration. */
+  nodeCpuMs?: number
 }
 
 const WORKLOADS = [
@@ -54,6 +58,10 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
+/** Paths to run (comma-separated: direct, mesh1, mesh4); default all. */
+const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,mesh1,mesh4').split(','))
+/** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
+const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
 async function direct(workload: { name: string; rateMiBps: number }, rep: number): Promise<Run> {
   const driver = new QemuDriver()
@@ -137,83 +145,48 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
   }
 }
 
-/** Two libp2p hosts (tcp + noise + yamux, as the agents'), each with a migration service and a QEMU driver. */
+/**
+ * Two libp2p hosts (tcp + noise + yamux, as the agents'), each with a migration service and a QEMU
+ * driver: the source here, the destination in a worker thread (its own event loop, as another agent).
+ */
 async function meshPair(dir: string) {
   // The source's milestones come in its 'running at the destination' log line
   const milestones = new Map<string, Record<string, number>>()
-  const logger = pino(
-    { level: 'info' },
-    {
-      write(line: string) {
-        const rec = JSON.parse(line) as {
-          level: number
-          migration?: string
-          milestones?: Record<string, number>
-        }
-        if (rec.milestones && rec.migration) milestones.set(rec.migration, rec.milestones)
-        else if (rec.level >= 40) process.stderr.write(line)
-      },
-    },
-  )
-  const vms = [new Map<string, LocalVm>(), new Map<string, LocalVm>()]
-  const hosts: Awaited<ReturnType<typeof createHost>>[] = []
-  const drivers: QemuDriver[] = []
-  const services: MigrationService[] = []
-  for (const i of [0, 1]) {
-    const host = await createHost({
-      privateKey: await generateKeyPair('Ed25519'),
-      listen: ['/ip4/127.0.0.1/tcp/0'],
+  const src = await meshSide(`${dir}/0`, (line) => {
+    const rec = JSON.parse(line) as { level: number; migration?: string; milestones?: Record<string, number> }
+    if (rec.milestones && rec.migration) milestones.set(rec.migration, rec.milestones)
+    else if (rec.level >= 40) process.stderr.write(line)
+  })
+  const worker = new Worker(new URL('./qemu-worker.js', import.meta.url), { workerData: { dir: `${dir}/1` } })
+  const next = () =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      worker.once('message', resolve)
+      worker.once('error', reject)
     })
-    const driver = new QemuDriver()
-    const svc = new MigrationService({
-      host,
-      logger,
-      driver,
-      vmDir: (id) => `${dir}/${i}/${id}`,
-      lookupVm: (id) => vms[i]!.get(id),
-      hooks: {
-        onCommit: async (_m, instance, epoch) => {
-          vms[i]!.set(instance.spec.id, { instance, spec: instance.spec, epoch })
-        },
-        onReleased: async (m, instance) => {
-          vms[i]!.delete(m.vmId)
-          await instance.destroy()
-        },
-      },
-    })
-    await svc.start()
-    hosts.push(host)
-    drivers.push(driver)
-    services.push(svc)
-  }
-  await hosts[0]!.dial(hosts[1]!.getMultiaddrs()[0]!)
+  const hello = (await next()) as { addr: string; peerId: string }
+  const dstPeer = peerIdFromString(hello.peerId)
+  await src.host.dial(multiaddr(hello.addr))
   return {
     async migrate(workload: { name: string; rateMiBps: number }, streams: number, rep: number): Promise<Run> {
       const spec = guestSpec(`bench-mesh-${workload.rateMiBps}-${streams}-${rep}`, {
         rateMiBps: workload.rateMiBps,
       })
-      const src = await drivers[0]!.create(spec, { dir: `${dir}/0/${spec.id}` })
-      vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+      const vm = await src.driver.create(spec, { dir: `${dir}/0/${spec.id}` })
+      src.vms.set(spec.id, { instance: vm, spec, epoch: 1 })
       await waitSerial(
-        src.serialLog,
-        () => memLines(src.serialLog).filter((l) => l.ok).length >= 3,
+        vm.serialLog,
+        () => memLines(vm.serialLog).filter((l) => l.ok).length >= 3,
         180_000,
         'boot',
       )
-      const m = services[0]!.migrate(spec.id, hosts[1]!.peerId, { streams, downtimeMs: DOWNTIME_MS })
-      const v = await services[0]!.done(m.id)
+      const cpu0 = process.cpuUsage()
+      const m = src.service.migrate(spec.id, dstPeer, { streams, downtimeMs: DOWNTIME_MS, channel: CHANNEL })
+      const v = await src.service.done(m.id)
+      const cpu = process.cpuUsage(cpu0)
       if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
-      const dst = vms[1]!.get(spec.id)!.instance as QemuVm
-      const before = memLines(dst.serialLog).length
-      await waitSerial(
-        dst.serialLog,
-        () => memLines(dst.serialLog).length >= before + 2,
-        60_000,
-        'writer at dst',
-      )
-      const memOk = memLines(dst.serialLog).every((l) => l.ok)
-      vms[1]!.delete(spec.id)
-      await dst.destroy()
+      worker.postMessage({ cmd: 'check', vmId: spec.id })
+      const r = (await next()) as { memOk?: boolean; error?: string }
+      if (r.error) throw new Error(r.error)
       return {
         workload: workload.name,
         path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
@@ -221,13 +194,16 @@ async function meshPair(dir: string) {
         totalMs: v.totalMs ?? Number.NaN,
         downtimeMs: v.downtimeMs ?? Number.NaN,
         bytes: v.bytesSent,
-        memOk,
+        memOk: r.memOk === true,
+        ...(v.channel ? { channel: v.channel } : {}),
+        nodeCpuMs: Math.round((cpu.user + cpu.system) / 1000),
       }
     },
     async close() {
-      await Promise.all(services.map((x) => x.stop()))
-      await Promise.all(drivers.map((d) => d.close()))
-      await Promise.all(hosts.map((h) => h.stop()))
+      worker.postMessage({ cmd: 'close' })
+      await next().catch(() => undefined)
+      await worker.terminate()
+      await src.close()
     },
   }
 }
@@ -245,10 +221,11 @@ async function main(): Promise<void> {
     // Alternated, so a slow spell of the shared machine hits every path alike; medians reported
     for (let rep = 0; rep < REPEATS; rep++) {
       for (const w of WORKLOADS) {
-        runs.push(await direct(w, rep))
-        runs.push(await pair.migrate(w, 1, rep))
-        runs.push(await pair.migrate(w, 4, rep))
-        for (const r of runs.slice(-3)) process.stderr.write(`${JSON.stringify(r)}\n`)
+        const n = runs.length
+        if (ONLY.has('direct')) runs.push(await direct(w, rep))
+        if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
+        if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
+        for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
       }
     }
   } finally {
@@ -274,12 +251,12 @@ async function main(): Promise<void> {
     }
   })
   const rows = medians.map((r) => {
-    const base = medians.find((x) => x.workload === r.workload && x.path.startsWith('direct'))!
+    const base = medians.find((x) => x.workload === r.workload && x.path.startsWith('direct'))
     return {
       ...r,
-      totalRatio: r.totalMs / base.totalMs,
-      downtimeRatio: r.downtimeMs / base.downtimeMs,
-      bytesRatio: r.bytes / base.bytes,
+      totalRatio: base ? r.totalMs / base.totalMs : Number.NaN,
+      downtimeRatio: base ? r.downtimeMs / base.downtimeMs : Number.NaN,
+      bytesRatio: base ? r.bytes / base.bytes : Number.NaN,
     }
   })
   process.stdout.write(
@@ -300,7 +277,7 @@ async function main(): Promise<void> {
   )
   const outDir = join(process.cwd(), 'bench/results')
   await mkdir(outDir, { recursive: true })
-  const file = join(outDir, 'qemu.json')
+  const file = join(outDir, process.env.SKYMESH_BENCH_OUT ?? 'qemu.json')
   await writeFile(
     file,
     `${JSON.stringify({ date: new Date().toISOString(), guest: { memoryMiB: 128, downtimeLimitMs: DOWNTIME_MS }, repeats: REPEATS, medians: rows, runs }, null, 2)}\n`,

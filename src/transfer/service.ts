@@ -166,6 +166,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       active: (id) => this.#active.get(id),
       setOutcome: (id, outcome, epoch) => this.#setOutcome(id, outcome, epoch),
       emitProgress: (v) => this.emit('progress', v),
+      directData: this.#directInit.enabled !== false,
+      ...(this.#directInit.connectTimeoutMs
+        ? { directConnectTimeoutMs: this.#directInit.connectTimeoutMs }
+        : {}),
     })
   }
 

@@ -1,5 +1,6 @@
-// QEMU migration through libp2p between two migration services in one process (two libp2p hosts,
-// two QEMUs): QEMU's migration stream and its disk mirror tunnelled over streams, the handover of
+// QEMU migration through the mesh between two migration services in one process (two libp2p hosts,
+// two QEMUs): QEMU's migration stream and its disk mirror tunnelled over direct TLS-PSK connections
+// (the default) or libp2p streams (`channel: 'libp2p'`), the handover of
 // the engine (COMMIT -> RUNNING -> the source QEMU quits). The guest's writer carries on at the
 // destination, its memory check never fails, the disk marker written at the source is on the
 // destination's disk, exactly one QEMU runs it. The agents' version is test/cluster/qemu-mesh-migrate.
@@ -27,7 +28,7 @@ import {
 const skip = qemuSkipReason()
 if (skip) console.log(`# qemu tunnel tests skipped: ${skip}`)
 
-describe('QEMU migration over libp2p streams (two services, one process)', { skip, timeout: 300_000 }, () => {
+describe('QEMU migration through the mesh (two services, one process)', { skip, timeout: 300_000 }, () => {
   let tmp: ReturnType<typeof shortTmpDir>
   const hosts: Awaited<ReturnType<typeof createHost>>[] = []
   const drivers: QemuDriver[] = []
@@ -75,7 +76,10 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
   })
 
   /** Boots a guest at host 0, moves it to host 1 with `options`, checks it there; returns the destination QEMU. */
-  async function moveGuest(id: string, options: { streams: number; mode?: 'precopy' | 'postcopy' }) {
+  async function moveGuest(
+    id: string,
+    options: { streams: number; mode?: 'precopy' | 'postcopy'; channel?: 'libp2p' },
+  ) {
     const spec = guestSpec(id, { rateMiBps: 1 })
     const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/${id}` })) as QemuVm
     vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
@@ -98,7 +102,7 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     assert.ok(end.bytesSent > 0 && end.wireBytes > 0)
     const { totalMs, downtimeMs, bytesSent, wireBytes } = end
     console.log(
-      `# qemu through libp2p (128 MiB guest, writer 1 MiB/s, ${JSON.stringify(options)}): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
+      `# qemu through the mesh (128 MiB guest, writer 1 MiB/s, ${JSON.stringify(options)}): ${JSON.stringify({ totalMs, downtimeMs, bytesSent, wireBytes })}`,
     )
     const dst = vms[1]!.get(spec.id)?.instance as QemuVm | undefined
     assert.ok(dst, 'the destination holds the VM')
@@ -118,17 +122,21 @@ describe('QEMU migration over libp2p streams (two services, one process)', { ski
     )
     assert.ok(atDst[0]!.gen > genBefore)
     assert.equal((await readGuestDisk(dst.paths.disk, 1 << 20, mark.length)).toString('latin1'), mark)
+    // Both ends say what carried the tunnels
+    const want = options.channel ?? 'direct-tls'
+    assert.equal(end.channel, want, end.channelNote)
+    assert.equal(services[1]!.get(started.id)?.channel, want)
     return { dst, end }
   }
 
-  it('moves a running guest, memory and disk, through the tunnel', async () => {
+  it('moves a running guest, memory and disk, through direct TLS tunnels', async () => {
     const { dst, end } = await moveGuest('tun1', { streams: 1 })
     assert.equal(end.postcopy, false)
     await dst.destroy()
   })
 
   it('moves a guest with multifd: several QEMU channels, each its own libp2p stream', async () => {
-    const { dst } = await moveGuest('tun3', { streams: 3 })
+    const { dst } = await moveGuest('tun3', { streams: 3, channel: 'libp2p' })
     // The destination QEMU took the stream as multifd with 3 channels
     const caps = await dst.qmp.execute<Array<{ capability: string; state: boolean }>>(
       'query-migrate-capabilities',

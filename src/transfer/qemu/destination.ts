@@ -77,6 +77,11 @@ export class QemuIncomingMigration {
     return { ...this.#v }
   }
 
+  /** The channel a tunnel came over (shown in the view). */
+  markChannel(channel: 'libp2p' | 'direct-tls'): void {
+    this.#v.channel = channel
+  }
+
   /** Only the source cancels a migration; here it would only drop our copy before COMMIT. */
   cancel(): boolean {
     if (this.#committed || isTerminal(this.#v.phase)) return false

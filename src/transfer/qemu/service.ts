@@ -2,8 +2,9 @@
 // whose driver migrates with QEMU's own stream here (capabilities.migration === 'qemu-stream') and
 // shares its bookkeeping (active list, limits, outcomes for the status protocol, agent hooks).
 import { randomUUID } from 'node:crypto'
-import { createConnection } from 'node:net'
+import { createConnection, type Socket } from 'node:net'
 import { join } from 'node:path'
+import type tls from 'node:tls'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
@@ -24,6 +25,7 @@ import type { MigrationView } from '../progress.js'
 import type { DestinationHooks, MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
 import { QemuIncomingMigration } from './destination.js'
+import { pipeSockets, QemuDirectListener } from './direct-tunnel.js'
 import { QemuOutgoingMigration } from './source.js'
 import { capStreamWindow, pipeSocketStream } from './tunnel.js'
 import {
@@ -70,6 +72,10 @@ export interface QemuServiceBridge {
   active(migrationId: string): unknown
   setOutcome(migrationId: string, outcome: 'committed' | 'aborted', epoch?: number): void
   emitProgress(v: MigrationView): void
+  /** Direct data channel on (agent config `migration.directData`); absent: on. */
+  directData?: boolean
+  /** How long a source waits for a direct tunnel before it uses libp2p (default 3000 ms). */
+  directConnectTimeoutMs?: number
 }
 
 export class QemuMigrations {
@@ -112,6 +118,9 @@ export class QemuMigrations {
       timeouts: this.#b.timeouts,
       logger: this.#log,
       qemuImg,
+      ...(this.#b.directData !== false
+        ? { direct: { connectTimeoutMs: this.#b.directConnectTimeoutMs ?? 3000 } }
+        : {}),
       onChange: (v) => this.#b.emitProgress(v),
     })
   }
@@ -267,7 +276,28 @@ export class QemuMigrations {
           onOutcome: (o, e) => b.setOutcome(migrationId, o, e),
         })
         b.track(m)
-        await control.send({ accept: { reservationId, postcopy } }, signal).catch((err: unknown) => {
+        // Direct tunnels: listen where the source reached us, with a key made for this migration
+        let direct: QemuDirectListener | undefined
+        if (offer.directHost && b.directData !== false) {
+          try {
+            direct = await QemuDirectListener.listen(offer.directHost, (socket, kind, head) =>
+              this.#onDirectTunnel(m, socket, kind, head),
+            )
+            void m.done.finally(() => direct?.close())
+          } catch (err) {
+            this.#log.info(
+              { migration: migrationId, host: offer.directHost, err: (err as Error).message },
+              'no direct tunnels: cannot listen there',
+            )
+          }
+        }
+        const grant = direct?.grant
+        const accept = {
+          reservationId,
+          postcopy,
+          ...(grant ? { directPort: grant.port, directKey: grant.key, directIdentity: grant.identity } : {}),
+        }
+        await control.send({ accept }, signal).catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
         })
       } catch (err) {
@@ -280,6 +310,45 @@ export class QemuMigrations {
       control.framed.abort(asMigrationError(err))
     } finally {
       unhold()
+    }
+  }
+
+  /** A direct tunnel of `m` (its TLS-PSK key and identity are that migration's): to the QEMU socket of its kind. */
+  async #onDirectTunnel(
+    m: QemuIncomingMigration,
+    remote: tls.TLSSocket,
+    kind: number,
+    head: Buffer,
+  ): Promise<void> {
+    const path =
+      kind === pb.QemuTunnelKind.TUNNEL_NBD
+        ? m.nbdPath
+        : kind === pb.QemuTunnelKind.TUNNEL_MIGRATION
+          ? m.migrationPath
+          : undefined
+    if (!path || m.tunnels >= MAX_TUNNELS || this.#b.active(m.id) !== m) {
+      this.#log.warn({ migration: m.id, kind }, 'qemu direct tunnel refused')
+      remote.destroy()
+      return
+    }
+    m.tunnels++
+    m.markChannel('direct-tls')
+    try {
+      const socket: Socket = createConnection({ path, allowHalfOpen: true })
+      await new Promise<void>((resolve, reject) => {
+        socket.once('connect', resolve)
+        socket.once('error', reject)
+      })
+      socket.pause()
+      await pipeSockets(socket, remote, m.counters, head)
+    } catch (err) {
+      remote.destroy()
+      // Once the migration is over, the source cutting its tunnels is their normal end
+      const over = ['done', 'failed', 'cancelled'].includes(m.view().phase)
+      this.#log[over ? 'debug' : 'warn'](
+        { migration: m.id, err: (err as Error).message },
+        'qemu direct tunnel ended with an error',
+      )
     }
   }
 
@@ -309,6 +378,7 @@ export class QemuMigrations {
             : undefined
       if (!path) throw new MigrationRefusedError('BAD_OFFER', `unknown tunnel kind ${hello.kind}`)
       m.tunnels++
+      m.markChannel('libp2p')
       const socket = createConnection({ path, allowHalfOpen: true })
       await new Promise<void>((resolve, reject) => {
         socket.once('connect', resolve)

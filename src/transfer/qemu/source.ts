@@ -5,9 +5,11 @@
 // migration completes; then the handover of the engine: onHandover (journal) -> COMMIT -> RUNNING
 // -> onReleased (the source QEMU quits). Before COMMIT every failure cancels QEMU's jobs and the
 // guest runs on here; after COMMIT without an answer the guest stays paused (in doubt).
+
+import type { Socket } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { PeerId } from '@libp2p/interface'
+import type { PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
 import { pb } from '../../proto/index.js'
@@ -22,6 +24,7 @@ import {
   waitMirrorReady,
 } from '../../vm/qemu/index.js'
 import type { VmSpec } from '../../vm/types.js'
+import { type DirectGrant, directHostOf } from '../direct.js'
 import {
   asMigrationError,
   CancelledError,
@@ -35,6 +38,7 @@ import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
+import { connectTunnel } from './direct-tunnel.js'
 import { capStreamWindow, TunnelListener } from './tunnel.js'
 import { applyQemuInfo, initialView, isTerminal } from './view.js'
 import { QEMU_CONTROL_PROTOCOL, QEMU_TUNNEL_PROTOCOL, QemuControlChannel } from './wire.js'
@@ -66,6 +70,8 @@ export interface QemuOutgoingInit {
   signal: AbortSignal
   /** qemu-img, to read the disk's base image. */
   qemuImg: string
+  /** Tunnels over the direct data channel when the destination grants it (absent: libp2p only). */
+  direct?: { connectTimeoutMs: number }
   onChange: (view: MigrationView) => void
 }
 
@@ -164,6 +170,7 @@ export class QemuOutgoingMigration {
         host.dialProtocol(to, QEMU_CONTROL_PROTOCOL, { signal: s }),
       )
       control = new QemuControlChannel(stream)
+      const directHost = this.#directHostToAsk()
       const multifd = options.streams > 1 ? options.streams : 0
       // Post-copy: asked for, or as auto's way out of a pre-copy that does not converge (not with
       // multifd, which QEMU 7.2 does not combine with it)
@@ -204,6 +211,7 @@ export class QemuOutgoingMigration {
             postcopy: options.mode === 'postcopy',
             postcopyOptional,
             paused: wasPaused,
+            directHost: directHost ?? '',
           },
         },
         this.#signal,
@@ -221,6 +229,13 @@ export class QemuOutgoingMigration {
       const reservationId = reply.accept?.reservationId ?? ''
       // The destination took post-copy (always when asked for; in auto mode when it can)
       const postcopy = reply.accept?.postcopy === true
+      const a = reply.accept
+      let grant: DirectGrant | undefined
+      if (directHost && a?.directPort && a.directPort <= 65535 && a.directKey?.length === 32) {
+        if (a.directIdentity && a.directIdentity.length <= 64)
+          grant = { port: a.directPort, key: a.directKey, identity: a.directIdentity }
+      } else if (directHost) this.#v.channelNote = 'the destination offers no direct channel'
+      this.#v.channel = grant ? 'direct-tls' : 'libp2p'
       // One pending read for the whole migration: the destination says nothing until COMMIT, so
       // anything before (an abort, the stream dying) fails the migration at once.
       const answer = control.expect(['running'], this.#i.signal)
@@ -228,7 +243,25 @@ export class QemuOutgoingMigration {
         if (!this.#committed) this.#fail.abort(asMigrationError(err))
       })
 
-      const open = (kind: number) => async () => {
+      const open = (kind: number) => async (): Promise<Stream | Socket> => {
+        // Direct TLS first; the first failure (firewall, timeout) sends this and later tunnels over libp2p
+        if (grant && directHost) {
+          try {
+            return await connectTunnel(
+              directHost,
+              grant,
+              kind,
+              this.#i.direct?.connectTimeoutMs ?? 3000,
+              this.#signal,
+            )
+          } catch (err) {
+            this.#signal.throwIfAborted()
+            grant = undefined
+            this.#v.channel = 'libp2p'
+            this.#v.channelNote = `direct connection failed: ${asMigrationError(err).message}`
+            log.info({ err: this.#v.channelNote }, 'qemu tunnels over libp2p streams')
+          }
+        }
         const s = await host.dialProtocol(to, QEMU_TUNNEL_PROTOCOL, { signal: this.#signal })
         capStreamWindow(s)
         const lp = lpStream(s)
@@ -422,6 +455,25 @@ export class QemuOutgoingMigration {
     } finally {
       offStateChange()
     }
+  }
+
+  /** The IP of our direct libp2p connection to the destination (none if disabled or relayed). */
+  #directHostToAsk(): string | undefined {
+    const { direct, options, host, to } = this.#i
+    if (!direct) {
+      this.#v.channelNote = 'direct channel disabled on this host'
+      return undefined
+    }
+    if (options.channel === 'libp2p') {
+      this.#v.channelNote = 'libp2p channel asked for'
+      return undefined
+    }
+    for (const conn of host.getConnections?.(to) ?? []) {
+      const h = directHostOf(conn)
+      if (h) return h
+    }
+    this.#v.channelNote = 'no direct connection to the destination (relayed or unknown)'
+    return undefined
   }
 
   /** Waits (on QEMU's MIGRATION events) until the status is one of `want`; a failed/cancelled migration or an abort throws. */

@@ -4,8 +4,9 @@
 // socket pauses the stream (yamux then stops granting window to the sender).
 
 import { rm } from 'node:fs/promises'
-import { createServer, type Server, type Socket } from 'node:net'
+import { createServer, type Server, Socket } from 'node:net'
 import type { Stream } from '@libp2p/interface'
+import { pipeSockets } from './direct-tunnel.js'
 
 /** Read buffer of a tunnel stream: above yamux's largest stream window. */
 export const TUNNEL_READ_BUFFER = 32 * 1024 * 1024
@@ -127,14 +128,16 @@ export function pipeSocketStream(socket: Socket, stream: Stream, counters: Tunne
 }
 
 /**
- * A unix socket the local QEMU connects to; each connection is tunnelled through a stream from
- * `open()`. Errors of a tunnel go to `onError` (the migration fails on them).
+ * A unix socket the local QEMU connects to; each connection is tunnelled through what `open()` gives:
+ * a libp2p stream or a direct TLS socket (direct-tunnel.ts). Errors of a tunnel go to `onError` (the
+ * migration fails on them).
  */
 export class TunnelListener {
   readonly counters: TunnelCounters = { out: 0, in: 0 }
   readonly #server: Server
   readonly #sockets = new Set<Socket>()
   readonly #pipes: Promise<void>[] = []
+  #lastOpen: Promise<void> = Promise.resolve()
 
   private constructor(
     readonly path: string,
@@ -145,7 +148,7 @@ export class TunnelListener {
 
   static async listen(
     path: string,
-    open: () => Promise<Stream>,
+    open: () => Promise<Stream | Socket>,
     onError: (err: Error) => void,
   ): Promise<TunnelListener> {
     await rm(path, { force: true })
@@ -158,10 +161,19 @@ export class TunnelListener {
       const l = self
       l.#sockets.add(socket)
       socket.pause()
-      const p = open()
-        .then((stream) => {
+      // Tunnels open one after the other, in QEMU's connection order: QEMU 7.2's incoming side takes
+      // its first connection as the main migration channel and the next ones as multifd channels, so
+      // the destination must see them in the same order (concurrent handshakes could swap them)
+      const opened = l.#lastOpen.then(open)
+      l.#lastOpen = opened.then(
+        () => undefined,
+        () => undefined,
+      )
+      const p = opened
+        .then((remote) => {
+          if (remote instanceof Socket) return pipeSockets(socket, remote, l.counters)
           socket.resume()
-          return pipeSocketStream(socket, stream, l.counters)
+          return pipeSocketStream(socket, remote, l.counters)
         })
         .catch((err: unknown) => {
           socket.destroy()
