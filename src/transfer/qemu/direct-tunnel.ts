@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto'
 import { isIP, type Socket } from 'node:net'
 import tls from 'node:tls'
-import { DIRECT_CIPHERS, type DirectGrant } from '../direct.js'
+import { DIRECT_CIPHERS, type DirectGrant, isOwnAddress } from '../direct.js'
 import { LinkError } from '../errors.js'
 import type { TunnelCounters } from './tunnel.js'
 
@@ -44,6 +44,8 @@ export class QemuDirectListener {
     onTunnel: (socket: tls.TLSSocket, kind: number, head: Buffer) => void,
   ): Promise<QemuDirectListener> {
     if (!isIP(host)) throw new Error(`not an IP address: ${host}`)
+    // the source names the address: only one of this host's own (never 0.0.0.0 or ::)
+    if (!isOwnAddress(host)) throw new Error(`not an address of this host: ${host}`)
     const key = randomBytes(KEY_BYTES)
     const identity = randomBytes(16).toString('hex')
     let self: QemuDirectListener | undefined
