@@ -287,7 +287,7 @@ export class Agent implements AgentService, NetworkApi {
           }
         },
         vmDir: (id) => this.vmDir(id),
-        adoptIncoming: (rec, instance) =>
+        adoptIncoming: (rec, instance, nics) =>
           this.serial(async () => {
             // A disk that arrived as a layer over a base image keeps that image in use here.
             const image = instance.disk.baseImage?.id
@@ -300,6 +300,7 @@ export class Agent implements AgentService, NetworkApi {
               from,
               () => instance.state === 'running',
               instance.nicSocket,
+              nics,
             )
             // its virtual-cluster context, fetched when the offer came, is its context here now
             await this.vclusters
@@ -308,6 +309,9 @@ export class Agent implements AgentService, NetworkApi {
                 this.log.warn({ vm: rec.id, err }, 'context of an arrived VM not filed'),
               )
           }),
+        // its NICs travel in the offer, so it keeps them where gossip has not brought them yet
+        nicsOf: (id) => this.overlay?.nicsOf(id) ?? [],
+        checkNics: (id, nics) => this.overlay?.checkOffered(id, nics),
         prepareIncoming: async (id, from, signal) => {
           await this.vclusters?.fetchIncoming(
             id,

@@ -13,6 +13,7 @@ import {
   type LocalVm,
   type MigrateOptions,
   MigrationError,
+  type MigrationNic,
   MigrationRefusedError,
   MigrationService,
   type MigrationView,
@@ -32,8 +33,18 @@ export interface MigrationOwner {
   /** Free capacity now, reservations included. */
   free(): Resources
   vmDir(id: string): string
-  /** Registers a VM that arrived (the agent adopts the instance). */
-  adoptIncoming(rec: VmRecord, instance: VmInstance): Promise<void>
+  /**
+   * Registers a VM that arrived (the agent adopts the instance); `nics`: what `checkNics` made of
+   * the NICs its offer carried.
+   */
+  adoptIncoming(rec: VmRecord, instance: VmInstance, nics?: readonly MigrationNic[]): Promise<void>
+  /** Optional, source: the VM's overlay NICs, sent in the offer. */
+  nicsOf?(id: string): readonly MigrationNic[]
+  /**
+   * Optional, destination: checks the NICs an offer carries (changes nothing); throws with the reason
+   * (the offer is refused BAD_OFFER). What it returns (the NICs as checked) is handed to `adoptIncoming`.
+   */
+  checkNics?(vmId: string, nics: readonly MigrationNic[]): readonly MigrationNic[] | undefined
   /** Drops a VM that left: destroys its instance, deletes its record. */
   releaseOutgoing(id: string): Promise<void>
   /** The VM's record changed (state, migration marker): persist and gossip it. */
@@ -74,6 +85,8 @@ export interface MigrationsInit {
 export class AgentMigrations {
   readonly service: MigrationService
   private readonly reservations = new Map<string, Resources>()
+  /** Incoming migrations: the checked NICs their offers carried (migration id -> checkNics' result). */
+  private readonly offeredNics = new Map<string, readonly MigrationNic[] | undefined>()
   /** Incoming migrations: the journal entry written at the reservation (migration id -> entry id). */
   private readonly inJournal = new Map<string, string>()
   /** Incoming migrations whose commit is journaled (a later failure is a post-commit one). */
@@ -132,6 +145,7 @@ export class AgentMigrations {
         lookupVm: (id) => this.lookupVm(id),
         link: init.link,
         hooks: {
+          nicsOf: (id) => init.owner.nicsOf?.(id) ?? [],
           reserve: (offer, opts) => this.reserve(offer, opts.signal),
           onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
           lookupOutcome: (id) => this.lookupOutcome(id),
@@ -268,6 +282,13 @@ export class AgentMigrations {
     if (this.init.owner.record(spec.id)) {
       return { ok: false, code: 'VM_EXISTS', message: `VM ${spec.id} is already on this host` }
     }
+    // The VM's NICs travel in the offer: a bad one refuses it before anything is reserved
+    let nics: readonly MigrationNic[] | undefined
+    try {
+      nics = this.init.owner.checkNics?.(spec.id, offer.nics ?? [])
+    } catch (err) {
+      return { ok: false, code: 'BAD_OFFER', message: `VM ${spec.id}: ${(err as Error).message}` }
+    }
     // Before the capacity check: the check and the reservation stay one step (no await between them).
     try {
       await this.init.owner.prepareIncoming?.(spec.id, offer.from, signal)
@@ -287,6 +308,7 @@ export class AgentMigrations {
       memoryMiB: spec.memoryMiB,
       diskMiB: spec.diskMiB,
     })
+    this.offeredNics.set(offer.migrationId, nics)
     // Journaled before the VM's directory exists: a restart finds it and discards the partial copy
     try {
       const entry = await this.init.store.appendJournal({
@@ -298,6 +320,7 @@ export class AgentMigrations {
       this.inJournal.set(offer.migrationId, entry.id)
     } catch (err) {
       this.reservations.delete(offer.migrationId)
+      this.offeredNics.delete(offer.migrationId)
       throw err
     }
     return {
@@ -305,6 +328,7 @@ export class AgentMigrations {
       id: offer.migrationId,
       release: () => {
         this.reservations.delete(offer.migrationId)
+        this.offeredNics.delete(offer.migrationId)
         // Released without a commit: the engine discards the copy; the journal says so
         if (!this.committedIn.has(offer.migrationId)) void this.closeIncoming(offer.migrationId, 'aborted')
       },
@@ -369,6 +393,7 @@ export class AgentMigrations {
           updatedAt: now,
         },
         instance,
+        this.offeredNics.get(m.id),
       )
     } catch (err) {
       // The engine discards the copy and answers "aborted": the journal must not say otherwise
@@ -377,6 +402,7 @@ export class AgentMigrations {
       throw err
     }
     this.reservations.delete(m.id)
+    this.offeredNics.delete(m.id)
     this.log.info({ vm: spec.id, from: m.from, epoch: newEpoch, migration: m.id }, 'VM arrived')
   }
 

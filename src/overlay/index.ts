@@ -15,7 +15,9 @@ export {
   type VmMetadata,
 } from './metadata.js'
 export {
+  MAX_NICS,
   type NetworkConfig,
+  type OfferedNic,
   type OverlayGossip,
   OverlayService,
   type OverlayServiceInit,

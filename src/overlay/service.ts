@@ -12,8 +12,9 @@ import { createHash } from 'node:crypto'
 import type { Logger } from 'pino'
 import type { Registry } from 'prom-client'
 import { decodeHostOverlay, encodeHostOverlay, type HostOverlay } from './codec.js'
-import { allocateIp, parseSubnet, subnetContains } from './ipam.js'
-import { allocateMac } from './mac.js'
+import { ipFromNumber, ipToNumber } from './frame.js'
+import { allocateIp, parseSubnet, subnetContains, usableRange } from './ipam.js'
+import { allocateMac, isGroupMac, isMac, ZERO_MAC } from './mac.js'
 import { type MetadataProvider, MetadataServer, type VmMetadata } from './metadata.js'
 import { registerOverlayMetrics } from './metrics.js'
 import { StreamPort } from './stream-port.js'
@@ -85,6 +86,17 @@ export interface ProbeReport {
   rttMs: { min: number; avg: number; max: number } | null
   lostSeqs: number[]
 }
+
+/** A NIC as an offer carries it (src/transfer MigrationNic): unchecked. */
+export interface OfferedNic {
+  network: string
+  mac: string
+  ip: string
+  attach?: string
+}
+
+/** NICs one VM may have (what an offer may list). */
+export const MAX_NICS = 16
 
 const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,62}$/i
 export const MTU_RANGE = { min: 576, max: 9000 } as const
@@ -411,9 +423,62 @@ export class OverlayService {
   }
 
   /**
+   * Destination side of an offer: the NICs the source says its VM has, checked (changes nothing).
+   * Each must be on a network known here, with a unicast MAC and a usable IP of that network that no
+   * other VM holds; where gossip already knows the VM's NICs, the offer must say the same. Throws
+   * OverlayError('BAD_REQUEST') naming the first bad NIC.
+   */
+  checkOffered(vmId: string, offered: readonly OfferedNic[]): NicRecord[] {
+    const bad = (i: number, msg: string) =>
+      new OverlayError('BAD_REQUEST', `nics[${i}]: ${msg}`, { field: `nics[${i}]` })
+    if (offered.length > MAX_NICS) {
+      throw new OverlayError('BAD_REQUEST', `nics: at most ${MAX_NICS} NICs, got ${offered.length}`, {
+        field: 'nics',
+      })
+    }
+    const known = this.meshNics.get(vmId)
+    const nics: NicRecord[] = []
+    for (const [i, n] of offered.entries()) {
+      const def = typeof n.network === 'string' ? this.networks.get(n.network) : undefined
+      if (!def) throw bad(i, `no network ${JSON.stringify(n.network)} known here`)
+      if (nics.some((x) => x.network === def.name)) throw bad(i, `network '${def.name}' is listed twice`)
+      if (typeof n.mac !== 'string' || !isMac(n.mac) || isGroupMac(n.mac) || n.mac === ZERO_MAC)
+        throw bad(i, `expected a unicast MAC like 02:00:00:00:00:01, got ${JSON.stringify(n.mac)}`)
+      const subnet = parseSubnet(def.subnet)
+      const num = typeof n.ip === 'string' ? ipToNumber(n.ip) : undefined
+      const range = usableRange(subnet)
+      if (num === undefined || ipFromNumber(num) !== n.ip || num < range.first || num > range.last)
+        throw bad(i, `expected a host address of ${def.subnet}, got ${JSON.stringify(n.ip)}`)
+      if (n.attach !== undefined && n.attach !== '' && n.attach !== 'tap')
+        throw bad(i, `attach: expected 'tap' or nothing, got ${JSON.stringify(n.attach)}`)
+      for (const other of this.allNics()) {
+        if (other.vmId === vmId) continue
+        if (other.mac === n.mac) throw bad(i, `MAC ${n.mac} belongs to VM ${other.vmId}`)
+        if (other.network === def.name && other.ip === n.ip)
+          throw bad(i, `IP ${n.ip} on '${def.name}' belongs to VM ${other.vmId}`)
+      }
+      const gossiped = known?.find((x) => x.network === def.name)
+      if (known?.length && (!gossiped || gossiped.mac !== n.mac || gossiped.ip !== n.ip)) {
+        const said = gossiped ? `${gossiped.mac} ${gossiped.ip}` : 'no NIC'
+        throw bad(i, `gossip says VM ${vmId} has ${said} on '${def.name}', the offer ${n.mac} ${n.ip}`)
+      }
+      nics.push({ vmId, network: def.name, mac: n.mac, ip: n.ip, ...(n.attach ? { attach: 'tap' } : {}) })
+    }
+    if (known?.length && nics.length > 0 && known.length !== nics.length) {
+      throw new OverlayError(
+        'BAD_REQUEST',
+        `nics: gossip says VM ${vmId} has ${known.length} NIC(s), the offer ${nics.length}`,
+        { field: 'nics' },
+      )
+    }
+    return nics
+  }
+
+  /**
    * Destination side of a committed migration: the VM keeps its NICs (known mesh-wide from its
-   * previous host's announcement). Plug them in, accept frames its previous host relays, and
-   * announce it: OverlayAnnounce to every host with members, and a gratuitous ARP on each network.
+   * previous host's announcement, else those its offer carried: `offered`, checked by checkOffered). Plug
+   * them in, accept frames its previous host relays, and announce it: OverlayAnnounce to every host
+   * with members, and a gratuitous ARP on each network.
    */
   arrived(
     vmId: string,
@@ -421,8 +486,18 @@ export class OverlayService {
     from: string | undefined,
     running: () => boolean,
     nicSocket?: string,
+    offered: readonly OfferedNic[] = [],
   ): NicRecord[] {
-    const nics = (this.meshNics.get(vmId) ?? []).map((n) => ({ ...n }))
+    const gossiped = this.meshNics.get(vmId) ?? []
+    const nics: NicRecord[] = gossiped.length
+      ? gossiped.map((n) => ({ ...n }))
+      : offered.map((n) => ({
+          vmId,
+          network: n.network,
+          mac: n.mac,
+          ip: n.ip,
+          ...(n.attach === 'tap' ? { attach: 'tap' as const } : {}),
+        }))
     if (nics.length === 0) return []
     this.arrivals.set(vmId, Date.now())
     this.localNics.set(vmId, nics)

@@ -38,11 +38,12 @@ import {
   VerifyFailedError,
 } from './errors.js'
 import { type Geometry, type ParsedFrame, parseFrame, type Space } from './frame.js'
+import { offeredNics } from './nics.js'
 import type { MigrationOfferMsg } from './pb-types.js'
 import type { Mode } from './policy.js'
 import { type Counters, emptyCounters, type MigrationView, type Phase } from './progress.js'
 import type { Outcome } from './status.js'
-import type { DestinationHooks, TransferTimeouts } from './types.js'
+import type { DestinationHooks, MigrationNic, TransferTimeouts } from './types.js'
 import { type Control, type ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
 
 const FAULT_POLL_MS = 5
@@ -61,6 +62,8 @@ export interface ValidOffer {
   directHost?: string
   /** The source's disk is a layer over this image (hex id), if any. */
   baseImage?: string
+  /** The VM's overlay NICs (checked by the agent's reserve hook). */
+  nics: MigrationNic[]
 }
 
 const MODE_FROM_PB: Record<number, Mode> = {
@@ -128,6 +131,7 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     streams,
     compression: o.compression === true,
     paused: o.paused === true,
+    nics: offeredNics(s),
     ...(directHost ? { directHost } : {}),
     ...(o.baseImage ? { baseImage: checkImageId(o.baseImage, bad) } : {}),
   }

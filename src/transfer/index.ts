@@ -21,6 +21,7 @@ export {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
+export { MAX_OFFER_NICS, offeredNics } from './nics.js'
 export type {
   ChannelChoice,
   CompressionChoice,
@@ -45,6 +46,7 @@ export type {
   LocalVm,
   MigrationComponents,
   MigrationHost,
+  MigrationNic,
   Reservation,
   SourceHooks,
   TransferTimeouts,

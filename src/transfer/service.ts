@@ -457,7 +457,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     try {
       const r = this.#c.hooks?.reserve
         ? await this.#c.hooks.reserve(
-            { migrationId: offer.migrationId, from, spec: offer.spec, epoch: offer.epoch },
+            { migrationId: offer.migrationId, from, spec: offer.spec, epoch: offer.epoch, nics: offer.nics },
             { signal },
           )
         : { ok: true as const, release: () => undefined }

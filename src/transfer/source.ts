@@ -41,6 +41,7 @@ import {
   VerifyFailedError,
 } from './errors.js'
 import { encodeFrameParts, FrameBuilder, type Space } from './frame.js'
+import { nicsToOffer } from './nics.js'
 import type { ResolvedOptions } from './options.js'
 import type { MigrationControlMsg } from './pb-types.js'
 import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
@@ -304,6 +305,7 @@ export class OutgoingMigration {
               cpu: spec.workload.cpu,
               diskWriteMibps: spec.workload.diskWriteMiBps,
             },
+            nics: nicsToOffer(this.#i.hooks.nicsOf?.(spec.id)),
           },
           epoch,
           pageSize: instance.memory.pageSize,

@@ -26,6 +26,17 @@ export interface IncomingOffer {
   from: string
   spec: VmSpec
   epoch: number
+  /** The VM's overlay NICs as the source lists them (unchecked: the agent validates them). */
+  nics?: MigrationNic[]
+}
+
+/** A VM's overlay NIC, as it travels in an offer (the transfer engine only carries it). */
+export interface MigrationNic {
+  network: string
+  mac: string
+  ip: string
+  /** '' or absent: the driver's NIC; 'tap': a TAP device. */
+  attach?: string
 }
 
 export type Reservation =
@@ -33,6 +44,8 @@ export type Reservation =
   | { ok: false; code: RefusalCode; message: string }
 
 export interface SourceHooks {
+  /** Source, when it makes the offer: the VM's overlay NICs, so they travel with the migration. */
+  nicsOf?(vmId: string): readonly MigrationNic[]
   /**
    * Source, after the destination verified its copy and before COMMIT is sent: journal "handover of
    * VM to peer, new epoch" so a restarted agent asks the destination instead of resuming. If it

@@ -20,6 +20,7 @@ import {
 import type { VmDriver, VmInstance, VmSpec } from '../../vm/types.js'
 import { MAX_ID_LENGTH } from '../constants.js'
 import { asMigrationError, MigrationRefusedError, type RefusalCode } from '../errors.js'
+import { offeredNics } from '../nics.js'
 import type { ResolvedOptions } from '../options.js'
 import type { MigrationView } from '../progress.js'
 import type { DestinationHooks, MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
@@ -191,7 +192,7 @@ export class QemuMigrations {
     let instance: QemuVm | undefined
     try {
       const r = b.hooks.reserve
-        ? await b.hooks.reserve({ migrationId, from, spec, epoch }, { signal })
+        ? await b.hooks.reserve({ migrationId, from, spec, epoch, nics: offeredNics(s) }, { signal })
         : { ok: true as const, release: () => undefined }
       if (!r.ok) return await refuse(r.code, r.message)
       release = () => r.release()

@@ -33,6 +33,7 @@ import {
   MigrationRefusedError,
   type RefusalCode,
 } from '../errors.js'
+import { nicsToOffer } from '../nics.js'
 import type { ResolvedOptions } from '../options.js'
 import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
@@ -191,6 +192,7 @@ export class QemuOutgoingMigration {
                 cpu: spec.workload.cpu,
                 diskWriteMibps: spec.workload.diskWriteMiBps,
               },
+              nics: nicsToOffer(hooks.nicsOf?.(spec.id)),
             },
             epoch,
             base:

@@ -1,0 +1,29 @@
+// A VM's overlay NICs ride in the offer's spec (MigrationVmSpec.nics) so the destination plugs them in
+// even before gossip brought the source's announcement. The engine only carries them: at most
+// MAX_OFFER_NICS are read (the agent refuses more), and the overlay checks what they say.
+import type { MigrationNic } from './types.js'
+
+/** More NICs than this in an offer: the agent refuses it. */
+export const MAX_OFFER_NICS = 16
+
+interface PbNic {
+  network?: string | null
+  mac?: string | null
+  ip?: string | null
+  attach?: string | null
+}
+
+/** The NICs of a decoded offer spec, as plain objects (at most MAX_OFFER_NICS + 1, to tell "too many"). */
+export function offeredNics(spec: { nics?: readonly PbNic[] | null } | null | undefined): MigrationNic[] {
+  return (spec?.nics ?? []).slice(0, MAX_OFFER_NICS + 1).map((n) => ({
+    network: n.network ?? '',
+    mac: n.mac ?? '',
+    ip: n.ip ?? '',
+    ...(n.attach ? { attach: n.attach } : {}),
+  }))
+}
+
+/** The NICs for an offer's spec. */
+export function nicsToOffer(nics: readonly MigrationNic[] | undefined): PbNic[] {
+  return (nics ?? []).map((n) => ({ network: n.network, mac: n.mac, ip: n.ip, attach: n.attach ?? '' }))
+}
