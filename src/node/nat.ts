@@ -2,9 +2,10 @@
 // or over a direct connection that hole punching (DCUtR) made out of a relayed one. Bulk transfer
 // asks here for a direct connection first (BulkLinkAdvisor) and is told when it can only have a
 // relayed one, or refused when the relay's limits cannot carry the VM.
-// Hole punching between two NATed hosts does not happen over TCP with js-libp2p (the dialer uses
-// ephemeral ports, so observed addresses are useless and DCUtR has nothing to dial; see README and
-// test/cluster/nat-punch.test.ts): `hole-punched` comes from DCUtR's unilateral upgrade (one side public).
+// Hole punching between two NATed hosts does not happen with js-libp2p, over TCP or QUIC (both dial
+// from another socket than the one they listen on, so observed addresses are useless and DCUtR has
+// nothing to dial; see README and test/cluster/nat-punch.test.ts): `hole-punched` comes from DCUtR's
+// unilateral upgrade (one side public).
 import type { Connection, IdentifyResult, PeerId } from '@libp2p/interface'
 import { isPrivate } from '@libp2p/utils'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'

@@ -3,6 +3,9 @@
 // Behind NAT (nat.ts): AutoNAT, circuit relay v2 (transport everywhere, server on relay hosts) and
 // DCUtR hole punching. Relayed connections are upgraded like any other (pnet + noise end to end),
 // and a relay only serves peers that hold a pnet connection to it: both stay inside the mesh.
+// QUIC (@chainsafe/libp2p-quic, on when a listen address is `/udp/N/quic-v1`) runs beside TCP; it
+// skips the pnet protector, so MeshKeyGate (quic-gate.ts) admits over QUIC only peers that proved
+// the mesh key on a protected connection.
 import './polyfill.js'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
@@ -15,8 +18,10 @@ import type { PrivateKey } from '@libp2p/interface'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
+import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p } from 'libp2p'
 import type { NatAddress } from './nat.js'
+import { isQuic, MeshKeyGate } from './quic-gate.js'
 
 export interface HostInit {
   privateKey: PrivateKey
@@ -82,11 +87,17 @@ export async function createHost(init: HostInit) {
   const nat = { ...NAT_HOST_DEFAULTS, ...definedOnly(init.nat ?? {}) }
   const listen = [...init.listen]
   if (nat.listenViaRelay && !nat.relay && !listen.includes('/p2p-circuit')) listen.push('/p2p-circuit')
+  const gate = new MeshKeyGate(init.psk !== undefined)
   return createLibp2p({
     privateKey: init.privateKey,
     addresses: { listen, announce: init.announce?.length ? [...init.announce] : undefined },
     // Every host can dial relayed addresses; reservations are made only when listening on /p2p-circuit.
-    transports: [tcp(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
+    transports: [
+      tcp(),
+      ...(await quicTransport(listen)),
+      circuitRelayTransport({ reservationCompletionTimeout: 10_000 }),
+    ],
+    connectionGater: gate.gater(),
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionProtector: init.psk ? preSharedKey({ psk: init.psk, timeout: init.dialTimeoutMs }) : undefined,
@@ -99,7 +110,7 @@ export async function createHost(init: HostInit) {
     services: {
       identify: identify(),
       ping: ping(),
-      ...natServices(nat),
+      ...natServices(nat, gate),
       pubsub: gossipsub({
         ...meshDegrees(pubsub.meshDegree),
         Dlazy: pubsub.gossipPeers,
@@ -138,13 +149,18 @@ function addressView(components: { addressManager: { getAddressesWithMetadata():
  * DCUtR (upgrades a relayed connection to a direct one by a synchronised dial from both ends), and
  * the relay server. Typed as optional entries so `Host` does not depend on the configuration.
  */
-function natServices(nat: NatHostInit): {
+function natServices(
+  nat: NatHostInit,
+  gate: MeshKeyGate,
+): {
+  /** The mesh key on QUIC (quic-gate.ts): proved peers, refusals. */
+  meshKeyGate?: () => MeshKeyGate
   autonat?: ReturnType<typeof autoNAT>
   dcutr?: ReturnType<typeof dcutr>
   relay?: ReturnType<typeof circuitRelayServer>
   addresses?: typeof addressView
 } {
-  const services: ReturnType<typeof natServices> = { addresses: addressView }
+  const services: ReturnType<typeof natServices> = { addresses: addressView, meshKeyGate: () => gate }
   if (nat.autonat) services.autonat = autoNAT({ startupDelay: 2000, refreshInterval: 60_000 })
   if (nat.holePunching) services.dcutr = dcutr({ retries: 3 })
   if (nat.relay) {
@@ -158,6 +174,16 @@ function natServices(nat: NatHostInit): {
     })
   }
   return services
+}
+
+/**
+ * The QUIC transport when this host listens on QUIC. Loaded only then: it is a native module
+ * (prebuilt binaries for the common platforms), and a host that listens on TCP only has no use for it.
+ */
+async function quicTransport(listen: readonly string[]) {
+  if (!listen.some((a) => isQuic(multiaddr(a)))) return []
+  const { quic } = await import('@chainsafe/libp2p-quic')
+  return [quic()]
 }
 
 function definedOnly<T extends object>(o: T): Partial<T> {

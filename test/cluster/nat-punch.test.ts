@@ -1,14 +1,18 @@
 // Hole punching between two NATed sites (network namespaces, see netns.ts): a public relay host and
 // two hosts, each behind its own NAT router (iptables MASQUERADE, which keeps the source port when
-// it is free: an endpoint-independent mapping; conntrack lets in only replies).
+// it is free: an endpoint-independent mapping; conntrack lets in only replies). Every agent listens
+// on TCP and on QUIC (UDP).
 //
 // 1. The NATs are punchable: two plain TCP sockets bound to fixed ports reach each other by a TCP
 //    simultaneous open through both NATs (each side's SYN opens its own NAT for the other's).
-// 2. libp2p still cannot punch them, and says why: js-libp2p's TCP dialer connects from a fresh
-//    ephemeral port (Node has no SO_REUSEPORT for client sockets, libp2p/js-libp2p#2620), so the
-//    address a peer observes (the relay connection's NAT mapping) is not where a punching dial
-//    comes from; identify therefore drops observed TCP addresses, AutoNAT has none to confirm, and
-//    DCUtR finds no address to dial (it also skips private addresses). The connection stays relayed.
+// 2. libp2p still cannot punch them, over TCP or QUIC, and says why: js-libp2p's TCP dialer connects
+//    from a fresh ephemeral port (Node has no SO_REUSEPORT for client sockets, libp2p/js-libp2p#2620)
+//    and @chainsafe/libp2p-quic dials from a client UDP socket that is not its listening one and
+//    accepts no connection; so the address a peer observes (the relay connection's NAT mapping) is
+//    not one a punching dial can use, and DCUtR finds no address to dial (it also skips private
+//    addresses). The connection stays relayed.
+// 3. A VM migrates from behind a NAT to the open site and back, over the connection the NATed host
+//    opened (direct both ways).
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { randomInt } from 'node:crypto'
@@ -22,7 +26,7 @@ const why = await netnsUnavailable()
 if (why) console.log(`# nat-punch: running no namespace tests here: ${why}`)
 
 const GOSSIP = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n'
-const RELAY_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay: true\n`
+const RELAY_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay: true\ncapacity:\n  memoryMiB: 4096\n`
 const NATED_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  holePunching: true\n`
 
 // One side of a TCP simultaneous open: bind a fixed port, connect (non-blocking) to the other
@@ -66,18 +70,26 @@ describe('hole punching between two NATed sites', { skip: why }, () => {
       { name: 'west', hosts: 1, nat: true },
     ])
     const pubHost = mesh.hostsOf('pub')[0]!
+    const quic = (h: { ip: string }) => ['--listen', `/ip4/${h.ip}/udp/0/quic-v1`]
     relay = await mesh.startAgent(pubHost, {
       dataDir: join(dir, 'relay'),
-      args: ['--config', join(dir, 'relay.yaml'), '--log-level', 'info'],
+      args: ['--config', join(dir, 'relay.yaml'), '--log-level', 'info', ...quic(pubHost)],
     })
     const bootstrap = relay.addrs.filter((a) => a.includes(`/ip4/${pubHost.ip}/`)).slice(0, 1)
-    const args = ['--config', join(dir, 'nated.yaml'), '--log-level', 'info']
+    const args = (h: { ip: string }) => [
+      '--config',
+      join(dir, 'nated.yaml'),
+      '--log-level',
+      'info',
+      ...quic(h),
+    ]
     // libp2p's own DCUtR log (stderr of the agents) tells why it gives up.
     const debug = process.env.DEBUG
-    process.env.DEBUG = 'libp2p:dcutr*'
+    process.env.DEBUG = 'libp2p:dcutr*,libp2p:quic*'
     try {
-      east = await mesh.startAgent(mesh.hostsOf('east')[0]!, { dataDir: join(dir, 'east'), bootstrap, args })
-      west = await mesh.startAgent(mesh.hostsOf('west')[0]!, { dataDir: join(dir, 'west'), bootstrap, args })
+      const [eastHost, westHost] = [mesh.hostsOf('east')[0]!, mesh.hostsOf('west')[0]!]
+      east = await mesh.startAgent(eastHost, { dataDir: join(dir, 'east'), bootstrap, args: args(eastHost) })
+      west = await mesh.startAgent(westHost, { dataDir: join(dir, 'west'), bootstrap, args: args(westHost) })
     } finally {
       if (debug === undefined) delete process.env.DEBUG
       else process.env.DEBUG = debug
@@ -85,6 +97,15 @@ describe('hole punching between two NATed sites', { skip: why }, () => {
   })
 
   after(async () => {
+    if (process.env.PUNCH_LOGS) {
+      for (const [n, a] of [
+        ['relay', relay],
+        ['east', east],
+        ['west', west],
+      ] as const) {
+        await writeFile(`${process.env.PUNCH_LOGS}-${n}.log`, a?.output() ?? '')
+      }
+    }
     await Promise.all([relay, east, west].filter(Boolean).map((a) => a.stop().catch(() => undefined)))
     await mesh?.destroy()
     if (dir) await removeDir(dir)
@@ -169,9 +190,14 @@ describe('hole punching between two NATed sites', { skip: why }, () => {
       async () => reason.test(east.output()) || reason.test(west.output()),
       30_000,
     )
-    for (const line of `${east.output()}\n${west.output()}`.split('\n').filter((l) => l.includes('dcutr'))) {
-      t.diagnostic(line.slice(0, 300))
-    }
+    const dcutrLog = () => `${east.output()}\n${west.output()}`.split('\n').filter((l) => l.includes('dcutr'))
+    // The peer offered its QUIC address too, and DCUtR refused it like the TCP one.
+    await waitFor(
+      'DCUtR saw a QUIC address and found nothing to dial',
+      async () => dcutrLog().some((l) => reason.test(l) && l.includes('/quic-v1')),
+      30_000,
+    )
+    for (const line of dcutrLog()) t.diagnostic(line.slice(0, 300))
     // What the relay observes of east: east's NAT address and the port of that one connection,
     // not the port east listens on nor the one its next dial would come from.
     const eastListen = east.addrs.find((a) => a.includes('/tcp/') && !a.includes('p2p-circuit')) ?? ''
@@ -181,7 +207,54 @@ describe('hole punching between two NATed sites', { skip: why }, () => {
       seen.some((a) => a.startsWith(`/ip4/${mesh.routerIp('east')}/tcp/`)),
       `the relay sees east behind its NAT: ${seen.join(', ')}`,
     )
+    for (const [name, a] of [
+      ['relay', relay],
+      ['east', east],
+      ['west', west],
+    ] as const) {
+      const peers = (await a.request('GET', '/v1/peers')).body.peers as Peer[]
+      t.diagnostic(`${name} listens on ${a.addrs.join(' ')}`)
+      for (const p of peers)
+        t.diagnostic(`${name} -> ${p.peerId.slice(-6)} ${p.connection} ${p.addrs.join(' ')}`)
+    }
     // Nothing upgraded it meanwhile.
     assert.equal((await kindOf(east, west.peerId))?.connection, 'relayed')
+  })
+  it('a VM migrates from behind the NAT to the open site and back, over a direct connection', async () => {
+    const r = await east.request('POST', '/v1/vms', {
+      name: 'roamer',
+      vcpus: 1,
+      memoryMiB: 32,
+      diskMiB: 64,
+      workload: { dirtyMiBps: 2, hotSetMiB: 8 },
+    })
+    assert.equal(r.status, 201, JSON.stringify(r.body))
+    const id = r.body.id as string
+    const migrate = async (from: RunningAgent, to: RunningAgent) => {
+      await waitFor(
+        'the destination knows the VM',
+        async () => (await to.request('GET', `/v1/cluster/vms/${id}`)).body.host === from.peerId,
+        30_000,
+      )
+      await from.request('POST', `/v1/vms/${id}/pause`)
+      const paused = (await from.request('GET', `/v1/vms/${id}/digest`)).body
+      const started = await from.request('POST', `/v1/vms/${id}/migrate`, { to: to.peerId, mode: 'precopy' })
+      assert.equal(started.status, 202, JSON.stringify(started.body))
+      const m = await waitFor(
+        'the migration to end',
+        async () => {
+          const x = await from.request('GET', `/v1/migrations/${started.body.id}`)
+          return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
+        },
+        90_000,
+      )
+      assert.equal(m.phase, 'done', JSON.stringify(m))
+      assert.equal(m.link, 'direct', `link ${m.link} ${m.linkNote ?? ''}`)
+      assert.equal((await to.request('GET', `/v1/vms/${id}/digest`)).body.combined, paused.combined)
+      assert.equal((await from.request('GET', `/v1/vms/${id}`)).status, 404)
+      await to.request('POST', `/v1/vms/${id}/resume`)
+    }
+    await migrate(east, relay) // out from behind the NAT
+    await migrate(relay, east) // and back in, over the connection east opened
   })
 })
