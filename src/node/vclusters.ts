@@ -132,7 +132,10 @@ export class Vclusters {
     }
     for (const ctx of saved.contexts) this.#keepContext(ctx)
     for (const ctx of saved.incoming ?? []) this.#incoming.set(ctx.vm.id, ctx)
-    await this.#init.host.handle(VCLUSTER_PROTOCOL, (s, c) => this.#serve(s, c), { maxInboundStreams: 32 })
+    await this.#init.host.handle(VCLUSTER_PROTOCOL, (s, c) => this.#serve(s, c), {
+      maxInboundStreams: 32,
+      runOnLimitedConnection: true,
+    })
   }
 
   async stop(): Promise<void> {
@@ -560,7 +563,11 @@ export class Vclusters {
     const signal = outer
       ? AbortSignal.any([outer, AbortSignal.timeout(120_000)])
       : AbortSignal.timeout(120_000)
-    const stream = await this.#init.host.dialProtocol(peerIdFromString(peer), VCLUSTER_PROTOCOL, { signal })
+    const stream = await this.#init.host.dialProtocol(peerIdFromString(peer), VCLUSTER_PROTOCOL, {
+      signal,
+      // a migration between two NATed hosts asks over their relayed connection
+      runOnLimitedConnection: true,
+    })
     try {
       const lp = lpStream(stream, { maxDataLength: MAX_MSG })
       await lp.write(pb.VclusterRequest.encode(req).finish(), { signal })

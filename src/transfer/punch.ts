@@ -22,12 +22,17 @@
 import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import tls from 'node:tls'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { pb } from '../proto/index.js'
 import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
 import { DIRECT_CIPHERS, SocketFramed } from './direct.js'
 import { LinkError, ProtocolError } from './errors.js'
+import type { MigrationHost } from './types.js'
+import { Framed } from './wire.js'
 
 const KEY_BYTES = 32
+/** How long both sides of a migration try to punch before the data goes over the relay. */
+export const PUNCH_TIMEOUT_MS = 10_000
 const MAX_ID = 64
 
 /** A public address: where the other side's SYNs must go. */
@@ -238,4 +243,49 @@ export async function punchDirect(o: PunchDirectOptions): Promise<SocketFramed> 
   const socket = await punchTcp(o)
   const secured = await securePunched(socket, o)
   return new SocketFramed(secured, o.maxMessage ?? MAX_FRAME_BYTES, DATA_READ_BUFFER)
+}
+
+/** "What is my address": a host answers with the remote address of the asker's connection. */
+export const OBSERVED_PROTOCOL = '/skymesh/observed-addr/1.0.0'
+
+/** Answers one "what is my address" on `stream` (only on a direct connection: a relay hides it). */
+export async function serveObserved(stream: Stream, conn: Connection, signal: AbortSignal): Promise<void> {
+  const f = new Framed(stream, 256)
+  try {
+    const seen = observedFrom(conn.remoteAddr)
+    if (seen) await f.write(encodeObserved(seen), signal)
+  } finally {
+    await f.close()
+  }
+}
+
+/**
+ * Our public IP as a directly connected (not relayed) peer sees it; throws a PunchError when no
+ * such peer answers.
+ */
+export async function askObserved(
+  host: Pick<MigrationHost, 'dialProtocol' | 'getConnections'>,
+  signal: AbortSignal,
+): Promise<{ ip: string; by: PeerId }> {
+  const direct = (host.getConnections?.() ?? []).filter(
+    (c) => c.status === 'open' && c.limits === undefined && observedFrom(c.remoteAddr) !== undefined,
+  )
+  let last = 'no directly connected peer to ask'
+  for (const c of direct.slice(0, 3)) {
+    try {
+      const stream = await host.dialProtocol(c.remotePeer, OBSERVED_PROTOCOL, { signal })
+      const f = new Framed(stream, 256)
+      try {
+        const bytes = await f.read(signal)
+        if (bytes === null) throw new LinkError('no answer')
+        return { ip: decodeObserved(bytes).ip, by: c.remotePeer }
+      } finally {
+        await f.close()
+      }
+    } catch (err) {
+      signal.throwIfAborted()
+      last = (err as Error).message
+    }
+  }
+  throw new PunchError(`cannot learn our public address: ${last}`)
 }
