@@ -121,6 +121,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
   /** The link each outgoing migration uses (while it and its finished view are kept). */
   readonly #links = new Map<string, { link?: BulkLink }>()
+  /** Peers (ids) our bulk data reached over a hole-punched channel (punch.ts), either direction. */
+  readonly punchedPeers = new Set<string>()
   readonly #advisor?: BulkLinkAdvisor
   #ac = new AbortController()
   #started = false
@@ -350,7 +352,11 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     if (!l) return v
     // A relayed link whose data went over a TLS channel of its own: the hole punch (punch.ts) worked
     if (l.kind === 'relayed' && v.channel === 'direct-tls')
-      return { ...v, link: 'hole-punched', linkNote: `libp2p relayed; data hole-punched (${l.note ?? ''})` }
+      return {
+        ...v,
+        link: 'hole-punched',
+        linkNote: "libp2p control over the relay; data over skymesh's own TCP hole punch (TLS-PSK)",
+      }
     return { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) }
   }
 
@@ -421,7 +427,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         this.#finished.delete(oldest)
         this.#links.delete(oldest)
       }
-      this.emit('finished', this.#withLink(v))
+      const done = this.#withLink(v)
+      if (done.phase === 'done' && done.link === 'hole-punched') this.punchedPeers.add(done.to)
+      this.emit('finished', done)
     })
   }
 
@@ -584,7 +592,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
           timeoutMs: PUNCH_TIMEOUT_MS,
           signal: AbortSignal.any([signal, punchAc.signal]),
         }).then(
-          (framed) => this.#onDirect(framed, offer.migrationId),
+          (framed) => {
+            this.punchedPeers.add(from)
+            return this.#onDirect(framed, offer.migrationId)
+          },
           (err: Error) =>
             this.#log.info(
               { migration: offer.migrationId, err: err.message },
