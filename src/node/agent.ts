@@ -210,7 +210,11 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
       latency: (peerId) => this.gossip?.swim.rtt(peerId),
-      connection: (peerId) => this.natLinks?.kind(peerId),
+      // Relayed, but bulk data (migrations) got a hole-punched channel of its own (transfer/punch.ts)
+      connection: (peerId) => {
+        const kind = this.natLinks?.kind(peerId)
+        return kind === 'relayed' && this.migrations?.service.punchedPeers.has(peerId) ? 'hole-punched' : kind
+      },
       hello: () => ({
         version: VERSION,
         site: config.site,

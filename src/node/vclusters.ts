@@ -566,6 +566,7 @@ export class Vclusters {
       : AbortSignal.timeout(120_000)
     const stream = await this.#init.host.dialProtocol(peerIdFromString(peer), VCLUSTER_PROTOCOL, {
       signal,
+      // a migration between two NATed hosts asks over their relayed connection
       runOnLimitedConnection: true,
     })
     try {

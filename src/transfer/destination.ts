@@ -42,6 +42,7 @@ import { offeredNics } from './nics.js'
 import type { MigrationOfferMsg } from './pb-types.js'
 import type { Mode } from './policy.js'
 import { type Counters, emptyCounters, type MigrationView, type Phase } from './progress.js'
+import { decodeOffer, type PunchInvite } from './punch.js'
 import type { Outcome } from './status.js'
 import type { DestinationHooks, MigrationNic, TransferTimeouts } from './types.js'
 import { type Control, type ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
@@ -60,6 +61,8 @@ export interface ValidOffer {
   paused: boolean
   /** The address the source reached us at, asking for a direct data channel (direct.ts). */
   directHost?: string
+  /** The source's hole-punch invite (punch.ts), when it has no direct connection to us. */
+  punch?: PunchInvite
   /** The source's disk is a layer over this image (hex id), if any. */
   baseImage?: string
   /** The VM's overlay NICs (checked by the agent's reserve hook). */
@@ -133,6 +136,7 @@ export function validateOffer(o: MigrationOfferMsg | null | undefined): ValidOff
     paused: o.paused === true,
     nics: offeredNics(s),
     ...(directHost ? { directHost } : {}),
+    ...(o.punch ? { punch: checkInvite(o.punch, bad) } : {}),
     ...(o.baseImage ? { baseImage: checkImageId(o.baseImage, bad) } : {}),
   }
 }
@@ -767,3 +771,11 @@ function isZero(data: Uint8Array): boolean {
 const ZERO_4K = Buffer.alloc(64 * 1024)
 
 export type { Space }
+
+function checkInvite(p: { attemptId?: string | null }, bad: (m: string) => Error): PunchInvite {
+  try {
+    return decodeOffer(pb.PunchOffer.encode(p).finish(), true)
+  } catch (err) {
+    throw bad((err as Error).message)
+  }
+}

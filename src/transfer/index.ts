@@ -31,6 +31,22 @@ export type {
 } from './options.js'
 export { decideNextRound, estimateEtaMs, type Mode, shouldCompress } from './policy.js'
 export { type MigrationView, type Phase, TERMINAL_PHASES } from './progress.js'
+// Skymesh's own TCP hole punch for that channel between two NATed hosts.
+export {
+  decodeObserved,
+  decodeOffer,
+  encodeObserved,
+  encodeOffer,
+  newPunchSecret,
+  observedFrom,
+  type PunchEndpoint,
+  PunchError,
+  type PunchInvite,
+  pickPunchPort,
+  punchDirect,
+  punchTcp,
+  securePunched,
+} from './punch.js'
 export {
   type BulkLink,
   type BulkLinkAdvisor,

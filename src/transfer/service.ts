@@ -21,6 +21,14 @@ import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCo
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
 import {
+  askObserved,
+  OBSERVED_PROTOCOL,
+  PUNCH_TIMEOUT_MS,
+  pickPunchPort,
+  punchDirect,
+  serveObserved,
+} from './punch.js'
+import {
   migratesWithQemu,
   type QemuIncomingMigration,
   QemuMigrations,
@@ -113,6 +121,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
   /** The link each outgoing migration uses (while it and its finished view are kept). */
   readonly #links = new Map<string, { link?: BulkLink }>()
+  /** Peers (ids) our bulk data reached over a hole-punched channel (punch.ts), either direction. */
+  readonly punchedPeers = new Set<string>()
   readonly #advisor?: BulkLinkAdvisor
   #ac = new AbortController()
   #started = false
@@ -194,6 +204,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       maxInboundStreams: 16,
       ...limited,
     })
+    // "What is my address" for hosts that hole-punch the direct data channel (punch.ts)
+    await host.handle(OBSERVED_PROTOCOL, (stream, conn) => serveObserved(stream, conn, this.#ac.signal), {
+      maxInboundStreams: 8,
+    })
     await this.#qemu.start()
     if (this.#directInit.enabled !== false)
       this.#direct = new DirectListener(this.#directInit, this.#log, (f, id) => void this.#onDirect(f, id))
@@ -226,7 +240,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       ])
       clearTimeout(timer)
     }
-    await this.#c.host.unhandle([STATUS_PROTOCOL]).catch(() => undefined)
+    await this.#c.host.unhandle([STATUS_PROTOCOL, OBSERVED_PROTOCOL]).catch(() => undefined)
     this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
     const all = [...this.#active.values()].map((m) => m.done)
     await Promise.race([Promise.allSettled(all), new Promise((r) => setTimeout(r, 10_000).unref())])
@@ -339,7 +353,15 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
 
   #withLink(v: MigrationView): MigrationView {
     const l = this.#links.get(v.id)?.link
-    return l ? { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) } : v
+    if (!l) return v
+    // A relayed link whose data went over a TLS channel of its own: the hole punch (punch.ts) worked
+    if (l.kind === 'relayed' && v.channel === 'direct-tls')
+      return {
+        ...v,
+        link: 'hole-punched',
+        linkNote: "libp2p control over the relay; data over skymesh's own TCP hole punch (TLS-PSK)",
+      }
+    return { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) }
   }
 
   /** The host, with streams allowed on limited (relayed) connections: the mesh's own traffic may use them. */
@@ -409,7 +431,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         this.#finished.delete(oldest)
         this.#links.delete(oldest)
       }
-      this.emit('finished', this.#withLink(v))
+      const done = this.#withLink(v)
+      if (done.phase === 'done' && done.link === 'hole-punched') this.punchedPeers.add(done.to)
+      this.emit('finished', done)
     })
   }
 
@@ -526,6 +550,17 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
           )
         }
       }
+      // Hole punch (punch.ts): the source has no direct connection; answer with our public address
+      // and a fixed port, then punch towards its (in the background: the accept must go first)
+      let punch: { ip: string; port: number } | undefined
+      if (offer.punch && this.#direct) {
+        try {
+          const { ip } = await askObserved(this.#limitedOk(), signal)
+          punch = { ip, port: await pickPunchPort() }
+        } catch (err) {
+          this.#log.info({ migration: offer.migrationId, err: (err as Error).message }, 'no hole punch')
+        }
+      }
       void m.done.then(() => {
         this.#reservations.delete(offer.migrationId)
         direct?.release()
@@ -539,6 +574,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
               ...(direct
                 ? { directPort: direct.port, directKey: direct.key, directIdentity: direct.identity }
                 : {}),
+              ...(punch && offer.punch ? { punch: { attemptId: offer.punch.attemptId, ...punch } } : {}),
               baseImage: baseImage !== undefined && instance.disk.baseImage?.id === baseImage,
             },
           },
@@ -547,6 +583,30 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         .catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
         })
+      if (punch && offer.punch) {
+        const invite = offer.punch
+        const punchAc = new AbortController()
+        void m.done.then(() => punchAc.abort())
+        void punchDirect({
+          role: 'responder',
+          localPort: punch.port,
+          remote: invite,
+          key: invite.key,
+          identity: invite.identity,
+          timeoutMs: PUNCH_TIMEOUT_MS,
+          signal: AbortSignal.any([signal, punchAc.signal]),
+        }).then(
+          (framed) => {
+            this.punchedPeers.add(from)
+            return this.#onDirect(framed, offer.migrationId)
+          },
+          (err: Error) =>
+            this.#log.info(
+              { migration: offer.migrationId, err: err.message },
+              'hole punch failed: libp2p streams',
+            ),
+        )
+      }
     } catch (err) {
       release()
       control.framed.abort(asMigrationError(err))

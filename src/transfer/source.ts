@@ -46,6 +46,16 @@ import type { ResolvedOptions } from './options.js'
 import type { MigrationControlMsg } from './pb-types.js'
 import { decideNextRound, estimateEtaMs, fitRoundCost, type RoundDecision, SHRINK_FACTOR } from './policy.js'
 import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } from './progress.js'
+import {
+  askObserved,
+  decodeOffer,
+  newPunchSecret,
+  PUNCH_TIMEOUT_MS,
+  type PunchEndpoint,
+  type PunchInvite,
+  pickPunchPort,
+  punchDirect,
+} from './punch.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
@@ -289,6 +299,18 @@ export class OutgoingMigration {
     const control = new ControlChannel(stream)
     this.#control = control
     this.#directHost = this.#directHostToAsk()
+    // No direct connection: try a hole punch of our own (punch.ts) for the data channel
+    if (!this.#directHost && this.#i.direct && options.channel !== 'libp2p') {
+      try {
+        const { ip } = await askObserved(host, this.#signal)
+        const secret = newPunchSecret()
+        this.#punch = { ...secret, attemptId: this.id, ip, port: await pickPunchPort() }
+      } catch (err) {
+        this.#signal.throwIfAborted()
+        this.#channelNote = `${this.#channelNote ?? ''}; no hole punch: ${(err as Error).message}`
+      }
+    }
+    this.#streams = this.#punch ? 1 : options.streams
     await control.send(
       {
         offer: {
@@ -313,7 +335,8 @@ export class OutgoingMigration {
           blockSize: instance.disk.blockSize,
           blockCount: instance.disk.blockCount,
           mode: MODE_TO_PB[options.mode],
-          streams: options.streams,
+          streams: this.#streams,
+          ...(this.#punch ? { punch: this.#punch } : {}),
           compression: options.compression !== 'off',
           dedup: options.dedup !== 'off',
           paused: this.#wasPaused,
@@ -338,6 +361,14 @@ export class OutgoingMigration {
     } else if (this.#directHost) {
       this.#channelNote = 'the destination offers no direct channel'
     }
+    if (this.#punch && a?.punch) {
+      const r = decodeOffer(pb.PunchOffer.encode(a.punch).finish(), false)
+      if (r.attemptId !== this.#punch.attemptId)
+        throw new ProtocolError('hole punch answer for another attempt')
+      this.#punchRemote = r
+    } else if (this.#punch) {
+      this.#channelNote = `${this.#channelNote ?? ''}; the destination does not punch`
+    }
     // The destination's disk is a layer over its own copy of our base image: send only our layer.
     this.#baseShared = answer.accept?.baseImage === true && instance.disk.ownBlocks !== undefined
     // The destination holds content (a copy of this VM that left it, ...): ask which of our pages
@@ -356,6 +387,10 @@ export class OutgoingMigration {
   }
 
   #reservationId = ''
+  /** Data streams (1 when hole-punching: one punched connection). */
+  #streams = 1
+  #punch: PunchInvite | undefined
+  #punchRemote: PunchEndpoint | undefined
   /** The direct data channel: the address asked for, what the destination granted, what is used. */
   #directHost: string | undefined
   #grant: DirectGrant | undefined
@@ -428,14 +463,14 @@ export class OutgoingMigration {
   }
 
   async #openDataStreams(): Promise<void> {
-    const { host, to, options, timeouts, direct } = this.#i
+    const { host, to, timeouts, direct } = this.#i
     // Direct TLS connections (all of them, or none: then libp2p streams)
     if (this.#grant && this.#directHost && direct) {
       try {
         const channels = await connectDirect(
           this.#directHost,
           this.#grant,
-          options.streams,
+          this.#streams,
           direct.connectTimeoutMs,
           this.#signal,
         )
@@ -449,8 +484,31 @@ export class OutgoingMigration {
         this.#log.info({ err: this.#channelNote }, 'data over libp2p streams')
       }
     }
+    if (this.#punch && this.#punchRemote) {
+      try {
+        const framed = await punchDirect({
+          role: 'initiator',
+          localPort: this.#punch.port,
+          remote: this.#punchRemote,
+          key: this.#punch.key,
+          identity: this.#punch.identity,
+          timeoutMs: PUNCH_TIMEOUT_MS,
+          signal: this.#signal,
+          maxMessage: 64,
+        })
+        this.#channel = 'direct-tls'
+        this.#channelNote = `hole-punched to ${this.#punchRemote.ip}:${this.#punchRemote.port}`
+        await this.#addSender(framed, 0)
+        this.#log.info({ remote: this.#punchRemote }, 'hole-punched data channel')
+        return
+      } catch (err) {
+        this.#signal.throwIfAborted()
+        this.#channelNote = `hole punch failed: ${(err as Error).message}`
+        this.#log.info({ err: this.#channelNote }, 'data over libp2p streams (relayed)')
+      }
+    }
     this.#channel = 'libp2p'
-    for (let k = 0; k < options.streams; k++) {
+    for (let k = 0; k < this.#streams; k++) {
       const stream = await withTimeout(timeouts.dialTimeoutMs, 'data stream', this.#signal, (signal) =>
         host.dialProtocol(to, DATA_PROTOCOL, { signal }),
       )

@@ -185,9 +185,11 @@ describe('hosts behind NAT reach each other through a relay', { skip: why }, () 
   })
 
   it("refuses a migration the relay's limits cannot carry, with the reason, and keeps the VM", async () => {
-    // These NATs refuse every inbound connection, so hole punching cannot succeed: only the relay.
+    // libp2p cannot punch these NATs: only the relay (`hole-punched` once a migration's data got
+    // skymesh's own punched channel, src/transfer/punch.ts; the relay's limits are checked first).
     const peers = (await east.request('GET', '/v1/peers')).body.peers as Peer[]
-    assert.equal(peers.find((p) => p.peerId === west.peerId)?.connection, 'relayed')
+    const kind = peers.find((p) => p.peerId === west.peerId)?.connection
+    assert.ok(kind === 'relayed' || kind === 'hole-punched', `connection ${kind}`)
     const r = await east.request('POST', '/v1/vms', {
       name: 'bigvm',
       vcpus: 1,

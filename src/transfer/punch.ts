@@ -1,0 +1,291 @@
+// A skymesh-level TCP hole punch for the direct TLS-PSK data channel (direct.ts), between two hosts
+// that each sit behind a NAT and so only have a relayed libp2p connection.
+//
+// Why not libp2p's DCUtR: js-libp2p's TCP dialer connects from a fresh ephemeral port (Node has no
+// SO_REUSEPORT for client sockets), so the NAT mapping the relay observes is never one a punching
+// dial can reuse (see test/cluster/nat-punch.test.ts). Here each side picks a FIXED local port for
+// the attempt and connects from it, so an endpoint-independent NAT (Linux MASQUERADE keeps the
+// source port when it is free) maps it to <public ip>:<that port>, which the other side aims at.
+//
+// The exchange (over a libp2p stream, relayed, mesh-key protected):
+//   1. each side learns its public IP from a reachable host ("what is my address": the remote
+//      address of that host's connection from us, PunchObserved);
+//   2. the initiator sends PunchOffer { attempt id, its ip, its port, a fresh 32-byte key and
+//      identity }, the responder answers PunchOffer { attempt id, its ip, its port };
+//   3. both connect to each other from their fixed ports, again and again until a bounded deadline
+//      (TCP simultaneous open: each side's SYN opens its own NAT for the other's);
+//   4. the connected socket carries TLS 1.2 PSK with the per-attempt key: the initiator is the TLS
+//      client, the responder the server. Only the holder of the key (sent only on the protected
+//      stream) completes the handshake, so a stray connection to the port gets nothing.
+// A failure (no connection by the deadline, a refused handshake) is a PunchError: the caller falls
+// back to libp2p streams over the relay and says why.
+import { randomBytes } from 'node:crypto'
+import net from 'node:net'
+import tls from 'node:tls'
+import type { Connection, PeerId, Stream } from '@libp2p/interface'
+import { pb } from '../proto/index.js'
+import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
+import { DIRECT_CIPHERS, SocketFramed } from './direct.js'
+import { LinkError, ProtocolError } from './errors.js'
+import type { MigrationHost } from './types.js'
+import { Framed } from './wire.js'
+
+const KEY_BYTES = 32
+/** How long both sides of a migration try to punch before the data goes over the relay. */
+export const PUNCH_TIMEOUT_MS = 10_000
+const MAX_ID = 64
+
+/** A public address: where the other side's SYNs must go. */
+export interface PunchEndpoint {
+  ip: string
+  port: number
+}
+
+/** What the initiator sends: its endpoint and the attempt's secret. */
+export interface PunchInvite extends PunchEndpoint {
+  attemptId: string
+  key: Uint8Array
+  identity: string
+}
+
+/** The punch did not give a connection (timeout, refused, handshake failed). */
+export class PunchError extends LinkError {
+  override name = 'PunchError'
+}
+
+/** A fresh attempt: id, TLS pre-shared key and identity (never reused across attempts). */
+export function newPunchSecret(): { attemptId: string; key: Buffer; identity: string } {
+  return {
+    attemptId: randomBytes(12).toString('hex'),
+    key: randomBytes(KEY_BYTES),
+    identity: randomBytes(16).toString('hex'),
+  }
+}
+
+/**
+ * A local TCP port free right now, for this attempt's fixed-port connects. (Another process may
+ * take it before we bind it: the connect then fails with EADDRINUSE and the attempt falls back.)
+ */
+export async function pickPunchPort(host = '0.0.0.0'): Promise<number> {
+  const server = net.createServer()
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(0, host, () => resolve())
+  })
+  const addr = server.address()
+  await new Promise<void>((resolve) => server.close(() => resolve()))
+  if (!addr || typeof addr === 'string') throw new PunchError('no free local port for a punch')
+  return addr.port
+}
+
+/** The "what is my address" answer of a reachable host, from its connection's remote address. */
+export function observedFrom(remote: string | { toString(): string }): PunchEndpoint | undefined {
+  const s = remote.toString()
+  if (s.includes('/p2p-circuit')) return undefined
+  const m = /^\/ip4\/([^/]+)\/(?:tcp|udp)\/(\d+)/.exec(s)
+  if (m) return { ip: m[1]!, port: Number(m[2]) }
+  // A plain socket's remoteAddress (IPv4, maybe mapped into IPv6)
+  const ip = s.replace(/^::ffff:/, '')
+  return net.isIPv4(ip) ? { ip, port: 0 } : undefined
+}
+
+export function encodeObserved(e: PunchEndpoint): Uint8Array {
+  return pb.PunchObserved.encode({ ip: e.ip, port: e.port }).finish()
+}
+
+export function decodeObserved(bytes: Uint8Array): PunchEndpoint {
+  const m = pb.PunchObserved.decode(bytes)
+  if (!net.isIPv4(m.ip) || m.port > 65535) throw new ProtocolError('bad observed address')
+  return { ip: m.ip, port: m.port }
+}
+
+/** The initiator's offer (with the secret) or the responder's answer (without). */
+export function encodeOffer(o: PunchEndpoint & { attemptId: string; key?: Uint8Array; identity?: string }) {
+  return pb.PunchOffer.encode({
+    attemptId: o.attemptId,
+    ip: o.ip,
+    port: o.port,
+    key: o.key ?? new Uint8Array(0),
+    identity: o.identity ?? '',
+  }).finish()
+}
+
+/** Decodes and checks an offer; `invite`: it must carry the secret (the responder's view). */
+export function decodeOffer(bytes: Uint8Array, invite: true): PunchInvite
+export function decodeOffer(bytes: Uint8Array, invite: false): PunchEndpoint & { attemptId: string }
+export function decodeOffer(bytes: Uint8Array, invite: boolean): PunchEndpoint & Partial<PunchInvite> {
+  const m = pb.PunchOffer.decode(bytes)
+  if (!m.attemptId || m.attemptId.length > MAX_ID) throw new ProtocolError('bad punch attempt id')
+  if (!net.isIPv4(m.ip)) throw new ProtocolError(`bad punch address: ${m.ip.slice(0, 64)}`)
+  if (!Number.isInteger(m.port) || m.port < 1 || m.port > 65535) throw new ProtocolError('bad punch port')
+  if (invite && (m.key.length !== KEY_BYTES || !m.identity || m.identity.length > MAX_ID))
+    throw new ProtocolError('bad punch secret')
+  return invite
+    ? { attemptId: m.attemptId, ip: m.ip, port: m.port, key: m.key, identity: m.identity }
+    : { attemptId: m.attemptId, ip: m.ip, port: m.port }
+}
+
+export interface PunchTcpOptions {
+  /** The fixed local port both sides agreed on for our end (what we told the peer). */
+  localPort: number
+  /** The peer's public endpoint. */
+  remote: PunchEndpoint
+  /** Give up after this long (default 10 s). */
+  timeoutMs?: number
+  /** Pause between attempts after one fails at once (refused, reset), default 200 ms. */
+  retryMs?: number
+  signal?: AbortSignal
+}
+
+/**
+ * TCP simultaneous open: connects from `localPort` to `remote` again and again until one connects
+ * or the deadline passes. A connect that is merely unanswered is left running (the kernel resends
+ * its SYN): the peer's SYN, once it reaches us through our NAT's mapping, completes it.
+ */
+export async function punchTcp(o: PunchTcpOptions): Promise<net.Socket> {
+  const timeoutMs = o.timeoutMs ?? 10_000
+  const retryMs = o.retryMs ?? 200
+  const deadline = AbortSignal.any([AbortSignal.timeout(timeoutMs), ...(o.signal ? [o.signal] : [])])
+  let attempts = 0
+  let lastError = 'no answer'
+  while (!deadline.aborted) {
+    attempts++
+    const socket = net.connect({ host: o.remote.ip, port: o.remote.port, localPort: o.localPort })
+    const result = await new Promise<'ok' | 'error' | 'aborted'>((resolve) => {
+      const onAbort = () => resolve('aborted')
+      socket.once('connect', () => resolve('ok'))
+      socket.once('error', (err: NodeJS.ErrnoException) => {
+        lastError = err.code ?? err.message
+        resolve('error')
+      })
+      deadline.addEventListener('abort', onAbort, { once: true })
+    })
+    if (result === 'ok') {
+      socket.removeAllListeners('error')
+      return socket
+    }
+    socket.destroy()
+    if (result === 'aborted') break
+    await new Promise((r) => setTimeout(r, retryMs))
+  }
+  o.signal?.throwIfAborted()
+  throw new PunchError(
+    `no hole-punched connection to ${o.remote.ip}:${o.remote.port} from port ${o.localPort} within ${timeoutMs} ms (${attempts} attempts, last: ${lastError})`,
+  )
+}
+
+/**
+ * TLS 1.2 PSK over a punched socket: the initiator is the client, the responder the server (a
+ * TLSSocket with isServer over the connected socket). Rejects if the handshake fails or takes
+ * longer than `timeoutMs` (the socket is destroyed).
+ */
+export async function securePunched(
+  socket: net.Socket,
+  o: { role: 'initiator' | 'responder'; key: Uint8Array; identity: string; timeoutMs?: number },
+): Promise<tls.TLSSocket> {
+  const key = Buffer.from(o.key)
+  const common = { ciphers: DIRECT_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
+  const t = tls.createSecureContext(common)
+  const secured =
+    o.role === 'initiator'
+      ? tls.connect({
+          socket,
+          ...common,
+          pskCallback: () => ({ psk: key, identity: o.identity }),
+          // No certificate: the PSK authenticates both ends
+          checkServerIdentity: () => undefined,
+        })
+      : new tls.TLSSocket(socket, {
+          isServer: true,
+          secureContext: t,
+          pskCallback: (_socket: tls.TLSSocket, identity: string) => (identity === o.identity ? key : null),
+        } as tls.TLSSocketOptions)
+  const event = o.role === 'initiator' ? 'secureConnect' : 'secure'
+  try {
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('TLS handshake timed out')), o.timeoutMs ?? 10_000)
+      secured.once(event, () => {
+        clearTimeout(timer)
+        resolve()
+      })
+      secured.once('error', (err) => {
+        clearTimeout(timer)
+        reject(err)
+      })
+      secured.once('close', () => {
+        clearTimeout(timer)
+        reject(new Error('closed during the TLS handshake'))
+      })
+    })
+  } catch (err) {
+    secured.destroy()
+    socket.destroy()
+    throw new PunchError(`hole-punched TLS: ${(err as Error).message}`)
+  }
+  secured.removeAllListeners('close')
+  secured.removeAllListeners('error')
+  return secured
+}
+
+export interface PunchDirectOptions extends PunchTcpOptions {
+  role: 'initiator' | 'responder'
+  key: Uint8Array
+  identity: string
+  /** Largest message the channel accepts from the peer (default: a data frame). */
+  maxMessage?: number
+}
+
+/**
+ * The whole punch after the exchange: simultaneous open, then TLS-PSK. Returns the same framed
+ * channel as the direct listener (direct.ts); throws a PunchError when there is none.
+ */
+export async function punchDirect(o: PunchDirectOptions): Promise<SocketFramed> {
+  const socket = await punchTcp(o)
+  const secured = await securePunched(socket, o)
+  return new SocketFramed(secured, o.maxMessage ?? MAX_FRAME_BYTES, DATA_READ_BUFFER)
+}
+
+/** "What is my address": a host answers with the remote address of the asker's connection. */
+export const OBSERVED_PROTOCOL = '/skymesh/observed-addr/1.0.0'
+
+/** Answers one "what is my address" on `stream` (only on a direct connection: a relay hides it). */
+export async function serveObserved(stream: Stream, conn: Connection, signal: AbortSignal): Promise<void> {
+  const f = new Framed(stream, 256)
+  try {
+    const seen = observedFrom(conn.remoteAddr)
+    if (seen) await f.write(encodeObserved(seen), signal)
+  } finally {
+    await f.close()
+  }
+}
+
+/**
+ * Our public IP as a directly connected (not relayed) peer sees it; throws a PunchError when no
+ * such peer answers.
+ */
+export async function askObserved(
+  host: Pick<MigrationHost, 'dialProtocol' | 'getConnections'>,
+  signal: AbortSignal,
+): Promise<{ ip: string; by: PeerId }> {
+  const direct = (host.getConnections?.() ?? []).filter(
+    (c) => c.status === 'open' && c.limits === undefined && observedFrom(c.remoteAddr) !== undefined,
+  )
+  let last = 'no directly connected peer to ask'
+  for (const c of direct.slice(0, 3)) {
+    try {
+      const stream = await host.dialProtocol(c.remotePeer, OBSERVED_PROTOCOL, { signal })
+      const f = new Framed(stream, 256)
+      try {
+        const bytes = await f.read(signal)
+        if (bytes === null) throw new LinkError('no answer')
+        return { ip: decodeObserved(bytes).ip, by: c.remotePeer }
+      } finally {
+        await f.close()
+      }
+    } catch (err) {
+      signal.throwIfAborted()
+      last = (err as Error).message
+    }
+  }
+  throw new PunchError(`cannot learn our public address: ${last}`)
+}
