@@ -176,13 +176,21 @@ describe('hole punching between two NATed sites', { skip: why }, () => {
   it('libp2p stays relayed between them, and DCUtR says why', async (t) => {
     const kindOf = async (a: RunningAgent, peer: string) =>
       ((await a.request('GET', '/v1/peers')).body.peers as Peer[]).find((p) => p.peerId === peer)
+    let lastKinds = ''
     await waitFor(
       'east and west connected through the relay',
-      async () =>
-        (await kindOf(east, west.peerId))?.connection === 'relayed' &&
-        (await kindOf(west, east.peerId))?.connection === 'relayed',
-      60_000,
-    )
+      async () => {
+        const kinds = [
+          (await kindOf(east, west.peerId))?.connection,
+          (await kindOf(west, east.peerId))?.connection,
+        ]
+        lastKinds = kinds.join('/')
+        return kinds.every((k) => k === 'relayed' || k === 'hole-punched')
+      },
+      120_000,
+    ).catch((err: Error) => {
+      throw new Error(`${err.message} (last seen east/west: ${lastKinds})`)
+    })
     // DCUtR ran over the relayed connection and found no address to dial (wording of @libp2p/dcutr 3.x).
     const reason = /(did not have any|had no) dialable multiaddrs/
     await waitFor(
