@@ -4,11 +4,12 @@
 // cross libp2p between the agents and QEMU's socket, and the guest's own network stack answers.
 // Skips, saying why, where QEMU or the guest packages are not installed.
 import assert from 'node:assert/strict'
-import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../helpers/agent-process.js'
+import { meshFormed, writeConfig } from '../helpers/mesh-setup.js'
 import { qemuSkipReason } from '../helpers/qemu.js'
+import { createVm } from '../helpers/vm-api.js'
 
 const skip = qemuSkipReason()
 if (skip) console.log(`# overlay with a QEMU guest skipped: ${skip}`)
@@ -20,16 +21,14 @@ describe('a QEMU guest on the overlay', { skip, timeout: 300_000 }, () => {
 
   before(async () => {
     dir = await tempDir()
-    const config = join(dir, 'agent.yaml')
-    await writeFile(config, 'networks:\n  - { name: lan, subnet: 10.31.0.0/24 }\n')
+    const config = await writeConfig(dir, 'agent.yaml', [
+      'networks:',
+      '  - { name: lan, subnet: 10.31.0.0/24 }',
+    ])
     const args = ['--config', config, '--log-level', 'info']
     a = await startAgent({ dataDir: join(dir, 'a'), args: [...args, '--driver', 'qemu'], timeoutMs: 60_000 })
     b = await startAgent({ dataDir: join(dir, 'b'), args, bootstrap: [a.addrs[0]!], timeoutMs: 60_000 })
-    await waitFor(
-      'the two agents to see each other',
-      async () => (await b.request('GET', '/v1/cluster')).body.counts.alive === 2,
-      30_000,
-    )
+    await meshFormed(b, 2, { what: 'the two agents to see each other', timeoutMs: 30_000 })
   })
 
   after(async () => {
@@ -38,28 +37,14 @@ describe('a QEMU guest on the overlay', { skip, timeout: 300_000 }, () => {
   })
 
   it('a synthetic VM pings the guest across hosts, and the guest answers with its overlay MAC', async () => {
-    const guest = await a.request('POST', '/v1/vms', {
-      name: 'guest',
-      vcpus: 1,
-      memoryMiB: 128,
-      diskMiB: 64,
-      networks: ['lan'],
-    })
-    assert.equal(guest.status, 201, JSON.stringify(guest.body))
-    const nic = guest.body.nics[0] as { mac: string; ip: string }
-    const peer = await b.request('POST', '/v1/vms', {
-      name: 'peer',
-      vcpus: 1,
-      memoryMiB: 16,
-      diskMiB: 16,
-      networks: ['lan'],
-    })
-    assert.equal(peer.status, 201, JSON.stringify(peer.body))
+    const guest = await createVm(a, 'guest', { memoryMiB: 128, diskMiB: 64, networks: ['lan'] })
+    const nic = guest.nics?.[0] as { mac: string; ip: string }
+    const peer = await createVm(b, 'peer', { networks: ['lan'] })
     // The guest boots under TCG (no KVM here): its stack answers once it is up
     const reply = await waitFor(
       'the guest to answer a ping over the overlay',
       async () => {
-        const r = await b.request('POST', `/v1/vms/${peer.body.id}/ping`, {
+        const r = await b.request('POST', `/v1/vms/${peer.id}/ping`, {
           ip: nic.ip,
           count: 1,
           timeoutMs: 1000,
@@ -70,10 +55,10 @@ describe('a QEMU guest on the overlay', { skip, timeout: 300_000 }, () => {
     )
     assert.ok(reply.received >= 1, JSON.stringify(reply))
     // ARP for the guest was answered from its overlay record, and its frames came from that MAC
-    const nics = await a.request('GET', `/v1/vms/${guest.body.id}/nics`)
+    const nics = await a.request('GET', `/v1/vms/${guest.id}/nics`)
     assert.equal(nics.status, 200)
     assert.equal(nics.body.nics[0].mac, nic.mac)
-    const more = await b.request('POST', `/v1/vms/${peer.body.id}/ping`, {
+    const more = await b.request('POST', `/v1/vms/${peer.id}/ping`, {
       ip: nic.ip,
       count: 5,
       intervalMs: 50,

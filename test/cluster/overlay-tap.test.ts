@@ -12,22 +12,16 @@ import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { tapSupport } from '../../src/overlay/tap-port.js'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../helpers/agent-process.js'
+import { FAST_GOSSIP, meshFormed, writeConfig } from '../helpers/mesh-setup.js'
+import { createVm, migrateAndWait, type Vm, type Nic as VmNic } from '../helpers/vm-api.js'
 
 const run = promisify(execFile)
 const support = tapSupport()
 const nsA = `smvA${process.pid}`
 const nsB = `smvB${process.pid}`
 
-interface Nic {
-  network: string
-  mac: string
-  ip: string
+interface Nic extends VmNic {
   tap?: { ifname: string; up: boolean; pid?: number; exits: number }
-}
-interface Vm {
-  id: string
-  name: string
-  nics?: Nic[]
 }
 
 const ECHO_SERVER = `
@@ -111,26 +105,15 @@ describe('overlay with TAP NICs in network namespaces (a real TCP stack)', {
 
   before(async () => {
     dir = await tempDir()
-    const config = join(dir, 'agent.yaml')
-    await writeFile(
-      config,
-      [
-        'gossip:',
-        '  probeIntervalMs: 300',
-        '  probeTimeoutMs: 150',
-        '  suspicionMult: 3',
-        'networks:',
-        '  - { name: red, subnet: 10.21.0.0/24 }',
-        '',
-      ].join('\n'),
-    )
+    const config = await writeConfig(dir, 'agent.yaml', [
+      ...FAST_GOSSIP,
+      'networks:',
+      '  - { name: red, subnet: 10.21.0.0/24 }',
+    ])
     const args = ['--config', config, '--log-level', 'info']
     a = await startAgent({ dataDir: join(dir, 'a'), args })
     b = await startAgent({ dataDir: join(dir, 'b'), args, bootstrap: [a.addrs[0]!] })
-    await waitFor(
-      'the mesh to form',
-      async () => (await a.request('GET', '/v1/cluster')).body.counts.alive === 2,
-    )
+    await meshFormed(a, 2)
     for (const ns of [nsA, nsB]) {
       await run('ip', ['netns', 'add', ns])
       await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up'])
@@ -144,17 +127,9 @@ describe('overlay with TAP NICs in network namespaces (a real TCP stack)', {
     await removeDir(dir)
   })
 
-  async function createVm(agent: RunningAgent, name: string, tap: boolean): Promise<Vm> {
-    const r = await agent.request('POST', '/v1/vms', {
-      name,
-      vcpus: 1,
-      memoryMiB: 16,
-      diskMiB: 16,
-      networks: ['red'],
-      ...(tap ? { nicAttach: 'tap' } : {}),
-    })
-    assert.equal(r.status, 201, JSON.stringify(r.body))
-    return r.body as Vm
+  /** A VM on red whose NIC is a TAP device (`tap`) or the synthetic one. */
+  async function redVm(agent: RunningAgent, name: string, tap: boolean): Promise<Vm> {
+    return createVm(agent, name, { networks: ['red'], ...(tap ? { nicAttach: 'tap' } : {}) })
   }
 
   /** The VM's NIC on `agent` once its TAP device is up. */
@@ -176,9 +151,9 @@ describe('overlay with TAP NICs in network namespaces (a real TCP stack)', {
   }
 
   it('a netns VM pings a synthetic VM and a netns VM on another host, and carries TCP', async () => {
-    ta = await createVm(a, 'ta', true)
-    tb = await createVm(b, 'tb', true)
-    sb = await createVm(b, 'sb', false)
+    ta = await redVm(a, 'ta', true)
+    tb = await redVm(b, 'tb', true)
+    sb = await redVm(b, 'sb', false)
     const nicA = await tapOf(a, ta)
     const nicB = await tapOf(b, tb)
     assert.equal(nicA.mac, ta.nics?.[0]?.mac)
@@ -288,17 +263,7 @@ describe('overlay with TAP NICs in network namespaces (a real TCP stack)', {
       )
     await waitFor('echoes before the migration', async () => echoed() >= 10)
 
-    const started = await a.request('POST', `/v1/vms/${ta.id}/migrate`, { to: b.peerId, mode: 'precopy' })
-    assert.equal(started.status, 202, JSON.stringify(started.body))
-    const m = await waitFor(
-      'the migration to end',
-      async () => {
-        const r = await a.request('GET', `/v1/migrations/${started.body.id}`)
-        return ['done', 'failed', 'cancelled'].includes(r.body.phase) ? r.body : undefined
-      },
-      60_000,
-    )
-    assert.equal(m.phase, 'done', JSON.stringify(m.error))
+    const m = await migrateAndWait(a, ta.id, b, 60_000)
     // the old device left with its helper; the new host made a new one with the same MAC
     const moved = await tapOf(b, ta)
     assert.notEqual(moved.tap.ifname, before.tap.ifname)

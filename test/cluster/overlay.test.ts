@@ -2,7 +2,6 @@
 // answered locally, ICMP echo across hosts), networks are isolated, bad requests change nothing,
 // and after a live migration frames reach the VM at its new host with its MAC and IP unchanged.
 import assert from 'node:assert/strict'
-import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import {
@@ -13,58 +12,32 @@ import {
   tempDir,
   waitFor,
 } from '../helpers/agent-process.js'
+import { FAST_GOSSIP, meshFormed, writeConfig } from '../helpers/mesh-setup.js'
+import { createVm, migrateAndWait, type Vm } from '../helpers/vm-api.js'
 
 let dir: string
 let a: RunningAgent
 let b: RunningAgent
 let c: RunningAgent
 
-interface Nic {
-  network: string
-  mac: string
-  ip: string
-}
-interface Vm {
-  id: string
-  name: string
-  nics?: Nic[]
-}
-
 before(async () => {
   dir = await tempDir()
-  const config = join(dir, 'agent.yaml')
-  await writeFile(
-    config,
-    [
-      'gossip:',
-      '  probeIntervalMs: 300',
-      '  probeTimeoutMs: 150',
-      '  suspicionMult: 3',
-      'networks:',
-      '  - { name: red, subnet: 10.20.0.0/24 }',
-      '',
-    ].join('\n'),
-  )
+  const config = await writeConfig(dir, 'agent.yaml', [
+    ...FAST_GOSSIP,
+    'networks:',
+    '  - { name: red, subnet: 10.20.0.0/24 }',
+  ])
   const args = ['--config', config, '--log-level', 'info']
   a = await startAgent({ dataDir: join(dir, 'a'), site: 'site-a', args })
   b = await startAgent({ dataDir: join(dir, 'b'), site: 'site-a', args, bootstrap: [a.addrs[0]!] })
   c = await startAgent({ dataDir: join(dir, 'c'), site: 'site-b', args, bootstrap: [a.addrs[0]!] })
-  await waitFor(
-    'the mesh to form',
-    async () => (await a.request('GET', '/v1/cluster')).body.counts.alive === 3,
-  )
+  await meshFormed(a, 3)
 })
 
 after(async () => {
   await Promise.all([a, b, c].filter(Boolean).map((x) => x.stop()))
   await removeDir(dir)
 })
-
-async function createVm(agent: RunningAgent, name: string, networks: string[]): Promise<Vm> {
-  const r = await agent.request('POST', '/v1/vms', { name, vcpus: 1, memoryMiB: 16, diskMiB: 16, networks })
-  assert.equal(r.status, 201, JSON.stringify(r.body))
-  return r.body as Vm
-}
 
 async function members(agent: RunningAgent, network: string, n: number) {
   return waitFor(
@@ -127,9 +100,9 @@ describe('overlay network between agents', () => {
   })
 
   it('VMs on different hosts get a MAC and an IP and reach each other; ARP is answered locally', async () => {
-    va = await createVm(a, 'va', ['red'])
-    vb = await createVm(b, 'vb', ['red'])
-    vx = await createVm(c, 'vx', ['blue'])
+    va = await createVm(a, 'va', { networks: ['red'] })
+    vb = await createVm(b, 'vb', { networks: ['red'] })
+    vx = await createVm(c, 'vx', { networks: ['blue'] })
     const nicA = va.nics?.[0]
     assert.equal(nicA?.network, 'red')
     assert.match(nicA?.ip ?? '', /^10\.20\.0\.\d+$/)
@@ -165,17 +138,7 @@ describe('overlay network between agents', () => {
     // Echoes every 20 ms for the whole migration, from a VM on a third host.
     const probe = ping(a, va, ipB, { count: 150, intervalMs: 20, timeoutMs: 1000 })
     await new Promise((r) => setTimeout(r, 300))
-    const started = await b.request('POST', `/v1/vms/${vb.id}/migrate`, { to: c.peerId, mode: 'precopy' })
-    assert.equal(started.status, 202, JSON.stringify(started.body))
-    const m = await waitFor(
-      'the migration to end',
-      async () => {
-        const r = await b.request('GET', `/v1/migrations/${started.body.id}`)
-        return ['done', 'failed', 'cancelled'].includes(r.body.phase) ? r.body : undefined
-      },
-      60_000,
-    )
-    assert.equal(m.phase, 'done', JSON.stringify(m.error))
+    const m = await migrateAndWait(b, vb.id, c, 60_000)
     const during = await probe
     t.diagnostic(`echoes during the migration: ${JSON.stringify(during)}; downtime ${m.downtimeMs} ms`)
     const moved = (await c.request('GET', `/v1/vms/${vb.id}`)).body as Vm

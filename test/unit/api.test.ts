@@ -18,6 +18,7 @@ import type {
   VmDigest,
   VmRecord,
 } from '../../src/node/types.js'
+import { fakeMigrationView } from '../helpers/migration-view.js'
 
 const TOKEN = 'test-token-0123456789abcdef'
 const AUTH = { authorization: `Bearer ${TOKEN}` }
@@ -49,31 +50,13 @@ class FakeAgent implements AgentService {
 
   migrateVm(id: string, req: MigrateVmRequest): MigrationView {
     const vm = this.getVm(id)
-    const m: MigrationView = {
+    const m = fakeMigrationView({
       id: `mig-${++this.seq}`,
       vmId: vm.id,
-      direction: 'out',
       from: vm.host,
       to: req.to,
       mode: req.mode ?? 'precopy',
-      postcopy: false,
-      phase: 'offer',
-      round: 0,
-      startedAt: Date.now(),
-      bytesSent: 0,
-      wireBytes: 0,
-      pagesSent: 0,
-      blocksSent: 0,
-      zeroPages: 0,
-      zeroBlocks: 0,
-      dedupPages: 0,
-      dedupBlocks: 0,
-      frames: 0,
-      compressedFrames: 0,
-      faultPages: 0,
-      dirtyRateMiBps: 0,
-      bandwidthMiBps: 0,
-    }
+    })
     this.migrations.set(m.id, m)
     return m
   }

@@ -51,6 +51,7 @@ import type {
   NodeInfo,
   VmRecord,
 } from '../../src/node/types.js'
+import { fakeMigrationView } from '../helpers/migration-view.js'
 
 const PEERS = [0, 1, 2, 3].map((i) => `12D3KooWPeer${i}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxabcde${i}`)
 const T0 = Date.parse('2026-01-01T00:00:00Z')
@@ -546,32 +547,17 @@ function hosting(i: number, vms: VmRecord[], error?: string): AgentSnapshot {
 }
 
 function migrationView(over: Partial<MigrationView> = {}): MigrationView {
-  return {
-    id: 'mig-1',
+  return fakeMigrationView({
     vmId: 'vm-demo-3',
-    direction: 'out',
     from: PEERS[0]!,
     to: PEERS[2]!,
     mode: 'auto',
-    postcopy: false,
     phase: 'precopy',
     round: 1,
     startedAt: T0,
-    bytesSent: 0,
-    wireBytes: 0,
-    pagesSent: 0,
-    blocksSent: 0,
-    zeroPages: 0,
-    zeroBlocks: 0,
-    dedupPages: 0,
-    dedupBlocks: 0,
-    frames: 0,
-    compressedFrames: 0,
-    faultPages: 0,
     dirtyRateMiBps: 4,
-    bandwidthMiBps: 0,
     ...over,
-  }
+  })
 }
 
 const PICK: MigrationPick = {

@@ -1,10 +1,19 @@
 // `skymesh vm migrate` and `skymesh migrations` in-process against a node:http server playing the API.
 import assert from 'node:assert/strict'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import { after, before, beforeEach, describe, it } from 'node:test'
-import { type CliIo, findPeer, type MigrateDeps, runCli } from '../../src/cli/index.js'
+import { findPeer, type MigrateDeps, runCli } from '../../src/cli/index.js'
 import type { ClusterHost, MigrationView, VmRecord } from '../../src/node/types.js'
+import {
+  type CliRun,
+  type FakeApi,
+  readBody,
+  runCliCaptured,
+  sendError,
+  sendJson,
+  startFakeApi,
+} from '../helpers/cli-harness.js'
+import { fakeMigrationView } from '../helpers/migration-view.js'
 
 const TOKEN = 'migrate-token-42'
 const MiB = 1024 * 1024
@@ -39,32 +48,7 @@ function vm(id: string, name: string, memoryMiB: number, diskMiB: number): VmRec
 const vms = [vm('a1b2c3d4-0001', 'web', 96, 32), vm('e5f6a7b8-0002', 'db', 256, 64)]
 
 function view(id: string, over: Partial<MigrationView> = {}): MigrationView {
-  return {
-    id,
-    vmId: 'a1b2c3d4-0001',
-    direction: 'out',
-    from: SELF,
-    to: DEST,
-    mode: 'precopy',
-    postcopy: false,
-    phase: 'offer',
-    round: 0,
-    startedAt: Date.now(),
-    bytesSent: 0,
-    wireBytes: 0,
-    pagesSent: 0,
-    blocksSent: 0,
-    zeroPages: 0,
-    zeroBlocks: 0,
-    dedupPages: 0,
-    dedupBlocks: 0,
-    frames: 0,
-    compressedFrames: 0,
-    faultPages: 0,
-    dirtyRateMiBps: 0,
-    bandwidthMiBps: 0,
-    ...over,
-  }
+  return fakeMigrationView({ id, vmId: 'a1b2c3d4-0001', from: SELF, to: DEST, ...over })
 }
 
 /** A migration that ends done: one step per GET. */
@@ -102,7 +86,7 @@ interface Tracked {
   steps: Partial<MigrationView>[]
 }
 
-let server: Server
+let fakeApi: FakeApi
 let api: string
 let seen: Seen[] = []
 let migrations = new Map<string, Tracked>()
@@ -111,90 +95,66 @@ let script: Partial<MigrationView>[] = []
 /** DELETE answers 409 (past the handover) instead of cancelling. */
 let tooLate = false
 
-function send(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
-}
-
-function fail(res: ServerResponse, status: number, code: string, message: string, details?: unknown): void {
-  send(res, status, { error: { code, message, details } })
-}
-
 async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-  let raw = ''
-  for await (const chunk of req) raw += chunk
+  const raw = await readBody(req)
   const method = req.method ?? 'GET'
   const url = req.url ?? '/'
   seen.push({ method, url, body: raw ? JSON.parse(raw) : undefined })
-  if (req.headers.authorization !== `Bearer ${TOKEN}`) return fail(res, 401, 'UNAUTHORIZED', 'bad token')
-  if (method === 'GET' && url === '/v1/vms') return send(res, 200, { vms })
+  if (req.headers.authorization !== `Bearer ${TOKEN}`) return sendError(res, 401, 'UNAUTHORIZED', 'bad token')
+  if (method === 'GET' && url === '/v1/vms') return sendJson(res, 200, { vms })
   if (method === 'GET' && url === '/v1/cluster') {
-    return send(res, 200, { self: SELF, hosts, counts: { alive: 3, suspect: 0, dead: 0, left: 0 } })
+    return sendJson(res, 200, { self: SELF, hosts, counts: { alive: 3, suspect: 0, dead: 0, left: 0 } })
   }
-  if (method === 'GET' && url === '/v1/cluster/vms') return send(res, 200, { vms })
+  if (method === 'GET' && url === '/v1/cluster/vms') return sendJson(res, 200, { vms })
   const start = /^\/v1\/vms\/([^/]+)\/migrate$/.exec(url)
   if (method === 'POST' && start) {
     const id = `m${String(migrations.size + 1).padStart(3, '0')}-7f3e-4b1a-9c2d-000000000000`
     const body = JSON.parse(raw) as { to: string; mode?: MigrationView['mode'] }
     const v = view(id, { vmId: decodeURIComponent(start[1]!), to: body.to, mode: body.mode ?? 'precopy' })
     migrations.set(id, { view: v, steps: [...script] })
-    return send(res, 202, v)
+    return sendJson(res, 202, v)
   }
   if (method === 'GET' && url === '/v1/migrations') {
-    return send(res, 200, { migrations: [...migrations.values()].map((t) => t.view) })
+    return sendJson(res, 200, { migrations: [...migrations.values()].map((t) => t.view) })
   }
   const one = /^\/v1\/migrations\/([^/]+)$/.exec(url)
   const tracked = one ? migrations.get(decodeURIComponent(one[1]!)) : undefined
-  if (one && !tracked) return fail(res, 404, 'NOT_FOUND', `no migration '${one[1]}' on this host`)
+  if (one && !tracked) return sendError(res, 404, 'NOT_FOUND', `no migration '${one[1]}' on this host`)
   if (tracked && method === 'GET') {
     const step = tracked.steps.shift()
     if (step) tracked.view = { ...tracked.view, ...step }
-    return send(res, 200, tracked.view)
+    return sendJson(res, 200, tracked.view)
   }
   if (tracked && method === 'DELETE') {
     if (tooLate) {
-      return fail(res, 409, 'INVALID_STATE', `migration ${tracked.view.id} is past its handover`, {
+      return sendError(res, 409, 'INVALID_STATE', `migration ${tracked.view.id} is past its handover`, {
         reason: 'TOO_LATE',
       })
     }
     tracked.steps = [{ phase: 'cancelled', error: { code: 'CANCELLED', message: 'cancelled by the user' } }]
-    return send(res, 200, tracked.view)
+    return sendJson(res, 200, tracked.view)
   }
-  fail(res, 404, 'NOT_FOUND', `no route ${method} ${url}`)
-}
-
-interface Run {
-  code: number
-  out: string
-  err: string
+  sendError(res, 404, 'NOT_FOUND', `no route ${method} ${url}`)
 }
 
 const fast: MigrateDeps = { pollMs: 1, onInterrupt: () => () => {} }
 
-async function cli(argv: string[], migrate: MigrateDeps = fast, tty = false): Promise<Run> {
-  let out = ''
-  let err = ''
-  const io: CliIo = {
-    stdout: { write: (s: string) => (out += s) },
-    stderr: { write: (s: string) => (err += s), isTTY: tty, columns: 160 },
-    env: {},
-  }
-  const code = await runCli([...argv, '--api', api, '--token', TOKEN], io, { migrate })
-  return { code, out, err }
+function cli(argv: string[], migrate: MigrateDeps = fast, tty = false): Promise<CliRun> {
+  return runCliCaptured([...argv, '--api', api, '--token', TOKEN], {
+    deps: { migrate },
+    stderr: { isTTY: tty, columns: 160 },
+  })
 }
 
 const posts = () => seen.filter((s) => s.method === 'POST')
 
 before(async () => {
-  server = createServer((req, res) => {
-    handle(req, res).catch((e) => fail(res, 500, 'INTERNAL', String(e)))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  api = `127.0.0.1:${(server.address() as AddressInfo).port}`
+  fakeApi = await startFakeApi(handle)
+  api = fakeApi.api
 })
 
 after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await fakeApi.close()
 })
 
 beforeEach(() => {

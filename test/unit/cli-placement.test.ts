@@ -1,14 +1,13 @@
 // `skymesh plan`, `drain` and `events` in-process against a small node:http server playing the agent.
 import assert from 'node:assert/strict'
-import { createServer, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { type CliIo, runCli } from '../../src/cli/index.js'
+import { type FakeApi, readBody, runCliCaptured, sendJson, startFakeApi } from '../helpers/cli-harness.js'
 
 const TOKEN = 'tok-0123456789abcdef'
 const PEER_A = '12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
 const PEER_B = '12D3KooWBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb'
-let server: Server
+let fakeApi: FakeApi
 let api = ''
 const seen: { method: string; url: string; body: string }[] = []
 
@@ -56,63 +55,46 @@ const EVENTS = {
 }
 
 before(async () => {
-  server = createServer((req, res) => {
-    let body = ''
-    req.on('data', (d) => {
-      body += d
-    })
-    req.on('end', () => {
-      seen.push({ method: req.method ?? '', url: req.url ?? '', body })
-      const send = (status: number, v: unknown) => {
-        res.writeHead(status, { 'content-type': 'application/json' })
-        res.end(JSON.stringify(v))
-      }
-      if (req.url === '/v1/placement/plan') {
-        if (JSON.parse(body).dryRun === false)
-          return send(202, {
-            dryRun: false,
-            planId: '0123456789abcdef',
-            event: `${PEER_A}#2`,
-            kind: 'overload',
-            partition: [PEER_A, PEER_B],
-            moves: PLAN.moves,
-          })
-        return send(200, PLAN)
-      }
-      if (req.url === '/v1/placement/events') return send(200, EVENTS)
-      if (req.url === '/v1/cluster') {
-        return send(200, {
-          self: PEER_A,
-          counts: { alive: 2, suspect: 0, dead: 0, left: 0 },
-          hosts: [
-            { peerId: PEER_A, self: true, status: 'alive', vmCount: 7 },
-            { peerId: PEER_B, self: false, status: 'alive', vmCount: 0 },
-          ],
+  fakeApi = await startFakeApi(async (req, res) => {
+    const body = await readBody(req)
+    seen.push({ method: req.method ?? '', url: req.url ?? '', body })
+    const send = (status: number, v: unknown) => sendJson(res, status, v)
+    if (req.url === '/v1/placement/plan') {
+      if (JSON.parse(body).dryRun === false)
+        return send(202, {
+          dryRun: false,
+          planId: '0123456789abcdef',
+          event: `${PEER_A}#2`,
+          kind: 'overload',
+          partition: [PEER_A, PEER_B],
+          moves: PLAN.moves,
         })
-      }
-      if (req.url === `/v1/hosts/${PEER_B}/drain` && req.method === 'DELETE')
-        return send(200, { host: PEER_B, self: false, draining: false })
-      if (req.url === `/v1/hosts/${PEER_B}/drain`)
-        return send(202, { host: PEER_B, self: false, vms: 0, draining: true })
-      send(404, { error: { code: 'NOT_FOUND', message: 'no such route' } })
-    })
+      return send(200, PLAN)
+    }
+    if (req.url === '/v1/placement/events') return send(200, EVENTS)
+    if (req.url === '/v1/cluster') {
+      return send(200, {
+        self: PEER_A,
+        counts: { alive: 2, suspect: 0, dead: 0, left: 0 },
+        hosts: [
+          { peerId: PEER_A, self: true, status: 'alive', vmCount: 7 },
+          { peerId: PEER_B, self: false, status: 'alive', vmCount: 0 },
+        ],
+      })
+    }
+    if (req.url === `/v1/hosts/${PEER_B}/drain` && req.method === 'DELETE')
+      return send(200, { host: PEER_B, self: false, draining: false })
+    if (req.url === `/v1/hosts/${PEER_B}/drain`)
+      return send(202, { host: PEER_B, self: false, vms: 0, draining: true })
+    send(404, { error: { code: 'NOT_FOUND', message: 'no such route' } })
   })
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
-  api = `127.0.0.1:${(server.address() as AddressInfo).port}`
+  api = fakeApi.api
 })
 
-after(() => new Promise<void>((r) => server.close(() => r())))
+after(() => fakeApi.close())
 
-async function cli(argv: string[]) {
-  let out = ''
-  let err = ''
-  const io: CliIo = {
-    stdout: { write: (s: string) => (out += s) },
-    stderr: { write: (s: string) => (err += s) },
-    env: {},
-  }
-  const code = await runCli([...argv, '--api', api, '--token', TOKEN], io)
-  return { code, out, err }
+function cli(argv: string[]) {
+  return runCliCaptured([...argv, '--api', api, '--token', TOKEN])
 }
 
 describe('cli: placement', () => {

@@ -1,7 +1,7 @@
 // The CLI in-process against a small node:http server that plays the agent's API.
 import assert from 'node:assert/strict'
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -12,7 +12,6 @@ import {
   formatDuration,
   formatMiB,
   type ProgramDeps,
-  runCli,
   SWARM_KEY_LENGTH,
   shortId,
   table,
@@ -20,6 +19,15 @@ import {
 import type { AgentFlags } from '../../src/node/run.js'
 import type { SitesView } from '../../src/node/sites.js'
 import type { NodeInfo, PeerInfo, VmRecord } from '../../src/node/types.js'
+import {
+  type CliRun,
+  type FakeApi,
+  readBody,
+  runCliCaptured,
+  sendError,
+  sendJson,
+  startFakeApi,
+} from '../helpers/cli-harness.js'
 
 const TOKEN = 'test-token-123'
 const PEER = '12D3KooWAbCdEfGhIjKlMnOpQrStUvWxYz0123456789abcdefgh'
@@ -85,39 +93,26 @@ interface Seen {
   body: unknown
 }
 
-let server: Server
+let fakeApi: FakeApi
 let api: string
 let seen: Seen[] = []
 let vms: VmRecord[] = []
 
-function send(res: ServerResponse, status: number, body?: unknown): void {
-  if (body === undefined) {
-    res.writeHead(status).end()
-    return
-  }
-  res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
-}
-
-function fail(res: ServerResponse, status: number, code: string, message: string): void {
-  send(res, status, { error: { code, message } })
-}
-
 async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-  let raw = ''
-  for await (const chunk of req) raw += chunk
+  const raw = await readBody(req)
   const body = raw ? JSON.parse(raw) : undefined
   const method = req.method ?? 'GET'
   const url = req.url ?? '/'
   seen.push({ method, url, auth: req.headers.authorization, body })
   if (req.headers.authorization !== `Bearer ${TOKEN}`)
-    return fail(res, 401, 'UNAUTHORIZED', 'bad or missing token')
-  if (method === 'GET' && url === '/v1/node') return send(res, 200, node)
-  if (method === 'GET' && url === '/v1/peers') return send(res, 200, { peers })
-  if (method === 'GET' && url === '/v1/sites') return send(res, 200, sites)
-  if (method === 'GET' && url === '/v1/vms') return send(res, 200, { vms })
+    return sendError(res, 401, 'UNAUTHORIZED', 'bad or missing token')
+  if (method === 'GET' && url === '/v1/node') return sendJson(res, 200, node)
+  if (method === 'GET' && url === '/v1/peers') return sendJson(res, 200, { peers })
+  if (method === 'GET' && url === '/v1/sites') return sendJson(res, 200, sites)
+  if (method === 'GET' && url === '/v1/vms') return sendJson(res, 200, { vms })
   if (method === 'POST' && url === '/v1/vms') {
     if (body.memoryMiB > 4096) {
-      return fail(
+      return sendError(
         res,
         409,
         'INSUFFICIENT_CAPACITY',
@@ -130,21 +125,21 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
       diskMiB: body.diskMiB,
     }
     vms.push(created)
-    return send(res, 201, created)
+    return sendJson(res, 201, created)
   }
   const m = /^\/v1\/vms\/([^/]+)(?:\/(pause|resume|digest))?$/.exec(url)
   const found = m ? vms.find((v) => v.id === decodeURIComponent(m[1]!)) : undefined
-  if (m && !found) return fail(res, 404, 'VM_NOT_FOUND', `no VM ${m[1]}`)
+  if (m && !found) return sendError(res, 404, 'VM_NOT_FOUND', `no VM ${m[1]}`)
   if (m && found) {
-    if (method === 'GET' && !m[2]) return send(res, 200, found)
+    if (method === 'GET' && !m[2]) return sendJson(res, 200, found)
     if (method === 'DELETE' && !m[2]) {
       vms = vms.filter((v) => v !== found)
-      return send(res, 204)
+      return sendJson(res, 204)
     }
-    if (method === 'POST' && m[2] === 'pause') return send(res, 200, { ...found, state: 'paused' })
-    if (method === 'POST' && m[2] === 'resume') return send(res, 200, { ...found, state: 'running' })
+    if (method === 'POST' && m[2] === 'pause') return sendJson(res, 200, { ...found, state: 'paused' })
+    if (method === 'POST' && m[2] === 'resume') return sendJson(res, 200, { ...found, state: 'running' })
     if (method === 'GET' && m[2] === 'digest') {
-      return send(res, 200, {
+      return sendJson(res, 200, {
         id: found.id,
         memory: 'aa'.repeat(32),
         disk: 'bb'.repeat(32),
@@ -152,41 +147,23 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
       })
     }
   }
-  fail(res, 404, 'NOT_FOUND', `no route ${method} ${url}`)
+  sendError(res, 404, 'NOT_FOUND', `no route ${method} ${url}`)
 }
 
-interface Run {
-  code: number
-  out: string
-  err: string
-}
-
-async function cli(argv: string[], env: CliIo['env'] = {}, deps: ProgramDeps = {}): Promise<Run> {
-  let out = ''
-  let err = ''
-  const io: CliIo = {
-    stdout: { write: (s: string) => (out += s) },
-    stderr: { write: (s: string) => (err += s) },
-    env,
-  }
-  const code = await runCli(argv, io, deps)
-  return { code, out, err }
+function cli(argv: string[], env: CliIo['env'] = {}, deps: ProgramDeps = {}): Promise<CliRun> {
+  return runCliCaptured(argv, { env, deps })
 }
 
 /** The connection flags for the fake agent. */
 const conn = () => ['--api', api, '--token', TOKEN]
 
 before(async () => {
-  server = createServer((req, res) => {
-    handle(req, res).catch((e) => fail(res, 500, 'INTERNAL', String(e)))
-  })
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  api = `127.0.0.1:${(server.address() as AddressInfo).port}`
+  fakeApi = await startFakeApi(handle)
+  api = fakeApi.api
 })
 
 after(async () => {
-  server.closeAllConnections()
-  await new Promise((resolve) => server.close(resolve))
+  await fakeApi.close()
 })
 
 beforeEach(() => {

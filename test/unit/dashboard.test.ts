@@ -10,6 +10,7 @@ import { DashboardHub, type DashboardSource, type SseSink } from '../../src/dash
 import { createApiServer } from '../../src/node/api/index.js'
 import { AgentError } from '../../src/node/errors.js'
 import type { AgentService, ClusterHost, ClusterVm, MigrationView, VmRecord } from '../../src/node/types.js'
+import { fakeMigrationView } from '../helpers/migration-view.js'
 
 const TOKEN = 'dashboard-test-token-0123456789'
 const SELF = '12D3KooWSelfSelfSelfSelfSelfSelfSelfSelfSelfSelf'
@@ -22,31 +23,18 @@ function migration(
   phase: MigrationView['phase'],
   startedAt: number,
 ): MigrationView {
-  return {
+  return fakeMigrationView({
     id,
     vmId,
-    direction: 'out',
     from: SELF,
     to: OTHER,
-    mode: 'precopy',
-    postcopy: false,
     phase,
     round: 1,
     startedAt,
     bytesSent: 1024 * 1024,
     wireBytes: 1024 * 1024,
-    pagesSent: 0,
-    blocksSent: 0,
-    zeroPages: 0,
-    zeroBlocks: 0,
-    dedupPages: 0,
-    dedupBlocks: 0,
-    frames: 0,
-    compressedFrames: 0,
-    faultPages: 0,
-    dirtyRateMiBps: 0,
     bandwidthMiBps: 10,
-  }
+  })
 }
 
 /** An agent with a few VMs; tests change its fields and fire `changes`. */

@@ -6,53 +6,22 @@ import { beforeEach, describe, it } from 'node:test'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import { decodeHostOverlay, encodeHostOverlay } from '../../src/overlay/codec.js'
-import { type OverlayGossip, OverlayService } from '../../src/overlay/service.js'
+import { OverlayService } from '../../src/overlay/service.js'
 import { pb } from '../../src/proto/index.js'
 import { validateOffer } from '../../src/transfer/destination.js'
 import { MAX_OFFER_NICS } from '../../src/transfer/nics.js'
 import type { MigrationNic } from '../../src/transfer/types.js'
 import { decodeControl } from '../../src/transfer/wire.js'
+import { FakeOverlayGossip, noNetworkHost } from '../helpers/overlay-fakes.js'
 
-class FakeGossip implements OverlayGossip {
-  states = new Map<string, { peerId: string; version: number; overlay?: Uint8Array }>()
-  listeners = new Set<() => void>()
-  changed = 0
-  hosts() {
-    return [...this.states.values()]
-  }
-  where(_vmId: string) {
-    return undefined
-  }
-  subscribe(fn: () => void) {
-    this.listeners.add(fn)
-    return () => this.listeners.delete(fn)
-  }
-  notifyChanged() {
-    this.changed++
-  }
-  publish(peerId: string, overlay: Uint8Array) {
-    const prev = this.states.get(peerId)
-    this.states.set(peerId, { peerId, version: (prev?.version ?? 0) + 1, overlay })
-    for (const fn of this.listeners) fn()
-  }
-}
-
-const fakeHost = {
-  handle: async () => {},
-  unhandle: async () => {},
-  dialProtocol: async () => {
-    throw new Error('no network in this test')
-  },
-}
-
-let gossip: FakeGossip
+let gossip: FakeOverlayGossip
 let svc: OverlayService
 
 beforeEach(async () => {
-  gossip = new FakeGossip()
+  gossip = new FakeOverlayGossip()
   svc = new OverlayService({
     self: 'self',
-    host: fakeHost,
+    host: noNetworkHost,
     gossip,
     logger: pino({ level: 'silent' }),
     metrics: new Registry(),

@@ -5,49 +5,15 @@ import { beforeEach, describe, it } from 'node:test'
 import pino from 'pino'
 import { Registry } from 'prom-client'
 import { decodeHostOverlay, encodeHostOverlay } from '../../src/overlay/codec.js'
-import { type OverlayGossip, OverlayService } from '../../src/overlay/service.js'
+import { OverlayService } from '../../src/overlay/service.js'
 import type { OverlaySnapshot } from '../../src/overlay/types.js'
 import { pb } from '../../src/proto/index.js'
-
-type Loc = { host: string; epoch: number; name: string }
-
-class FakeGossip implements OverlayGossip {
-  states = new Map<string, { peerId: string; version: number; overlay?: Uint8Array }>()
-  locations = new Map<string, Loc>()
-  listeners = new Set<() => void>()
-  changed = 0
-  hosts() {
-    return [...this.states.values()]
-  }
-  where(vmId: string) {
-    return this.locations.get(vmId)
-  }
-  subscribe(fn: () => void) {
-    this.listeners.add(fn)
-    return () => this.listeners.delete(fn)
-  }
-  notifyChanged() {
-    this.changed++
-  }
-  publish(peerId: string, overlay: Uint8Array) {
-    const prev = this.states.get(peerId)
-    this.states.set(peerId, { peerId, version: (prev?.version ?? 0) + 1, overlay })
-    for (const fn of this.listeners) fn()
-  }
-}
-
-const fakeHost = {
-  handle: async () => {},
-  unhandle: async () => {},
-  dialProtocol: async () => {
-    throw new Error('no network in this test')
-  },
-}
+import { FakeOverlayGossip, noNetworkHost } from '../helpers/overlay-fakes.js'
 
 /** Persistence is chained behind earlier writes: let it run. */
 const settled = () => new Promise((r) => setTimeout(r, 10))
 
-let gossip: FakeGossip
+let gossip: FakeOverlayGossip
 let saved: OverlaySnapshot | undefined
 let svc: OverlayService
 
@@ -57,7 +23,7 @@ async function make(
   saved = init.snapshot
   const s = new OverlayService({
     self: 'self',
-    host: fakeHost,
+    host: noNetworkHost,
     gossip,
     logger: pino({ level: 'silent' }),
     metrics: new Registry(),
@@ -74,7 +40,7 @@ async function make(
 }
 
 beforeEach(async () => {
-  gossip = new FakeGossip()
+  gossip = new FakeOverlayGossip()
   svc = await make({ networks: [{ name: 'red', subnet: '10.1.0.0/24' }] })
 })
 
