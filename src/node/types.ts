@@ -1,7 +1,7 @@
 // Shapes the agent shows through its API (and the CLI reads). JSON-safe: strings, numbers, arrays.
 import type { Registry } from 'prom-client'
 import type { MemberStatus } from '../gossip/types.js'
-import type { TapView } from '../overlay/service.js'
+import type { ProbeReport, TapView } from '../overlay/service.js'
 import type { NicStats } from '../overlay/synthetic-nic.js'
 import type { NetworkDetail, NetworkSummary } from '../overlay/types.js'
 import type { MigrationView } from '../transfer/index.js'
@@ -226,15 +226,8 @@ export interface PingRequest {
   size?: number
 }
 
-export interface PingReport {
-  ip: string
-  sent: number
-  received: number
-  lost: number
-  rttMs: { min: number; avg: number; max: number } | null
-  /** Sequence numbers (1-based, in send order) that got no reply. */
-  lostSeqs: number[]
-}
+/** What a ping from a VM saw: the overlay's probe report, as the API returns it. */
+export type PingReport = ProbeReport
 
 /** What the network routes need; `Agent` implements it. */
 export interface NetworkApi {

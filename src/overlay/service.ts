@@ -84,6 +84,7 @@ export interface ProbeReport {
   received: number
   lost: number
   rttMs: { min: number; avg: number; max: number } | null
+  /** Sequence numbers (1-based, in send order) that got no reply. */
   lostSeqs: number[]
 }
 

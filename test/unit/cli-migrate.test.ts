@@ -87,7 +87,6 @@ interface Tracked {
 }
 
 let fakeApi: FakeApi
-let api: string
 let seen: Seen[] = []
 let migrations = new Map<string, Tracked>()
 /** What the next POST .../migrate plays. */
@@ -140,7 +139,7 @@ async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> 
 const fast: MigrateDeps = { pollMs: 1, onInterrupt: () => () => {} }
 
 function cli(argv: string[], migrate: MigrateDeps = fast, tty = false): Promise<CliRun> {
-  return runCliCaptured([...argv, '--api', api, '--token', TOKEN], {
+  return runCliCaptured([...argv, '--api', fakeApi.api, '--token', TOKEN], {
     deps: { migrate },
     stderr: { isTTY: tty, columns: 160 },
   })
@@ -150,12 +149,8 @@ const posts = () => seen.filter((s) => s.method === 'POST')
 
 before(async () => {
   fakeApi = await startFakeApi(handle)
-  api = fakeApi.api
 })
-
-after(async () => {
-  await fakeApi.close()
-})
+after(() => fakeApi.close())
 
 beforeEach(() => {
   seen = []
@@ -497,7 +492,7 @@ describe('cli: migrations', () => {
   })
 
   it('every request carries the bearer token', async () => {
-    const r = await runCli(['migrations', '--api', api, '--token', 'wrong'], {
+    const r = await runCli(['migrations', '--api', fakeApi.api, '--token', 'wrong'], {
       stdout: { write: () => true },
       stderr: { write: () => true },
       env: {},

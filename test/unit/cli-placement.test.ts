@@ -8,7 +8,6 @@ const TOKEN = 'tok-0123456789abcdef'
 const PEER_A = '12D3KooWAaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
 const PEER_B = '12D3KooWBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb'
 let fakeApi: FakeApi
-let api = ''
 const seen: { method: string; url: string; body: string }[] = []
 
 const PLAN = {
@@ -88,13 +87,12 @@ before(async () => {
       return send(202, { host: PEER_B, self: false, vms: 0, draining: true })
     send(404, { error: { code: 'NOT_FOUND', message: 'no such route' } })
   })
-  api = fakeApi.api
 })
 
 after(() => fakeApi.close())
 
 function cli(argv: string[]) {
-  return runCliCaptured([...argv, '--api', api, '--token', TOKEN])
+  return runCliCaptured([...argv, '--api', fakeApi.api, '--token', TOKEN])
 }
 
 describe('cli: placement', () => {

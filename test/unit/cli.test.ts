@@ -94,7 +94,6 @@ interface Seen {
 }
 
 let fakeApi: FakeApi
-let api: string
 let seen: Seen[] = []
 let vms: VmRecord[] = []
 
@@ -155,16 +154,12 @@ function cli(argv: string[], env: CliIo['env'] = {}, deps: ProgramDeps = {}): Pr
 }
 
 /** The connection flags for the fake agent. */
-const conn = () => ['--api', api, '--token', TOKEN]
+const conn = () => ['--api', fakeApi.api, '--token', TOKEN]
 
 before(async () => {
   fakeApi = await startFakeApi(handle)
-  api = fakeApi.api
 })
-
-after(async () => {
-  await fakeApi.close()
-})
+after(() => fakeApi.close())
 
 beforeEach(() => {
   seen = []
@@ -216,7 +211,7 @@ describe('cli: status and peers', () => {
   })
 
   it('a wrong token is reported as the API error', async () => {
-    const r = await cli(['status', '--api', api, '--token', 'nope'])
+    const r = await cli(['status', '--api', fakeApi.api, '--token', 'nope'])
     assert.equal(r.code, 1)
     assert.equal(r.err, 'error: UNAUTHORIZED: bad or missing token\n')
   })
@@ -230,13 +225,13 @@ describe('cli: connection options', () => {
   })
 
   it('--api without a token is a usage error', async () => {
-    const r = await cli(['vm', 'ls', '--api', api])
+    const r = await cli(['vm', 'ls', '--api', fakeApi.api])
     assert.equal(r.code, 2)
     assert.match(r.err, /no API token/)
   })
 
   it('takes SKYMESH_API and SKYMESH_TOKEN from the environment', async () => {
-    const r = await cli(['status', '--json'], { SKYMESH_API: `http://${api}/`, SKYMESH_TOKEN: TOKEN })
+    const r = await cli(['status', '--json'], { SKYMESH_API: `http://${fakeApi.api}/`, SKYMESH_TOKEN: TOKEN })
     assert.equal(r.code, 0, r.err)
     assert.equal(JSON.parse(r.out).peerId, PEER)
   })
@@ -245,7 +240,7 @@ describe('cli: connection options', () => {
     const dir = await mkdtemp(join(tmpdir(), 'skymesh-cli-'))
     try {
       await writeFile(join(dir, 'tok'), `${TOKEN}\n`)
-      const r = await cli(['status', '--json', '--api', api, '--token-file', join(dir, 'tok')])
+      const r = await cli(['status', '--json', '--api', fakeApi.api, '--token-file', join(dir, 'tok')])
       assert.equal(r.code, 0, r.err)
     } finally {
       await rm(dir, { recursive: true, force: true })
@@ -259,7 +254,7 @@ describe('cli: connection options', () => {
       const missing = await cli(['status', '--data-dir', dir])
       assert.equal(missing.code, 1)
       assert.match(missing.err, /no agent running with data dir .*skymesh agent --data-dir/)
-      const file = { pid: process.pid, peerId: PEER, api: `http://${api}`, addrs: node.addrs }
+      const file = { pid: process.pid, peerId: PEER, api: `http://${fakeApi.api}`, addrs: node.addrs }
       await writeFile(join(dir, 'agent.json'), JSON.stringify(file))
       const r = await cli(['vm', 'ls', '--json', '--data-dir', dir])
       assert.equal(r.code, 0, r.err)
