@@ -203,6 +203,14 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     return { control, data, frame, switchover }
   }
 
+  /** Until the destination has taken in `n` data frames of the forged migration `${id}-1`. */
+  async function framesReceived(id: string, n: number): Promise<void> {
+    await waitFor(
+      () => b.service.get(`${id}-1`),
+      (x) => (x?.frames ?? 0) >= n,
+    )
+  }
+
   /** Until the destination's migration `${id}-1` fails with `code`; it kept nothing of VM `id`. */
   async function assertDiscarded(id: string, code: string): Promise<void> {
     const end = await waitFor(
@@ -229,10 +237,7 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     await f.data.write(f.frame(0))
     await f.control.write(f.switchover([2]))
     // One frame is still missing: no verdict yet (the phase turns to verify once all are applied)
-    await waitFor(
-      () => b.service.get('early-1'),
-      (x) => (x?.frames ?? 0) >= 1,
-    )
+    await framesReceived('early', 1)
     await delay(300)
     assert.equal(b.service.get('early-1')?.phase, 'precopy')
     await f.data.write(f.frame(1))
@@ -250,10 +255,7 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     const f = await forgedSource('short')
     await f.data.write(f.frame(0))
     await f.data.write(f.frame(1))
-    await waitFor(
-      () => b.service.get('short-1'),
-      (x) => (x?.frames ?? 0) >= 2,
-    )
+    await framesReceived('short', 2)
     await f.control.write(f.switchover([1]))
     await assertDiscarded('short', 'PROTOCOL')
   })
