@@ -96,7 +96,7 @@ describe('migration journal: held NICs', () => {
       diskMiB: 16,
       networks: ['red'],
     })
-    const freshNic = (fresh as { nics: Nic[] }).nics[0]!
+    const freshNic = (fresh as { id: string; nics: Nic[] }).nics[0]!
     assert.notEqual(freshNic.ip, nic.ip)
     assert.notEqual(freshNic.mac, nic.mac)
 
