@@ -103,6 +103,11 @@ export interface VmContext {
   peers: ClusterVmEntry[]
   /** The cluster's user data, as given at creation (opaque to skymesh). */
   userData?: string
+  /**
+   * Which handing of contexts this is (the creating host counts them per cluster): a host keeps the
+   * newest it got, so one that arrives late (a VM's copy fetched before a scale) never wins.
+   */
+  revision?: number
 }
 
 /** The context of every VM of a cluster: the VM of index 0 is the head, the others workers. */
@@ -111,6 +116,7 @@ export function contexts(
   image: string,
   vms: readonly ClusterVmEntry[],
   userData?: string,
+  revision?: number,
 ): VmContext[] {
   return vms.map((vm) => ({
     cluster,
@@ -118,5 +124,6 @@ export function contexts(
     vm,
     peers: vms.filter((p) => p.id !== vm.id),
     ...(userData !== undefined ? { userData } : {}),
+    ...(revision !== undefined ? { revision } : {}),
   }))
 }

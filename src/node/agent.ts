@@ -314,8 +314,13 @@ export class Agent implements AgentService, NetworkApi {
               )
           }),
         // its NICs travel in the offer, so it keeps them where gossip has not brought them yet
-        nicsOf: (id) => this.overlay?.nicsOf(id) ?? [],
+        nicsOf: (id) => this.overlay?.offerNics(id) ?? [],
         checkNics: (id, nics) => this.overlay?.checkOffered(id, nics),
+        // held until the commit, journaled with the migration (src/node/migrations.ts)
+        holdNics: (mid, id, nics) => this.overlay?.hold(mid, id, nics) ?? nics,
+        releaseNics: (mid) => this.overlay?.unhold(mid),
+        hasNics: (id) => (this.overlay?.nicsOf(id).length ?? 0) > 0,
+        restoreNics: (id, nics) => void this.overlay?.restoreNics(id, nics),
         prepareIncoming: async (id, from, signal) => {
           await this.vclusters?.fetchIncoming(
             id,

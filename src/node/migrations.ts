@@ -45,6 +45,17 @@ export interface MigrationOwner {
    * (the offer is refused BAD_OFFER). What it returns (the NICs as checked) is handed to `adoptIncoming`.
    */
   checkNics?(vmId: string, nics: readonly MigrationNic[]): readonly MigrationNic[] | undefined
+  /**
+   * Optional, destination: holds the offer's NICs for the migration (checked again: nobody else gets
+   * their MAC or IP until the commit or `releaseNics`); throws as checkNics. Returns them as checked.
+   */
+  holdNics?(migrationId: string, vmId: string, nics: readonly MigrationNic[]): readonly MigrationNic[]
+  /** Optional, destination: the hold of an incoming migration goes (failed, or the VM arrived). */
+  releaseNics?(migrationId: string): void
+  /** Optional, destination: whether the overlay keeps NICs for a local VM. */
+  hasNics?(vmId: string): boolean
+  /** Optional, destination: NICs of a committed arrival, back from the journal (the overlay lost them). */
+  restoreNics?(vmId: string, nics: readonly MigrationNic[]): void
   /** Drops a VM that left: destroys its instance, deletes its record. */
   releaseOutgoing(id: string): Promise<void>
   /** The VM's record changed (state, migration marker): persist and gossip it. */
@@ -195,6 +206,7 @@ export class AgentMigrations {
       if (!e.vmId) continue
       if (e.state === 'committed') {
         await this.restoreCommitted(e.vmId, e.data)
+        await this.restoreNics(e.vmId, e.data)
         continue
       }
       if (!owner.record(e.vmId)) await owner.discardIncomingDir(e.vmId)
@@ -303,24 +315,35 @@ export class AgentMigrations {
         message: `needs ${spec.memoryMiB} MiB memory / ${spec.diskMiB} MiB disk; free ${free.memoryMiB} / ${free.diskMiB}`,
       }
     }
+    // The NICs are held with the capacity (no await between): checked again, since the context fetch
+    // above gave other offers and new VMs time to take an address
+    try {
+      if (this.init.owner.holdNics)
+        nics = this.init.owner.holdNics(offer.migrationId, spec.id, offer.nics ?? [])
+    } catch (err) {
+      return { ok: false, code: 'BAD_OFFER', message: `VM ${spec.id}: ${(err as Error).message}` }
+    }
     this.reservations.set(offer.migrationId, {
       vcpus: spec.vcpus,
       memoryMiB: spec.memoryMiB,
       diskMiB: spec.diskMiB,
     })
     this.offeredNics.set(offer.migrationId, nics)
-    // Journaled before the VM's directory exists: a restart finds it and discards the partial copy
+    // Journaled before the VM's directory exists: a restart finds it and discards the partial copy. The
+    // held NICs are in it: an open entry rolls back (the hold lived in memory only), a committed one
+    // gives the VM its NICs back if the overlay lost them.
     try {
       const entry = await this.init.store.appendJournal({
         kind: 'migration-in',
         vmId: spec.id,
         state: 'open',
-        data: { migrationId: offer.migrationId, from: offer.from },
+        data: { migrationId: offer.migrationId, from: offer.from, nics: journalNics(nics) },
       })
       this.inJournal.set(offer.migrationId, entry.id)
     } catch (err) {
       this.reservations.delete(offer.migrationId)
       this.offeredNics.delete(offer.migrationId)
+      this.init.owner.releaseNics?.(offer.migrationId)
       throw err
     }
     return {
@@ -329,6 +352,7 @@ export class AgentMigrations {
       release: () => {
         this.reservations.delete(offer.migrationId)
         this.offeredNics.delete(offer.migrationId)
+        this.init.owner.releaseNics?.(offer.migrationId)
         // Released without a commit: the engine discards the copy; the journal says so
         if (!this.committedIn.has(offer.migrationId)) void this.closeIncoming(offer.migrationId, 'aborted')
       },
@@ -361,6 +385,22 @@ export class AgentMigrations {
     this.log.warn({ vm: vmId, migration: data.migrationId }, 'committed arrival restored from the journal')
   }
 
+  /**
+   * The overlay state is saved after the commit is journaled: an agent that died in between has the VM
+   * (its record, or the one restoreCommitted brought back) without its NICs. They come from the
+   * journal, for the newest commit of a VM that is here; else its IP and MAC would be nobody's.
+   */
+  private async restoreNics(vmId: string, data: Record<string, unknown>): Promise<void> {
+    const { owner } = this.init
+    const nics = Array.isArray(data.nics) ? (data.nics as MigrationNic[]) : []
+    if (nics.length === 0 || !owner.restoreNics || !owner.record(vmId) || owner.hasNics?.(vmId)) return
+    const newer = (await this.init.store.listJournal({ kind: 'migration-in', state: 'committed' })).filter(
+      (x) => x.vmId === vmId,
+    )
+    if (newer.at(-1)?.data.migrationId !== data.migrationId) return
+    owner.restoreNics(vmId, nics)
+  }
+
   private async closeIncoming(migrationId: string, state: 'committed' | 'aborted'): Promise<void> {
     const id = this.inJournal.get(migrationId)
     if (!id) return
@@ -376,7 +416,13 @@ export class AgentMigrations {
     const spec = instance.spec
     const now = new Date().toISOString()
     // Journal first: if we die between here and RUNNING, the source asks and we must say "committed".
-    const data = { migrationId: m.id, from: m.from, epoch: newEpoch, spec: { ...spec } }
+    const data = {
+      migrationId: m.id,
+      from: m.from,
+      epoch: newEpoch,
+      spec: { ...spec },
+      nics: journalNics(this.offeredNics.get(m.id)),
+    }
     const entryId = this.inJournal.get(m.id)
     if (entryId) await this.init.store.updateJournal(entryId, { state: 'committed', data })
     else
@@ -403,6 +449,7 @@ export class AgentMigrations {
     }
     this.reservations.delete(m.id)
     this.offeredNics.delete(m.id)
+    this.init.owner.releaseNics?.(m.id) // the VM's own NICs now
     this.log.info({ vm: spec.id, from: m.from, epoch: newEpoch, migration: m.id }, 'VM arrived')
   }
 
@@ -514,4 +561,24 @@ export class AgentMigrations {
     if (m.phase === 'cancelled') this.outcomes.inc({ direction: m.direction, outcome: 'cancelled' })
     if (m.direction === 'in' && m.phase === 'done') this.outcomes.inc({ direction: 'in', outcome: 'done' })
   }
+}
+
+/** NICs as the journal keeps them (plain JSON: network, MAC, IP, attach, the network's definition). */
+function journalNics(nics: readonly MigrationNic[] | undefined): MigrationNic[] {
+  return (nics ?? []).map((n) => ({
+    network: n.network,
+    mac: n.mac,
+    ip: n.ip,
+    ...(n.attach ? { attach: n.attach } : {}),
+    ...(n.networkDef
+      ? {
+          networkDef: {
+            subnet: n.networkDef.subnet,
+            mtu: n.networkDef.mtu,
+            createdMs: n.networkDef.createdMs,
+            creator: n.networkDef.creator,
+          },
+        }
+      : {}),
+  }))
 }

@@ -16,6 +16,12 @@
 // (context.json in its new directory); the source forgets it when the VM leaves. The creating host
 // follows its VMs by the gossiped location table (and a host a VM left names where it went), so
 // scale and rm find a VM that moved.
+//
+// A scale while a VM moves: the creating host hands the new context to where it thinks the VM is. A
+// host the VM is migrating away from keeps it and passes it on to the destination (which keeps it
+// for the VM's arrival, or as its context if it arrived already); a host the VM left passes it on to
+// where it went. Contexts carry the cluster's revision and every host keeps the newest it got, so the
+// copy the destination fetched when the offer came never overwrites a newer one.
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { Connection, Stream } from '@libp2p/interface'
@@ -70,6 +76,8 @@ export interface VclusterView {
   createdAt: string
   state: VclusterState
   error?: string
+  /** Times this host handed the cluster's contexts (each context carries it as its revision). */
+  contextRevision?: number
   spec: VclusterSpec
   progress: VclusterProgress
   vms: ClusterVmEntry[]
@@ -94,6 +102,8 @@ export interface VclustersInit {
 
 /** VMs that left this host, remembered to tell a creating host where they went. */
 const MOVED_KEEP = 1024
+/** A context passed on from host to host (the VM moved on) at most this many times. */
+const MAX_CONTEXT_HOPS = 4
 
 export class Vclusters {
   readonly #init: VclustersInit
@@ -105,6 +115,8 @@ export class Vclusters {
   readonly #contexts = new Map<string, Map<string, VmContext>>()
   /** Contexts of VMs migrating here, fetched from the source when the offer came: vm id -> context. */
   readonly #incoming = new Map<string, VmContext>()
+  /** VMs whose context is being fetched from their source (an offer came): vm id -> fetches. */
+  readonly #fetching = new Map<string, number>()
   /** VMs that migrated away from here: vm id -> destination. */
   readonly #movedTo = new Map<string, string>()
   /** Background jobs (create, scale), awaited on stop. */
@@ -179,16 +191,63 @@ export class Vclusters {
    * then refused and the VM stays where it is, with its context.
    */
   async fetchIncoming(vmId: string, from: string, signal?: AbortSignal): Promise<void> {
-    const res = await this.#rpc(from, { getContext: vmId }, signal)
-    const json = res.contextJson ?? ''
-    if (json === '') {
-      if (this.#incoming.delete(vmId)) await this.#save()
+    // Meanwhile, a newer context the source passes on (a scale) is kept for the arrival
+    this.#fetching.set(vmId, (this.#fetching.get(vmId) ?? 0) + 1)
+    try {
+      const res = await this.#rpc(from, { getContext: vmId }, signal)
+      const json = res.contextJson ?? ''
+      if (json === '') {
+        if (this.#incoming.delete(vmId)) await this.#save()
+        return
+      }
+      const ctx = parseContext(json)
+      if (ctx.vm.id !== vmId) throw new AgentError('BAD_REQUEST', `the context sent is not VM ${vmId}'s`)
+      this.#keepIncoming(ctx)
+      await this.#save()
+    } finally {
+      const n = (this.#fetching.get(vmId) ?? 1) - 1
+      if (n > 0) this.#fetching.set(vmId, n)
+      else this.#fetching.delete(vmId)
+    }
+  }
+
+  /** A context for a VM migrating here: kept for its arrival, unless an as new one is kept already. */
+  #keepIncoming(ctx: VmContext): boolean {
+    const cur = this.#incoming.get(ctx.vm.id)
+    if (cur && (cur.revision ?? 0) > (ctx.revision ?? 0)) return false
+    this.#incoming.set(ctx.vm.id, { ...ctx, vm: { ...ctx.vm, host: this.#init.self } })
+    return true
+  }
+
+  /**
+   * A context handed to this host (by the creating host, or passed on by the VM's previous host). A VM
+   * migrating here keeps it for its arrival; a VM of this host gets it (and, while it migrates away,
+   * its destination too); a VM that left has it passed on to where it went.
+   */
+  async #receiveContext(ctx: VmContext, hops: number): Promise<void> {
+    const id = ctx.vm.id
+    if (this.#fetching.has(id) || this.#incoming.has(id)) {
+      if (this.#keepIncoming(ctx)) await this.#save()
       return
     }
-    const ctx = parseContext(json)
-    if (ctx.vm.id !== vmId) throw new AgentError('BAD_REQUEST', `the context sent is not VM ${vmId}'s`)
-    this.#incoming.set(vmId, { ...ctx, vm: { ...ctx.vm, host: this.#init.self } })
-    await this.#save()
+    const moved = this.#movedTo.get(id)
+    const to = moved ?? this.#init.migratingTo?.(id)
+    if (!moved) {
+      if (ctx.vm.host !== this.#init.self && !to)
+        throw new AgentError('BAD_REQUEST', 'context is not of a VM of this host')
+      const here = this.#deliver({ ...ctx, vm: { ...ctx.vm, host: this.#init.self } }).then(() =>
+        this.#save(),
+      )
+      // while the VM leaves, its directory may go at any time: the destination's copy is what counts
+      if (to) await here.catch(() => undefined)
+      else await here
+    }
+    if (!to) return
+    if (hops >= MAX_CONTEXT_HOPS)
+      throw new AgentError('INVALID_STATE', `context of VM ${id} passed on ${hops} times; dropped`)
+    const next = { ...ctx, vm: { ...ctx.vm, host: to } }
+    await this.#rpc(to, { context: { vmId: id, contextJson: JSON.stringify(next), hops: hops + 1 } })
+    this.#init.logger.info({ vm: id, to, revision: ctx.revision }, "context passed on to the VM's new host")
   }
 
   /** Destination, once the VM is adopted: its fetched context becomes its context here. */
@@ -434,12 +493,15 @@ export class Vclusters {
     c.progress.phase = 'contexts'
     this.#follow(c)
     const log = this.#init.logger
+    c.contextRevision = (c.contextRevision ?? 0) + 1
     await Promise.all(
-      contexts(c.name, c.image, c.vms, c.spec.userData).map(async (ctx) => {
-        if (ctx.vm.host === this.#init.self) return this.#deliver(ctx)
-        await this.#rpc(ctx.vm.host, {
-          context: { vmId: ctx.vm.id, contextJson: JSON.stringify(ctx) },
-        }).catch((err: unknown) =>
+      contexts(c.name, c.image, c.vms, c.spec.userData, c.contextRevision).map(async (ctx) => {
+        // here (or migrating away from here, or gone from here: passed on to where it went)
+        const sent =
+          ctx.vm.host === this.#init.self
+            ? this.#receiveContext(ctx, 0)
+            : this.#rpc(ctx.vm.host, { context: { vmId: ctx.vm.id, contextJson: JSON.stringify(ctx) } })
+        await sent.catch((err: unknown) =>
           log.warn({ vm: ctx.vm.id, err: (err as Error).message }, 'context not delivered'),
         )
       }),
@@ -613,14 +675,9 @@ export class Vclusters {
         vmJson = JSON.stringify(rec)
       } else if (req.context) {
         const ctx = parseContext(req.context.contextJson ?? '')
-        if (
-          ctx.vm.id !== req.context.vmId ||
-          ctx.vm.host !== this.#init.self ||
-          typeof ctx.cluster !== 'string'
-        )
+        if (ctx.vm.id !== req.context.vmId || typeof ctx.cluster !== 'string')
           throw new AgentError('BAD_REQUEST', 'context is not of a VM of this host')
-        await this.#deliver(ctx)
-        await this.#save()
+        await this.#receiveContext(ctx, req.context.hops ?? 0)
       } else if (req.deleteVm) {
         const id = req.deleteVm
         // Not here: the asker is told where it went, if it left by migration.
@@ -657,6 +714,8 @@ export class Vclusters {
 
   /** Writes the context where the VM's software finds it, and keeps it to serve by API. */
   async #deliver(ctx: VmContext): Promise<void> {
+    const cur = this.#contexts.get(ctx.cluster)?.get(ctx.vm.id)
+    if (cur && (cur.revision ?? 0) > (ctx.revision ?? 0)) return // a newer one came first
     await writeFile(join(this.#init.vmDir(ctx.vm.id), 'context.json'), `${JSON.stringify(ctx, null, 2)}\n`)
     // a copy: the cluster record's entries change as VMs move, a VM's context only when it is handed
     this.#keepContext(structuredClone(ctx))

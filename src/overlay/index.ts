@@ -15,6 +15,7 @@ export {
   type VmMetadata,
 } from './metadata.js'
 export {
+  type CheckedNic,
   MAX_NICS,
   type NetworkConfig,
   type OfferedNic,

@@ -94,6 +94,13 @@ export interface OfferedNic {
   mac: string
   ip: string
   attach?: string
+  /** Its network's definition at the source (absent: the network must be known here). */
+  networkDef?: { subnet: string; mtu: number; createdMs: number; creator: string }
+}
+
+/** An offered NIC as checked here, with the definition of its network (known here, or offered). */
+export interface CheckedNic extends NicRecord {
+  networkDef: NetworkDef
 }
 
 /** NICs one VM may have (what an offer may list). */
@@ -123,6 +130,12 @@ export class OverlayService {
   private readonly streams = new Map<string, StreamPort>()
   /** NICs attached as TAP devices (socat helpers), by `vmId\0network`. */
   private readonly taps = new Map<string, TapPort>()
+  /**
+   * NICs held for incoming migrations until their commit (migration id -> NICs): nobody else gets
+   * their MAC or IP meanwhile. Only in memory: an agent that restarts rolls the migration back
+   * (its journal entry says so) and the hold goes with it.
+   */
+  private readonly held = new Map<string, CheckedNic[]>()
   /** When VMs arrived here by migration (wall-clock ms). */
   private readonly arrivals = new Map<string, number>()
   private unsubscribe?: () => void
@@ -249,7 +262,12 @@ export class OverlayService {
       }
     }
     vms.sort((a, b) => compareIp(a.ip, b.ip))
-    return { ...this.summary(def), vms }
+    const reserved = [...this.held].flatMap(([migrationId, nics]) =>
+      nics
+        .filter((n) => n.network === name)
+        .map((n) => ({ vmId: n.vmId, mac: n.mac, ip: n.ip, migrationId })),
+    )
+    return { ...this.summary(def), vms, reserved }
   }
 
   // ---------------------------------------------------------------- VMs
@@ -425,11 +443,17 @@ export class OverlayService {
 
   /**
    * Destination side of an offer: the NICs the source says its VM has, checked (changes nothing).
-   * Each must be on a network known here, with a unicast MAC and a usable IP of that network that no
-   * other VM holds; where gossip already knows the VM's NICs, the offer must say the same. Throws
-   * OverlayError('BAD_REQUEST') naming the first bad NIC.
+   * Each must be on a network known here or defined by the offer (a network known here under that
+   * name with another subnet or MTU is another network: refused), with a unicast MAC and a usable IP
+   * of that network that no other VM holds or is held for; where gossip already knows the VM's NICs,
+   * the offer must say the same. Throws OverlayError('BAD_REQUEST') naming the first bad NIC.
    */
   checkOffered(vmId: string, offered: readonly OfferedNic[]): NicRecord[] {
+    return this.checked(vmId, offered).map(({ networkDef: _, ...n }) => n)
+  }
+
+  /** checkOffered's work: the NICs with the definition of their network. */
+  private checked(vmId: string, offered: readonly OfferedNic[]): CheckedNic[] {
     const bad = (i: number, msg: string) =>
       new OverlayError('BAD_REQUEST', `nics[${i}]: ${msg}`, { field: `nics[${i}]` })
     if (offered.length > MAX_NICS) {
@@ -438,10 +462,9 @@ export class OverlayService {
       })
     }
     const known = this.meshNics.get(vmId)
-    const nics: NicRecord[] = []
+    const nics: CheckedNic[] = []
     for (const [i, n] of offered.entries()) {
-      const def = typeof n.network === 'string' ? this.networks.get(n.network) : undefined
-      if (!def) throw bad(i, `no network ${JSON.stringify(n.network)} known here`)
+      const def = this.offeredNetwork(n, (msg) => bad(i, msg))
       if (nics.some((x) => x.network === def.name)) throw bad(i, `network '${def.name}' is listed twice`)
       if (typeof n.mac !== 'string' || !isMac(n.mac) || isGroupMac(n.mac) || n.mac === ZERO_MAC)
         throw bad(i, `expected a unicast MAC like 02:00:00:00:00:01, got ${JSON.stringify(n.mac)}`)
@@ -463,7 +486,14 @@ export class OverlayService {
         const said = gossiped ? `${gossiped.mac} ${gossiped.ip}` : 'no NIC'
         throw bad(i, `gossip says VM ${vmId} has ${said} on '${def.name}', the offer ${n.mac} ${n.ip}`)
       }
-      nics.push({ vmId, network: def.name, mac: n.mac, ip: n.ip, ...(n.attach ? { attach: 'tap' } : {}) })
+      nics.push({
+        vmId,
+        network: def.name,
+        mac: n.mac,
+        ip: n.ip,
+        ...(n.attach ? { attach: 'tap' as const } : {}),
+        networkDef: def,
+      })
     }
     if (known?.length && nics.length > 0 && known.length !== nics.length) {
       throw new OverlayError(
@@ -473,6 +503,93 @@ export class OverlayService {
       )
     }
     return nics
+  }
+
+  /**
+   * Holds an incoming VM's NICs for `migrationId` (checked again now: another offer or a new VM may
+   * have taken an address since) until `unhold` or the VM's arrival. Throws as checkOffered.
+   */
+  hold(migrationId: string, vmId: string, offered: readonly OfferedNic[]): CheckedNic[] {
+    const nics = this.checked(vmId, offered)
+    if (nics.length > 0) this.held.set(migrationId, nics)
+    return nics
+  }
+
+  /** The hold of an incoming migration goes (it failed, or the VM's NICs are its own now). */
+  unhold(migrationId: string): void {
+    this.held.delete(migrationId)
+  }
+
+  /**
+   * A VM committed here whose NICs the overlay lost (the agent died between journaling the commit and
+   * saving its overlay state): keep them again, from the migration journal. Not plugged in (the VM
+   * comes back crashed); a VM whose NICs are known here is left alone.
+   */
+  restoreNics(vmId: string, nics: readonly OfferedNic[]): NicRecord[] {
+    if (this.localNics.has(vmId) || nics.length === 0) return []
+    const kept = nics.map((n) => ({
+      vmId,
+      network: n.network,
+      mac: n.mac,
+      ip: n.ip,
+      ...(n.attach === 'tap' ? { attach: 'tap' as const } : {}),
+    }))
+    this.joinNetworks(nics)
+    this.localNics.set(vmId, kept)
+    this.recompute()
+    this.persist()
+    this.init.gossip.notifyChanged()
+    this.log.warn({ vm: vmId, nics: kept.length }, 'NICs of a committed arrival restored from the journal')
+    return kept
+  }
+
+  /** A local VM's NICs as an offer carries them: each with its network's definition. */
+  offerNics(vmId: string): (NicRecord & { networkDef?: NetworkDef })[] {
+    return (this.localNics.get(vmId) ?? []).map((n) => {
+      const def = this.networks.get(n.network) ?? this.ownNetworks.get(n.network)
+      return def ? { ...n, networkDef: def } : { ...n }
+    })
+  }
+
+  /** The network an offered NIC is on: known here (and not contradicted by the offer), else offered. */
+  private offeredNetwork(n: OfferedNic, bad: (msg: string) => Error): NetworkDef {
+    const name = typeof n.network === 'string' ? n.network : ''
+    const known = this.networks.get(name)
+    let offered: NetworkDef | undefined
+    if (n.networkDef) {
+      try {
+        offered = this.validateNetwork(
+          { name, subnet: n.networkDef.subnet, mtu: n.networkDef.mtu },
+          { createdMs: n.networkDef.createdMs, creator: n.networkDef.creator },
+        )
+      } catch (err) {
+        throw bad(`network definition: ${(err as Error).message}`)
+      }
+    }
+    if (known && offered && (known.subnet !== offered.subnet || known.mtu !== offered.mtu)) {
+      throw bad(
+        `network '${name}' here is ${known.subnet} (MTU ${known.mtu}), the VM's is ${offered.subnet} (MTU ${offered.mtu}): another network under the same name`,
+      )
+    }
+    const def = known ?? offered
+    if (!def)
+      throw bad(`no network ${JSON.stringify(n.network)} known here, and the offer does not define it`)
+    return def
+  }
+
+  /** Networks the NICs are on become this host's own too (it has members there now). */
+  private joinNetworks(nics: readonly OfferedNic[]): void {
+    let joined = false
+    for (const n of nics) {
+      if (this.ownNetworks.has(n.network)) continue
+      const known = this.networks.get(n.network)
+      const def = known ?? (n.networkDef ? { name: n.network, ...n.networkDef } : undefined)
+      if (!def) continue
+      this.ownNetworks.set(def.name, { ...def })
+      joined = true
+      this.log.info({ network: def.name, subnet: def.subnet }, 'network joined: a VM on it arrived')
+    }
+    if (joined) this.recompute()
   }
 
   /**
@@ -500,6 +617,7 @@ export class OverlayService {
           ...(n.attach === 'tap' ? { attach: 'tap' as const } : {}),
         }))
     if (nics.length === 0) return []
+    this.joinNetworks(offered.length ? offered : nics)
     this.arrivals.set(vmId, Date.now())
     this.localNics.set(vmId, nics)
     this.announced.delete(vmId)
@@ -704,6 +822,7 @@ export class OverlayService {
   private *allNics(): Iterable<NicRecord> {
     for (const l of this.localNics.values()) yield* l
     for (const l of this.meshNics.values()) yield* l
+    for (const l of this.held.values()) yield* l
   }
 
   private summary(def: NetworkDef): NetworkSummary {

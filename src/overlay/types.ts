@@ -47,8 +47,18 @@ export interface NetworkMember {
   local: boolean
 }
 
+/** An address held on this host for a VM migrating in (not committed yet). */
+export interface NetworkReservation {
+  vmId: string
+  mac: Mac
+  ip: string
+  migrationId: string
+}
+
 export interface NetworkDetail extends NetworkSummary {
   vms: NetworkMember[]
+  /** Addresses held here for incoming migrations (they are nobody else's meanwhile). */
+  reserved: NetworkReservation[]
 }
 
 /** What survives a restart (the agent keeps it in its store). */

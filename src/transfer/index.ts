@@ -62,6 +62,7 @@ export type {
   LocalVm,
   MigrationComponents,
   MigrationHost,
+  MigrationNetworkDef,
   MigrationNic,
   Reservation,
   SourceHooks,

@@ -37,6 +37,16 @@ export interface MigrationNic {
   ip: string
   /** '' or absent: the driver's NIC; 'tap': a TAP device. */
   attach?: string
+  /** Its network's definition at the source (unchecked): a destination may join the network by it. */
+  networkDef?: MigrationNetworkDef
+}
+
+/** A network's definition as an offer carries it (src/overlay NetworkDef without the name). */
+export interface MigrationNetworkDef {
+  subnet: string
+  mtu: number
+  createdMs: number
+  creator: string
 }
 
 export type Reservation =
