@@ -1,6 +1,7 @@
 // bench:migrate — the live-migration engine on this machine, every figure next to a baseline measured
 // in the same run:
-// 1. loopback throughput: raw TCP (= 1.0), node TLS, libp2p (tcp + noise + yamux) with 1..4 streams on
+// 1. loopback throughput (bench/lib/throughput-section.ts, also `npm run bench:throughput`): raw TCP
+//    (= 1.0), node TLS, the direct TLS-PSK channel, libp2p (tcp + noise + yamux) with 1..4 streams on
 //    one connection and 1 stream on each of 2..4 connections; receiver in a child process (as a second
 //    host would be) and, for reference, in the same process (as section 2 runs);
 // 2. migrations with the real MigrationService between two libp2p hosts in this process, synthetic VMs
@@ -9,12 +10,10 @@
 //    the same bytes;
 // 3. the same over bandwidth-limited links, made with the engine's `bandwidthMiBps` (not tc).
 // Prints tables (and the goals of issue 5, met or not) and writes bench/results/migrate.json.
-import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import v8 from 'node:v8'
 import vm from 'node:vm'
 import type { CompressionChoice, MigrationView, Mode } from '../src/transfer/index.js'
@@ -33,18 +32,13 @@ import {
   serveCopy,
   type VmPlan,
 } from './lib/mesh.js'
+import { startReceivers, tcpTransfer } from './lib/throughput.js'
 import {
-  directTransfer,
-  type Libp2pSender,
-  libp2pTransfer,
-  openConnections,
-  type ReceiverInfo,
-  type Receivers,
-  startLibp2pSender,
-  startReceivers,
-  tcpTransfer,
-  tlsTransfer,
-} from './lib/throughput.js'
+  measureThroughput,
+  printThroughput as printSection,
+  type TpRow,
+  type TpSection,
+} from './lib/throughput-section.js'
 
 // ------------------------------------------------------------------ options
 
@@ -188,181 +182,11 @@ const gc = vm.runInNewContext('gc') as () => void
 /** MB/s in decimal megabytes (10^6), as the DESIGN facts are written. */
 const mbps = (bytes: number, ms: number) => bytes / 1e6 / (ms / 1000)
 
-// ------------------------------------------------------------------ 1. throughput
+// ------------------------------------------------------------------ 1. throughput (bench/lib/throughput-section.ts)
 
-interface TpRow {
-  name: string
-  connections: number
-  streams: number
-  mbps: number
-  samplesMBps: number[]
-  note?: string
-}
-
-interface TpSection {
-  topology: 'child-process' | 'same-process'
-  payloadBytes: number
-  tls?: { protocol: string; cipher: string }
-  tlsSkipped?: string
-  rows: TpRow[]
-  load1: number[]
-}
-
-async function startChildReceivers(): Promise<Receivers> {
-  const file = fileURLToPath(new URL('./lib/throughput-peer.js', import.meta.url))
-  const child = fork(file, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  const kill = () => {
-    if (child.exitCode === null && child.pid) child.kill('SIGTERM')
-  }
-  process.once('exit', kill)
-  const info = await new Promise<ReceiverInfo>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('the throughput peer did not start in 30 s')), 30_000)
-    child.once('message', (m: { info: ReceiverInfo }) => {
-      clearTimeout(timer)
-      resolve(m.info)
-    })
-    child.once('exit', (code) => reject(new Error(`the throughput peer exited (${code})`)))
-  })
-  return {
-    info,
-    async close() {
-      const exited = new Promise((r) => child.once('exit', r))
-      child.disconnect()
-      await Promise.race([exited, sleep(5000)])
-      kill()
-      process.off('exit', kill)
-    },
-  }
-}
-
-interface Kind {
-  name: string
-  connections: number
-  streams: number
-  run: (total: number) => Promise<number>
-}
-
-async function throughput(topology: TpSection['topology']): Promise<TpSection> {
-  const total = args.payloadMiB * MiB
-  const receivers = topology === 'child-process' ? await startChildReceivers() : await startReceivers()
-  const sender: Libp2pSender = await startLibp2pSender()
-  const chunk = randomBytes(MiB)
-  const { info } = receivers
-  const section: TpSection = { topology, payloadBytes: total, rows: [], load1: [loadavg()[0]!] }
-  try {
-    const conns = await openConnections(sender, info.multiaddrs[0]!, 4)
-    const kinds: Kind[] = [
-      {
-        name: 'raw TCP (node:net)',
-        connections: 1,
-        streams: 1,
-        run: (n) => tcpTransfer(info.tcpPort, n, chunk),
-      },
-      {
-        name: 'TLS (node:tls)',
-        connections: 1,
-        streams: 1,
-        run: async (n) => {
-          const r = await tlsTransfer(info.tlsPort, info.ca, n, chunk)
-          section.tls = { protocol: r.protocol, cipher: r.cipher }
-          return r.ms
-        },
-      },
-      ...[1, 3].map((c) => ({
-        name: `direct TLS-PSK, engine frames, ${c} conn${c > 1 ? 's' : ''}`,
-        connections: c,
-        streams: 1,
-        run: (n: number) => directTransfer(info.direct, n, c, chunk),
-      })),
-      ...[1, 2, 4].map((s) => ({
-        name: `libp2p ${s} stream${s > 1 ? 's' : ''}, 1 conn`,
-        connections: 1,
-        streams: s,
-        run: async (n: number) => (await libp2pTransfer(conns.slice(0, 1), n, chunk, s)).ms,
-      })),
-      ...[2, 4].map((c) => ({
-        name: `libp2p 1 stream × ${c} conns`,
-        connections: c,
-        streams: 1,
-        run: async (n: number) => {
-          const r = await libp2pTransfer(conns.slice(0, c), n, chunk, 1)
-          if (r.connections !== c) throw new Error(`got ${r.connections} distinct connections, not ${c}`)
-          return r.ms
-        },
-      })),
-    ]
-    const samples = new Map<string, number[]>()
-    const failed = new Map<string, string>()
-    // Warm-up (JIT, connection code paths), then the repetitions interleaved so that load changes on
-    // this shared machine touch every transport alike
-    for (const k of kinds) {
-      try {
-        await k.run(Math.min(32 * MiB, total))
-      } catch (err) {
-        failed.set(k.name, err instanceof Error ? err.message : String(err))
-      }
-    }
-    for (let r = 0; r < args.reps; r++) {
-      for (const k of kinds) {
-        if (failed.has(k.name)) continue
-        try {
-          const ms = await k.run(total)
-          samples.set(k.name, [...(samples.get(k.name) ?? []), mbps(total, ms)])
-        } catch (err) {
-          failed.set(k.name, err instanceof Error ? err.message : String(err))
-        }
-      }
-      log(`throughput (${topology}): repetition ${r + 1}/${args.reps} done`)
-    }
-    for (const k of kinds) {
-      const s = samples.get(k.name) ?? []
-      section.rows.push({
-        name: k.name,
-        connections: k.connections,
-        streams: k.streams,
-        mbps: median(s),
-        samplesMBps: s,
-        ...(failed.has(k.name) ? { note: `skipped: ${failed.get(k.name)}` } : {}),
-      })
-    }
-    if (failed.has('TLS (node:tls)')) section.tlsSkipped = failed.get('TLS (node:tls)')
-    section.load1.push(loadavg()[0]!)
-  } finally {
-    await sender.stop().catch(() => undefined)
-    await receivers.close().catch(() => undefined)
-  }
-  return section
-}
-
-function printThroughput(s: TpSection): void {
-  const tcp = s.rows.find((r) => r.name.startsWith('raw TCP'))?.mbps ?? Number.NaN
-  const tls = s.rows.find((r) => r.name.startsWith('TLS'))?.mbps ?? Number.NaN
-  const where =
-    s.topology === 'child-process'
-      ? 'receiver in a child process (2 processes, as 2 hosts)'
-      : 'sender and receiver in one process (as the migrations below)'
-  console.log(
-    `\n### 1. Transfer throughput, loopback, ${f(s.payloadBytes / MiB)} MiB, ${where}, median of ${args.reps}\n`,
-  )
-  console.log(
-    table(
-      ['transport', 'MB/s', '× raw TCP', '× TLS', 'samples MB/s'],
-      s.rows.map((r) => [
-        r.name,
-        f(r.mbps),
-        ratio(r.mbps / tcp),
-        ratio(r.mbps / tls),
-        r.note ?? r.samplesMBps.map((x) => f(x)).join(' '),
-      ]),
-    ),
-  )
-  if (s.tls)
-    console.log(`\nTLS: ${s.tls.protocol} ${s.tls.cipher}, self-signed P-256 certificate made in-process.`)
-  if (s.tlsSkipped) console.log(`\nTLS skipped: ${s.tlsSkipped}`)
-  console.log(
-    `Load average (1 min) of this shared machine: ${s.load1.map((x) => f(x, 1)).join(' at the start, ')} at the end.`,
-  )
-}
+const throughput = (topology: TpSection['topology']) =>
+  measureThroughput({ topology, payloadMiB: args.payloadMiB, reps: args.reps, log })
+const printThroughput = (s: TpSection) => printSection(s, '### 1. Transfer throughput')
 
 // ------------------------------------------------------------------ 2./3. migrations
 

@@ -102,7 +102,10 @@ export async function startReceivers(): Promise<Receivers> {
     },
     { maxInboundStreams: 64 },
   )
-  const direct = new DirectListener({}, pino({ level: 'silent' }), (f) => void serveFramed(f))
+  // Messages leased, as the migration service's listener hands them to the destination's data loop
+  const direct = new DirectListener({}, pino({ level: 'silent' }), (f) => void serveFramed(f), {
+    messages: 'leased',
+  })
   const grant = await direct.grant('127.0.0.1', 'bench')
   return {
     info: {

@@ -9,6 +9,7 @@ export {
   DirectListener,
   directHostOf,
   SocketFramed,
+  type SocketFramedOptions,
 } from './direct.js'
 export {
   CancelledError,

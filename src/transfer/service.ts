@@ -210,7 +210,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     })
     await this.#qemu.start()
     if (this.#directInit.enabled !== false)
-      this.#direct = new DirectListener(this.#directInit, this.#log, (f, id) => void this.#onDirect(f, id))
+      // Leased messages: the destination's data loop is done with a frame before it reads the next
+      this.#direct = new DirectListener(this.#directInit, this.#log, (f, id) => void this.#onDirect(f, id), {
+        messages: 'leased',
+      })
     this.#started = true
   }
 
