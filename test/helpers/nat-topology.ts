@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { type RunningAgent, removeDir, tempDir, waitFor } from './agent-process.js'
+import { type RunningAgent, removeDir, runCli, tempDir, waitFor } from './agent-process.js'
 import { type NetnsHost, NetnsMesh } from './netns.js'
 
 /** Fast SWIM for tests: failures seen in about a second. */
@@ -33,6 +33,12 @@ export interface NatTopologyOptions {
   args?: (host: NetnsHost, role: 'relay' | 'nated') => string[]
   /** Environment for the NATed agents only (e.g. DEBUG for libp2p's own logs). */
   natedEnv?: Record<string, string>
+  /**
+   * A mesh key for all three (as a real deployment has): with one, the QUIC gate (src/node/quic-gate.ts)
+   * never starts a first-contact QUIC dial, so a dial to a NATed peer is not spent waiting on its
+   * private QUIC address (UDP into the NAT is dropped silently) and reaches its relayed one.
+   */
+  meshKey?: boolean
 }
 
 export async function startNatTopology(o: NatTopologyOptions): Promise<NatTopology> {
@@ -44,6 +50,12 @@ export async function startNatTopology(o: NatTopologyOptions): Promise<NatTopolo
     { name: 'east', hosts: 1, nat: true },
     { name: 'west', hosts: 1, nat: true },
   ])
+  const keyArgs: string[] = []
+  if (o.meshKey) {
+    const made = await runCli(['mesh-key', join(dir, 'mesh.key')])
+    assert.equal(made.code, 0, made.stderr)
+    keyArgs.push('--mesh-key', join(dir, 'mesh.key'))
+  }
   const started: RunningAgent[] = []
   const stop = async () => {
     await Promise.all(started.map((a) => a.stop().catch(() => undefined)))
@@ -59,6 +71,7 @@ export async function startNatTopology(o: NatTopologyOptions): Promise<NatTopolo
         join(dir, 'relay.yaml'),
         '--log-level',
         'info',
+        ...keyArgs,
         ...(o.args?.(pubHost, 'relay') ?? []),
       ],
     })
@@ -72,6 +85,7 @@ export async function startNatTopology(o: NatTopologyOptions): Promise<NatTopolo
         join(dir, 'nated.yaml'),
         '--log-level',
         'info',
+        ...keyArgs,
         ...(o.args?.(host, 'nated') ?? []),
       ]
       const saved = { ...process.env }
