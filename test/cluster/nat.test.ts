@@ -2,8 +2,8 @@
 // its own site behind a NAT router that refuses inbound connections. The NATed hosts reach each
 // other only through the relay (circuit relay v2; hole punching cannot open TCP through these NATs,
 // but a `hole-punched` connection would count too), the mesh converges, a VM migrates between the
-// NATed hosts and says it ran over the relay, and one too big for the relay's limits is refused
-// with the reason. GET /v1/sites shows the three sites with their hosts and measured round trips.
+// NATed hosts and says it ran over the relay (or skymesh's own punch), and once the NATs take random
+// ports (no punch gets through) one too big for the relay's limits is refused at once with the reason. GET /v1/sites shows the three sites with their hosts and measured round trips.
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { sitesTables } from '../../src/cli/commands/sites.js'
