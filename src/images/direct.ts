@@ -1,16 +1,34 @@
-// The chunk data path over a direct TLS connection instead of a libp2p stream. libp2p's noise + yamux
+// The chunk data path over TLS-PSK connections instead of a libp2p stream. libp2p's noise + yamux
 // run in JS and cost CPU per TCP segment; on a small machine where every host of a pipeline receives,
 // verifies and forwards at once, that CPU is what limits the push (bench:propagate). node:tls runs
 // AES-GCM in C++ and hands over whole records, so the same bytes cost a fraction.
 //
-// The client asks the server on /skymesh/images/1 (noise-authenticated, mesh members only) for a grant:
-// the server listens on the IP the client reached it at (the TLS-PSK listener live migrations use,
-// src/transfer/direct.ts), with a fresh 32-byte key and identity for that one connection, and answers
-// them; the client connects with TLS 1.2 PSK and sends its chunk requests there. Any failure (relayed
-// connection, an address that is not the server's, a firewall) and the client uses the libp2p stream.
-import tls from 'node:tls'
+// Two ways to get such a connection, both agreed on /skymesh/images/1 (mesh members only; over a relay
+// when that is all there is):
+//   - direct: the client asks for a grant; the server listens on the IP the client reached it at (the
+//     TLS-PSK listener live migrations use, src/transfer/direct.ts) with a fresh key and identity for
+//     that one connection; the client connects with connectDirect.
+//   - hole-punched (both behind NAT, only a relayed libp2p connection): the client sends a punch invite
+//     (src/transfer/punch.ts: its public address, one fixed port per parallel connection, a fresh key),
+//     the server answers with its own address and ports, and both punch; several connections at once
+//     when one cannot fill a slow inter-site link.
+// transport.ts picks one (direct, then hole-punched, then the relay) and says which.
 import type { Logger } from 'pino'
-import { DIRECT_CIPHERS, type DirectGrant, DirectListener, SocketFramed } from '../transfer/index.js'
+import {
+  connectDirect,
+  type DirectGrant,
+  DirectListener,
+  MAX_PUNCH_STREAMS,
+  PUNCH_TIMEOUT_MS,
+  type PunchEndpoint,
+  type PunchInvite,
+  pickPunchPorts,
+  punchAll,
+  punchChannels,
+  punchPorts,
+  type SocketFramed,
+  withPorts,
+} from '../transfer/index.js'
 import { MAX_MESSAGE_BYTES } from './constants.js'
 import { ImageChannel } from './wire.js'
 
@@ -21,8 +39,13 @@ const GRANT_TTL_MS = 15_000
 export class DirectChunks {
   readonly #listener: DirectListener
   readonly #grants = new Map<string, { release(): void; timer: NodeJS.Timeout; peer: string }>()
+  readonly #onChannel: (ch: ImageChannel, peer: string) => void
+  readonly #log: Logger
+  readonly #lifetime = new AbortController()
 
   constructor(log: Logger, onChannel: (ch: ImageChannel, peer: string) => void) {
+    this.#log = log
+    this.#onChannel = onChannel
     this.#listener = new DirectListener({ port: 0 }, log, (framed, label) => {
       const g = this.#grants.get(label)
       if (!g) {
@@ -45,6 +68,44 @@ export class DirectChunks {
     return { port: g.port, key: g.key, identity: g.identity }
   }
 
+  /**
+   * The responder's half of a hole punch for `peer` (its invite came over the protected stream): our
+   * public IP (`ip`, learnt from a directly connected peer) and as many fresh local ports as the invite
+   * has. Returns the answer at once and punches in the background; every connection that comes is
+   * served like a direct one, the others are logged.
+   */
+  async punch(
+    invite: PunchInvite,
+    ip: string,
+    peer: string,
+    onPunched?: (peer: string) => void,
+  ): Promise<PunchEndpoint> {
+    const n = Math.min(punchPorts(invite).length, MAX_PUNCH_STREAMS)
+    const localPorts = await pickPunchPorts(n)
+    // The answer must reach the client before our SYNs matter: both keep trying for the timeout
+    setImmediate(() => {
+      const channels = punchChannels({
+        role: 'responder',
+        localPorts,
+        remote: invite,
+        key: invite.key,
+        identity: invite.identity,
+        timeoutMs: PUNCH_TIMEOUT_MS,
+        signal: this.#lifetime.signal,
+        maxMessage: MAX_MESSAGE_BYTES,
+      })
+      for (const c of channels)
+        c.then(
+          (framed) => {
+            onPunched?.(peer)
+            this.#onChannel(new ImageChannel(framed, true), peer)
+          },
+          (err: Error) => this.#log.info({ peer, err: err.message }, 'image hole punch failed'),
+        )
+    })
+    return withPorts(ip, localPorts)
+  }
+
   #withdraw(label: string): void {
     const g = this.#grants.get(label)
     if (!g) return
@@ -54,56 +115,54 @@ export class DirectChunks {
   }
 
   close(): void {
+    this.#lifetime.abort(new Error('image service stopped'))
     for (const label of [...this.#grants.keys()]) this.#withdraw(label)
     this.#listener.close()
   }
 }
 
-/**
- * The client's side: one TLS-PSK connection to `host:grant.port` as an ImageChannel whose reads take
- * up to `inFlight` chunk messages (what the client asked and has not read yet).
- */
-export function connectChunks(
+/** The read side of a client's chunk channel: up to `inFlight` chunk messages it asked for and did not read. */
+function chunkReads(inFlight: number) {
+  return { maxMessage: MAX_MESSAGE_BYTES, maxBuffer: (inFlight + 1) * MAX_MESSAGE_BYTES }
+}
+
+function asChannel(framed: SocketFramed): ImageChannel {
+  return new ImageChannel(framed, true)
+}
+
+/** The client's side of a grant: one TLS-PSK connection to `host:grant.port` (connectDirect). */
+export async function connectChunks(
   host: string,
   grant: DirectGrant,
   inFlight: number,
   timeoutMs: number,
   signal: AbortSignal,
 ): Promise<ImageChannel> {
-  return new Promise((resolve, reject) => {
-    const key = Buffer.from(grant.key)
-    const socket = tls.connect({
-      host,
-      port: grant.port,
-      ciphers: DIRECT_CIPHERS,
-      minVersion: 'TLSv1.2',
-      maxVersion: 'TLSv1.2',
-      pskCallback: () => ({ psk: key, identity: grant.identity }),
-      // No certificate: the PSK, handed over the authenticated libp2p stream, authenticates both ends
-      checkServerIdentity: () => undefined,
-    })
-    const fail = (err: Error) => {
-      cleanup()
-      socket.destroy()
-      reject(err)
-    }
-    const onError = (err: Error) => fail(new Error(`direct chunk connection: ${err.message}`))
-    const onAbort = () => fail(new Error('direct chunk connection: aborted'))
-    const timer = setTimeout(
-      () => fail(new Error(`no direct chunk connection within ${timeoutMs} ms`)),
-      timeoutMs,
-    )
-    const cleanup = () => {
-      clearTimeout(timer)
-      socket.off('error', onError)
-      signal.removeEventListener('abort', onAbort)
-    }
-    socket.once('error', onError)
-    signal.addEventListener('abort', onAbort, { once: true })
-    socket.once('secureConnect', () => {
-      cleanup()
-      const framed = new SocketFramed(socket, MAX_MESSAGE_BYTES, (inFlight + 1) * MAX_MESSAGE_BYTES)
-      resolve(new ImageChannel(framed, true))
-    })
+  const [framed] = await connectDirect(host, grant, 1, timeoutMs, signal, chunkReads(inFlight))
+  return asChannel(framed!)
+}
+
+/**
+ * The client's side of a punch: once the server answered `remote`, punches from `localPorts` (what our
+ * invite said) with the invite's key; all connections or none (throws a PunchError).
+ */
+export async function punchChunks(o: {
+  invite: PunchInvite
+  localPorts: number[]
+  remote: PunchEndpoint
+  inFlight: number
+  timeoutMs?: number
+  signal: AbortSignal
+}): Promise<ImageChannel[]> {
+  const all = await punchAll({
+    role: 'initiator',
+    localPorts: o.localPorts,
+    remote: o.remote,
+    key: o.invite.key,
+    identity: o.invite.identity,
+    timeoutMs: o.timeoutMs ?? PUNCH_TIMEOUT_MS,
+    signal: o.signal,
+    ...chunkReads(o.inFlight),
   })
+  return all.map(asChannel)
 }

@@ -26,7 +26,12 @@ export interface PullProgress {
   sources?: string[]
   badChunks: number
   error?: string
+  /** How chunks reach this host from its (first, or last) source: direct, hole-punched or relayed. */
+  link?: ChunkLink
 }
+
+/** How a lane's chunks travel (transport.ts decides). */
+export type ChunkLink = 'direct' | 'hole-punched' | 'relayed'
 
 /** The missing chunks of one round of a pull, shared by its lanes (ascending: a pipeline fills in order). */
 export class ChunkQueue {
@@ -66,7 +71,12 @@ export interface PullInit {
    * and stored as it lands. On any failure it gives the chunks it took and did not store back to the
    * queue, then throws (BadChunkError for a chunk that does not match its hash).
    */
-  fetch: (peer: string, queue: ChunkQueue, signal: AbortSignal) => Promise<void>
+  fetch: (
+    peer: string,
+    queue: ChunkQueue,
+    signal: AbortSignal,
+    onLink: (l: ChunkLink) => void,
+  ) => Promise<void>
   signal: AbortSignal
   /** Rounds over all sources before giving up (default 3). */
   rounds?: number
@@ -79,6 +89,7 @@ interface Lane {
   peer: string
   /** A lane on one of the given (pipeline) sources, not a holder. */
   pipeline: boolean
+  link?: ChunkLink
 }
 
 export class Pull {
@@ -90,6 +101,8 @@ export class Pull {
   readonly #bad = new Set<string>()
   readonly #sources: string[]
   readonly #lanes = new Set<Lane>()
+  /** The link of the last lane that ended well (what a finished pull reports). */
+  #lastLink: ChunkLink | undefined
   readonly done: Promise<void>
 
   constructor(init: PullInit) {
@@ -121,6 +134,7 @@ export class Pull {
   progress(): PullProgress {
     const s = this.#init.store.get(this.id)
     const sources = this.state === 'pulling' ? [...this.#lanes].map((l) => l.peer) : []
+    const link = (this.state === 'pulling' ? [...this.#lanes][0]?.link : undefined) ?? this.#lastLink
     return {
       have: s?.have ?? 0,
       total: s?.chunks ?? 0,
@@ -129,6 +143,7 @@ export class Pull {
       ...(sources.length ? { sources } : {}),
       badChunks: this.badChunks,
       error: this.error,
+      ...(link ? { link } : {}),
     }
   }
 
@@ -191,7 +206,10 @@ export class Pull {
   async #lane(lane: Lane, queue: ChunkQueue): Promise<string | undefined> {
     const { signal, logger } = this.#init
     try {
-      await this.#init.fetch(lane.peer, queue, signal)
+      await this.#init.fetch(lane.peer, queue, signal, (l) => {
+        lane.link = l
+      })
+      if (lane.link) this.#lastLink = lane.link
       return undefined
     } catch (err) {
       if (signal.aborted) return undefined

@@ -5,31 +5,39 @@ import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
-import { directHostOf } from '../transfer/index.js'
+import { pb } from '../proto/index.js'
+import { askObserved, decodeOffer, type MigrationHost } from '../transfer/index.js'
 import { DEFAULT_WAIT_MS, IMAGES_PROTOCOL, MAX_CHUNKS, MAX_SOURCES, MiB } from './constants.js'
-import { connectChunks, DirectChunks } from './direct.js'
+import { DirectChunks } from './direct.js'
 import { Push, type PushView } from './distribute.js'
-import { ImagesError } from './errors.js'
+import { BadChunkError, ImagesError } from './errors.js'
 import { AHEAD, fetchLane, WINDOW } from './fetch.js'
 import { LinkClock } from './link.js'
-import { type ChunkQueue, Pull, type PullProgress } from './pull.js'
+import { type ChunkLink, type ChunkQueue, Pull, type PullProgress } from './pull.js'
 import type { ImageStore, ImageSummary } from './store.js'
+import { ChunkTransport } from './transport.js'
 import type { TreeHost } from './tree.js'
 import { ProgressWatches, toProgress, WATCH_BEAT_MS, WATCH_CHECK_MS, WATCH_MAX_MS } from './watch.js'
-import { ImageChannel, ImageProtocolError, type ImageRequest, type ImageRequestProps } from './wire.js'
+import {
+  ImageChannel,
+  ImageProtocolError,
+  type ImageRequest,
+  type ImageRequestProps,
+  type ImageResponseProps,
+} from './wire.js'
 
 /** The libp2p host, as far as images need it. */
 export interface ImagesHost {
   handle(
     protocol: string,
     handler: (stream: Stream, connection: Connection) => void | Promise<void>,
-    opts?: { maxInboundStreams?: number; maxOutboundStreams?: number },
+    opts?: { maxInboundStreams?: number; maxOutboundStreams?: number; runOnLimitedConnection?: boolean },
   ): Promise<void>
   unhandle(protocol: string): Promise<void>
   dialProtocol(
     peer: PeerId | ReturnType<typeof multiaddr>[],
     protocols: string,
-    opts?: { signal?: AbortSignal },
+    opts?: { signal?: AbortSignal; runOnLimitedConnection?: boolean },
   ): Promise<Stream>
   /** The connections to a peer (to find the IP a direct chunk channel can use). */
   getConnections?(peer?: PeerId): Connection[]
@@ -57,6 +65,8 @@ export interface ImageServiceInit {
   chunkSize?: number
   /** Chunk data over direct TLS connections where possible (direct.ts; default true). */
   direct?: boolean
+  /** Parallel hole-punched connections per source between two NATed hosts (1..8, default 3). */
+  punchStreams?: number
 }
 
 export interface ImageView extends ImageSummary {
@@ -74,22 +84,40 @@ export class ImageService {
   readonly #lifetime = new AbortController()
   readonly #link: LinkClock
   #direct: DirectChunks | undefined
-  /** Peers whose direct channel failed, and until when they are not asked for one again. */
-  readonly #noDirect = new Map<string, number>()
+  readonly #transport: ChunkTransport
+  /** Peers chunks went to or came from over a hole-punched channel (GET /v1/peers says so). */
+  readonly punchedPeers = new Set<string>()
 
   constructor(init: ImageServiceInit) {
     this.#init = init
     this.store = init.store
     this.#log = init.logger
     this.#link = new LinkClock((init.linkMiBps ?? 0) * MiB)
+    const host = init.host
+    this.#transport = new ChunkTransport({
+      getConnections: host.getConnections?.bind(host),
+      // "what is my address" asks a directly connected peer (the migration service answers it)
+      dialProtocol: ((peer: PeerId, protocol: string, opts?: { signal?: AbortSignal }) =>
+        host.dialProtocol(peer, protocol, opts)) as MigrationHost['dialProtocol'],
+      call: (peer, req, signal) => this.#call(peer, req, signal),
+      open: (peer, signal) => this.#open(peer, signal),
+      log: this.#log,
+      direct: init.direct !== false,
+      punchStreams: init.punchStreams ?? 3,
+      inFlight: WINDOW * AHEAD,
+      onPunched: (peer) => this.punchedPeers.add(peer),
+    })
   }
 
   async start(): Promise<void> {
     if (this.#init.direct !== false)
       this.#direct = new DirectChunks(this.#log, (ch, peer) => void this.#serveDirect(ch, peer))
+    // Relayed connections too (hosts behind NAT): small requests there, chunks only within the relay's
+    // limit (transport.ts)
     await this.#init.host.handle(IMAGES_PROTOCOL, (stream, conn) => this.#serve(stream, conn), {
       maxInboundStreams: 64,
       maxOutboundStreams: 64,
+      runOnLimitedConnection: true,
     })
   }
 
@@ -304,7 +332,7 @@ export class ImageService {
       logger: this.#log,
       sources: sources.filter((s) => s !== this.#init.mesh.self),
       holders: () => this.holders(id),
-      fetch: (peer, queue, signal) => this.#fetchChunks(peer, id, queue, signal),
+      fetch: (peer, queue, signal, onLink) => this.#fetchChunks(peer, id, queue, signal, onLink),
       signal: this.#lifetime.signal,
     })
     this.#pulls.set(id, pull)
@@ -336,7 +364,10 @@ export class ImageService {
     ])
     try {
       return new ImageChannel(
-        await this.#init.host.dialProtocol(peerIdFromString(peer), IMAGES_PROTOCOL, { signal: sig }),
+        await this.#init.host.dialProtocol(peerIdFromString(peer), IMAGES_PROTOCOL, {
+          signal: sig,
+          runOnLimitedConnection: true,
+        }),
       )
     } catch (err) {
       // Not connected and no address known to libp2p: try the addresses the host gossips.
@@ -428,53 +459,33 @@ export class ImageService {
     }
   }
 
-  /** One lane of a pull: chunks of image `id` from `peer`, windows taken from `queue`, each verified. */
-  async #fetchChunks(peer: string, id: string, queue: ChunkQueue, signal: AbortSignal): Promise<void> {
-    const ch = (await this.#openDirect(peer, id, signal)) ?? (await this.#open(peer, signal))
-    await fetchLane(ch, {
-      store: this.store,
-      id,
-      peer,
-      queue,
-      waitMs: this.#init.waitMs ?? DEFAULT_WAIT_MS,
-      signal,
-    })
-  }
-
   /**
-   * A direct TLS channel to `peer` for chunks (direct.ts), or undefined when there is none to be had:
-   * disabled, no direct connection (relayed), the peer refused or the connection failed (then the peer
-   * is not asked again for a minute).
+   * One lane of a pull: chunks of image `id` from `peer`, windows taken from `queue`, each verified.
+   * Over direct, hole-punched or relayed channels (transport.ts); several punched channels share the
+   * queue as sub-lanes.
    */
-  async #openDirect(peer: string, id: string, signal: AbortSignal): Promise<ImageChannel | undefined> {
-    if (this.#init.direct === false || (this.#noDirect.get(peer) ?? 0) > Date.now()) return undefined
-    let host: string | undefined
-    for (const conn of this.#init.host.getConnections?.(peerIdFromString(peer)) ?? []) {
-      host = directHostOf(conn)
-      if (host) break
-    }
-    if (!host) return undefined
-    try {
-      const res = await this.#call(peer, { imageId: Buffer.from(id, 'hex'), direct: { host } }, signal)
-      const g = res.direct
-      if (!g?.port || !g.key?.length || !g.identity) throw new Error('no grant in the answer')
-      const sig = AbortSignal.any([signal, this.#lifetime.signal])
-      return await connectChunks(
-        host,
-        { port: g.port, key: Uint8Array.from(g.key), identity: g.identity },
-        WINDOW * AHEAD,
-        3000,
-        sig,
-      )
-    } catch (err) {
-      if (signal.aborted) throw signal.reason
-      this.#noDirect.set(peer, Date.now() + 60_000)
-      this.#log.info(
-        { peer, host, err: (err as Error).message },
-        'no direct chunk channel; chunks over libp2p',
-      )
-      return undefined
-    }
+  async #fetchChunks(
+    peer: string,
+    id: string,
+    queue: ChunkQueue,
+    signal: AbortSignal,
+    onLink: (l: ChunkLink) => void,
+  ): Promise<void> {
+    const sig = AbortSignal.any([signal, this.#lifetime.signal])
+    const bytes = queue.size * this.store.manifest(id).chunkSize
+    const lane = await this.#transport.open(peer, id, bytes, sig)
+    onLink(lane.link)
+    const waitMs = this.#init.waitMs ?? DEFAULT_WAIT_MS
+    const runs = await Promise.allSettled(
+      lane.channels.map((ch) => fetchLane(ch, { store: this.store, id, peer, queue, waitMs, signal })),
+    )
+    const failed = runs
+      .filter((r): r is PromiseRejectedResult => r.status === 'rejected')
+      .map((r) => r.reason)
+    // A lying source fails the lane; a channel that dropped is fine if the others took its chunks
+    const bad = failed.find((e) => e instanceof BadChunkError || e instanceof ImageProtocolError)
+    if (bad) throw bad
+    if (failed.length > 0 && (failed.length === runs.length || queue.size > 0)) throw failed[0]
   }
 
   // --- server side ---
@@ -532,6 +543,25 @@ export class ImageService {
             break
           }
           await ch.sendResponse({ direct: grant })
+          break
+        }
+        case 'punch': {
+          // Hole punch (transport.ts): answer with our public address and ports, then punch
+          let answer: ImageResponseProps['punch']
+          try {
+            if (!this.#direct) throw new Error('direct chunk channels are off on this host')
+            const invite = decodeOffer(pb.PunchOffer.encode(req.punch!).finish(), true)
+            const { ip } = await askObserved(
+              this.#transport.observedHost,
+              AbortSignal.any([signal, AbortSignal.timeout(10_000)]),
+            )
+            const at = await this.#direct.punch(invite, ip, remote, (p) => this.punchedPeers.add(p))
+            answer = { attemptId: invite.attemptId, ip: at.ip, port: at.port, morePorts: at.morePorts ?? [] }
+          } catch (err) {
+            await ch.sendResponse({ error: { code: 'UNAVAILABLE', message: (err as Error).message } })
+            break
+          }
+          await ch.sendResponse({ punch: answer })
           break
         }
         case 'chunks':

@@ -22,6 +22,7 @@ interface ProgressMessage {
   source?: string | null
   badChunks?: number | null
   error?: string | null
+  link?: string | null
 }
 
 export function toProgress(p: ProgressMessage): PullProgress {
@@ -32,6 +33,7 @@ export function toProgress(p: ProgressMessage): PullProgress {
     source: p.source || undefined,
     badChunks: p.badChunks ?? 0,
     error: p.error || undefined,
+    ...(p.link === 'direct' || p.link === 'hole-punched' || p.link === 'relayed' ? { link: p.link } : {}),
   }
 }
 

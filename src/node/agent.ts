@@ -210,10 +210,13 @@ export class Agent implements AgentService, NetworkApi {
       host: this.host,
       logger: this.log.child({ component: 'peers' }),
       latency: (peerId) => this.gossip?.swim.rtt(peerId),
-      // Relayed, but bulk data (migrations) got a hole-punched channel of its own (transfer/punch.ts)
+      // Relayed, but bulk data (migrations, image chunks) got a hole-punched channel of its own
+      // (transfer/punch.ts)
       connection: (peerId) => {
         const kind = this.natLinks?.kind(peerId)
-        return kind === 'relayed' && this.migrations?.service.punchedPeers.has(peerId) ? 'hole-punched' : kind
+        const punched =
+          this.migrations?.service.punchedPeers.has(peerId) || this.images.service?.punchedPeers.has(peerId)
+        return kind === 'relayed' && punched ? 'hole-punched' : kind
       },
       hello: () => ({
         version: VERSION,

@@ -10,7 +10,7 @@ import type { Connection, IdentifyResult, PeerId } from '@libp2p/interface'
 import { isPrivate } from '@libp2p/utils'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
-import { type BulkLink, type BulkLinkAdvisor, LinkError } from '../transfer/index.js'
+import type { BulkLink, BulkLinkAdvisor } from '../transfer/index.js'
 import type { Host } from './p2p.js'
 
 export type ConnectionKind = 'direct' | 'relayed' | 'hole-punched'
@@ -196,12 +196,6 @@ export class NatLinks implements BulkLinkAdvisor {
     if (kind !== 'relayed') return { kind }
     const limits = this.open(peer).find(isRelayed)?.limits
     const mib = (n: number | bigint) => `${Math.round(Number(n) / 1048576)} MiB`
-    if (limits?.bytes !== undefined && BigInt(bytes) > limits.bytes) {
-      throw new LinkError(
-        `only a relayed connection reaches ${peer.toString()} (no direct connection, hole punching failed) and ` +
-          `the relay lets that connection carry ${mib(limits.bytes)} more: not enough for this VM (up to ${mib(bytes)})`,
-      )
-    }
     const bounds = [
       limits?.bytes !== undefined ? `${mib(limits.bytes)}` : undefined,
       limits?.seconds !== undefined ? `${limits.seconds} s` : undefined,
@@ -209,6 +203,13 @@ export class NatLinks implements BulkLinkAdvisor {
     return {
       kind: 'relayed',
       note: `no direct connection (direct dial and hole punching failed)${bounds.length ? `; relay limits ${bounds.join(', ')} per connection` : ''}`,
+      // Too big for the relay: checked now, before any data, so the transfer tries skymesh's own hole
+      // punch and, without one, fails at once with this reason instead of halfway at the relay's limit
+      ...(limits?.bytes !== undefined && BigInt(bytes) > limits.bytes
+        ? {
+            relayTooSmall: `the relay lets that connection carry ${mib(limits.bytes)} more: not enough for this VM (up to ${mib(bytes)})`,
+          }
+        : {}),
     }
   }
 

@@ -410,6 +410,7 @@ export class DirectListener {
 /**
  * The source's side: `n` TLS-PSK connections to `host:port`, all or none (within `timeoutMs`); the
  * caller sends each one's DataHello. Throws (after closing any it opened) if one cannot be made.
+ * `read`: what the caller reads back (default: a migration's acks; image chunks need more).
  */
 export async function connectDirect(
   host: string,
@@ -417,6 +418,7 @@ export async function connectDirect(
   n: number,
   timeoutMs: number,
   signal: AbortSignal,
+  read: { maxMessage?: number; maxBuffer?: number } = {},
 ): Promise<SocketFramed[]> {
   const sockets: tls.TLSSocket[] = []
   const key = Buffer.from(grant.key)
@@ -448,7 +450,7 @@ export async function connectDirect(
   aborted.catch(() => undefined)
   try {
     const all = await Promise.race([Promise.all(Array.from({ length: n }, one)), aborted])
-    return all.map((s) => new SocketFramed(s, 64, DATA_READ_BUFFER))
+    return all.map((s) => new SocketFramed(s, read.maxMessage ?? 64, read.maxBuffer ?? DATA_READ_BUFFER))
   } catch (err) {
     for (const s of sockets) s.destroy()
     signal.throwIfAborted()

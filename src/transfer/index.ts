@@ -4,6 +4,7 @@ export { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, STATUS_PROTOCOL } from './co
 export type { DirectInit } from './direct.js'
 // The TLS-PSK channel, also the chunk data path of images (src/images/direct.ts).
 export {
+  connectDirect,
   DIRECT_CIPHERS,
   type DirectGrant,
   DirectListener,
@@ -34,19 +35,28 @@ export { decideNextRound, estimateEtaMs, type Mode, shouldCompress } from './pol
 export { type MigrationView, type Phase, TERMINAL_PHASES } from './progress.js'
 // Skymesh's own TCP hole punch for that channel between two NATed hosts.
 export {
+  askObserved,
   decodeObserved,
   decodeOffer,
   encodeObserved,
   encodeOffer,
+  MAX_PUNCH_STREAMS,
   newPunchSecret,
+  OBSERVED_PROTOCOL,
   observedFrom,
+  PUNCH_TIMEOUT_MS,
   type PunchEndpoint,
   PunchError,
   type PunchInvite,
   pickPunchPort,
+  pickPunchPorts,
+  punchAll,
+  punchChannels,
   punchDirect,
+  punchPorts,
   punchTcp,
   securePunched,
+  withPorts,
 } from './punch.js'
 export {
   type BulkLink,

@@ -34,11 +34,20 @@ const KEY_BYTES = 32
 /** How long both sides of a migration try to punch before the data goes over the relay. */
 export const PUNCH_TIMEOUT_MS = 10_000
 const MAX_ID = 64
+/** Parallel punched connections one attempt may ask for (offer.port + up to 7 more_ports). */
+export const MAX_PUNCH_STREAMS = 8
 
 /** A public address: where the other side's SYNs must go. */
 export interface PunchEndpoint {
   ip: string
   port: number
+  /** Further fixed ports, one per extra parallel punched connection (same order on both sides). */
+  morePorts?: number[]
+}
+
+/** Every port of an endpoint, the first one first. */
+export function punchPorts(e: PunchEndpoint): number[] {
+  return [e.port, ...(e.morePorts ?? [])]
 }
 
 /** What the initiator sends: its endpoint and the attempt's secret. */
@@ -78,6 +87,22 @@ export async function pickPunchPort(host = '0.0.0.0'): Promise<number> {
   return addr.port
 }
 
+/** `n` distinct free local ports (1..MAX_PUNCH_STREAMS): one per parallel punched connection. */
+export async function pickPunchPorts(n: number, host = '0.0.0.0'): Promise<number[]> {
+  const want = Math.max(1, Math.min(MAX_PUNCH_STREAMS, Math.floor(n)))
+  const ports: number[] = []
+  while (ports.length < want) {
+    const p = await pickPunchPort(host)
+    if (!ports.includes(p)) ports.push(p)
+  }
+  return ports
+}
+
+/** An endpoint with the given ports (the first is `port`, the rest `morePorts`). */
+export function withPorts(ip: string, ports: number[]): PunchEndpoint {
+  return { ip, port: ports[0]!, ...(ports.length > 1 ? { morePorts: ports.slice(1) } : {}) }
+}
+
 /** The "what is my address" answer of a reachable host, from its connection's remote address. */
 export function observedFrom(remote: string | { toString(): string }): PunchEndpoint | undefined {
   const s = remote.toString()
@@ -107,6 +132,7 @@ export function encodeOffer(o: PunchEndpoint & { attemptId: string; key?: Uint8A
     port: o.port,
     key: o.key ?? new Uint8Array(0),
     identity: o.identity ?? '',
+    morePorts: o.morePorts ?? [],
   }).finish()
 }
 
@@ -117,12 +143,15 @@ export function decodeOffer(bytes: Uint8Array, invite: boolean): PunchEndpoint &
   const m = pb.PunchOffer.decode(bytes)
   if (!m.attemptId || m.attemptId.length > MAX_ID) throw new ProtocolError('bad punch attempt id')
   if (!net.isIPv4(m.ip)) throw new ProtocolError(`bad punch address: ${m.ip.slice(0, 64)}`)
-  if (!Number.isInteger(m.port) || m.port < 1 || m.port > 65535) throw new ProtocolError('bad punch port')
+  const ports = [m.port, ...(m.morePorts ?? [])]
+  if (ports.length > MAX_PUNCH_STREAMS) throw new ProtocolError(`more than ${MAX_PUNCH_STREAMS} punch ports`)
+  for (const p of ports)
+    if (!Number.isInteger(p) || p < 1 || p > 65535) throw new ProtocolError('bad punch port')
+  if (new Set(ports).size !== ports.length) throw new ProtocolError('repeated punch port')
   if (invite && (m.key.length !== KEY_BYTES || !m.identity || m.identity.length > MAX_ID))
     throw new ProtocolError('bad punch secret')
-  return invite
-    ? { attemptId: m.attemptId, ip: m.ip, port: m.port, key: m.key, identity: m.identity }
-    : { attemptId: m.attemptId, ip: m.ip, port: m.port }
+  const at = { attemptId: m.attemptId, ...withPorts(m.ip, ports) }
+  return invite ? { ...at, key: m.key, identity: m.identity } : at
 }
 
 export interface PunchTcpOptions {
@@ -151,8 +180,9 @@ export async function punchTcp(o: PunchTcpOptions): Promise<net.Socket> {
   while (!deadline.aborted) {
     attempts++
     const socket = net.connect({ host: o.remote.ip, port: o.remote.port, localPort: o.localPort })
+    let onAbort: (() => void) | undefined
     const result = await new Promise<'ok' | 'error' | 'aborted'>((resolve) => {
-      const onAbort = () => resolve('aborted')
+      onAbort = () => resolve('aborted')
       socket.once('connect', () => resolve('ok'))
       socket.once('error', (err: NodeJS.ErrnoException) => {
         lastError = err.code ?? err.message
@@ -160,6 +190,8 @@ export async function punchTcp(o: PunchTcpOptions): Promise<net.Socket> {
       })
       deadline.addEventListener('abort', onAbort, { once: true })
     })
+    // One listener per attempt would pile up on the deadline (dozens of attempts)
+    if (onAbort) deadline.removeEventListener('abort', onAbort)
     if (result === 'ok') {
       socket.removeAllListeners('error')
       return socket
@@ -233,6 +265,8 @@ export interface PunchDirectOptions extends PunchTcpOptions {
   identity: string
   /** Largest message the channel accepts from the peer (default: a data frame). */
   maxMessage?: number
+  /** Most bytes the peer may have sent and we not read yet (default: a migration's data window). */
+  maxBuffer?: number
 }
 
 /**
@@ -242,7 +276,54 @@ export interface PunchDirectOptions extends PunchTcpOptions {
 export async function punchDirect(o: PunchDirectOptions): Promise<SocketFramed> {
   const socket = await punchTcp(o)
   const secured = await securePunched(socket, o)
-  return new SocketFramed(secured, o.maxMessage ?? MAX_FRAME_BYTES, DATA_READ_BUFFER)
+  return new SocketFramed(secured, o.maxMessage ?? MAX_FRAME_BYTES, o.maxBuffer ?? DATA_READ_BUFFER)
+}
+
+export interface PunchChannelsOptions extends Omit<PunchDirectOptions, 'localPort' | 'remote'> {
+  /** Our fixed local ports, one per connection (what we told the peer). */
+  localPorts: number[]
+  /** The peer's public endpoint; it must have as many ports as `localPorts` (same order). */
+  remote: PunchEndpoint
+}
+
+/**
+ * Several punched TLS-PSK connections at once, one per port pair (k-th local port to the peer's k-th
+ * port): bulk data over parallel TCP connections when one cannot fill the link. One promise per
+ * connection, so the responder can hand each one on as it comes; `punchAll` for all-or-none.
+ */
+export function punchChannels(o: PunchChannelsOptions): Promise<SocketFramed>[] {
+  const remotePorts = punchPorts(o.remote)
+  if (remotePorts.length !== o.localPorts.length) {
+    const err = new PunchError(
+      `the peer punches ${remotePorts.length} connection(s), we asked for ${o.localPorts.length}`,
+    )
+    return o.localPorts.map(() => Promise.reject(err))
+  }
+  return o.localPorts.map((localPort, k) =>
+    punchDirect({ ...o, localPort, remote: { ip: o.remote.ip, port: remotePorts[k]! } }),
+  )
+}
+
+/** All of `punchChannels` or none: on any failure the others are closed and a PunchError thrown. */
+export async function punchAll(o: PunchChannelsOptions): Promise<SocketFramed[]> {
+  // The first failure stops the others at once (no point punching the rest for the full timeout)
+  const stop = new AbortController()
+  let first: Error | undefined
+  const all = await Promise.allSettled(
+    punchChannels({ ...o, signal: AbortSignal.any([stop.signal, ...(o.signal ? [o.signal] : [])]) }).map(
+      (p) =>
+        p.catch((err: Error) => {
+          first ??= err
+          stop.abort()
+          throw err
+        }),
+    ),
+  )
+  if (!first) return all.map((r) => (r as PromiseFulfilledResult<SocketFramed>).value)
+  for (const r of all)
+    if (r.status === 'fulfilled') r.value.abort(new Error('another punched connection failed'))
+  o.signal?.throwIfAborted()
+  throw first instanceof PunchError ? first : new PunchError(first.message)
 }
 
 /** "What is my address": a host answers with the remote address of the asker's connection. */

@@ -24,9 +24,12 @@ import {
   askObserved,
   OBSERVED_PROTOCOL,
   PUNCH_TIMEOUT_MS,
-  pickPunchPort,
-  punchDirect,
+  type PunchEndpoint,
+  pickPunchPorts,
+  punchChannels,
+  punchPorts,
   serveObserved,
+  withPorts,
 } from './punch.js'
 import {
   migratesWithQemu,
@@ -74,6 +77,11 @@ export interface BulkLink {
   kind: 'direct' | 'hole-punched' | 'relayed'
   /** Why it is not direct, when it is not. */
   note?: string
+  /**
+   * Relayed, and the relay cannot carry this much: the transfer may run only over skymesh's own hole
+   * punch, and fails before sending anything when it gets none (this says why, for that message).
+   */
+  relayTooSmall?: string
 }
 
 /**
@@ -306,6 +314,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       ...(this.#directInit.enabled !== false
         ? { direct: { connectTimeoutMs: this.#directInit.connectTimeoutMs ?? 3000 } }
         : {}),
+      relayTooSmall: () => linkRef.link?.relayTooSmall,
       signal,
       onChange: (v) => this.emit('progress', this.#withLink(v)),
     })
@@ -555,11 +564,12 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       }
       // Hole punch (punch.ts): the source has no direct connection; answer with our public address
       // and a fixed port, then punch towards its (in the background: the accept must go first)
-      let punch: { ip: string; port: number } | undefined
+      let punch: PunchEndpoint | undefined
       if (offer.punch && this.#direct) {
         try {
           const { ip } = await askObserved(this.#limitedOk(), signal)
-          punch = { ip, port: await pickPunchPort() }
+          // As many fixed ports as the source's invite: one punched connection per data stream
+          punch = withPorts(ip, await pickPunchPorts(punchPorts(offer.punch).length))
         } catch (err) {
           this.#log.info({ migration: offer.migrationId, err: (err as Error).message }, 'no hole punch')
         }
@@ -577,7 +587,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
               ...(direct
                 ? { directPort: direct.port, directKey: direct.key, directIdentity: direct.identity }
                 : {}),
-              ...(punch && offer.punch ? { punch: { attemptId: offer.punch.attemptId, ...punch } } : {}),
+              ...(punch && offer.punch
+                ? { punch: { attemptId: offer.punch.attemptId, ...punch, morePorts: punch.morePorts ?? [] } }
+                : {}),
               baseImage: baseImage !== undefined && instance.disk.baseImage?.id === baseImage,
             },
           },
@@ -590,25 +602,27 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         const invite = offer.punch
         const punchAc = new AbortController()
         void m.done.then(() => punchAc.abort())
-        void punchDirect({
+        // Each punched connection is handed on as it comes (its DataHello says which stream it is)
+        for (const p of punchChannels({
           role: 'responder',
-          localPort: punch.port,
+          localPorts: punchPorts(punch),
           remote: invite,
           key: invite.key,
           identity: invite.identity,
           timeoutMs: PUNCH_TIMEOUT_MS,
           signal: AbortSignal.any([signal, punchAc.signal]),
-        }).then(
-          (framed) => {
-            this.punchedPeers.add(from)
-            return this.#onDirect(framed, offer.migrationId)
-          },
-          (err: Error) =>
-            this.#log.info(
-              { migration: offer.migrationId, err: err.message },
-              'hole punch failed: libp2p streams',
-            ),
-        )
+        }))
+          void p.then(
+            (framed) => {
+              this.punchedPeers.add(from)
+              return this.#onDirect(framed, offer.migrationId)
+            },
+            (err: Error) =>
+              this.#log.info(
+                { migration: offer.migrationId, err: err.message },
+                'hole punch failed: libp2p streams',
+              ),
+          )
       }
     } catch (err) {
       release()

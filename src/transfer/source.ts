@@ -49,12 +49,15 @@ import { type Counters, emptyCounters, MiB, type MigrationView, type Phase } fro
 import {
   askObserved,
   decodeOffer,
+  MAX_PUNCH_STREAMS,
   newPunchSecret,
   PUNCH_TIMEOUT_MS,
   type PunchEndpoint,
   type PunchInvite,
-  pickPunchPort,
-  punchDirect,
+  pickPunchPorts,
+  punchAll,
+  punchPorts,
+  withPorts,
 } from './punch.js'
 import { sleep, TokenBucket } from './rate.js'
 import { type Outcome, queryStatus } from './status.js'
@@ -88,6 +91,12 @@ export interface OutgoingInit {
   store?: ContentStore
   /** Ask for a direct data channel (direct.ts); absent: libp2p streams only. */
   direct?: { connectTimeoutMs: number }
+  /**
+   * Why the relay cannot carry this migration, when only a relayed connection reaches the destination
+   * and its limit is smaller than the VM: then the hole punch is the only way, and without it the
+   * migration fails (LINK, "cannot reach X directly: ...") before any data is sent.
+   */
+  relayTooSmall?: () => string | undefined
   /** The service's lifetime: aborted when it stops. */
   signal: AbortSignal
   onChange: (view: MigrationView) => void
@@ -304,13 +313,16 @@ export class OutgoingMigration {
       try {
         const { ip } = await askObserved(host, this.#signal)
         const secret = newPunchSecret()
-        this.#punch = { ...secret, attemptId: this.id, ip, port: await pickPunchPort() }
+        // One punched connection per data stream (at most MAX_PUNCH_STREAMS)
+        const ports = await pickPunchPorts(Math.min(options.streams, MAX_PUNCH_STREAMS))
+        this.#punch = { ...secret, attemptId: this.id, ...withPorts(ip, ports) }
       } catch (err) {
         this.#signal.throwIfAborted()
         this.#channelNote = `${this.#channelNote ?? ''}; no hole punch: ${(err as Error).message}`
       }
     }
-    this.#streams = this.#punch ? 1 : options.streams
+    if (!this.#directHost && !this.#punch) this.#failIfRelayTooSmall(this.#channelNote ?? 'no hole punch')
+    this.#streams = this.#punch ? punchPorts(this.#punch).length : options.streams
     await control.send(
       {
         offer: {
@@ -368,6 +380,7 @@ export class OutgoingMigration {
       this.#punchRemote = r
     } else if (this.#punch) {
       this.#channelNote = `${this.#channelNote ?? ''}; the destination does not punch`
+      this.#failIfRelayTooSmall('the destination does not punch')
     }
     // The destination's disk is a layer over its own copy of our base image: send only our layer.
     this.#baseShared = answer.accept?.baseImage === true && instance.disk.ownBlocks !== undefined
@@ -386,8 +399,14 @@ export class OutgoingMigration {
     })
   }
 
+  /** Only the relay is left and it cannot carry this VM: fail now, saying why (no data sent yet). */
+  #failIfRelayTooSmall(why: string): void {
+    const relay = this.#i.relayTooSmall?.()
+    if (relay) throw new LinkError(`cannot reach ${this.#i.to.toString()} directly: ${why}; ${relay}`)
+  }
+
   #reservationId = ''
-  /** Data streams (1 when hole-punching: one punched connection). */
+  /** Data streams (with a hole punch: one punched connection each, at most MAX_PUNCH_STREAMS). */
   #streams = 1
   #punch: PunchInvite | undefined
   #punchRemote: PunchEndpoint | undefined
@@ -486,9 +505,9 @@ export class OutgoingMigration {
     }
     if (this.#punch && this.#punchRemote) {
       try {
-        const framed = await punchDirect({
+        const channels = await punchAll({
           role: 'initiator',
-          localPort: this.#punch.port,
+          localPorts: punchPorts(this.#punch),
           remote: this.#punchRemote,
           key: this.#punch.key,
           identity: this.#punch.identity,
@@ -497,13 +516,14 @@ export class OutgoingMigration {
           maxMessage: 64,
         })
         this.#channel = 'direct-tls'
-        this.#channelNote = `hole-punched to ${this.#punchRemote.ip}:${this.#punchRemote.port}`
-        await this.#addSender(framed, 0)
-        this.#log.info({ remote: this.#punchRemote }, 'hole-punched data channel')
+        this.#channelNote = `hole-punched to ${this.#punchRemote.ip}:${this.#punchRemote.port}${channels.length > 1 ? ` (${channels.length} connections)` : ''}`
+        for (let k = 0; k < channels.length; k++) await this.#addSender(channels[k]!, k)
+        this.#log.info({ remote: this.#punchRemote, streams: channels.length }, 'hole-punched data channel')
         return
       } catch (err) {
         this.#signal.throwIfAborted()
         this.#channelNote = `hole punch failed: ${(err as Error).message}`
+        this.#failIfRelayTooSmall(this.#channelNote)
         this.#log.info({ err: this.#channelNote }, 'data over libp2p streams (relayed)')
       }
     }

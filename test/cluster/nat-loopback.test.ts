@@ -7,10 +7,10 @@ import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../helpers/agent-process.js'
+import { migrateAndWait, peerOf, TEST_GOSSIP, waitConnected } from '../helpers/nat-topology.js'
 
-const GOSSIP = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n'
+const GOSSIP = TEST_GOSSIP
 
-type Peer = { peerId: string; connection?: string }
 type Host = { status: string }
 
 describe('agents reachable only through a relay (loopback)', () => {
@@ -57,20 +57,8 @@ describe('agents reachable only through a relay (loopback)', () => {
         60_000,
       )
     }
-    await waitFor(
-      'a and b connected through the relay',
-      async () => {
-        const pa = (await a.request('GET', '/v1/peers')).body.peers as Peer[]
-        const pb = (await b.request('GET', '/v1/peers')).body.peers as Peer[]
-        return (
-          pa.find((p) => p.peerId === b.peerId)?.connection === 'relayed' &&
-          pb.find((p) => p.peerId === a.peerId)?.connection === 'relayed'
-        )
-      },
-      30_000,
-    )
-    const pa = (await a.request('GET', '/v1/peers')).body.peers as Peer[]
-    assert.equal(pa.find((p) => p.peerId === relay.peerId)?.connection, 'direct')
+    await waitConnected(a, b, ['relayed'], 30_000)
+    assert.equal((await peerOf(a, relay.peerId))?.connection, 'direct')
   })
 
   it('a VM migrates from a to b over the relay', async () => {
@@ -81,16 +69,7 @@ describe('agents reachable only through a relay (loopback)', () => {
     await a.request('POST', `/v1/vms/${id}/pause`)
     const paused = (await a.request('GET', `/v1/vms/${id}/digest`)).body
     assert.ok(digest.combined)
-    const started = await a.request('POST', `/v1/vms/${id}/migrate`, { to: b.peerId, mode: 'precopy' })
-    assert.equal(started.status, 202, JSON.stringify(started.body))
-    const m = await waitFor(
-      'the migration to end',
-      async () => {
-        const x = await a.request('GET', `/v1/migrations/${started.body.id}`)
-        return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
-      },
-      90_000,
-    )
+    const m = await migrateAndWait(a, b, id)
     assert.equal(m.phase, 'done', JSON.stringify(m))
     // Over the relay, or over skymesh's own hole punch (on loopback nothing stands in its way)
     assert.ok(['relayed', 'hole-punched'].includes(m.link), JSON.stringify(m))

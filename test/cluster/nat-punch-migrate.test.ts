@@ -1,67 +1,56 @@
-// A VM migrates between two hosts behind two different NATs (network namespaces, netns.ts): their
-// libp2p connection is relayed (DCUtR cannot punch, see nat-punch.test.ts), so the source asks
-// skymesh's own hole punch (src/transfer/punch.ts) for the data channel: both learn their public
-// address from the relay ("what is my address"), swap it and a fixed port over the relayed control
-// stream, connect by TCP simultaneous open and run TLS-PSK over it. The migration says so.
+// Bulk data between two hosts behind two different NATs (network namespaces, netns.ts): their libp2p
+// connection is relayed (DCUtR cannot punch, see nat-punch.test.ts), so migrations and image pulls
+// ask skymesh's own hole punch (src/transfer/punch.ts): both learn their public address from the relay
+// ("what is my address"), swap it and one fixed port per parallel connection over the relayed,
+// mesh-key-protected stream, connect by TCP simultaneous open and run TLS-PSK over it.
+//   - a VM migrates east -> west and back over 3 punched connections, and says so;
+//   - an image pushed from east to west comes over punched connections, and the pull says so;
+//   - a VM bigger than the relay's limit tries the punch first (it would fail halfway on the relay);
+//   - once the NATs pick random ports (no punch gets through), such a VM fails at once with
+//     "cannot reach X directly" and the reason, and keeps running where it was.
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import { type RunningAgent, removeDir, tempDir, waitFor } from '../helpers/agent-process.js'
-import { NetnsMesh, netnsUnavailable } from '../helpers/netns.js'
+import { waitFor } from '../helpers/agent-process.js'
+import {
+  migrateAndWait,
+  movePausedVm,
+  type NatTopology,
+  peerOf,
+  randomizeNatPorts,
+  startNatTopology,
+  TEST_GOSSIP,
+  waitConnected,
+} from '../helpers/nat-topology.js'
+import { netnsUnavailable } from '../helpers/netns.js'
 
 const why = await netnsUnavailable()
 if (why) console.log(`# nat-punch-migrate: running no namespace tests here: ${why}`)
 
-const GOSSIP = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n'
-const RELAY_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay: true\ncapacity:\n  memoryMiB: 4096\n`
-const NATED_CONFIG = `${GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  directTimeoutMs: 1000\n`
+const RELAY_LIMIT_MIB = 128
+const RELAY_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay:\n  dataLimitMiB: ${RELAY_LIMIT_MIB}\n  durationLimitSec: 600\ncapacity:\n  memoryMiB: 4096\n`
+const NATED_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  directTimeoutMs: 1000\ncapacity:\n  memoryMiB: 4096\n`
 
-type Peer = { peerId: string; connection?: string }
-
-describe('a VM migrates between two NATed hosts over a hole-punched TLS channel', { skip: why }, () => {
-  let mesh: NetnsMesh
-  let dir: string
-  let relay: RunningAgent
-  let east: RunningAgent
-  let west: RunningAgent
+describe('bulk data between two NATed hosts over hole-punched TLS channels', { skip: why }, () => {
+  let n: NatTopology
 
   before(async () => {
-    dir = await tempDir('skymesh-punchmig-')
-    await writeFile(join(dir, 'relay.yaml'), RELAY_CONFIG)
-    await writeFile(join(dir, 'nated.yaml'), NATED_CONFIG)
-    mesh = await NetnsMesh.create([
-      { name: 'pub', hosts: 1 },
-      { name: 'east', hosts: 1, nat: true },
-      { name: 'west', hosts: 1, nat: true },
-    ])
-    const pubHost = mesh.hostsOf('pub')[0]!
-    relay = await mesh.startAgent(pubHost, {
-      dataDir: join(dir, 'relay'),
-      args: ['--config', join(dir, 'relay.yaml')],
+    n = await startNatTopology({
+      prefix: 'skymesh-punchmig-',
+      relayConfig: RELAY_CONFIG,
+      natedConfig: NATED_CONFIG,
     })
-    const bootstrap = relay.addrs.filter((a) => a.includes(`/ip4/${pubHost.ip}/`)).slice(0, 1)
-    const args = ['--config', join(dir, 'nated.yaml')]
-    east = await mesh.startAgent(mesh.hostsOf('east')[0]!, { dataDir: join(dir, 'east'), bootstrap, args })
-    west = await mesh.startAgent(mesh.hostsOf('west')[0]!, { dataDir: join(dir, 'west'), bootstrap, args })
   })
 
   after(async () => {
-    await Promise.all([relay, east, west].filter(Boolean).map((a) => a.stop().catch(() => undefined)))
-    await mesh?.destroy()
-    if (dir) await removeDir(dir)
+    await n?.stop()
   })
 
-  it('east -> west and back: link hole-punched, data over TLS-PSK, same VM', async (t) => {
-    const kindOf = async (a: RunningAgent, peer: string) =>
-      ((await a.request('GET', '/v1/peers')).body.peers as Peer[]).find((p) => p.peerId === peer)
-    await waitFor(
-      'east and west connected through the relay',
-      async () =>
-        (await kindOf(east, west.peerId))?.connection === 'relayed' &&
-        (await kindOf(west, east.peerId))?.connection === 'relayed',
-      60_000,
-    )
+  it('east -> west and back: link hole-punched, 3 punched connections, same VM', async (t) => {
+    const { east, west } = n
+    await waitConnected(east, west, ['relayed'])
     const r = await east.request('POST', '/v1/vms', {
       name: 'punchy',
       vcpus: 1,
@@ -70,38 +59,87 @@ describe('a VM migrates between two NATed hosts over a hole-punched TLS channel'
       workload: { dirtyMiBps: 2, hotSetMiB: 8 },
     })
     assert.equal(r.status, 201, JSON.stringify(r.body))
-    const id = r.body.id as string
-    const migrate = async (from: RunningAgent, to: RunningAgent) => {
-      await waitFor(
-        'the destination knows the VM',
-        async () => (await to.request('GET', `/v1/cluster/vms/${id}`)).body.host === from.peerId,
-        30_000,
-      )
-      await from.request('POST', `/v1/vms/${id}/pause`)
-      const paused = (await from.request('GET', `/v1/vms/${id}/digest`)).body
-      const started = await from.request('POST', `/v1/vms/${id}/migrate`, { to: to.peerId, mode: 'precopy' })
-      assert.equal(started.status, 202, JSON.stringify(started.body))
-      const m = await waitFor(
-        'the migration to end',
-        async () => {
-          const x = await from.request('GET', `/v1/migrations/${started.body.id}`)
-          return ['done', 'failed', 'cancelled'].includes(x.body.phase) ? x.body : undefined
-        },
-        90_000,
-      )
+    for (const [from, to] of [
+      [east, west],
+      [west, east],
+    ] as const) {
+      const m = await movePausedVm(from, to, r.body.id)
       t.diagnostic(`link ${m.link} (${m.linkNote}); channel ${m.channel} (${m.channelNote}); ${m.totalMs} ms`)
-      assert.equal(m.phase, 'done', JSON.stringify(m))
       assert.equal(m.link, 'hole-punched', JSON.stringify(m))
       assert.equal(m.channel, 'direct-tls', JSON.stringify(m))
-      assert.match(String(m.channelNote), /^hole-punched to /)
-      assert.equal((await to.request('GET', `/v1/vms/${id}/digest`)).body.combined, paused.combined)
-      assert.equal((await from.request('GET', `/v1/vms/${id}`)).status, 404)
-      await to.request('POST', `/v1/vms/${id}/resume`)
+      // One punched connection per data stream (3 by default)
+      assert.match(String(m.channelNote), /^hole-punched to \S+ \(3 connections\)$/)
     }
-    await migrate(east, west)
-    await migrate(west, east)
     // Each shows the other as hole-punched (for bulk data; libp2p control stays on the relay)
-    assert.equal((await kindOf(east, west.peerId))?.connection, 'hole-punched')
-    assert.equal((await kindOf(west, east.peerId))?.connection, 'hole-punched')
+    assert.equal((await peerOf(east, west.peerId))?.connection, 'hole-punched')
+    assert.equal((await peerOf(west, east.peerId))?.connection, 'hole-punched')
+  })
+
+  it('an image pushed from east to west comes over the punched path, and the pull says so', async () => {
+    const { east, west } = n
+    const file = join(n.dir, 'image.img')
+    await writeFile(file, randomBytes(12 * 1048576))
+    const img = await east.request('POST', '/v1/images', { path: file, name: 'punched' })
+    assert.equal(img.status, 201, JSON.stringify(img.body))
+    const id = img.body.id as string
+    const started = await east.request('POST', `/v1/images/${id}/distribute`, { to: [west.peerId] })
+    assert.equal(started.status, 202, JSON.stringify(started.body))
+    const view = await waitFor(
+      'the push to end',
+      async () => {
+        const v = (await east.request('GET', `/v1/images/${id}/distribute`)).body
+        return v.state !== 'running' ? v : undefined
+      },
+      120_000,
+    )
+    assert.equal(view.state, 'done', JSON.stringify(view))
+    const there = (await west.request('GET', `/v1/images/${id}`)).body
+    assert.equal(there.complete, true, JSON.stringify(there))
+    assert.equal(there.pull?.link, 'hole-punched', JSON.stringify(there.pull))
+    assert.equal((await west.request('POST', `/v1/images/${id}/verify`, {})).body.ok, true)
+  })
+
+  it("a VM bigger than the relay's limit tries the punch first, and migrates over it", async () => {
+    const { east, west } = n
+    const r = await east.request('POST', '/v1/vms', {
+      name: 'bigpunch',
+      vcpus: 1,
+      memoryMiB: RELAY_LIMIT_MIB + 64,
+      diskMiB: 64,
+    })
+    assert.equal(r.status, 201, JSON.stringify(r.body))
+    const m = await movePausedVm(east, west, r.body.id)
+    assert.equal(m.link, 'hole-punched', JSON.stringify(m))
+  })
+
+  it('without a punch (NATs with random ports) such a VM fails at once, says why, and stays', async () => {
+    const { east, west, mesh } = n
+    await randomizeNatPorts(mesh, 'east')
+    await randomizeNatPorts(mesh, 'west')
+    const r = await east.request('POST', '/v1/vms', {
+      name: 'stuck',
+      vcpus: 1,
+      memoryMiB: RELAY_LIMIT_MIB + 64,
+      diskMiB: 64,
+    })
+    assert.equal(r.status, 201, JSON.stringify(r.body))
+    await waitFor(
+      'west knows the VM',
+      async () => (await west.request('GET', `/v1/cluster/vms/${r.body.id}`)).body.host === east.peerId,
+      30_000,
+    )
+    const m = await migrateAndWait(east, west, r.body.id, {})
+    assert.equal(m.phase, 'failed', JSON.stringify(m))
+    assert.equal(m.error.code, 'LINK', JSON.stringify(m))
+    assert.match(
+      m.error.message,
+      new RegExp(
+        `cannot reach ${west.peerId} directly: hole punch failed: .*the relay lets that connection carry \\d+ MiB more`,
+      ),
+    )
+    // Nothing went over the relay: it failed before any data
+    assert.equal(m.bytesSent ?? 0, 0, JSON.stringify(m))
+    assert.equal((await east.request('GET', `/v1/vms/${r.body.id}`)).body.state, 'running')
+    assert.equal((await west.request('GET', `/v1/vms/${r.body.id}`)).status, 404)
   })
 })
