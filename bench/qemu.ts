@@ -18,16 +18,20 @@
 //
 // Usage: npm run bench:qemu   (prints a table, writes bench/results/qemu.json)
 import '../src/node/polyfill.js'
+import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
+import { type AddressInfo, createServer } from 'node:net'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
+  addPskCreds,
   completeMirror,
   exportDisk,
   mirrorProgress,
   QemuDriver,
+  type QemuPskCreds,
   startMirror,
   unexportDisk,
   waitMirrorReady,
@@ -58,12 +62,31 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
-/** Paths to run (comma-separated: direct, mesh1, mesh4); default all. */
-const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,mesh1,mesh4').split(','))
+/** Paths to run (comma-separated: direct, tls1, tls4, tcp1, tcp4, mesh1, mesh4); default all. */
+const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,mesh1,mesh4').split(','))
 /** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
 const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
-async function direct(workload: { name: string; rateMiBps: number }, rep: number): Promise<Run> {
+/** A free TCP port on 127.0.0.1 (bench only: the NBD server of the QEMU-to-QEMU TCP paths). */
+async function freePort(): Promise<number> {
+  const srv = createServer()
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  const port = (srv.address() as AddressInfo).port
+  await new Promise((r) => srv.close(r))
+  return port
+}
+
+/**
+ * QEMU to QEMU, no agent in the path: over unix sockets (the baseline), over TCP with QEMU's own
+ * TLS-PSK (migration stream, multifd channels and the NBD mirror), or over plain TCP (a reference
+ * only: nothing authenticates it; the mesh never offers it).
+ */
+async function direct(
+  workload: { name: string; rateMiBps: number },
+  rep: number,
+  transport: 'unix' | 'tls' | 'tcp' = 'unix',
+  channels = 1,
+): Promise<Run> {
   const driver = new QemuDriver()
   const tmp = shortTmpDir('skq-bench-')
   try {
@@ -81,15 +104,28 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
       milestones[what] = Date.now() - t0
     }
     const dst = await driver.prepareIncoming(spec, { dir: `${tmp.path}/dst` })
-    await exportDisk(dst, `${tmp.path}/nbd.sock`)
-    await dst.migrateIncoming(`unix:${tmp.path}/mig.sock`)
+    const key = randomBytes(32)
+    const identity = randomBytes(16).toString('hex')
+    const creds: QemuPskCreds[] = []
+    if (transport === 'tls') creds.push(await addPskCreds(dst, 'mig-tls', 'server', identity, key))
+    const tlsCreds = transport === 'tls' ? 'mig-tls' : undefined
+    const nbdAddr =
+      transport === 'unix' ? `${tmp.path}/nbd.sock` : { host: '127.0.0.1', port: await freePort(), tlsCreds }
+    await exportDisk(dst, nbdAddr)
+    await dst.migrateIncoming(transport === 'unix' ? `unix:${tmp.path}/mig.sock` : 'tcp:127.0.0.1:0', {
+      tlsCreds,
+      multifdChannels: channels,
+    })
+    const migUri =
+      transport === 'unix' ? `unix:${tmp.path}/mig.sock` : `tcp:127.0.0.1:${await dst.incomingPort()}`
+    if (transport === 'tls') creds.push(await addPskCreds(src, 'mig-tls', 'client', identity, key))
     mark('accepted')
     // The same waits as the mesh path: QEMU's events, no polling in the way
     const incoming = dst.waitMigration(120_000).then(async (i) => {
       if (i.status === 'completed') await unexportDisk(dst)
       return i
     })
-    await startMirror(src, `${tmp.path}/nbd.sock`)
+    await startMirror(src, nbdAddr)
     let diskBytes = 0
     await waitMirrorReady(src, AbortSignal.timeout(120_000), (p) => {
       diskBytes = p.offset
@@ -99,10 +135,12 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     src.onStateChange((s) => {
       if (s === 'paused' && !pausedAt) pausedAt = Date.now()
     })
-    await src.migrate(`unix:${tmp.path}/mig.sock`, {
+    await src.migrate(migUri, {
       downtimeLimitMs: DOWNTIME_MS,
       autoConverge: true,
       pauseBeforeSwitchover: true,
+      multifdChannels: channels,
+      tlsCreds,
     })
     mark('migrateStarted')
     const pre = await src.waitMigrationStatus(['pre-switchover'], { timeoutMs: 120_000 })
@@ -122,6 +160,7 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     await dst.resume()
     mark('running')
     const end = Date.now()
+    for (const c of creds) await c.remove()
     await src.stop()
     const before = memLines(dst.serialLog).length
     await waitSerial(
@@ -132,7 +171,10 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     )
     return {
       workload: workload.name,
-      path: 'direct (unix socket)',
+      path:
+        transport === 'unix'
+          ? 'direct (unix socket)'
+          : `qemu-${transport} ${transport === 'tls' ? 'TLS-PSK' : '(no auth)'}, ${channels > 1 ? `multifd ${channels}` : '1 stream'}`,
       milestones,
       totalMs: end - t0,
       downtimeMs: end - pausedAt,
@@ -223,6 +265,10 @@ async function main(): Promise<void> {
       for (const w of WORKLOADS) {
         const n = runs.length
         if (ONLY.has('direct')) runs.push(await direct(w, rep))
+        if (ONLY.has('tls1')) runs.push(await direct(w, rep, 'tls', 1))
+        if (ONLY.has('tls4')) runs.push(await direct(w, rep, 'tls', 4))
+        if (ONLY.has('tcp1')) runs.push(await direct(w, rep, 'tcp', 1))
+        if (ONLY.has('tcp4')) runs.push(await direct(w, rep, 'tcp', 4))
         if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
         if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
         for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
