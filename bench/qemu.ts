@@ -1,8 +1,11 @@
 // bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
 // sockets (the baseline) vs through the mesh: two libp2p hosts (tcp + noise + yamux, as the
-// agents') with the agents' migration service (the destination in a worker thread), QEMU's
-// migration stream and its disk mirror tunnelled over direct TLS-PSK connections (libp2p streams
-// with SKYMESH_BENCH_CHANNEL=libp2p), with one stream and with multifd (4 channels, 4 tunnels).
+// agents') with the agents' migration service (the destination in a worker thread): QEMU's
+// migration stream QEMU to QEMU with QEMU's own TLS-PSK (the default), or, with QEMU TLS off (the
+// "agent relay" rows), tunnelled over the agents' direct TLS-PSK connections (libp2p streams with
+// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4).
+// Also QEMU to QEMU without agents over TCP: with QEMU's TLS-PSK, and plain (a reference only:
+// nothing authenticates plain TCP, the mesh never uses it).
 //
 // Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
 // over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
@@ -62,8 +65,14 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
-/** Paths to run (comma-separated: direct, tls1, tls4, tcp1, tcp4, mesh1, mesh4); default all. */
-const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,mesh1,mesh4').split(','))
+/**
+ * Paths to run (comma-separated): direct (unix socket), tls1/tls4 and tcp1/tcp4 (QEMU to QEMU, own
+ * TLS-PSK / plain TCP, 1 stream / multifd 4), mesh1/mesh4 (the agents; QEMU TLS when direct),
+ * relay1/relay4 (the agents with QEMU TLS off: their direct TLS tunnels).
+ */
+const ONLY = new Set(
+  (process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,tcp4,mesh1,mesh4,relay1').split(','),
+)
 /** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
 const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
@@ -209,7 +218,13 @@ async function meshPair(dir: string) {
   const dstPeer = peerIdFromString(hello.peerId)
   await src.host.dial(multiaddr(hello.addr))
   return {
-    async migrate(workload: { name: string; rateMiBps: number }, streams: number, rep: number): Promise<Run> {
+    /** `relay`: QEMU's own TLS off (SKYMESH_QEMU_TLS=0, read by the source): the agents' tunnels carry it. */
+    async migrate(
+      workload: { name: string; rateMiBps: number },
+      streams: number,
+      rep: number,
+      relay = false,
+    ): Promise<Run> {
       const spec = guestSpec(`bench-mesh-${workload.rateMiBps}-${streams}-${rep}`, {
         rateMiBps: workload.rateMiBps,
       })
@@ -222,8 +237,11 @@ async function meshPair(dir: string) {
         'boot',
       )
       const cpu0 = process.cpuUsage()
+      if (relay) process.env.SKYMESH_QEMU_TLS = '0'
       const m = src.service.migrate(spec.id, dstPeer, { streams, downtimeMs: DOWNTIME_MS, channel: CHANNEL })
-      const v = await src.service.done(m.id)
+      const v = await src.service.done(m.id).finally(() => {
+        delete process.env.SKYMESH_QEMU_TLS
+      })
       const cpu = process.cpuUsage(cpu0)
       if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
       worker.postMessage({ cmd: 'check', vmId: spec.id })
@@ -231,7 +249,7 @@ async function meshPair(dir: string) {
       if (r.error) throw new Error(r.error)
       return {
         workload: workload.name,
-        path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
+        path: `mesh${relay ? ', agent relay' : ''}, ${streams > 1 ? `multifd ${streams}` : '1 stream'}`,
         milestones: milestones.get(m.id),
         totalMs: v.totalMs ?? Number.NaN,
         downtimeMs: v.downtimeMs ?? Number.NaN,
@@ -271,6 +289,8 @@ async function main(): Promise<void> {
         if (ONLY.has('tcp4')) runs.push(await direct(w, rep, 'tcp', 4))
         if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
         if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
+        if (ONLY.has('relay1')) runs.push(await pair.migrate(w, 1, rep, true))
+        if (ONLY.has('relay4')) runs.push(await pair.migrate(w, 4, rep, true))
         for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
       }
     }
