@@ -1,10 +1,10 @@
 // QEMU's own TLS (GnuTLS) with a pre-shared key, so two QEMUs can move a migration stream straight
-// to each other with no agent in the data path. A per-migration key lives in a private temp dir
-// (0700, keys.psk 0600, `identity:hexkey` as QEMU's tls-creds-psk reads it) only while the creds
+// to each other with no agent in the data path. A per-migration key lives in a private dir (0700,
+// in the VM's directory, so an agent killed mid-migration leaves it only where the VM's own files
+// are; keys.psk 0600, `identity:hexkey` as QEMU's tls-creds-psk reads it) only while the creds
 // need it; the server side also gets fixed Diffie-Hellman parameters (RFC 7919 ffdhe2048, public
 // constants), else QEMU would generate 2048-bit ones at creds creation (seconds of CPU).
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { QemuVm } from './qemu-vm.js'
 
@@ -42,7 +42,7 @@ export async function addPskCreds(
 ): Promise<QemuPskCreds> {
   if (!IDENTITY.test(identity)) throw new Error(`bad PSK identity: ${JSON.stringify(identity)}`)
   if (key.length < 16) throw new Error('PSK shorter than 16 bytes')
-  const dir = await mkdtemp(join(tmpdir(), 'skymesh-psk-'))
+  const dir = await mkdtemp(join(vm.paths.dir, 'psk-'))
   const drop = () => rm(dir, { recursive: true, force: true })
   try {
     await writeFile(join(dir, 'keys.psk'), `${identity}:${Buffer.from(key).toString('hex')}\n`, {
