@@ -1,8 +1,11 @@
 // bench:qemu — the same tiny guest (scripts/build-guest.sh) migrated by QEMU directly over unix
 // sockets (the baseline) vs through the mesh: two libp2p hosts (tcp + noise + yamux, as the
-// agents') with the agents' migration service (the destination in a worker thread), QEMU's
-// migration stream and its disk mirror tunnelled over direct TLS-PSK connections (libp2p streams
-// with SKYMESH_BENCH_CHANNEL=libp2p), with one stream and with multifd (4 channels, 4 tunnels).
+// agents') with the agents' migration service (the destination in a worker thread): QEMU's
+// migration stream QEMU to QEMU with QEMU's own TLS-PSK (the default), or, with QEMU TLS off (the
+// "agent relay" rows), tunnelled over the agents' direct TLS-PSK connections (libp2p streams with
+// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4).
+// Also QEMU to QEMU without agents over TCP: with QEMU's TLS-PSK, and plain (a reference only:
+// nothing authenticates plain TCP, the mesh never uses it).
 //
 // Baseline, in this process: a destination QEMU (`-incoming defer`) exports its new disk layer
 // over NBD on a unix socket, the source mirrors its layer into it (blockdev-mirror), migrates with
@@ -18,16 +21,20 @@
 //
 // Usage: npm run bench:qemu   (prints a table, writes bench/results/qemu.json)
 import '../src/node/polyfill.js'
+import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
+import { type AddressInfo, createServer } from 'node:net'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import {
+  addPskCreds,
   completeMirror,
   exportDisk,
   mirrorProgress,
   QemuDriver,
+  type QemuPskCreds,
   startMirror,
   unexportDisk,
   waitMirrorReady,
@@ -58,12 +65,37 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
-/** Paths to run (comma-separated: direct, mesh1, mesh4); default all. */
-const ONLY = new Set((process.env.SKYMESH_BENCH_PATHS ?? 'direct,mesh1,mesh4').split(','))
+/**
+ * Paths to run (comma-separated): direct (unix socket), tls1/tls4 and tcp1/tcp4 (QEMU to QEMU, own
+ * TLS-PSK / plain TCP, 1 stream / multifd 4), mesh1/mesh4 (the agents; QEMU TLS when direct),
+ * relay1/relay4 (the agents with QEMU TLS off: their direct TLS tunnels).
+ */
+const ONLY = new Set(
+  (process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,tcp4,mesh1,mesh4,relay1').split(','),
+)
 /** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
 const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
-async function direct(workload: { name: string; rateMiBps: number }, rep: number): Promise<Run> {
+/** A free TCP port on 127.0.0.1 (bench only: the NBD server of the QEMU-to-QEMU TCP paths). */
+async function freePort(): Promise<number> {
+  const srv = createServer()
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
+  const port = (srv.address() as AddressInfo).port
+  await new Promise((r) => srv.close(r))
+  return port
+}
+
+/**
+ * QEMU to QEMU, no agent in the path: over unix sockets (the baseline), over TCP with QEMU's own
+ * TLS-PSK (migration stream, multifd channels and the NBD mirror), or over plain TCP (a reference
+ * only: nothing authenticates it; the mesh never offers it).
+ */
+async function direct(
+  workload: { name: string; rateMiBps: number },
+  rep: number,
+  transport: 'unix' | 'tls' | 'tcp' = 'unix',
+  channels = 1,
+): Promise<Run> {
   const driver = new QemuDriver()
   const tmp = shortTmpDir('skq-bench-')
   try {
@@ -81,15 +113,28 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
       milestones[what] = Date.now() - t0
     }
     const dst = await driver.prepareIncoming(spec, { dir: `${tmp.path}/dst` })
-    await exportDisk(dst, `${tmp.path}/nbd.sock`)
-    await dst.migrateIncoming(`unix:${tmp.path}/mig.sock`)
+    const key = randomBytes(32)
+    const identity = randomBytes(16).toString('hex')
+    const creds: QemuPskCreds[] = []
+    if (transport === 'tls') creds.push(await addPskCreds(dst, 'mig-tls', 'server', identity, key))
+    const tlsCreds = transport === 'tls' ? 'mig-tls' : undefined
+    const nbdAddr =
+      transport === 'unix' ? `${tmp.path}/nbd.sock` : { host: '127.0.0.1', port: await freePort(), tlsCreds }
+    await exportDisk(dst, nbdAddr)
+    await dst.migrateIncoming(transport === 'unix' ? `unix:${tmp.path}/mig.sock` : 'tcp:127.0.0.1:0', {
+      tlsCreds,
+      multifdChannels: channels,
+    })
+    const migUri =
+      transport === 'unix' ? `unix:${tmp.path}/mig.sock` : `tcp:127.0.0.1:${await dst.incomingPort()}`
+    if (transport === 'tls') creds.push(await addPskCreds(src, 'mig-tls', 'client', identity, key))
     mark('accepted')
     // The same waits as the mesh path: QEMU's events, no polling in the way
     const incoming = dst.waitMigration(120_000).then(async (i) => {
       if (i.status === 'completed') await unexportDisk(dst)
       return i
     })
-    await startMirror(src, `${tmp.path}/nbd.sock`)
+    await startMirror(src, nbdAddr)
     let diskBytes = 0
     await waitMirrorReady(src, AbortSignal.timeout(120_000), (p) => {
       diskBytes = p.offset
@@ -99,10 +144,12 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     src.onStateChange((s) => {
       if (s === 'paused' && !pausedAt) pausedAt = Date.now()
     })
-    await src.migrate(`unix:${tmp.path}/mig.sock`, {
+    await src.migrate(migUri, {
       downtimeLimitMs: DOWNTIME_MS,
       autoConverge: true,
       pauseBeforeSwitchover: true,
+      multifdChannels: channels,
+      tlsCreds,
     })
     mark('migrateStarted')
     const pre = await src.waitMigrationStatus(['pre-switchover'], { timeoutMs: 120_000 })
@@ -122,6 +169,7 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     await dst.resume()
     mark('running')
     const end = Date.now()
+    for (const c of creds) await c.remove()
     await src.stop()
     const before = memLines(dst.serialLog).length
     await waitSerial(
@@ -132,7 +180,10 @@ async function direct(workload: { name: string; rateMiBps: number }, rep: number
     )
     return {
       workload: workload.name,
-      path: 'direct (unix socket)',
+      path:
+        transport === 'unix'
+          ? 'direct (unix socket)'
+          : `qemu-${transport} ${transport === 'tls' ? 'TLS-PSK' : '(no auth)'}, ${channels > 1 ? `multifd ${channels}` : '1 stream'}`,
       milestones,
       totalMs: end - t0,
       downtimeMs: end - pausedAt,
@@ -167,7 +218,13 @@ async function meshPair(dir: string) {
   const dstPeer = peerIdFromString(hello.peerId)
   await src.host.dial(multiaddr(hello.addr))
   return {
-    async migrate(workload: { name: string; rateMiBps: number }, streams: number, rep: number): Promise<Run> {
+    /** `relay`: QEMU's own TLS off (SKYMESH_QEMU_TLS=0, read by the source): the agents' tunnels carry it. */
+    async migrate(
+      workload: { name: string; rateMiBps: number },
+      streams: number,
+      rep: number,
+      relay = false,
+    ): Promise<Run> {
       const spec = guestSpec(`bench-mesh-${workload.rateMiBps}-${streams}-${rep}`, {
         rateMiBps: workload.rateMiBps,
       })
@@ -180,8 +237,11 @@ async function meshPair(dir: string) {
         'boot',
       )
       const cpu0 = process.cpuUsage()
+      if (relay) process.env.SKYMESH_QEMU_TLS = '0'
       const m = src.service.migrate(spec.id, dstPeer, { streams, downtimeMs: DOWNTIME_MS, channel: CHANNEL })
-      const v = await src.service.done(m.id)
+      const v = await src.service.done(m.id).finally(() => {
+        delete process.env.SKYMESH_QEMU_TLS
+      })
       const cpu = process.cpuUsage(cpu0)
       if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
       worker.postMessage({ cmd: 'check', vmId: spec.id })
@@ -189,7 +249,7 @@ async function meshPair(dir: string) {
       if (r.error) throw new Error(r.error)
       return {
         workload: workload.name,
-        path: streams > 1 ? `mesh, multifd ${streams} streams` : 'mesh, 1 stream',
+        path: `mesh${relay ? ', agent relay' : ''}, ${streams > 1 ? `multifd ${streams}` : '1 stream'}`,
         milestones: milestones.get(m.id),
         totalMs: v.totalMs ?? Number.NaN,
         downtimeMs: v.downtimeMs ?? Number.NaN,
@@ -223,8 +283,14 @@ async function main(): Promise<void> {
       for (const w of WORKLOADS) {
         const n = runs.length
         if (ONLY.has('direct')) runs.push(await direct(w, rep))
+        if (ONLY.has('tls1')) runs.push(await direct(w, rep, 'tls', 1))
+        if (ONLY.has('tls4')) runs.push(await direct(w, rep, 'tls', 4))
+        if (ONLY.has('tcp1')) runs.push(await direct(w, rep, 'tcp', 1))
+        if (ONLY.has('tcp4')) runs.push(await direct(w, rep, 'tcp', 4))
         if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
         if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
+        if (ONLY.has('relay1')) runs.push(await pair.migrate(w, 1, rep, true))
+        if (ONLY.has('relay4')) runs.push(await pair.migrate(w, 4, rep, true))
         for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
       }
     }

@@ -1,10 +1,13 @@
 // QEMU migration through the mesh between two migration services in one process (two libp2p hosts,
-// two QEMUs): QEMU's migration stream and its disk mirror tunnelled over direct TLS-PSK connections
-// (the default) or libp2p streams (`channel: 'libp2p'`), the handover of
+// two QEMUs): QEMU's migration stream straight from QEMU to QEMU with QEMU's own TLS-PSK (the
+// default; the disk mirror through a direct TLS-PSK tunnel), or both tunnelled over direct TLS-PSK
+// connections (SKYMESH_QEMU_TLS=0) or libp2p streams (`channel: 'libp2p'`), the handover of
 // the engine (COMMIT -> RUNNING -> the source QEMU quits). The guest's writer carries on at the
 // destination, its memory check never fails, the disk marker written at the source is on the
 // destination's disk, exactly one QEMU runs it. The agents' version is test/cluster/qemu-mesh-migrate.
 import assert from 'node:assert/strict'
+import { randomBytes } from 'node:crypto'
+import { connect } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { generateKeyPair } from '@libp2p/crypto/keys'
@@ -12,7 +15,7 @@ import pino from 'pino'
 import '../../src/node/polyfill.js'
 import { createHost } from '../../src/node/p2p.js'
 import { type LocalVm, MigrationService } from '../../src/transfer/index.js'
-import { QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
+import { addPskCreds, QemuDriver, type QemuVm } from '../../src/vm/qemu/index.js'
 import {
   guestSpec,
   memLines,
@@ -79,6 +82,7 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
   async function moveGuest(
     id: string,
     options: { streams: number; mode?: 'precopy' | 'postcopy'; channel?: 'libp2p' },
+    want: 'qemu-tls' | 'direct-tls' | 'libp2p' = options.channel ?? 'qemu-tls',
   ) {
     const spec = guestSpec(id, { rateMiBps: 1 })
     const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/${id}` })) as QemuVm
@@ -123,16 +127,31 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
     assert.ok(atDst[0]!.gen > genBefore)
     assert.equal((await readGuestDisk(dst.paths.disk, 1 << 20, mark.length)).toString('latin1'), mark)
     // Both ends say what carried the tunnels
-    const want = options.channel ?? 'direct-tls'
     assert.equal(end.channel, want, end.channelNote)
     assert.equal(services[1]!.get(started.id)?.channel, want)
     return { dst, end }
   }
 
-  it('moves a running guest, memory and disk, through direct TLS tunnels', async () => {
-    const { dst, end } = await moveGuest('tun1', { streams: 1 })
+  it("moves a running guest, memory and disk, with QEMU's own TLS (multifd, 2 channels)", async () => {
+    const { dst, end } = await moveGuest('tun1', { streams: 2 })
     assert.equal(end.postcopy, false)
+    // The destination QEMU took the stream with TLS creds, its key file already gone
+    const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
+    assert.equal(params['tls-creds'], 'skymesh-mig-tls')
+    assert.equal(params['multifd-channels'], 2)
     await dst.destroy()
+  })
+
+  it("moves a guest through the agents' direct TLS tunnels when QEMU TLS is off", async () => {
+    process.env.SKYMESH_QEMU_TLS = '0'
+    try {
+      const { dst } = await moveGuest('tun6', { streams: 1 }, 'direct-tls')
+      const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
+      assert.equal(params['tls-creds'], '')
+      await dst.destroy()
+    } finally {
+      delete process.env.SKYMESH_QEMU_TLS
+    }
   })
 
   it('moves a guest with multifd: several QEMU channels, each its own libp2p stream', async () => {
@@ -170,6 +189,36 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
     assert.equal(src.state, 'running')
     vms[0]!.delete(spec.id)
     await src.destroy()
+  })
+
+  it("a destination QEMU's TLS listener takes nothing from a peer without the key", async () => {
+    const dst = (await drivers[1]!.prepareIncoming(guestSpec('tlsk', { rateMiBps: 0 }), {
+      dir: `${tmp.path}/1/tlsk`,
+    })) as QemuVm
+    const creds = await addPskCreds(dst, 'skymesh-mig-tls', 'server', 'migration-a', randomBytes(32))
+    await dst.migrateIncoming('tcp:127.0.0.1:0', { tlsCreds: creds.id })
+    const port = await dst.incomingPort()
+    // A plain stream that starts like QEMU's (magic QEVM, version 3): no TLS, refused
+    const plain = connect(port, '127.0.0.1')
+    plain.on('error', () => undefined)
+    plain.write(Buffer.from('5145564d00000003', 'hex'))
+    await new Promise((r) => plain.once('close', r))
+    // A QEMU with the identity but another key: its migration fails, the guest runs on there
+    const src = (await drivers[0]!.create(guestSpec('tlsk-src', { rateMiBps: 0 }), {
+      dir: `${tmp.path}/0/tlsk-src`,
+    })) as QemuVm
+    const wrong = await addPskCreds(src, 'skymesh-mig-tls', 'client', 'migration-a', randomBytes(32))
+    await src.migrate(`tcp:127.0.0.1:${port}`, { tlsCreds: wrong.id })
+    const out = await src.waitMigration(60_000)
+    assert.equal(out.status, 'failed')
+    assert.equal(await src.refreshState(), 'running')
+    // The destination QEMU took no stream (an incoming failure would have ended it): still waiting
+    assert.equal(dst.process.exitCode, null)
+    assert.ok(['none', 'setup'].includes((await dst.queryMigrate()).status))
+    await creds.remove()
+    await wrong.remove()
+    await src.destroy()
+    await dst.destroy()
   })
 
   it('keeps the guest running at the source when the destination dies mid-migration', async () => {

@@ -77,9 +77,12 @@ export class QemuIncomingMigration {
     return { ...this.#v }
   }
 
-  /** The channel a tunnel came over (shown in the view). */
-  markChannel(channel: 'libp2p' | 'direct-tls'): void {
-    this.#v.channel = channel
+  /**
+   * The channel a tunnel came over (shown in the view). 'qemu-tls' (the migration stream QEMU to
+   * QEMU) stays: the disk mirror's tunnel does not carry the bulk then.
+   */
+  markChannel(channel: 'libp2p' | 'direct-tls' | 'qemu-tls'): void {
+    if (this.#v.channel !== 'qemu-tls') this.#v.channel = channel
   }
 
   /** Only the source cancels a migration; here it would only drop our copy before COMMIT. */

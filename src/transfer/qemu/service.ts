@@ -1,8 +1,8 @@
 // QEMU migrations through the mesh, plugged into the MigrationService: the service dispatches VMs
 // whose driver migrates with QEMU's own stream here (capabilities.migration === 'qemu-stream') and
 // shares its bookkeeping (active list, limits, outcomes for the status protocol, agent hooks).
-import { randomUUID } from 'node:crypto'
-import { createConnection, type Socket } from 'node:net'
+import { randomBytes, randomUUID } from 'node:crypto'
+import { createConnection, isIP, isIPv6, type Socket } from 'node:net'
 import { join } from 'node:path'
 import type tls from 'node:tls'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
@@ -10,15 +10,18 @@ import { lpStream } from '@libp2p/utils'
 import type { Logger } from 'pino'
 import { pb } from '../../proto/index.js'
 import {
+  addPskCreds,
   type BaseRef,
   exportDisk,
   findBase,
   guestArgsProblem,
   QemuDriver,
+  type QemuPskCreds,
   type QemuVm,
 } from '../../vm/qemu/index.js'
 import type { VmDriver, VmInstance, VmSpec } from '../../vm/types.js'
 import { MAX_ID_LENGTH } from '../constants.js'
+import { isOwnAddress } from '../direct.js'
 import { asMigrationError, MigrationRefusedError, type RefusalCode } from '../errors.js'
 import { offeredNics } from '../nics.js'
 import type { ResolvedOptions } from '../options.js'
@@ -28,6 +31,7 @@ import { withTimeout } from '../wire.js'
 import { QemuIncomingMigration } from './destination.js'
 import { pipeSockets, QemuDirectListener } from './direct-tunnel.js'
 import { QemuOutgoingMigration } from './source.js'
+import { QEMU_TLS_CREDS } from './tls-creds.js'
 import { capStreamWindow, pipeSocketStream } from './tunnel.js'
 import {
   MAX_TUNNELS,
@@ -242,18 +246,27 @@ export class QemuMigrations {
           ...(guestArgs ? { guestArgs } : {}),
         })
         const nbdPath = join(instance.paths.sockets, 'nbd-in.sock')
-        const migrationPath = join(instance.paths.sockets, 'mig-in.sock')
         await exportDisk(instance, nbdPath)
+        // The migration stream: QEMU's own TLS-PSK straight from the source QEMU when both can,
+        // else a unix socket the tunnels feed
+        const qemuTls =
+          offer.qemuTls && offer.directHost && b.directData !== false
+            ? await this.#listenQemuTls(instance, offer.directHost, multifd || 1, offer)
+            : undefined
+        const unixPath = join(instance.paths.sockets, 'mig-in.sock')
+        const migrationPath = qemuTls ? '' : unixPath
         // Post-copy needs userfaultfd here (QEMU checks it when the capability is set): required
         // (mode postcopy) it refuses with QEMU's reason, optional (auto) it falls back to pre-copy
-        let postcopy = offer.postcopy === true || offer.postcopyOptional === true
-        try {
-          await instance.migrateIncoming(`unix:${migrationPath}`, { multifdChannels: multifd || 1, postcopy })
-        } catch (err) {
-          if (!postcopy || offer.postcopy) throw err
-          this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
-          postcopy = false
-          await instance.migrateIncoming(`unix:${migrationPath}`, { multifdChannels: multifd || 1, postcopy })
+        let postcopy = qemuTls ? qemuTls.postcopy : offer.postcopy === true || offer.postcopyOptional === true
+        if (!qemuTls) {
+          try {
+            await instance.migrateIncoming(`unix:${unixPath}`, { multifdChannels: multifd || 1, postcopy })
+          } catch (err) {
+            if (!postcopy || offer.postcopy) throw err
+            this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
+            postcopy = false
+            await instance.migrateIncoming(`unix:${unixPath}`, { multifdChannels: multifd || 1, postcopy })
+          }
         }
         const reservationId = randomUUID()
         const m = new QemuIncomingMigration({
@@ -277,6 +290,10 @@ export class QemuMigrations {
           onOutcome: (o, e) => b.setOutcome(migrationId, o, e),
         })
         b.track(m)
+        if (qemuTls) {
+          m.markChannel('qemu-tls')
+          void m.done.finally(() => qemuTls.creds.remove())
+        }
         // Direct tunnels: listen where the source reached us, with a key made for this migration
         let direct: QemuDirectListener | undefined
         if (offer.directHost && b.directData !== false) {
@@ -297,6 +314,9 @@ export class QemuMigrations {
           reservationId,
           postcopy,
           ...(grant ? { directPort: grant.port, directKey: grant.key, directIdentity: grant.identity } : {}),
+          ...(qemuTls
+            ? { qemuTlsPort: qemuTls.port, qemuTlsKey: qemuTls.key, qemuTlsIdentity: qemuTls.identity }
+            : {}),
         }
         await control.send({ accept }, signal).catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
@@ -311,6 +331,48 @@ export class QemuMigrations {
       control.framed.abort(asMigrationError(err))
     } finally {
       unhold()
+    }
+  }
+
+  /**
+   * The incoming QEMU listens itself on `host` (one of this host's addresses, where the source
+   * reached us, never 0.0.0.0; ephemeral port) with QEMU's TLS and a fresh PSK for this migration
+   * only. Undefined when it cannot (the tunnels carry the stream then; QEMU's incoming side untouched).
+   */
+  async #listenQemuTls(
+    vm: QemuVm,
+    host: string,
+    channels: number,
+    offer: NonNullable<QemuControl['offer']>,
+  ): Promise<
+    { port: number; key: Buffer; identity: string; creds: QemuPskCreds; postcopy: boolean } | undefined
+  > {
+    if (!isIP(host) || !isOwnAddress(host)) return undefined
+    const key = randomBytes(32)
+    const identity = randomBytes(16).toString('hex')
+    let creds: QemuPskCreds | undefined
+    let postcopy = offer.postcopy === true || offer.postcopyOptional === true
+    const uri = `tcp:${isIPv6(host) ? `[${host}]` : host}:0`
+    try {
+      creds = await addPskCreds(vm, QEMU_TLS_CREDS, 'server', identity, key)
+      try {
+        await vm.migrateIncoming(uri, { multifdChannels: channels, postcopy, tlsCreds: creds.id })
+      } catch (err) {
+        // QEMU's refusal of post-copy (no userfaultfd), as on the unix path
+        if (!postcopy || offer.postcopy) throw err
+        this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
+        postcopy = false
+        await vm.migrateIncoming(uri, { multifdChannels: channels, postcopy, tlsCreds: creds.id })
+      }
+      const port = await vm.incomingPort()
+      return { port, key, identity, creds, postcopy }
+    } catch (err) {
+      await creds?.remove()
+      this.#log.info(
+        { host, err: (err as Error).message },
+        "no QEMU TLS listener there: the migration stream goes through the agents' tunnels",
+      )
+      return undefined
     }
   }
 

@@ -6,7 +6,7 @@
 // -> onReleased (the source QEMU quits). Before COMMIT every failure cancels QEMU's jobs and the
 // guest runs on here; after COMMIT without an answer the guest stays paused (in doubt).
 
-import type { Socket } from 'node:net'
+import { isIPv6, type Socket } from 'node:net'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { PeerId, Stream } from '@libp2p/interface'
@@ -15,10 +15,12 @@ import type { Logger } from 'pino'
 import { pb } from '../../proto/index.js'
 import {
   abandonMirror,
+  addPskCreds,
   baseOf,
   completeMirror,
   macForVm,
   type QemuMigrationInfo,
+  type QemuPskCreds,
   type QemuVm,
   startMirror,
   waitMirrorReady,
@@ -40,6 +42,7 @@ import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
 import { connectTunnel } from './direct-tunnel.js'
+import { QEMU_TLS_CREDS } from './tls-creds.js'
 import { capStreamWindow, TunnelListener } from './tunnel.js'
 import { applyQemuInfo, initialView, isTerminal } from './view.js'
 import { QEMU_CONTROL_PROTOCOL, QEMU_TUNNEL_PROTOCOL, QemuControlChannel } from './wire.js'
@@ -52,6 +55,11 @@ const REFUSE_FROM_PB: Record<number, RefusalCode> = {
   [pb.RefuseCode.BAD_OFFER]: 'BAD_OFFER',
   [pb.RefuseCode.VM_EXISTS]: 'VM_EXISTS',
   [pb.RefuseCode.STOPPING]: 'STOPPING',
+}
+
+/** QEMU's own TLS for the migration stream when the destination offers it (SKYMESH_QEMU_TLS=0: never). */
+function qemuTlsEnabled(): boolean {
+  return process.env.SKYMESH_QEMU_TLS !== '0'
 }
 
 /** QEMU states of a migration still under way at the source. */
@@ -146,6 +154,7 @@ export class QemuOutgoingMigration {
       if (s === 'paused' && this.#pausedAt === undefined) this.#pausedAt = Date.now()
     })
     const listeners: TunnelListener[] = []
+    let creds: QemuPskCreds | undefined
     let control: QemuControlChannel | undefined
     let migrating = false
     let mirroring = false
@@ -214,6 +223,7 @@ export class QemuOutgoingMigration {
             postcopyOptional,
             paused: wasPaused,
             directHost: directHost ?? '',
+            qemuTls: directHost !== undefined && qemuTlsEnabled(),
           },
         },
         this.#signal,
@@ -238,6 +248,20 @@ export class QemuOutgoingMigration {
           grant = { port: a.directPort, key: a.directKey, identity: a.directIdentity }
       } else if (directHost) this.#v.channelNote = 'the destination offers no direct channel'
       this.#v.channel = grant ? 'direct-tls' : 'libp2p'
+      // The destination QEMU listens itself (QEMU's TLS-PSK): the migration stream skips the agents
+      const qemuTlsGrant =
+        directHost &&
+        a?.qemuTlsPort &&
+        a.qemuTlsPort <= 65535 &&
+        a.qemuTlsKey?.length === 32 &&
+        a.qemuTlsIdentity &&
+        /^[A-Za-z0-9_-]{1,64}$/.test(a.qemuTlsIdentity)
+          ? { host: directHost, port: a.qemuTlsPort, key: a.qemuTlsKey, identity: a.qemuTlsIdentity }
+          : undefined
+      if (qemuTlsGrant) {
+        creds = await addPskCreds(vm, QEMU_TLS_CREDS, 'client', qemuTlsGrant.identity, qemuTlsGrant.key)
+        this.#v.channel = 'qemu-tls'
+      }
       // One pending read for the whole migration: the destination says nothing until COMMIT, so
       // anything before (an abort, the stream dying) fails the migration at once.
       const answer = control.expect(['running'], this.#i.signal)
@@ -284,12 +308,19 @@ export class QemuOutgoingMigration {
         onTunnelError,
       )
       listeners.push(nbd)
-      const mig = await TunnelListener.listen(
-        join(dir, 'mig-out.sock'),
-        open(pb.QemuTunnelKind.TUNNEL_MIGRATION),
-        onTunnelError,
-      )
-      listeners.push(mig)
+      let migUri: string
+      if (qemuTlsGrant) {
+        const h = qemuTlsGrant.host
+        migUri = `tcp:${isIPv6(h) ? `[${h}]` : h}:${qemuTlsGrant.port}`
+      } else {
+        const mig = await TunnelListener.listen(
+          join(dir, 'mig-out.sock'),
+          open(pb.QemuTunnelKind.TUNNEL_MIGRATION),
+          onTunnelError,
+        )
+        listeners.push(mig)
+        migUri = `unix:${mig.path}`
+      }
 
       mark('accepted')
       // Disk: mirror the writable layer until it follows every write
@@ -307,13 +338,14 @@ export class QemuOutgoingMigration {
       mark('mirrorReady')
 
       // Memory: QEMU's own pre-copy, stopping before switchover
-      await vm.migrate(`unix:${mig.path}`, {
+      await vm.migrate(migUri, {
         downtimeLimitMs: options.downtimeMs,
         maxBandwidth: bps ?? 10 * 1024 ** 3,
         autoConverge: options.autoConverge,
         postcopy,
         multifdChannels: multifd || 1,
         pauseBeforeSwitchover: true,
+        ...(creds ? { tlsCreds: creds.id } : {}),
       })
       migrating = true
       mark('migrateStarted')
@@ -324,7 +356,10 @@ export class QemuOutgoingMigration {
       }
       // 'postcopy': at once (QEMU switches after its first pass); 'auto': when rounds stop converging
       if (options.mode === 'postcopy') await startPostcopy()
-      const wire = () => listeners.reduce((n, l) => n + l.counters.out + l.counters.in, 0)
+      // QEMU's TLS stream passes no agent: its bytes are QEMU's count (RAM, before TLS framing)
+      const wire = () =>
+        listeners.reduce((n, l) => n + l.counters.out + l.counters.in, 0) +
+        (qemuTlsGrant ? Math.max(0, this.#v.bytesSent - this.#diskBytes) : 0)
       const progress = this.#watchProgress(
         vm,
         wire,
@@ -456,6 +491,7 @@ export class QemuOutgoingMigration {
       return this.view()
     } finally {
       offStateChange()
+      await creds?.remove()
     }
   }
 

@@ -18,6 +18,7 @@ export {
   exportDisk,
   type MirrorProgress,
   mirrorProgress,
+  type NbdAddress,
   startMirror,
   unexportDisk,
   waitMirrorReady,
@@ -33,4 +34,5 @@ export {
 } from './qemu-driver.js'
 export { type QemuMigrateOptions, type QemuMigrationInfo, QemuVm, type QemuVmPaths } from './qemu-vm.js'
 export { QmpClient, type QmpConnectOptions, QmpError, type QmpEvent } from './qmp.js'
+export { addPskCreds, type QemuPskCreds } from './tls.js'
 export { QEMU_CAPABILITIES, type VmCapabilities } from './unsupported.js'

@@ -15,9 +15,20 @@ const EXPORT_ID = 'skymesh-mig-export'
 const MIRROR_JOB = 'skymesh-mirror'
 const MIRROR_TARGET = 'skymesh-mirror-target'
 
-/** Destination: serves the (inactive, incoming) disk writable over NBD on the unix socket `path`. */
-export async function exportDisk(vm: QemuVm, path: string): Promise<void> {
-  await vm.qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path } } })
+/** Where an NBD server listens: a unix socket path, or a TCP address (then with QEMU's TLS). */
+export type NbdAddress = string | { host: string; port: number; tlsCreds?: string }
+
+/** Destination: serves the (inactive, incoming) disk writable over NBD at `addr`. */
+export async function exportDisk(vm: QemuVm, addr: NbdAddress): Promise<void> {
+  await vm.qmp.execute(
+    'nbd-server-start',
+    typeof addr === 'string'
+      ? { addr: { type: 'unix', data: { path: addr } } }
+      : {
+          addr: { type: 'inet', data: { host: addr.host, port: String(addr.port) } },
+          ...(addr.tlsCreds ? { 'tls-creds': addr.tlsCreds } : {}),
+        },
+  )
   await vm.qmp.execute('block-export-add', {
     type: 'nbd',
     id: EXPORT_ID,
@@ -39,13 +50,17 @@ export interface MirrorProgress {
   ready: boolean
 }
 
-/** Source: starts mirroring the disk's top layer to the NBD export reachable on the unix socket `path`. */
-export async function startMirror(vm: QemuVm, path: string, maxBytesPerSec?: number): Promise<void> {
+/** Source: starts mirroring the disk's top layer to the NBD export reachable at `addr`. */
+export async function startMirror(vm: QemuVm, addr: NbdAddress, maxBytesPerSec?: number): Promise<void> {
   await vm.qmp.execute('blockdev-add', {
     driver: 'nbd',
     'node-name': MIRROR_TARGET,
-    server: { type: 'unix', path },
+    server:
+      typeof addr === 'string'
+        ? { type: 'unix', path: addr }
+        : { type: 'inet', host: addr.host, port: String(addr.port) },
     export: DISK_NODE,
+    ...(typeof addr !== 'string' && addr.tlsCreds ? { 'tls-creds': addr.tlsCreds } : {}),
   })
   try {
     await vm.qmp.execute('blockdev-mirror', {

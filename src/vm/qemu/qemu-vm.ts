@@ -52,6 +52,8 @@ export interface QemuMigrateOptions {
    * complete a disk mirror (QEMU's `pause-before-switchover`).
    */
   pauseBeforeSwitchover?: boolean
+  /** QOM id of a tls-creds object (tls.ts): QEMU's own TLS on the stream; unset = none. */
+  tlsCreds?: string
 }
 
 /** The parts of `query-migrate` we use (times in ms, bytes). */
@@ -243,6 +245,8 @@ export class QemuVm implements VmInstance {
     const params: Record<string, unknown> = { 'max-bandwidth': opts.maxBandwidth ?? 10 * 1024 ** 3 }
     if (opts.downtimeLimitMs !== undefined) params['downtime-limit'] = opts.downtimeLimitMs
     if ((opts.multifdChannels ?? 1) > 1) params['multifd-channels'] = opts.multifdChannels
+    // always set: a failed TLS migration must not leave its (deleted) creds to the next one
+    params['tls-creds'] = opts.tlsCreds ?? ''
     await this.qmp.execute('migrate-set-parameters', params)
     await this.qmp.execute('migrate', { uri })
   }
@@ -255,10 +259,21 @@ export class QemuVm implements VmInstance {
       { capability: 'multifd', state: (opts.multifdChannels ?? 1) > 1 },
     ]
     await this.qmp.execute('migrate-set-capabilities', { capabilities: caps })
-    if ((opts.multifdChannels ?? 1) > 1) {
-      await this.qmp.execute('migrate-set-parameters', { 'multifd-channels': opts.multifdChannels })
-    }
+    const params: Record<string, unknown> = { 'tls-creds': opts.tlsCreds ?? '' }
+    if ((opts.multifdChannels ?? 1) > 1) params['multifd-channels'] = opts.multifdChannels
+    await this.qmp.execute('migrate-set-parameters', params)
     await this.qmp.execute('migrate-incoming', { uri })
+  }
+
+  /** Incoming: the TCP port QEMU listens on (after `migrate-incoming tcp:HOST:0`), from query-migrate. */
+  async incomingPort(): Promise<number> {
+    const r = await this.qmp.execute<Record<string, unknown>>('query-migrate')
+    const addrs = (r['socket-address'] ?? []) as Array<{ type?: string; port?: string | number }>
+    const port = Number(addrs.find((a) => a.type === 'inet')?.port)
+    if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+      throw new Error('the incoming QEMU names no TCP port')
+    }
+    return port
   }
 
   async queryMigrate(): Promise<QemuMigrationInfo> {
