@@ -129,6 +129,27 @@ export class UnitHashCache {
     }
   }
 
+  /**
+   * Hashes now every group whose units are all fresh but whose group hash is not (cheap when little
+   * changed): a later `digest()` then rehashes only groups written after this call. A migration calls
+   * it while pages arrive or between rounds, so its check at the pause does not build the whole tree.
+   * Returns the number of groups hashed.
+   */
+  warm(): number {
+    let n = 0
+    const wordsPerGroup = GROUP >>> 5
+    for (let g = 0; g < this.#groupFresh.length; g++) {
+      if (this.#groupFresh[g]) continue
+      let stale = false
+      const end = Math.min(this.#stale.length, (g + 1) * wordsPerGroup)
+      for (let w = g * wordsPerGroup; w < end && !stale; w++) stale = this.#stale[w] !== 0
+      if (stale) continue
+      this.#hashGroup(g)
+      n++
+    }
+    return n
+  }
+
   /** The digest (hex) of the content; every unit must be fresh (refresh the stale ones first). */
   digest(): string {
     if (this.#staleCount > 0) throw new Error(`${this.#staleCount} units have stale hashes`)
