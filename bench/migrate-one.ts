@@ -2,14 +2,21 @@
 // milestones, for profiling the engine (`node --cpu-prof dist/bench/migrate-one.js ...`).
 // usage: node dist/bench/migrate-one.js [--size 1024] [--workload idle|hot10|hot100]
 //        [--mode precopy|postcopy|auto] [--compression off|auto|on] [--runs 1] [--warmup-ms 1000]
-//        [--channel auto|libp2p] [--streams 3]
-// Prints one JSON line per run: times, bytes, the data channel, and the pause's milestones at the
-// source (`marks`, ms since the pause) and at the destination (`destMarks`, ms since the switchover).
+//        [--channel auto|libp2p] [--streams 3] [--dest child|same]
+// --dest child (default): the destination runs in a child process, as on two hosts; `same`: both ends
+// in this process (one event loop, one thread for both sides' TLS, hashing and I/O).
+// Prints one JSON line per run: times, bytes, the data channel, the pause's milestones at the
+// source (`marks`, ms since the pause) and at the destination (`destMarks`, ms since the switchover),
+// and `pause`, the pre-copy pause split (ms): the last round written (`lastRound`, source), the
+// destination applying the frames still on their way (`apply`), its digest check (`verify`), its commit
+// journal and resume (`handover`), and the rest (`transit`: switchover and RUNNING messages on the
+// control stream, and waits for an event loop).
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
+import { startDestProcess } from './lib/dest-process.js'
 import { sleep } from './lib/format.js'
-import { createBenchNode, createVm, dropVm, type Fill } from './lib/mesh.js'
+import { type BenchNode, createBenchNode, createVm, dropVm, type Fill, type LogRecord } from './lib/mesh.js'
 
 const WORKLOADS: Record<string, { fill: Fill; workload: WorkloadSpec }> = {
   idle: { fill: 'sparse', workload: { dirtyMiBps: 0, hotSetMiB: 4, cpu: 0, diskWriteMiBps: 0 } },
@@ -32,11 +39,77 @@ const runs = Number(opt('runs', '1'))
 const channel = opt('channel', 'auto') as ChannelChoice
 const streams = Number(opt('streams', '3'))
 const warmupMs = Number(opt('warmup-ms', '1000'))
+const destWhere = opt('dest', 'child')
+if (destWhere !== 'child' && destWhere !== 'same') throw new Error(`--dest child|same, not ${destWhere}`)
+
+/** The destination, in this process or in a child: what the runs need of it. */
+interface Dest {
+  peerId: BenchNode['host']['peerId']
+  dial(): Promise<void>
+  finished(migrationId: string): Promise<LogRecord | undefined>
+  drop(id: string): Promise<void>
+  stop(): Promise<void>
+}
+
+async function sameProcessDest(): Promise<Dest> {
+  const b = await createBenchNode('b')
+  return {
+    peerId: b.host.peerId,
+    dial: async () => void (await a.host.dial(b.host.getMultiaddrs()[0]!)),
+    async finished(id) {
+      const find = () => b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === id)
+      for (let k = 0; !find() && k < 100; k++) await sleep(50)
+      const r = find()
+      b.logs.length = 0
+      return r
+    },
+    drop: (id) => dropVm(b, id),
+    stop: () => b.stop(),
+  }
+}
+
+async function childProcessDest(): Promise<Dest> {
+  const c = await startDestProcess()
+  return {
+    peerId: c.peerId,
+    dial: async () => void (await a.host.dial(c.addrs[0]!)),
+    async finished(id) {
+      const r = await c.finished(id)
+      c.logs.length = 0
+      return r
+    },
+    drop: (id) => c.drop(id),
+    stop: () => c.stop(),
+  }
+}
+
+/** The pre-copy pause split (see the top); undefined without both sides' milestones. */
+function pauseSplit(
+  marks: Record<string, number> | undefined,
+  dest: Record<string, number> | undefined,
+  downtimeMs: number | undefined,
+): Record<string, number> | undefined {
+  if (!marks || !dest || downtimeMs === undefined || marks.lastRound === undefined) return undefined
+  if (dest.lastFrames === undefined || dest.verified === undefined || dest.resumed === undefined)
+    return undefined
+  const r = (x: number) => Math.round(x * 10) / 10
+  const lastRound = marks.lastRound
+  const apply = dest.lastFrames
+  const verify = dest.verified - dest.lastFrames
+  const handover = dest.resumed - dest.verified
+  return {
+    lastRound: r(lastRound),
+    apply: r(apply),
+    verify: r(verify),
+    handover: r(handover),
+    transit: r(downtimeMs - lastRound - dest.resumed),
+  }
+}
 
 const a = await createBenchNode('a')
-const b = await createBenchNode('b')
+const b = destWhere === 'child' ? await childProcessDest() : await sameProcessDest()
 try {
-  await a.host.dial(b.host.getMultiaddrs()[0]!)
+  await b.dial()
   for (let r = 0; r < runs; r++) {
     const id = `one-${r}`
     await createVm(
@@ -49,17 +122,15 @@ try {
     const load1 = loadavg()[0]!
     const t = performance.now()
     const cpu0 = process.cpuUsage()
-    const m = a.service.migrate(id, b.host.peerId, { mode, compression, channel, streams })
+    const m = a.service.migrate(id, b.peerId, { mode, compression, channel, streams })
     const v = await a.service.done(m.id)
     const ms = performance.now() - t
     const cpu = process.cpuUsage(cpu0)
     const fin = a.logs.find((l) => l.msg === 'migration finished' && l.migration === m.id)
     // The destination logs its side as it ends (maybe just after the source's `done`)
-    let dest = b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === m.id)
-    for (let k = 0; !dest && k < 20; k++) {
-      await sleep(50)
-      dest = b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === m.id)
-    }
+    const dest = await b.finished(m.id)
+    const marks = fin?.downtime as Record<string, number> | undefined
+    const destMarks = dest?.switchover as Record<string, number> | undefined
     console.log(
       JSON.stringify({
         run: r,
@@ -78,15 +149,16 @@ try {
         sentPerVm: v.bytesSent / ((sizeMiB + Math.max(1, sizeMiB / 16)) * 1048576),
         wireMiB: Math.round(v.wireBytes / 1048576),
         channel: v.channel,
-        marks: fin?.downtime,
-        destMarks: dest?.switchover,
+        dest: destWhere,
+        marks,
+        destMarks,
+        pause: mode === 'precopy' ? pauseSplit(marks, destMarks, v.downtimeMs) : undefined,
         load1,
       }),
     )
-    await dropVm(b, id)
+    await b.drop(id)
     await dropVm(a, id)
     a.logs.length = 0
-    b.logs.length = 0
   }
 } finally {
   await a.stop()

@@ -4,7 +4,8 @@
 //    (= 1.0), node TLS, the direct TLS-PSK channel, libp2p (tcp + noise + yamux) with 1..4 streams on
 //    one connection and 1 stream on each of 2..4 connections; receiver in a child process (as a second
 //    host would be) and, for reference, in the same process (as section 2 runs);
-// 2. migrations with the real MigrationService between two libp2p hosts in this process, synthetic VMs
+// 2. migrations with the real MigrationService from a libp2p host in this process to one in a child
+//    process (as two hosts have two processes; `--dest same`: both in this process), synthetic VMs
 //    (idle/mostly zero, and a 64 MiB hot set written at 10 and 100 MiB/s), each mode, lz4 off/auto;
 //    baselines: a plain sequential copy of the same (paused) VM over one libp2p stream, and raw TCP for
 //    the same bytes;
@@ -18,6 +19,7 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import type { CompressionChoice, MigrationView, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
+import { type DestProcess, startDestProcess } from './lib/dest-process.js'
 import { f, MiB, median, ratio, sleep, table } from './lib/format.js'
 import {
   type BenchNode,
@@ -85,6 +87,8 @@ interface Args {
   out: string
   /** What carries the migrations' data: 'auto' (the direct TLS channel here) or 'libp2p'. */
   channel: 'auto' | 'libp2p'
+  /** Where the loopback and limited migrations' destination runs: a child process, or this one. */
+  dest: 'child' | 'same'
 }
 
 function parseArgs(argv: string[]): Args {
@@ -108,6 +112,7 @@ function parseArgs(argv: string[]): Args {
     pingAbort: true,
     out: 'bench/results/migrate.json',
     channel: 'auto',
+    dest: 'child',
   }
   const list = (v: string) => v.split(',').filter(Boolean)
   for (let i = 0; i < argv.length; i++) {
@@ -141,6 +146,8 @@ function parseArgs(argv: string[]): Args {
           "                         connection on a missed heartbeat ping (default on: the agent's host)",
           '  --out FILE             JSON results (default bench/results/migrate.json)',
           '  --channel auto|libp2p  what carries the migrations: the direct TLS-PSK channel (auto) or libp2p',
+          '  --dest child|same      where sections 2-3 migrate to: a host in a child process (default, as two',
+          '                         hosts run two processes) or one in this process (both ends share a thread)',
         ].join('\n'),
       )
       process.exit(0)
@@ -161,7 +168,10 @@ function parseArgs(argv: string[]): Args {
     else if (a === '--ping-abort') args.pingAbort = v !== 'off'
     else if (a === '--out') args.out = v
     else if (a === '--channel') args.channel = v === 'libp2p' ? 'libp2p' : 'auto'
-    else throw new Error(`unknown option ${a} (try --help)`)
+    else if (a === '--dest') {
+      if (v !== 'child' && v !== 'same') throw new Error(`--dest child|same, not ${v}`)
+      args.dest = v
+    } else throw new Error(`unknown option ${a} (try --help)`)
     i++
   }
   for (const w of [...args.workloads, ...args.limitedWorkloads]) {
@@ -219,6 +229,8 @@ interface RunResult {
   switchedToPostcopy?: boolean
   digestVerified?: boolean
   downtimeMarks?: Record<string, number>
+  /** The destination's pause milestones (ms since the switchover reached it). */
+  destMarks?: Record<string, number>
   destinationPhase?: string
   warnings?: string[]
   /** Times a's connection to b closed during the migration. */
@@ -340,7 +352,7 @@ async function migrateOnce(
     const measuredDirtyMiBps = instance.stats().dirtyMiBps
     const t = performance.now()
     const closesBefore = connectionCloses.length
-    const started = a.service.migrate(id, b.host.peerId, {
+    const started = a.service.migrate(id, dest ? dest.peerId : b.host.peerId, {
       mode: s.mode,
       compression: s.compression,
       channel: args.channel,
@@ -357,9 +369,14 @@ async function migrateOnce(
     clearTimeout(timer)
     const wallMs = performance.now() - t
     const closed = connectionCloses.length - closesBefore
-    const inbound = await Promise.race([b.service.done(started.id).catch(() => undefined), sleep(5000)])
+    const inbound = dest
+      ? await dest.finished(started.id)
+      : await Promise.race([b.service.done(started.id).catch(() => undefined), sleep(5000)])
     const finished = a.logs.find((r) => r.msg === 'migration finished' && r.migration === started.id)
-    const warnings = [...a.logs, ...b.logs]
+    const destEnd = (dest ? dest.logs : b.logs).find(
+      (r) => r.msg === 'incoming migration finished' && r.migration === started.id,
+    )
+    const warnings = [...a.logs, ...(dest ? dest.logs : b.logs)]
       .filter((r: LogRecord) => r.level >= 40 && r.migration === started.id)
       .map((r) => String(r.msg))
     return {
@@ -381,17 +398,19 @@ async function migrateOnce(
       // then the page digest once every page arrived); 'done' means every check passed
       digestVerified: view.phase === 'done',
       downtimeMarks: (finished?.downtime as Record<string, number> | undefined) ?? {},
-      ...(inbound ? { destinationPhase: (inbound as MigrationView).phase } : {}),
+      destMarks: (destEnd?.switchover as Record<string, number> | undefined) ?? {},
+      ...(inbound ? { destinationPhase: String((inbound as { phase?: unknown }).phase) } : {}),
       warnings,
       wallMs,
     }
   } catch (err) {
     return { ...base, reason: err instanceof Error ? err.message : String(err) }
   } finally {
-    await dropVm(b, id)
+    await (dest ? dest.drop(id) : dropVm(b, id))
     await dropVm(a, id)
     a.logs.length = 0
     b.logs.length = 0
+    if (dest) dest.logs.length = 0
     gc()
   }
 }
@@ -556,25 +575,34 @@ function printDowntime(runs: RunResult[]): void {
     .filter((r) => r.status === 'done' && r.downtimeMarks && r.downtimeMarks.running !== undefined)
     .map((r) => {
       const m = r.downtimeMarks!
+      const d = r.destMarks ?? {}
+      // Pre-copy's split; post-copy's switchover has other milestones (its columns stay '-')
+      const split = d.lastFrames !== undefined && d.verified !== undefined && d.resumed !== undefined
       return [
         `${r.link} ${r.sizeMiB} ${WORKLOADS[r.workload].label} ${modeLabel(r)} ${r.compression}`,
-        f(m.lastRound),
-        f(m.digest),
-        f(m.verified),
-        f(m.journaled),
-        f(m.running),
+        f(m.lastRound, 1),
+        split ? f(d.lastFrames, 1) : '-',
+        split ? f(d.verified! - d.lastFrames!, 1) : '-',
+        split ? f(d.resumed! - d.verified!, 1) : '-',
+        split && m.lastRound !== undefined ? f(m.running! - m.lastRound - d.resumed!, 1) : '-',
+        f(m.running, 1),
       ]
     })
-  console.log('\n### Where the downtime goes (ms since the pause at the source, cumulative)\n')
+  console.log(
+    '\n### Where the downtime goes (ms): last round written at the source (with its digest), then at the destination\n' +
+      'applying the frames still on their way, verifying the digest, journaling the commit and resuming; transit: the\n' +
+      'switchover and RUNNING messages on the control stream (and waits for an event loop)\n',
+  )
   console.log(
     table(
       [
         'run (link, MiB, load, mode, lz4)',
-        'last round acked',
-        'source digest (overlaps the acks)',
-        'dest verified',
-        'journaled',
-        'RUNNING',
+        'last round',
+        'apply',
+        'verify',
+        'commit+resume',
+        'transit',
+        'downtime',
       ],
       rows,
     ),
@@ -601,10 +629,16 @@ if (!args.skipThroughput) {
 const retainMiB = Math.max(0, ...args.roundTripSizes) + 64
 const a = await createBenchNode('a', args.pingAbort, retainMiB)
 const b = await createBenchNode('b', args.pingAbort, retainMiB)
-/** Closes of a's connections to b (libp2p's connection monitor aborts one whose heartbeat ping times out). */
+// Sections 2-3 migrate to a host in a child process (b still takes the baselines' plain copies and the
+// A -> B -> A round trips, which need a node whose VMs this process reaches)
+const dest: DestProcess | undefined =
+  args.dest === 'child' ? await startDestProcess(args.pingAbort) : undefined
+if (dest) await a.host.dial(dest.addrs[0]!, { signal: AbortSignal.timeout(10_000) })
+/** Closes of a's connections to the destination (libp2p's connection monitor aborts one whose heartbeat ping times out). */
 const connectionCloses: number[] = []
 a.host.addEventListener('connection:close', (evt) => {
-  if (evt.detail.remotePeer.equals(b.host.peerId)) connectionCloses.push(performance.now())
+  if (evt.detail.remotePeer.equals(dest ? dest.peerId : b.host.peerId))
+    connectionCloses.push(performance.now())
 })
 const tcpReceivers = await startReceivers()
 let copyTarget: CopyTarget | undefined
@@ -731,6 +765,7 @@ try {
   }
 } finally {
   await tcpReceivers.close().catch(() => undefined)
+  await dest?.stop().catch(() => undefined)
   await a.stop()
   await b.stop()
 }
@@ -772,7 +807,7 @@ console.log(
 if (baselineFailures.length) console.log(`\nBaselines that failed: ${baselineFailures.join('; ')}`)
 
 printRuns(
-  '### 2. Migrations on loopback (MigrationService, 2 libp2p hosts in one process, 3 streams)',
+  `### 2. Migrations on loopback (MigrationService, ${dest ? 'source and destination in two processes' : '2 libp2p hosts in one process'}, 3 streams)`,
   runs,
   'loopback',
 )
@@ -804,6 +839,9 @@ console.log(
     '  then the page digest at the end); "ok" = the migration ended done; "n/a" = it failed for another reason first.',
     '× copy: total / plain copy of the same VM (same content, paused, every page sent, one stream, same run);',
     "  × raw TCP: total / raw TCP for the plain copy's bytes; × ideal: total / (VM bytes / link rate).",
+    args.dest === 'child'
+      ? '  Migrations go to a host in a child process (2 processes, as 2 hosts); the plain copy and raw TCP baselines run in this one.'
+      : '  Migrations, plain copy and raw TCP baselines: both ends in this process (--dest same).',
     "Bandwidth limits: the engine's token bucket on data frames (control messages and noise/yamux overhead are not",
     '  limited), over loopback (no added latency or loss).',
     `libp2p hosts: ${args.pingAbort ? "the agent's (createHost), whose connection monitor aborts a connection whose heartbeat ping times out" : 'bench-only copy of the agent host with connectionMonitor.abortConnectionOnPingFailure = false (--ping-abort off)'}.`,

@@ -468,6 +468,8 @@ export class IncomingMigration {
       if (f.codec === 'lz4' && !this.#i.offer.compression)
         throw new ProtocolError('lz4 frame without compression')
       await this.#apply(k, f)
+      // Digest tree groups of what just arrived, hashed now rather than in the pause's check
+      if (this.#state === 'receiving') this.#i.instance.warmDigest?.()
       this.#applied[k]!++
       this.#wakeApplied?.()
       this.#c.frames++
@@ -694,7 +696,8 @@ export class IncomingMigration {
   readonly #marks: Record<string, number> = {}
 
   #mark(name: string): void {
-    if (this.#switchedAt !== undefined) this.#marks[name] = Math.round(performance.now() - this.#switchedAt)
+    if (this.#switchedAt !== undefined)
+      this.#marks[name] = Math.round((performance.now() - this.#switchedAt) * 10) / 10
   }
 
   #finish(phase: 'done' | 'failed' | 'cancelled'): void {

@@ -216,7 +216,8 @@ export class OutgoingMigration {
   readonly #marks: Record<string, number> = {}
 
   #mark(name: string): void {
-    if (this.#pausedAt !== undefined) this.#marks[name] = Math.round(performance.now() - this.#pausedAt)
+    if (this.#pausedAt !== undefined)
+      this.#marks[name] = Math.round((performance.now() - this.#pausedAt) * 10) / 10
   }
 
   #setPhase(p: Phase): void {
@@ -585,6 +586,9 @@ export class OutgoingMigration {
       if (sent >= MiB || this.#bandwidthBps === 0) this.#bandwidthBps = (sent / Math.max(ms, 1)) * 1000
       const dirtyPages = withMemory ? memory.takeDirtyPages() : null
       const dirtyBlocks = disk.takeDirtyBlocks()
+      // The digest tree over what this round hashed, built now: at the pause only the last round's
+      // groups are left to rehash (for an idle VM, none)
+      instance.warmDigest?.()
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)

@@ -168,6 +168,12 @@ export interface VmInstance {
    * so it costs only what changed since the last call. Pause the VM first for a value that does not move.
    */
   digest(): Promise<{ memory: string; disk: string; combined: string }>
+  /**
+   * Optional, cheap and synchronous: brings the cached part of the digest up to date with the units
+   * hashed so far, so that the next `digest()` costs only what is written after this call (a migration
+   * calls it between rounds and as pages arrive, keeping the tree's work out of its pause).
+   */
+  warmDigest?(): void
   stats(): VmStats
   /**
    * Optional: holds back `fraction` (0..0.99) of the guest's execution, so it dirties memory that much

@@ -129,6 +129,11 @@ export class SyntheticDisk implements VmDisk {
     return this.#hashes.digest()
   }
 
+  /** Hashes the digest tree's groups of blocks hashed since (see UnitHashCache.warm). */
+  warmDigest(): void {
+    if (this.open) this.#hashes.warm()
+  }
+
   /** Caches the hash of `data` read from block `i` if no write touched the block since `gen`. */
   #learn(i: number, gen: number, data: Uint8Array): void {
     if (!this.#hashes.isStale(i) || this.#hashes.generation(i) !== gen || this.#writing.has(i)) return

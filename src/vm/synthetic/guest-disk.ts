@@ -8,6 +8,8 @@ export interface GuestDisk extends VmDisk {
   /** Records a guest write to block `i` (when tracking); call after the write completed. */
   markDirty(i: number): void
   flush(): Promise<void>
+  /** Optional: brings the cached part of the digest up to date (cheap, synchronous). */
+  warmDigest?(): void
   close(opts?: { sync?: boolean }): Promise<void>
 }
 

@@ -101,6 +101,11 @@ export class SyntheticMemory implements VmMemory {
     return this.#hashes.digest()
   }
 
+  /** Hashes the digest tree's groups of pages hashed since (see UnitHashCache.warm). */
+  warmDigest(): void {
+    if (this.#buf) this.#hashes.warm()
+  }
+
   maybeNonZeroPages(): Iterable<number> {
     this.#live()
     return this.#touched.clone().indices()

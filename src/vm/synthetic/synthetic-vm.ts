@@ -140,6 +140,12 @@ export class SyntheticVm implements VmInstance {
     return this.#serialize(() => this.#digest())
   }
 
+  warmDigest(): void {
+    if (!this.memory.present || !this.disk.open) return
+    this.memory.warmDigest()
+    this.disk.warmDigest?.()
+  }
+
   throttle(fraction: number): void {
     this.#workload.setThrottle(fraction)
   }
