@@ -281,7 +281,9 @@ export class Vclusters {
   context(name: string, vm?: string): unknown {
     const c = this.#clusters.get(name)
     const local = this.#contexts.get(name)
-    const all = c ? contexts(c.name, c.image, c.vms, c.spec.userData) : [...(local?.values() ?? [])]
+    const all = c
+      ? contexts(c.name, c.image, c.vms, c.spec.userData, c.contextRevision)
+      : [...(local?.values() ?? [])]
     if (all.length === 0) throw new AgentError('NOT_FOUND', `no virtual cluster '${name}' known on this host`)
     if (vm === undefined) return { cluster: name, contexts: all }
     const one = all.find((x) => x.vm.name === vm || x.vm.id === vm)
