@@ -78,6 +78,11 @@ export class Gossip {
         membersProvider: () => this.swim.snapshot(),
         onMembers: (members) => this.swim.mergeMembers(members),
         onDrop: (reason, source) => metrics?.dropped.inc({ reason, source }),
+        sites: {
+          self: components.site,
+          of: (peerId) => this.swim.member(peerId)?.site,
+          preference: this.swim.config.sitePreference,
+        },
       },
       init.state,
     )

@@ -50,4 +50,5 @@ export {
   type SyncResult,
   type UpdateSource,
 } from './service.js'
+export { pickSyncPeer, type SyncPeerSites } from './sync-peer.js'
 export { u64 } from './u64.js'

@@ -23,6 +23,7 @@ import type { HostMark, LocationChange } from './location-table.js'
 import type { Member } from './pb-types.js'
 import { Publisher } from './publisher.js'
 import { decodeSyncRequest, decodeSyncResponse, encodeSyncRequest, encodeSyncResponse } from './sync-codec.js'
+import { pickSyncPeer, type SyncPeerSites } from './sync-peer.js'
 
 export type DropSource = 'gossip' | 'sync'
 export type UpdateSource = DropSource | 'local'
@@ -55,6 +56,8 @@ export interface HostStateComponents {
   onMembers?: (members: Member[], from: string) => void
   /** A message (or one state inside a sync response) was dropped. */
   onDrop?: (reason: DropReason, source: DropSource) => void
+  /** Sites of peers and the preference for our own: periodic anti-entropy favours our site. */
+  sites?: SyncPeerSites
 }
 
 export interface HostStateInit {
@@ -63,7 +66,7 @@ export interface HostStateInit {
   /** Longest time between two publications of our state; default 5 min (see Publisher). */
   heartbeatMs?: number
   /**
-   * Anti-entropy with one random connected peer this often; default 30 s (0 disables). Above 32
+   * Anti-entropy with one connected peer (site-weighted, see sync-peer.ts) this often; default 30 s (0 disables). Above 32
    * peers it stretches as memberlist's push/pull does: x (ceil(log2 n - log2 32) + 1).
    */
   syncIntervalMs?: number
@@ -79,6 +82,8 @@ export interface HostStateInit {
   maxConcurrentServes?: number
   /** How long a removed VM's last location refuses older claims; default 1 h. */
   tombstoneTtlMs?: number
+  /** Randomness for the periodic anti-entropy peer (tests). Default Math.random. */
+  random?: () => number
 }
 
 export interface HostUpdate {
@@ -553,9 +558,11 @@ export class HostStateService extends EventEmitter<HostStateEvents> {
   }
 
   private syncWithRandomPeer(): void {
-    const peers = this.components.host.getPeers()
-    if (peers.length === 0) return
-    const peer = peers[Math.floor(Math.random() * peers.length)]
+    const peer = pickSyncPeer(
+      this.components.host.getPeers(),
+      this.components.sites,
+      this.init.random ?? Math.random,
+    )
     if (!peer) return
     this.syncWith(peer).catch((err: Error) =>
       this.log.debug({ peer: peer.toString(), err: err.message }, 'periodic sync failed'),
