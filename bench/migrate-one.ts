@@ -47,6 +47,8 @@ interface Dest {
   peerId: BenchNode['host']['peerId']
   dial(): Promise<void>
   finished(migrationId: string): Promise<LogRecord | undefined>
+  /** The destination's milestones of its answer to the offer (ms since the offer arrived). */
+  answered(migrationId: string): Record<string, number> | undefined
   drop(id: string): Promise<void>
   stop(): Promise<void>
 }
@@ -56,6 +58,7 @@ async function sameProcessDest(): Promise<Dest> {
   return {
     peerId: b.host.peerId,
     dial: async () => void (await a.host.dial(b.host.getMultiaddrs()[0]!)),
+    answered: (id) => answeredIn(b.logs, id),
     async finished(id) {
       const find = () => b.logs.find((l) => l.msg === 'incoming migration finished' && l.migration === id)
       for (let k = 0; !find() && k < 100; k++) await sleep(50)
@@ -73,6 +76,7 @@ async function childProcessDest(): Promise<Dest> {
   return {
     peerId: c.peerId,
     dial: async () => void (await a.host.dial(c.addrs[0]!)),
+    answered: (id) => answeredIn(c.logs, id),
     async finished(id) {
       const r = await c.finished(id)
       c.logs.length = 0
@@ -81,6 +85,11 @@ async function childProcessDest(): Promise<Dest> {
     drop: (id) => c.drop(id),
     stop: () => c.stop(),
   }
+}
+
+function answeredIn(logs: LogRecord[], id: string): Record<string, number> | undefined {
+  const r = logs.find((l) => l.msg === 'migration offer answered' && l.migration === id)
+  return r?.steps as Record<string, number> | undefined
 }
 
 /** The pre-copy pause split (see the top); undefined without both sides' milestones. */
@@ -128,6 +137,7 @@ try {
     const cpu = process.cpuUsage(cpu0)
     const fin = a.logs.find((l) => l.msg === 'migration finished' && l.migration === m.id)
     // The destination logs its side as it ends (maybe just after the source's `done`)
+    const answered = b.answered(m.id)
     const dest = await b.finished(m.id)
     const marks = fin?.downtime as Record<string, number> | undefined
     const destMarks = dest?.switchover as Record<string, number> | undefined
@@ -152,6 +162,8 @@ try {
         dest: destWhere,
         marks,
         destMarks,
+        timeline: fin?.timeline,
+        answered,
         pause: mode === 'precopy' ? pauseSplit(marks, destMarks, v.downtimeMs) : undefined,
         load1,
       }),

@@ -18,7 +18,9 @@ const node = await createBenchNode('dest', pingAbort, retainMiB)
 // Forward what the parent reads: the end record of each migration and every warning
 // (none kept here: the parent holds them)
 node.logs.push = (...recs) => {
-  for (const r of recs) if (r.level >= 40 || r.msg === 'incoming migration finished') send({ log: r })
+  for (const r of recs)
+    if (r.level >= 40 || r.msg === 'incoming migration finished' || r.msg === 'migration offer answered')
+      send({ log: r })
   return 0
 }
 process.on('message', (m: { drop?: string }) => {

@@ -487,6 +487,12 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       return refuse('BUSY', `${this.#maxIn} incoming migrations already run`)
     const placeholder = { id: offer.migrationId, vmId }
     this.#pendingIn.set(placeholder.id, placeholder)
+    // Milestones of the answer (ms since the offer arrived), for the logs
+    const t0 = performance.now()
+    const steps: Record<string, number> = {}
+    const step = (name: string) => {
+      steps[name] = Math.round((performance.now() - t0) * 10) / 10
+    }
     const from = conn.remotePeer.toString()
     // Counted against the limit from here on, while the reservation and the VM are made
     let release: () => void = () => undefined
@@ -499,6 +505,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         : { ok: true as const, release: () => undefined }
       if (!r.ok) return await refuse(r.code, r.message)
       release = () => r.release()
+      step('reserved')
       // A disk over a base image: with our own copy of the image (fetched now if needed, within half a
       // step) the disk here is a layer over it and the source sends only its layer.
       let baseImage: string | undefined
@@ -517,6 +524,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         release()
         return await refuse('NO_CAPACITY', `cannot create the VM: ${asMigrationError(err).message}`)
       }
+      step('prepared')
       const g = offer.geometry
       if (
         instance.memory.pageSize !== g.pageSize ||
@@ -574,6 +582,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
           this.#log.info({ migration: offer.migrationId, err: (err as Error).message }, 'no hole punch')
         }
       }
+      step('granted')
       void m.done.then(() => {
         this.#reservations.delete(offer.migrationId)
         direct?.release()
@@ -598,6 +607,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         .catch((err: unknown) => {
           control.framed.abort(asMigrationError(err))
         })
+      step('accepted')
+      this.#log.info({ migration: offer.migrationId, steps }, 'migration offer answered')
       if (punch && offer.punch) {
         const invite = offer.punch
         const punchAc = new AbortController()

@@ -215,7 +215,15 @@ export class OutgoingMigration {
   /** Milestones of the downtime (ms since the pause), for the logs. */
   readonly #marks: Record<string, number> = {}
 
+  /** Milestones of the whole migration (ms since it began), for the logs. */
+  readonly #timeline: Record<string, number> = {}
+
+  #at(name: string): void {
+    this.#timeline[name] = Math.round((performance.now() - this.#t0) * 10) / 10
+  }
+
   #mark(name: string): void {
+    this.#at(name)
     if (this.#pausedAt !== undefined)
       this.#marks[name] = Math.round((performance.now() - this.#pausedAt) * 10) / 10
   }
@@ -243,11 +251,14 @@ export class OutgoingMigration {
     this.#wasPaused = instance.state === 'paused'
     try {
       await this.#offer()
+      this.#at('accepted')
       await this.#openDataStreams()
+      this.#at('streams')
       instance.memory.startDirtyTracking()
       instance.disk.startDirtyTracking()
       const decision = await this.#precopy()
       // Stop-copy: the guest stops here; from now on every ms counts as downtime
+      this.#at('decided')
       this.#setPhase('stopcopy')
       await instance.pause()
       paused = true
@@ -272,6 +283,7 @@ export class OutgoingMigration {
         }
       }
       await this.#release()
+      this.#at('released')
       this.#finish('done')
       // Indexed after the figures are taken (a full 1 GiB image: ~0.2 s), before `done` resolves
       try {
@@ -280,6 +292,7 @@ export class OutgoingMigration {
         this.#log.debug({ err: asMigrationError(err).message }, 'memory not indexed for dedup')
       }
       this.#retained = undefined
+      this.#at('retained')
     } catch (err) {
       await this.#fail(err, paused)
     } finally {
@@ -306,6 +319,7 @@ export class OutgoingMigration {
     const stream = await withTimeout(timeouts.dialTimeoutMs, 'dial', this.#signal, (signal) =>
       host.dialProtocol(to, CONTROL_PROTOCOL, { signal }),
     )
+    this.#at('dialed')
     const control = new ControlChannel(stream)
     this.#control = control
     this.#directHost = this.#directHostToAsk()
@@ -359,6 +373,7 @@ export class OutgoingMigration {
       },
       this.#signal,
     )
+    this.#at('offerSent')
     const answer = await withTimeout(timeouts.stepTimeoutMs, 'the offer answer', this.#signal, (s) =>
       control.expect(['accept', 'refuse'], s),
     )
@@ -366,6 +381,7 @@ export class OutgoingMigration {
       const code = REFUSE_FROM_PB[answer.refuse?.code ?? 0] ?? 'REFUSED'
       throw new MigrationRefusedError(code, answer.refuse?.message || `refused by ${to}: ${code}`)
     }
+    this.#at('answer')
     this.#reservationId = answer.accept?.reservationId ?? ''
     const a = answer.accept
     if (this.#directHost && a?.directPort && a.directKey?.length === 32 && a.directIdentity) {
@@ -581,6 +597,7 @@ export class OutgoingMigration {
       const before = this.#c.bytesSent
       await this.#sendRound(this.#round, pages, blocks, this.#round === 0, undefined, true)
       const ms = performance.now() - t
+      this.#at(`round${this.#round}`)
       const sent = this.#c.bytesSent - before
       // Rounds that carried little are dominated by latency: keep the rate of a fuller round
       if (sent >= MiB || this.#bandwidthBps === 0) this.#bandwidthBps = (sent / Math.max(ms, 1)) * 1000
@@ -589,6 +606,7 @@ export class OutgoingMigration {
       // The digest tree over what this round hashed, built now: at the pause only the last round's
       // groups are left to rehash (for an idle VM, none)
       instance.warmDigest?.()
+      this.#at(`warm${this.#round}`)
       const remaining = (dirtyPages?.count() ?? 0) * memory.pageSize + dirtyBlocks.count() * disk.blockSize
       this.#dirtyBps = (remaining / Math.max(ms, 1)) * 1000
       history.push(remaining)
@@ -1180,6 +1198,7 @@ export class OutgoingMigration {
         wire: this.#c.wireBytes,
         error: this.#error,
         downtime: this.#marks,
+        timeline: this.#timeline,
       },
       'migration finished',
     )

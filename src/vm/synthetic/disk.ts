@@ -2,7 +2,7 @@
 // ever written (persisted to `disk.alloc`, so a digest reads only those) and optional dirty tracking.
 
 import type { FileHandle } from 'node:fs/promises'
-import { open, readFile, stat } from 'node:fs/promises'
+import { open, readFile, stat, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Bitmap } from '../bitmap.js'
 import { BLOCK_SIZE, type VmDisk, VmError } from '../types.js'
@@ -47,7 +47,9 @@ export class SyntheticDisk implements VmDisk {
     try {
       await fh.truncate(bytes)
       const disk = new SyntheticDisk(dir, fh, blocks, new Bitmap(blocks))
-      await disk.#saveAlloc()
+      // Not made durable here (two fsyncs, tens of ms on a busy disk, on the incoming migration's path):
+      // it is read back only from a suspend image, whose close rewrites it durably before the manifest
+      await writeFile(join(dir, DISK_ALLOC), disk.#alloc.toBytes())
       return disk
     } catch (err) {
       await fh.close()
