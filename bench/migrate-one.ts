@@ -14,9 +14,14 @@
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
+import { checkBenchArgs } from './lib/args.js'
 import { startDestProcess } from './lib/dest-process.js'
 import { sleep } from './lib/format.js'
 import { type BenchNode, createBenchNode, createVm, dropVm, type Fill, type LogRecord } from './lib/mesh.js'
+
+checkBenchArgs(import.meta.url, {
+  valued: ['size', 'workload', 'mode', 'compression', 'runs', 'warmup-ms', 'channel', 'streams', 'dest'],
+})
 
 const WORKLOADS: Record<string, { fill: Fill; workload: WorkloadSpec }> = {
   idle: { fill: 'sparse', workload: { dirtyMiBps: 0, hotSetMiB: 4, cpu: 0, diskWriteMiBps: 0 } },

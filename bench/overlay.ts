@@ -37,6 +37,7 @@ import {
   VirtualSwitch,
 } from '../src/overlay/index.js'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../test/helpers/agent-process.js'
+import { checkBenchArgs } from './lib/args.js'
 import { f, median, ratio, sleep, table } from './lib/format.js'
 
 const NET = 'bench'
@@ -463,6 +464,7 @@ async function main(): Promise<void> {
 if (process.argv.includes('--peer')) {
   void peerMain()
 } else {
+  checkBenchArgs(import.meta.url, { valued: ['frames', 'pings', 'migrations'] })
   main().catch((err) => {
     console.error(err)
     process.exit(1)

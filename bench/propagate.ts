@@ -26,7 +26,13 @@ import { cpus, loadavg } from 'node:os'
 import { join } from 'node:path'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../test/helpers/agent-process.js'
 import { NetnsMesh, netnsUnavailable } from '../test/helpers/netns.js'
+import { checkBenchArgs } from './lib/args.js'
 import { f, ratio, sleep, table } from './lib/format.js'
+
+checkBenchArgs(import.meta.url, {
+  valued: ['size', 'mbit', 'max-hosts', 'chunk-kib', 'methods'],
+  flags: ['part', 'logs', 'loopback'],
+})
 
 function arg(name: string, dflt: number): number {
   const i = process.argv.indexOf(`--${name}`)

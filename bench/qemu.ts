@@ -40,8 +40,12 @@ import {
   waitMirrorReady,
 } from '../src/vm/qemu/index.js'
 import { guestSpec, memLines, qemuSkipReason, shortTmpDir, waitSerial } from '../test/helpers/qemu.js'
+import { checkBenchArgs } from './lib/args.js'
 import { f, ratio, table } from './lib/format.js'
 import { meshSide } from './qemu-side.js'
+
+// Options come from the environment (SKYMESH_BENCH_*, see above); --help prints this header.
+checkBenchArgs(import.meta.url, {})
 
 interface Run {
   workload: string

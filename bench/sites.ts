@@ -18,7 +18,10 @@ import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { type RunningAgent, removeDir, tempDir, waitFor } from '../test/helpers/agent-process.js'
 import { type NetnsHost, NetnsMesh, netnsUnavailable } from '../test/helpers/netns.js'
+import { checkBenchArgs } from './lib/args.js'
 import { f, median, ratio, sleep, table } from './lib/format.js'
+
+checkBenchArgs(import.meta.url, { valued: ['part', 'rate', 'vm', 'image', 'sizes', 'rest'] })
 
 const run = promisify(execFile)
 
