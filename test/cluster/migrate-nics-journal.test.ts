@@ -80,7 +80,12 @@ describe('migration journal: held NICs', () => {
     const b = await p.restart('b')
     await p.connected()
 
-    // rolled back: b holds nothing and has no NIC of its own for the VM; a keeps the VM with its NIC
+    // rolled back: b holds nothing and has no NIC of its own for the VM; a keeps the VM with its NIC.
+    // (b learnt 'red' by gossip: restarted, it knows it again once a's state reaches it.)
+    await waitFor(
+      'the restarted b to know red again',
+      async () => (await b.request('GET', '/v1/networks/red')).status === 200,
+    )
     const after = await red(b)
     assert.deepEqual(after.reserved, [], 'no address left held after the restart')
     assert.ok(!after.vms.some((m) => m.local), `b has no NIC of its own: ${JSON.stringify(after.vms)}`)
