@@ -1,6 +1,7 @@
 // A TCP relay on loopback for fault tests: agents announce the relay's address instead of their own,
 // so every byte between them passes through here, and the test can cut the link (reset every socket
 // and refuse new ones) and heal it again without touching the processes.
+import { readFile } from 'node:fs/promises'
 import { createServer, type Server, type Socket } from 'node:net'
 
 export class TcpRelay {
@@ -111,12 +112,50 @@ export class TcpRelay {
   }
 }
 
-/** A free TCP port on 127.0.0.1 (for an agent that must listen on the same port after a restart). */
+/**
+ * A free TCP port on 127.0.0.1 (for an agent that must listen on the same port after a restart, or
+ * that opens its listener only later). It is picked at random below the kernel's ephemeral range:
+ * a port from that range (what `listen(0)` hands out) can be taken meanwhile by any outgoing
+ * connection on the machine, and the later listen then fails with EADDRINUSE (a CI flake).
+ */
 export async function freePort(): Promise<number> {
+  const [low] = await ephemeralRange()
+  const top = Math.min(low, 32768) - 1
+  const bottom = Math.max(1024, top - 12_000)
+  if (top - bottom < 1000) return kernelPort()
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const port = bottom + Math.floor(Math.random() * (top - bottom))
+    if (await canListen(port)) return port
+  }
+  throw new Error(`no free port in ${bottom}-${top}`)
+}
+
+async function kernelPort(): Promise<number> {
   const server = createServer()
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()))
   const address = server.address()
   await new Promise<void>((resolve) => server.close(() => resolve()))
   if (!address || typeof address === 'string') throw new Error('no port')
   return address.port
+}
+
+async function ephemeralRange(): Promise<[number, number]> {
+  try {
+    const [lo, hi] = (await readFile('/proc/sys/net/ipv4/ip_local_port_range', 'utf8'))
+      .trim()
+      .split(/\s+/)
+      .map(Number)
+    if (lo && hi) return [lo, hi]
+  } catch {
+    // not Linux: the IANA range
+  }
+  return [49152, 65535]
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = createServer()
+    server.once('error', () => resolve(false))
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)))
+  })
 }

@@ -7,7 +7,7 @@
 // level (ARP + ICMP echo, both directions) and carries TCP once the overlay switch attaches to it.
 import assert from 'node:assert/strict'
 import { existsSync } from 'node:fs'
-import { createConnection, createServer } from 'node:net'
+import { createConnection } from 'node:net'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
@@ -39,19 +39,12 @@ import {
   shortTmpDir,
   waitSerial,
 } from '../helpers/qemu.js'
+import { freePort } from '../helpers/tcp-relay.js'
 
 const skip = qemuSkipReason()
 if (skip) console.log(`# qemu driver tests skipped: ${skip}`)
 
 const BOOT_MS = 90_000
-
-async function freePort(): Promise<number> {
-  const srv = createServer()
-  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r))
-  const port = (srv.address() as { port: number }).port
-  await new Promise((r) => srv.close(r))
-  return port
-}
 
 function echoOnce(port: number, payload: string, timeoutMs: number): Promise<string> {
   return new Promise((resolve, reject) => {
