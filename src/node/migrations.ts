@@ -8,6 +8,7 @@ import type { Registry } from 'prom-client'
 import { Counter, Gauge, Histogram } from 'prom-client'
 import {
   type BulkLinkAdvisor,
+  copyNetworkDef,
   type DirectInit,
   type IncomingOffer,
   type LocalVm,
@@ -570,15 +571,6 @@ function journalNics(nics: readonly MigrationNic[] | undefined): MigrationNic[] 
     mac: n.mac,
     ip: n.ip,
     ...(n.attach ? { attach: n.attach } : {}),
-    ...(n.networkDef
-      ? {
-          networkDef: {
-            subnet: n.networkDef.subnet,
-            mtu: n.networkDef.mtu,
-            createdMs: n.networkDef.createdMs,
-            creator: n.networkDef.creator,
-          },
-        }
-      : {}),
+    ...(n.networkDef ? { networkDef: copyNetworkDef(n.networkDef) } : {}),
   }))
 }

@@ -23,7 +23,7 @@ export {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
-export { MAX_OFFER_NICS, offeredNics } from './nics.js'
+export { copyNetworkDef, MAX_OFFER_NICS, offeredNics } from './nics.js'
 export type {
   ChannelChoice,
   CompressionChoice,

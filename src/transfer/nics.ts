@@ -40,17 +40,13 @@ export function nicsToOffer(nics: readonly MigrationNic[] | undefined): PbNic[] 
     mac: n.mac,
     ip: n.ip,
     attach: n.attach ?? '',
-    ...(n.networkDef
-      ? {
-          networkDef: {
-            subnet: n.networkDef.subnet,
-            mtu: n.networkDef.mtu,
-            createdMs: n.networkDef.createdMs,
-            creator: n.networkDef.creator,
-          },
-        }
-      : {}),
+    ...(n.networkDef ? { networkDef: copyNetworkDef(n.networkDef) } : {}),
   }))
+}
+
+/** A network's definition with its four fields only (the overlay's NetworkDef carries more, e.g. its name). */
+export function copyNetworkDef(d: MigrationNetworkDef): MigrationNetworkDef {
+  return { subnet: d.subnet, mtu: d.mtu, createdMs: d.createdMs, creator: d.creator }
 }
 
 function fromPbDef(d: PbNetworkDef): MigrationNetworkDef {
