@@ -3,24 +3,9 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { localChance, pickSiteWeighted, SiteProbeOrder } from '../../src/gossip/swim/site-pick.js'
+import { seeded, siteMembers } from './fixtures/gossip-sites.js'
 
-/** A seeded xorshift32 in [0, 1). */
-function seeded(seed: number): () => number {
-  let x = seed >>> 0 || 1
-  return () => {
-    x ^= x << 13
-    x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5
-    x >>>= 0
-    return x / 2 ** 32
-  }
-}
-
-const members = [
-  ...['a1', 'a2', 'a3', 'a4', 'a5'].map((peerId) => ({ peerId, site: 'a' })),
-  ...['b0', 'b1', 'b2', 'b3', 'b4', 'b5'].map((peerId) => ({ peerId, site: 'b' })),
-]
+const members = siteMembers(['a1', 'a2', 'a3', 'a4', 'a5', 'b0', 'b1', 'b2', 'b3', 'b4', 'b5'])
 
 describe('SWIM site preference', () => {
   it('localChance: plain SWIM at preference 1, all local or all remote when one group is empty', () => {

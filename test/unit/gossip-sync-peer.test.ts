@@ -2,23 +2,10 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { pickSyncPeer } from '../../src/gossip/state/sync-peer.js'
-
-/** A seeded xorshift32 in [0, 1). */
-function seeded(seed: number): () => number {
-  let x = seed >>> 0 || 1
-  return () => {
-    x ^= x << 13
-    x >>>= 0
-    x ^= x >>> 17
-    x ^= x << 5
-    x >>>= 0
-    return x / 2 ** 32
-  }
-}
+import { seeded, siteOfId } from './fixtures/gossip-sites.js'
 
 // Peers as connected ids; 'n0' has no known site yet (not a SWIM member): it counts as remote.
 const peers = ['a1', 'a2', 'a3', 'a4', 'b0', 'b1', 'b2', 'b3', 'b4', 'n0']
-const siteOf = (id: string): string | undefined => (id.startsWith('n') ? undefined : id[0])
 
 function share(picks: string[], pred: (id: string) => boolean): number {
   return picks.filter(pred).length / picks.length
@@ -28,7 +15,7 @@ function run(n: number, self: string, preference: number): string[] {
   const random = seeded(9)
   return Array.from(
     { length: n },
-    () => pickSyncPeer(peers, { self, of: siteOf, preference }, random) as string,
+    () => pickSyncPeer(peers, { self, of: siteOfId, preference }, random) as string,
   )
 }
 
@@ -53,7 +40,7 @@ describe('anti-entropy peer choice', () => {
     const picks = run(200, 'z', 8)
     assert.ok(picks.every((id) => peers.includes(id)))
     assert.ok(new Set(picks).size >= 8)
-    assert.equal(pickSyncPeer([], { self: 'a', of: siteOf, preference: 8 }, Math.random), undefined)
+    assert.equal(pickSyncPeer([], { self: 'a', of: siteOfId, preference: 8 }, Math.random), undefined)
   })
 
   it('without site information it picks uniformly', () => {
