@@ -7,14 +7,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import os from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
-import pino from 'pino'
-import { Registry } from 'prom-client'
-import { AgentMigrations, type MigrationOwner } from '../../src/node/migrations.js'
-import type { Host } from '../../src/node/p2p.js'
+import type { MigrationOwner } from '../../src/node/migrations.js'
 import { Store } from '../../src/node/store.js'
 import type { VmRecord } from '../../src/node/types.js'
-import type { IncomingOffer, MigrationNic, Reservation } from '../../src/transfer/index.js'
-import type { VmDriver } from '../../src/vm/types.js'
+import type { MigrationNic } from '../../src/transfer/index.js'
+import { agentMigrations, offer, spec } from './fixtures/migration-nics.js'
 
 let dir: string
 let store: Store
@@ -29,14 +26,6 @@ after(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-const spec = {
-  id: 'vm-1',
-  name: 'one',
-  vcpus: 1,
-  memoryMiB: 16,
-  diskMiB: 16,
-  workload: { dirtyMiBps: 0, hotSetMiB: 0, cpu: 0, diskWriteMiBps: 0 },
-}
 const def = { subnet: '10.9.0.0/24', mtu: 1500, createdMs: 5, creator: 'peer-a' }
 const nic: MigrationNic = { network: 'purple', mac: '02:00:00:00:00:21', ip: '10.9.0.21', networkDef: def }
 
@@ -45,10 +34,8 @@ function setup(over: Partial<MigrationOwner> = {}) {
   const held = new Map<string, readonly MigrationNic[]>()
   const restored: [string, readonly MigrationNic[]][] = []
   const records = new Map<string, VmRecord>()
-  const owner: Partial<MigrationOwner> = {
-    peerId: 'self',
+  const t = agentMigrations(store, {
     record: (id) => records.get(id),
-    free: () => ({ vcpus: 8, memoryMiB: 4096, diskMiB: 4096 }),
     checkNics: (_id, nics) => nics,
     holdNics: (mid, _id, nics) => {
       calls.push(`hold ${mid}`)
@@ -69,28 +56,8 @@ function setup(over: Partial<MigrationOwner> = {}) {
       records.set(rec.id, rec)
     },
     ...over,
-  }
-  const m = new AgentMigrations({
-    host: {} as Host,
-    logger: pino({ level: 'silent' }),
-    driver: { name: 'synthetic' } as unknown as VmDriver,
-    store,
-    owner: owner as MigrationOwner,
-    metrics: new Registry(),
   })
-  const priv = m as unknown as {
-    reserve(o: IncomingOffer, s: AbortSignal): Promise<Reservation>
-    rollBackIncoming(): Promise<void>
-  }
-  return {
-    m,
-    calls,
-    held,
-    restored,
-    records,
-    reserve: (offer: IncomingOffer) => priv.reserve(offer, new AbortController().signal),
-    rollBack: () => priv.rollBackIncoming(),
-  }
+  return { ...t, calls, held, restored, records }
 }
 
 const entryOf = async (migrationId: string) =>
@@ -99,7 +66,7 @@ const entryOf = async (migrationId: string) =>
 describe('agent migrations: NICs in the journal', () => {
   it('the reservation holds the NICs and journals them; a failed migration releases them', async () => {
     const t = setup()
-    const r = await t.reserve({ migrationId: 'm1', from: 'peer-a', spec, epoch: 1, nics: [nic] })
+    const r = await t.reserve(offer('m1', [nic]))
     assert.ok(r.ok)
     assert.deepEqual(t.calls, ['hold m1'])
     const e = await entryOf('m1')
@@ -118,7 +85,7 @@ describe('agent migrations: NICs in the journal', () => {
         throw new Error("nics[0]: IP 10.9.0.21 on 'purple' belongs to VM vm-2")
       },
     })
-    const r = await t.reserve({ migrationId: 'm2', from: 'peer-a', spec, epoch: 1, nics: [nic] })
+    const r = await t.reserve(offer('m2', [nic]))
     assert.ok(!r.ok)
     assert.equal(r.code, 'BAD_OFFER')
     assert.match(r.message, /belongs to VM vm-2/)
