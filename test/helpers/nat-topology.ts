@@ -6,7 +6,7 @@ import assert from 'node:assert/strict'
 import { writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { type RunningAgent, removeDir, runCli, tempDir, waitFor } from './agent-process.js'
-import { type NetnsHost, NetnsMesh } from './netns.js'
+import { masquerade, type NetnsHost, NetnsMesh } from './netns.js'
 
 /** Fast SWIM for tests: failures seen in about a second. */
 export const TEST_GOSSIP = 'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 200\n  suspicionMult: 4\n'
@@ -191,20 +191,7 @@ export async function movePausedVm(from: RunningAgent, to: RunningAgent, id: str
 export async function randomizeNatPorts(mesh: NetnsMesh, site: string): Promise<void> {
   const ip = mesh.hostsOf(site)[0]!.ip
   const lan = `${ip.split('.').slice(0, 3).join('.')}.0/24`
-  await mesh.exec(mesh.routerNs(site), 'iptables', [
-    '-w',
-    '-t',
-    'nat',
-    '-I',
-    'POSTROUTING',
-    '1',
-    '-s',
-    lan,
-    '!',
-    '-d',
-    lan,
-    '-j',
-    'MASQUERADE',
-    '--random-fully',
-  ])
+  // First in the chain: it wins over the router's plain MASQUERADE for new connections.
+  const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', ...masquerade(lan, { randomPorts: true })]
+  await mesh.exec(mesh.routerNs(site), 'iptables', ['-w', ...rule])
 }

@@ -77,6 +77,15 @@ export async function netnsUnavailable(): Promise<string | undefined> {
   return undefined
 }
 
+/**
+ * The match and target of a NAT router's POSTROUTING rule: connections from `lan` to anywhere else
+ * leave with the router's address. `randomPorts`: each new one from a random source port too
+ * (MASQUERADE --random-fully), a NAT no hole punch gets through.
+ */
+export function masquerade(lan: string, opts: { randomPorts?: boolean } = {}): string[] {
+  return ['-s', lan, '!', '-d', lan, '-j', 'MASQUERADE', ...(opts.randomPorts ? ['--random-fully'] : [])]
+}
+
 export class NetnsMesh {
   readonly hosts: NetnsHost[] = []
   readonly #prefix: string
@@ -313,19 +322,7 @@ export class NetnsMesh {
     const router = this.#routerNs(s)
     const lan = this.#siteSubnet(s)
     const testDoor = `10.${this.#net}.0.254`
-    await this.#iptables(router, [
-      '-t',
-      'nat',
-      '-A',
-      'POSTROUTING',
-      '-s',
-      lan,
-      '!',
-      '-d',
-      lan,
-      '-j',
-      'MASQUERADE',
-    ])
+    await this.#iptables(router, ['-t', 'nat', '-A', 'POSTROUTING', ...masquerade(lan)])
     await this.#iptables(router, ['-N', 'SMNAT'])
     await this.#iptables(router, ['-A', 'FORWARD', '-d', lan, '-j', 'SMNAT'])
     const rules = [
