@@ -7,10 +7,12 @@
 //   - an image pushed from east to west comes over punched connections, and the pull says so;
 //   - a VM bigger than the relay's limit tries the punch first (it would fail halfway on the relay);
 //   - once the NATs pick random ports (no punch gets through), such a VM fails at once with
-//     "cannot reach X directly" and the reason, and keeps running where it was.
+//     "cannot reach X directly" and the reason, and keeps running where it was;
+//   - and so does an image bigger than the relay's limit: its push fails before any chunk moves, and
+//     the image stays whole where it was.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { writeFile } from 'node:fs/promises'
+import { open, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { waitFor } from '../helpers/agent-process.js'
@@ -30,6 +32,7 @@ const why = await netnsUnavailable()
 if (why) console.log(`# nat-punch-migrate: running no namespace tests here: ${why}`)
 
 const RELAY_LIMIT_MIB = 128
+const MiB = 1048576
 const RELAY_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay:\n  dataLimitMiB: ${RELAY_LIMIT_MIB}\n  durationLimitSec: 600\ncapacity:\n  memoryMiB: 4096\n`
 const NATED_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  directTimeoutMs: 1000\ncapacity:\n  memoryMiB: 4096\n`
 
@@ -141,5 +144,50 @@ describe('bulk data between two NATed hosts over hole-punched TLS channels', { s
     assert.equal(m.bytesSent ?? 0, 0, JSON.stringify(m))
     assert.equal((await east.request('GET', `/v1/vms/${r.body.id}`)).body.state, 'running')
     assert.equal((await west.request('GET', `/v1/vms/${r.body.id}`)).status, 404)
+  })
+
+  it("without a punch an image bigger than the relay's limit fails at once, says why, and stays whole", async () => {
+    const { east, west, mesh } = n
+    // As the test before left them (again here, so the test stands alone: the rule is only added twice)
+    await randomizeNatPorts(mesh, 'east')
+    await randomizeNatPorts(mesh, 'west')
+    const file = join(n.dir, 'big.img')
+    const fh = await open(file, 'w')
+    try {
+      for (let i = 0; i < RELAY_LIMIT_MIB + 8; i += 8) await fh.write(randomBytes(8 * MiB))
+    } finally {
+      await fh.close()
+    }
+    const img = await east.request('POST', '/v1/images', { path: file, name: 'unpunched' })
+    assert.equal(img.status, 201, JSON.stringify(img.body))
+    const id = img.body.id as string
+    const started = await east.request('POST', `/v1/images/${id}/distribute`, { to: [west.peerId] })
+    assert.equal(started.status, 202, JSON.stringify(started.body))
+    const view = await waitFor(
+      'the push to end',
+      async () => {
+        const v = (await east.request('GET', `/v1/images/${id}/distribute`)).body
+        return v.state !== 'running' ? v : undefined
+      },
+      120_000,
+    )
+    assert.equal(view.state, 'failed', JSON.stringify(view))
+    const there = view.hosts.find((h: { peerId: string }) => h.peerId === west.peerId)
+    assert.equal(there?.state, 'failed', JSON.stringify(view))
+    assert.match(
+      String(there.error),
+      new RegExp(
+        `cannot reach ${east.peerId} directly: hole punch failed: .*the relay lets that connection carry \\d+ MiB more, the image needs \\d+ MiB more`,
+      ),
+    )
+    // Nothing went over the relay: the pull failed before any chunk
+    assert.equal(there.have, 0, JSON.stringify(view))
+    const atWest = (await west.request('GET', `/v1/images/${id}`)).body
+    assert.equal(atWest.have, 0, JSON.stringify(atWest))
+    assert.equal(atWest.complete, false, JSON.stringify(atWest))
+    // The image is whole where it was
+    const atEast = (await east.request('GET', `/v1/images/${id}`)).body
+    assert.equal(atEast.complete, true, JSON.stringify(atEast))
+    assert.equal((await east.request('POST', `/v1/images/${id}/verify`, {})).body.ok, true)
   })
 })
