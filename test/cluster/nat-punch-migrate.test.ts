@@ -12,7 +12,7 @@
 //     the image stays whole where it was.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
-import { open, writeFile } from 'node:fs/promises'
+import { open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { waitFor } from '../helpers/agent-process.js'
@@ -35,6 +35,32 @@ const RELAY_LIMIT_MIB = 128
 const MiB = 1048576
 const RELAY_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: public\nrelay:\n  dataLimitMiB: ${RELAY_LIMIT_MIB}\n  durationLimitSec: 600\ncapacity:\n  memoryMiB: 4096\n`
 const NATED_CONFIG = `${TEST_GOSSIP}bootstrapIntervalSec: 1\nnat:\n  reachability: private\n  directTimeoutMs: 1000\ncapacity:\n  memoryMiB: 4096\n`
+
+/** Adds an image of `mib` MiB of random bytes on east and pushes it to west; its id and the push once ended. */
+async function pushImage(n: NatTopology, name: string, mib: number) {
+  const { east, west } = n
+  const file = join(n.dir, `${name}.img`)
+  const fh = await open(file, 'w')
+  try {
+    for (let left = mib; left > 0; left -= 8) await fh.write(randomBytes(Math.min(8, left) * MiB))
+  } finally {
+    await fh.close()
+  }
+  const img = await east.request('POST', '/v1/images', { path: file, name })
+  assert.equal(img.status, 201, JSON.stringify(img.body))
+  const id = img.body.id as string
+  const started = await east.request('POST', `/v1/images/${id}/distribute`, { to: [west.peerId] })
+  assert.equal(started.status, 202, JSON.stringify(started.body))
+  const view = await waitFor(
+    'the push to end',
+    async () => {
+      const v = (await east.request('GET', `/v1/images/${id}/distribute`)).body
+      return v.state !== 'running' ? v : undefined
+    },
+    120_000,
+  )
+  return { id, view }
+}
 
 describe('bulk data between two NATed hosts over hole-punched TLS channels', { skip: why }, () => {
   let n: NatTopology
@@ -79,22 +105,8 @@ describe('bulk data between two NATed hosts over hole-punched TLS channels', { s
   })
 
   it('an image pushed from east to west comes over the punched path, and the pull says so', async () => {
-    const { east, west } = n
-    const file = join(n.dir, 'image.img')
-    await writeFile(file, randomBytes(12 * 1048576))
-    const img = await east.request('POST', '/v1/images', { path: file, name: 'punched' })
-    assert.equal(img.status, 201, JSON.stringify(img.body))
-    const id = img.body.id as string
-    const started = await east.request('POST', `/v1/images/${id}/distribute`, { to: [west.peerId] })
-    assert.equal(started.status, 202, JSON.stringify(started.body))
-    const view = await waitFor(
-      'the push to end',
-      async () => {
-        const v = (await east.request('GET', `/v1/images/${id}/distribute`)).body
-        return v.state !== 'running' ? v : undefined
-      },
-      120_000,
-    )
+    const { west } = n
+    const { id, view } = await pushImage(n, 'punched', 12)
     assert.equal(view.state, 'done', JSON.stringify(view))
     const there = (await west.request('GET', `/v1/images/${id}`)).body
     assert.equal(there.complete, true, JSON.stringify(there))
@@ -151,26 +163,7 @@ describe('bulk data between two NATed hosts over hole-punched TLS channels', { s
     // As the test before left them (again here, so the test stands alone: the rule is only added twice)
     await randomizeNatPorts(mesh, 'east')
     await randomizeNatPorts(mesh, 'west')
-    const file = join(n.dir, 'big.img')
-    const fh = await open(file, 'w')
-    try {
-      for (let i = 0; i < RELAY_LIMIT_MIB + 8; i += 8) await fh.write(randomBytes(8 * MiB))
-    } finally {
-      await fh.close()
-    }
-    const img = await east.request('POST', '/v1/images', { path: file, name: 'unpunched' })
-    assert.equal(img.status, 201, JSON.stringify(img.body))
-    const id = img.body.id as string
-    const started = await east.request('POST', `/v1/images/${id}/distribute`, { to: [west.peerId] })
-    assert.equal(started.status, 202, JSON.stringify(started.body))
-    const view = await waitFor(
-      'the push to end',
-      async () => {
-        const v = (await east.request('GET', `/v1/images/${id}/distribute`)).body
-        return v.state !== 'running' ? v : undefined
-      },
-      120_000,
-    )
+    const { id, view } = await pushImage(n, 'unpunched', RELAY_LIMIT_MIB + 8)
     assert.equal(view.state, 'failed', JSON.stringify(view))
     const there = view.hosts.find((h: { peerId: string }) => h.peerId === west.peerId)
     assert.equal(there?.state, 'failed', JSON.stringify(view))
