@@ -5,12 +5,14 @@
 //        [--channel auto|libp2p] [--streams 3] [--dest child|same]
 // --dest child (default): the destination runs in a child process, as on two hosts; `same`: both ends
 // in this process (one event loop, one thread for both sides' TLS, hashing and I/O).
-// Prints one JSON line per run: times, bytes, the data channel, the pause's milestones at the
+// Prints one JSON line per run: times, CPU of each end (`cpuMs` this process, `destCpuMs` the child's, from
+// /proc), bytes, the data channel, the pause's milestones at the
 // source (`marks`, ms since the pause) and at the destination (`destMarks`, ms since the switchover),
 // and `pause`, the pre-copy pause split (ms): the last round written (`lastRound`, source), the
 // destination applying the frames still on their way (`apply`), its digest check (`verify`), its commit
 // journal and resume (`handover`), and the rest (`transit`: switchover and RUNNING messages on the
 // control stream, and waits for an event loop).
+import { readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
@@ -56,6 +58,20 @@ interface Dest {
   answered(migrationId: string): Record<string, number> | undefined
   drop(id: string): Promise<void>
   stop(): Promise<void>
+  /** CPU time (user + system, ms) the destination process used so far; undefined in this process. */
+  cpuMs(): number | undefined
+}
+
+/** utime + stime of process `pid` in ms, from /proc (Linux); undefined elsewhere. */
+function procCpuMs(pid: number): number | undefined {
+  try {
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100
+  } catch {
+    return undefined
+  }
 }
 
 async function sameProcessDest(): Promise<Dest> {
@@ -73,6 +89,7 @@ async function sameProcessDest(): Promise<Dest> {
     },
     drop: (id) => dropVm(b, id),
     stop: () => b.stop(),
+    cpuMs: () => undefined,
   }
 }
 
@@ -89,6 +106,7 @@ async function childProcessDest(): Promise<Dest> {
     },
     drop: (id) => c.drop(id),
     stop: () => c.stop(),
+    cpuMs: () => procCpuMs(c.pid),
   }
 }
 
@@ -136,6 +154,7 @@ try {
     const load1 = loadavg()[0]!
     const t = performance.now()
     const cpu0 = process.cpuUsage()
+    const destCpu0 = b.cpuMs()
     const m = a.service.migrate(id, b.peerId, { mode, compression, channel, streams })
     const v = await a.service.done(m.id)
     const ms = performance.now() - t
@@ -144,6 +163,7 @@ try {
     // The destination logs its side as it ends (maybe just after the source's `done`)
     const answered = b.answered(m.id)
     const dest = await b.finished(m.id)
+    const destCpu1 = b.cpuMs()
     const marks = fin?.downtime as Record<string, number> | undefined
     const destMarks = dest?.switchover as Record<string, number> | undefined
     console.log(
@@ -158,6 +178,7 @@ try {
         startAtMs: Math.round(t),
         wallMs: Math.round(ms),
         cpuMs: Math.round((cpu.user + cpu.system) / 1000),
+        destCpuMs: destCpu0 !== undefined && destCpu1 !== undefined ? destCpu1 - destCpu0 : undefined,
         totalMs: v.totalMs,
         downtimeMs: v.downtimeMs,
         rounds: v.round,

@@ -10,6 +10,8 @@ import type { LogRecord } from './mesh.js'
 
 export interface DestProcess {
   peerId: PeerId
+  /** The child's process id (for its CPU time in /proc). */
+  pid: number
   addrs: Multiaddr[]
   /** The child's forwarded records: each migration's end record and every warning. */
   logs: LogRecord[]
@@ -69,6 +71,7 @@ export async function startDestProcess(pingAbort = true, retainMiB = 0): Promise
     logs.find((l) => l.msg === 'incoming migration finished' && l.migration === id)
   return {
     peerId: peerIdFromString(ready.peerId),
+    pid: child.pid ?? 0,
     addrs: ready.addrs.map((a) => multiaddr(a)),
     logs,
     async finished(id, ms = 5000) {

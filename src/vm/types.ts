@@ -118,9 +118,10 @@ export interface VmDisk {
   /**
    * Block `i` and the sha256 of exactly those bytes (null if all zeroes). Reading and hashing apart
    * can pair new bytes with an old hash when the guest writes in between; a copier that keys
-   * deduplication by hash must use this.
+   * deduplication by hash must use this. `into` (a block-sized buffer, optional): where the bytes may
+   * be read, so a copier can reuse a few buffers instead of allocating one per block.
    */
-  readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }>
+  readBlockHashed(i: number, into?: Uint8Array): Promise<{ data: Uint8Array; hash: Uint8Array | null }>
   /** The disk part of `VmInstance.digest()`. Pause the VM first. */
   digest(): Promise<string>
   /**

@@ -156,6 +156,26 @@ describe('synthetic VM', () => {
     await vm.destroy()
   })
 
+  it('reads a block with its hash into a buffer it is given, a hole as zeroes', async () => {
+    const vm = await driver().prepareIncoming(spec(IDLE), { dir: await tmp() })
+    const data = Buffer.alloc(BLOCK_SIZE, 7)
+    await vm.disk.writeBlock(2, data)
+    const into = Buffer.alloc(BLOCK_SIZE, 9)
+    const got = await vm.disk.readBlockHashed(2, into)
+    assert.equal(got.data.buffer, into.buffer, 'the bytes are read into the given buffer')
+    assert.deepEqual(Buffer.from(got.data), data)
+    assert.deepEqual(got.hash, await vm.disk.blockHash(2))
+    // The same buffer again, now for a block never written: zeroes, no hash
+    const hole = await vm.disk.readBlockHashed(3, into)
+    assert.ok(
+      hole.data.every((v) => v === 0),
+      'a hole reads as zeroes into a used buffer',
+    )
+    assert.equal(hole.hash, null)
+    await assert.rejects(vm.disk.readBlockHashed(2, Buffer.alloc(10)), { code: 'VM_OUT_OF_RANGE' })
+    await vm.destroy()
+  })
+
   it('a copy of every page and block has the same digest; one wrong or misplaced byte changes it', async () => {
     const drv = driver()
     const src = await drv.create(spec(), { dir: await tmp() })

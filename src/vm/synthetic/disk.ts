@@ -78,11 +78,19 @@ export class SyntheticDisk implements VmDisk {
     return this.blockCount * BLOCK_SIZE
   }
 
-  async readBlock(i: number): Promise<Uint8Array> {
+  readBlock(i: number): Promise<Uint8Array> {
+    return this.#readBlockInto(i)
+  }
+
+  /** Block `i` read into `into` (a new buffer if not given). */
+  async #readBlockInto(i: number, into?: Uint8Array): Promise<Uint8Array> {
     const fh = this.#live()
     this.#check(i)
-    if (!this.#alloc.get(i)) return Buffer.alloc(BLOCK_SIZE)
-    const out = Buffer.allocUnsafeSlow(BLOCK_SIZE)
+    if (into && into.length !== BLOCK_SIZE) {
+      throw new VmError('VM_OUT_OF_RANGE', `a block is read into ${BLOCK_SIZE} bytes, not ${into.length}`)
+    }
+    if (!this.#alloc.get(i)) return into ? into.fill(0) : Buffer.alloc(BLOCK_SIZE)
+    const out = into ?? Buffer.allocUnsafeSlow(BLOCK_SIZE)
     const gen = this.#hashes.generation(i)
     await this.#track(readExactly(fh, out, 0, BLOCK_SIZE, i * BLOCK_SIZE, DISK_IMG))
     this.#learn(i, gen, out)
@@ -100,12 +108,15 @@ export class SyntheticDisk implements VmDisk {
     return this.#hashes.get(i)
   }
 
-  async readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
+  async readBlockHashed(
+    i: number,
+    into?: Uint8Array,
+  ): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
     // A write in flight when the read starts may land before, during or after it (a read can see part
     // of it), and its completion caches the new bytes' hash without a new generation: no cache then
     const quiet = !this.#hashes.isStale(i) && !this.#writing.has(i)
     const gen = this.#hashes.generation(i)
-    const data = await this.readBlock(i)
+    const data = await this.#readBlockInto(i, into)
     // The cached hash is of these bytes only if no write was in flight or started since the read began
     if (quiet && !this.#hashes.isStale(i) && this.#hashes.generation(i) === gen && !this.#writing.has(i)) {
       return { data, hash: this.#hashes.get(i) }

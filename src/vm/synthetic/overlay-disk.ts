@@ -129,9 +129,12 @@ export class OverlayDisk implements GuestDisk {
     return this.#fromBase(i) ? this.#baseHash(i) : this.#own.blockHash(i)
   }
 
-  async readBlockHashed(i: number): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
+  async readBlockHashed(
+    i: number,
+    into?: Uint8Array,
+  ): Promise<{ data: Uint8Array; hash: Uint8Array | null }> {
     this.#check(i)
-    if (!this.#fromBase(i)) return this.#own.readBlockHashed(i)
+    if (!this.#fromBase(i)) return this.#own.readBlockHashed(i, into)
     const data = i < this.#baseBlocks ? await this.base.readBlock(i) : Buffer.alloc(BLOCK_SIZE)
     return { data, hash: ZERO_BLOCK.equals(data) ? null : sha256(data) }
   }
