@@ -3,7 +3,8 @@
 // agents') with the agents' migration service (the destination in a worker thread): QEMU's
 // migration stream QEMU to QEMU with QEMU's own TLS-PSK (the default), or, with QEMU TLS off (the
 // "agent relay" rows), tunnelled over the agents' direct TLS-PSK connections (libp2p streams with
-// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4).
+// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4), its
+// packets plain (the agents' default) or zstd-compressed (SKYMESH_BENCH_PATHS below).
 // Also QEMU to QEMU without agents over TCP: with QEMU's TLS-PSK, and plain (a reference only:
 // nothing authenticates plain TCP, the mesh never uses it).
 //
@@ -88,7 +89,9 @@ interface PathSpec {
  * (multifd-compression zstd, level L), zlL (zlib, level L) or n (none); a mesh path without one
  * takes the agents' default (SKYMESH_QEMU_MULTIFD_COMPRESSION).
  */
-const PATHS: PathSpec[] = (process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,tcp4,mesh1,mesh4,relay1')
+const PATHS: PathSpec[] = (
+  process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tls4z1,tcp1,mesh1,mesh4,mesh4z1,relay1'
+)
   .split(',')
   .map((p) => {
     const m = /^(?:(direct)|(tls|tcp|mesh|relay)(\d+)(?:(n)|(zl?)(\d+))?)$/.exec(p.trim())

@@ -6,6 +6,7 @@ import { describe, it } from 'node:test'
 import {
   checkMultifdCompression,
   DEFAULT_MULTIFD_COMPRESSION,
+  ON_MULTIFD_COMPRESSION,
   parseMultifdCompression,
   sourceMultifdCompression,
 } from '../../src/transfer/qemu/index.js'
@@ -34,10 +35,11 @@ describe('qemu multifd compression', () => {
     assert.match(checkMultifdCompression('zstd', 25) ?? '', /1\.\.20/)
   })
 
-  it("the source: 'off' is none; 'on'/'auto' take the env override, else zstd level 1", () => {
-    assert.deepEqual(DEFAULT_MULTIFD_COMPRESSION, { method: 'zstd', level: 1 })
-    assert.deepEqual(sourceMultifdCompression('auto', {}), DEFAULT_MULTIFD_COMPRESSION)
-    assert.deepEqual(sourceMultifdCompression('on', {}), DEFAULT_MULTIFD_COMPRESSION)
+  it("the source: 'off' is none; 'on'/'auto' take the env override, else zstd level 1 / none", () => {
+    assert.deepEqual(sourceMultifdCompression('auto', {}), { method: 'none', level: 0 })
+    assert.deepEqual(DEFAULT_MULTIFD_COMPRESSION, { method: 'none', level: 0 })
+    assert.deepEqual(sourceMultifdCompression('on', {}), { method: 'zstd', level: 1 })
+    assert.deepEqual(ON_MULTIFD_COMPRESSION, { method: 'zstd', level: 1 })
     assert.deepEqual(sourceMultifdCompression('off', { SKYMESH_QEMU_MULTIFD_COMPRESSION: 'zstd:5' }), {
       method: 'none',
       level: 0,

@@ -2,10 +2,12 @@
 // destination accepts. Both QEMUs must use the same method (QEMU checks nothing: a mismatch breaks
 // the stream), so it travels in the offer.
 //
-// Why zstd by default with multifd: QEMU 7.2's TLS channel writes one GnuTLS record (and one
-// socket write) per iovec element, i.e. per 4 KiB page of an uncompressed multifd packet; a
-// compressed packet is one buffer, sent in a few 16 KiB records, and guest RAM (zero-filled or
-// repetitive) shrinks several-fold. See README (QEMU driver, bench:qemu) for the figures.
+// QEMU 7.2's TLS channel writes one GnuTLS record (and one socket write) per iovec element, i.e.
+// per 4 KiB page of an uncompressed multifd packet; a zstd-compressed packet is one buffer, sent in
+// 16 KiB records, and smaller. Measured (bench:qemu, README): on loopback with 2 shared cores zstd
+// level 1 cut the total time by 8-15 % but its downtime was higher (0.2-0.3 s against 0.15-0.2 s,
+// once above a 300 ms limit: QEMU's estimate of the last pass is off while the CPUs compress), so
+// `auto` keeps multifd plain; `on` takes zstd level 1 (links slower than the codec gain most).
 import type { MultifdCompression } from '../../vm/qemu/index.js'
 
 export interface QemuMultifdCompression {
@@ -16,8 +18,10 @@ export interface QemuMultifdCompression {
 
 const MAX_LEVEL: Record<MultifdCompression, number> = { none: 0, zlib: 9, zstd: 20 }
 
-/** The source's default when it uses multifd (SKYMESH_QEMU_MULTIFD_COMPRESSION overrides it). */
-export const DEFAULT_MULTIFD_COMPRESSION: QemuMultifdCompression = { method: 'zstd', level: 1 }
+/** The source's choice for `compression: 'auto'` (the default) with multifd. */
+export const DEFAULT_MULTIFD_COMPRESSION: QemuMultifdCompression = { method: 'none', level: 0 }
+/** ... and for `compression: 'on'`. SKYMESH_QEMU_MULTIFD_COMPRESSION overrides both. */
+export const ON_MULTIFD_COMPRESSION: QemuMultifdCompression = { method: 'zstd', level: 1 }
 
 /**
  * `none`, `zstd`, `zstd:LEVEL`, `zlib`, `zlib:LEVEL` -> the compression; anything else is an error
@@ -46,7 +50,7 @@ export function checkMultifdCompression(method: string, level: number): string |
 /**
  * The source's choice for a multifd migration, from the migration's `compression` option (the same
  * option as synthetic migrations): 'off' -> none; 'on' and 'auto' -> SKYMESH_QEMU_MULTIFD_COMPRESSION
- * when set (e.g. `zstd:3`, `zlib`, `none`), else the default (zstd level 1).
+ * when set (e.g. `zstd:3`, `zlib`, `none`), else zstd level 1 ('on') or none ('auto').
  */
 export function sourceMultifdCompression(
   choice: 'auto' | 'on' | 'off',
@@ -54,7 +58,8 @@ export function sourceMultifdCompression(
 ): QemuMultifdCompression {
   if (choice === 'off') return { method: 'none', level: 0 }
   const v = env.SKYMESH_QEMU_MULTIFD_COMPRESSION
-  return v ? parseMultifdCompression(v) : DEFAULT_MULTIFD_COMPRESSION
+  if (v) return parseMultifdCompression(v)
+  return choice === 'on' ? ON_MULTIFD_COMPRESSION : DEFAULT_MULTIFD_COMPRESSION
 }
 
 /** QemuMigrateOptions fields for it (level only when set). */

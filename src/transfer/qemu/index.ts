@@ -2,6 +2,7 @@
 export {
   checkMultifdCompression,
   DEFAULT_MULTIFD_COMPRESSION,
+  ON_MULTIFD_COMPRESSION,
   parseMultifdCompression,
   type QemuMultifdCompression,
   sourceMultifdCompression,
