@@ -3,7 +3,8 @@
 // agents') with the agents' migration service (the destination in a worker thread): QEMU's
 // migration stream QEMU to QEMU with QEMU's own TLS-PSK (the default), or, with QEMU TLS off (the
 // "agent relay" rows), tunnelled over the agents' direct TLS-PSK connections (libp2p streams with
-// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4).
+// SKYMESH_BENCH_CHANNEL=libp2p); the disk mirror through a tunnel; one stream and multifd (4), its
+// packets plain (the agents' default) or zstd-compressed (SKYMESH_BENCH_PATHS below).
 // Also QEMU to QEMU without agents over TCP: with QEMU's TLS-PSK, and plain (a reference only:
 // nothing authenticates plain TCP, the mesh never uses it).
 //
@@ -28,6 +29,7 @@ import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
+import { DEFAULT_MULTIFD_COMPRESSION } from '../src/transfer/qemu/index.js'
 import {
   addPskCreds,
   completeMirror,
@@ -69,14 +71,55 @@ const WORKLOADS = [
 const DOWNTIME_MS = 300
 /** Runs of each (workload, path); the table shows medians. */
 const REPEATS = Number(process.env.SKYMESH_BENCH_REPEATS ?? 3)
+/** multifd compression of a path: QEMU's method and level. */
+interface Compression {
+  method: 'none' | 'zlib' | 'zstd'
+  level?: number
+}
+/** A path to run: `direct`, or KIND CHANNELS [z LEVEL (zstd) | zl LEVEL (zlib) | n (none)]. */
+interface PathSpec {
+  kind: 'direct' | 'tls' | 'tcp' | 'mesh' | 'relay'
+  channels: number
+  compression?: Compression
+}
 /**
- * Paths to run (comma-separated): direct (unix socket), tls1/tls4 and tcp1/tcp4 (QEMU to QEMU, own
- * TLS-PSK / plain TCP, 1 stream / multifd 4), mesh1/mesh4 (the agents; QEMU TLS when direct),
- * relay1/relay4 (the agents with QEMU TLS off: their direct TLS tunnels).
+ * Paths to run (comma-separated): direct (unix socket), tlsN and tcpN (QEMU to QEMU, own TLS-PSK /
+ * plain TCP, N channels: 1 = one stream, more = multifd), meshN (the agents; QEMU TLS when direct),
+ * relayN (the agents with QEMU TLS off: their direct TLS tunnels). A multifd path may end in zL
+ * (multifd-compression zstd, level L), zlL (zlib, level L) or n (none); a mesh path without one
+ * takes the agents' default (SKYMESH_QEMU_MULTIFD_COMPRESSION).
  */
-const ONLY = new Set(
-  (process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tcp1,tcp4,mesh1,mesh4,relay1').split(','),
+const PATHS: PathSpec[] = (
+  process.env.SKYMESH_BENCH_PATHS ?? 'direct,tls1,tls4,tls4z1,tcp1,mesh1,mesh4,mesh4z1,relay1'
 )
+  .split(',')
+  .map((p) => {
+    const m = /^(?:(direct)|(tls|tcp|mesh|relay)(\d+)(?:(n)|(zl?)(\d+))?)$/.exec(p.trim())
+    if (!m) throw new Error(`SKYMESH_BENCH_PATHS: unknown path ${p}`)
+    if (m[1]) return { kind: 'direct', channels: 1 }
+    const channels = Number(m[3])
+    const compression: Compression | undefined = m[4]
+      ? { method: 'none' }
+      : m[5]
+        ? { method: m[5] === 'z' ? 'zstd' : 'zlib', level: Number(m[6]) }
+        : undefined
+    if (compression && channels < 2) throw new Error(`SKYMESH_BENCH_PATHS: ${p}: compression needs multifd`)
+    return { kind: m[2] as PathSpec['kind'], channels, ...(compression ? { compression } : {}) }
+  })
+
+/** The agents' multifd compression when the path names none. */
+const defaultCompression: Compression = {
+  method: DEFAULT_MULTIFD_COMPRESSION.method,
+  ...(DEFAULT_MULTIFD_COMPRESSION.level ? { level: DEFAULT_MULTIFD_COMPRESSION.level } : {}),
+}
+
+/** "1 stream", "multifd 4", "multifd 4 zstd-1". */
+function streamsLabel(channels: number, compression?: Compression): string {
+  if (channels <= 1) return '1 stream'
+  if (!compression) return `multifd ${channels}`
+  return `multifd ${channels} ${compression.method}${compression.level ? `-${compression.level}` : ''}`
+}
+
 /** Mesh tunnels over `auto` (direct TLS when possible) or `libp2p` streams. */
 const CHANNEL = (process.env.SKYMESH_BENCH_CHANNEL ?? 'auto') as 'auto' | 'libp2p'
 
@@ -99,6 +142,7 @@ async function direct(
   rep: number,
   transport: 'unix' | 'tls' | 'tcp' = 'unix',
   channels = 1,
+  compression?: Compression,
 ): Promise<Run> {
   const driver = new QemuDriver()
   const tmp = shortTmpDir('skq-bench-')
@@ -125,9 +169,13 @@ async function direct(
     const nbdAddr =
       transport === 'unix' ? `${tmp.path}/nbd.sock` : { host: '127.0.0.1', port: await freePort(), tlsCreds }
     await exportDisk(dst, nbdAddr)
+    const multifd = {
+      multifdChannels: channels,
+      ...(compression ? { multifdCompression: compression.method, multifdLevel: compression.level } : {}),
+    }
     await dst.migrateIncoming(transport === 'unix' ? `unix:${tmp.path}/mig.sock` : 'tcp:127.0.0.1:0', {
       tlsCreds,
-      multifdChannels: channels,
+      ...multifd,
     })
     const migUri =
       transport === 'unix' ? `unix:${tmp.path}/mig.sock` : `tcp:127.0.0.1:${await dst.incomingPort()}`
@@ -152,7 +200,7 @@ async function direct(
       downtimeLimitMs: DOWNTIME_MS,
       autoConverge: true,
       pauseBeforeSwitchover: true,
-      multifdChannels: channels,
+      ...multifd,
       tlsCreds,
     })
     mark('migrateStarted')
@@ -187,7 +235,7 @@ async function direct(
       path:
         transport === 'unix'
           ? 'direct (unix socket)'
-          : `qemu-${transport} ${transport === 'tls' ? 'TLS-PSK' : '(no auth)'}, ${channels > 1 ? `multifd ${channels}` : '1 stream'}`,
+          : `qemu-${transport} ${transport === 'tls' ? 'TLS-PSK' : '(no auth)'}, ${streamsLabel(channels, compression)}`,
       milestones,
       totalMs: end - t0,
       downtimeMs: end - pausedAt,
@@ -228,6 +276,7 @@ async function meshPair(dir: string) {
       streams: number,
       rep: number,
       relay = false,
+      compression?: Compression,
     ): Promise<Run> {
       const spec = guestSpec(`bench-mesh-${workload.rateMiBps}-${streams}-${rep}`, {
         rateMiBps: workload.rateMiBps,
@@ -242,9 +291,13 @@ async function meshPair(dir: string) {
       )
       const cpu0 = process.cpuUsage()
       if (relay) process.env.SKYMESH_QEMU_TLS = '0'
+      // Read by the source as it offers (SKYMESH_QEMU_MULTIFD_COMPRESSION); unset = the default
+      if (compression)
+        process.env.SKYMESH_QEMU_MULTIFD_COMPRESSION = `${compression.method}${compression.level ? `:${compression.level}` : ''}`
       const m = src.service.migrate(spec.id, dstPeer, { streams, downtimeMs: DOWNTIME_MS, channel: CHANNEL })
       const v = await src.service.done(m.id).finally(() => {
         delete process.env.SKYMESH_QEMU_TLS
+        delete process.env.SKYMESH_QEMU_MULTIFD_COMPRESSION
       })
       const cpu = process.cpuUsage(cpu0)
       if (v.phase !== 'done') throw new Error(`mesh migration ${v.phase}: ${JSON.stringify(v.error)}`)
@@ -253,7 +306,7 @@ async function meshPair(dir: string) {
       if (r.error) throw new Error(r.error)
       return {
         workload: workload.name,
-        path: `mesh${relay ? ', agent relay' : ''}, ${streams > 1 ? `multifd ${streams}` : '1 stream'}`,
+        path: `mesh${relay ? ', agent relay' : ''}, ${streamsLabel(streams, streams > 1 ? (compression ?? defaultCompression) : undefined)}`,
         milestones: milestones.get(m.id),
         totalMs: v.totalMs ?? Number.NaN,
         downtimeMs: v.downtimeMs ?? Number.NaN,
@@ -286,15 +339,12 @@ async function main(): Promise<void> {
     for (let rep = 0; rep < REPEATS; rep++) {
       for (const w of WORKLOADS) {
         const n = runs.length
-        if (ONLY.has('direct')) runs.push(await direct(w, rep))
-        if (ONLY.has('tls1')) runs.push(await direct(w, rep, 'tls', 1))
-        if (ONLY.has('tls4')) runs.push(await direct(w, rep, 'tls', 4))
-        if (ONLY.has('tcp1')) runs.push(await direct(w, rep, 'tcp', 1))
-        if (ONLY.has('tcp4')) runs.push(await direct(w, rep, 'tcp', 4))
-        if (ONLY.has('mesh1')) runs.push(await pair.migrate(w, 1, rep))
-        if (ONLY.has('mesh4')) runs.push(await pair.migrate(w, 4, rep))
-        if (ONLY.has('relay1')) runs.push(await pair.migrate(w, 1, rep, true))
-        if (ONLY.has('relay4')) runs.push(await pair.migrate(w, 4, rep, true))
+        for (const p of PATHS) {
+          if (p.kind === 'direct') runs.push(await direct(w, rep))
+          else if (p.kind === 'tls' || p.kind === 'tcp')
+            runs.push(await direct(w, rep, p.kind, p.channels, p.compression))
+          else runs.push(await pair.migrate(w, p.channels, rep, p.kind === 'relay', p.compression))
+        }
         for (const r of runs.slice(n)) process.stderr.write(`${JSON.stringify(r)}\n`)
       }
     }

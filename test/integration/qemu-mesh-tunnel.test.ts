@@ -81,12 +81,24 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
   /** Boots a guest at host 0, moves it to host 1 with `options`, checks it there; returns the destination QEMU. */
   async function moveGuest(
     id: string,
-    options: { streams: number; mode?: 'precopy' | 'postcopy'; channel?: 'libp2p' },
+    options: {
+      streams: number
+      mode?: 'precopy' | 'postcopy'
+      channel?: 'libp2p'
+      compression?: 'auto' | 'on' | 'off'
+    },
     want: 'qemu-tls' | 'direct-tls' | 'libp2p' = options.channel ?? 'qemu-tls',
   ) {
     const spec = guestSpec(id, { rateMiBps: 1 })
     const src = (await drivers[0]!.create(spec, { dir: `${tmp.path}/0/${id}` })) as QemuVm
     vms[0]!.set(spec.id, { instance: src, spec, epoch: 1 })
+    // The source QEMU's migration parameters as it starts (it is gone once the guest moved)
+    let srcParams: Record<string, unknown> | undefined
+    const migrate = src.migrate.bind(src)
+    src.migrate = async (uri, opts) => {
+      await migrate(uri, opts)
+      srcParams = await src.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
+    }
     await waitSerial(
       src.serialLog,
       (l) =>
@@ -129,16 +141,21 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
     // Both ends say what carried the tunnels
     assert.equal(end.channel, want, end.channelNote)
     assert.equal(services[1]!.get(started.id)?.channel, want)
-    return { dst, end }
+    return { dst, end, srcParams: srcParams! }
   }
 
-  it("moves a running guest, memory and disk, with QEMU's own TLS (multifd, 2 channels)", async () => {
-    const { dst, end } = await moveGuest('tun1', { streams: 2 })
+  it("moves a running guest, memory and disk, with QEMU's own TLS (multifd, 2 channels, zstd)", async () => {
+    const { dst, end, srcParams } = await moveGuest('tun1', { streams: 2, compression: 'on' })
     assert.equal(end.postcopy, false)
     // The destination QEMU took the stream with TLS creds, its key file already gone
     const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
     assert.equal(params['tls-creds'], 'skymesh-mig-tls')
     assert.equal(params['multifd-channels'], 2)
+    // compression 'on': multifd packets zstd-compressed, level 1, the same on both QEMUs
+    for (const p of [srcParams, params]) {
+      assert.equal(p['multifd-compression'], 'zstd')
+      assert.equal(p['multifd-zstd-level'], 1)
+    }
     await dst.destroy()
   })
 
@@ -155,7 +172,7 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
   })
 
   it('moves a guest with multifd: several QEMU channels, each its own libp2p stream', async () => {
-    const { dst } = await moveGuest('tun3', { streams: 3, channel: 'libp2p' })
+    const { dst, srcParams } = await moveGuest('tun3', { streams: 3, channel: 'libp2p' })
     // The destination QEMU took the stream as multifd with 3 channels
     const caps = await dst.qmp.execute<Array<{ capability: string; state: boolean }>>(
       'query-migrate-capabilities',
@@ -163,6 +180,9 @@ describe('QEMU migration through the mesh (two services, one process)', { skip, 
     assert.equal(caps.find((c) => c.capability === 'multifd')?.state, true)
     const params = await dst.qmp.execute<Record<string, unknown>>('query-migrate-parameters')
     assert.equal(params['multifd-channels'], 3)
+    // compression 'auto' (the default): plain multifd packets on both QEMUs
+    assert.equal(params['multifd-compression'], 'none')
+    assert.equal(srcParams['multifd-compression'], 'none')
     await dst.destroy()
   })
 

@@ -15,7 +15,9 @@ import {
   exportDisk,
   findBase,
   guestArgsProblem,
+  type MultifdCompression,
   QemuDriver,
+  type QemuMigrateOptions,
   type QemuPskCreds,
   type QemuVm,
 } from '../../vm/qemu/index.js'
@@ -28,6 +30,7 @@ import type { ResolvedOptions } from '../options.js'
 import type { MigrationView } from '../progress.js'
 import type { DestinationHooks, MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
+import { checkMultifdCompression, multifdCompressionOptions } from './compression.js'
 import { QemuIncomingMigration } from './destination.js'
 import { pipeSockets, QemuDirectListener } from './direct-tunnel.js'
 import { QemuOutgoingMigration } from './source.js'
@@ -175,6 +178,14 @@ export class QemuMigrations {
     if (nic?.kind !== 'stream' && nic?.kind !== 'none')
       return refuse('BAD_OFFER', `unknown NIC kind ${nic?.kind}`)
     if (multifd > 16) return refuse('BAD_OFFER', `multifd channels ${multifd} > 16`)
+    const compressionError = checkMultifdCompression(offer.multifdCompression ?? '', offer.multifdLevel ?? 0)
+    if (compressionError) return refuse('BAD_OFFER', compressionError)
+    if (multifd <= 1 && (offer.multifdCompression || 'none') !== 'none')
+      return refuse('BAD_OFFER', 'multifd compression without multifd channels')
+    const compression = multifdCompressionOptions({
+      method: (offer.multifdCompression || 'none') as MultifdCompression,
+      level: offer.multifdLevel ?? 0,
+    })
     if (offer.postcopy && multifd > 1)
       return refuse('BAD_OFFER', 'post-copy with multifd: QEMU 7.2 cannot combine them (use one stream)')
     const guestArgs =
@@ -251,7 +262,7 @@ export class QemuMigrations {
         // else a unix socket the tunnels feed
         const qemuTls =
           offer.qemuTls && offer.directHost && b.directData !== false
-            ? await this.#listenQemuTls(instance, offer.directHost, multifd || 1, offer)
+            ? await this.#listenQemuTls(instance, offer.directHost, multifd || 1, offer, compression)
             : undefined
         const unixPath = join(instance.paths.sockets, 'mig-in.sock')
         const migrationPath = qemuTls ? '' : unixPath
@@ -260,12 +271,20 @@ export class QemuMigrations {
         let postcopy = qemuTls ? qemuTls.postcopy : offer.postcopy === true || offer.postcopyOptional === true
         if (!qemuTls) {
           try {
-            await instance.migrateIncoming(`unix:${unixPath}`, { multifdChannels: multifd || 1, postcopy })
+            await instance.migrateIncoming(`unix:${unixPath}`, {
+              multifdChannels: multifd || 1,
+              ...compression,
+              postcopy,
+            })
           } catch (err) {
             if (!postcopy || offer.postcopy) throw err
             this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
             postcopy = false
-            await instance.migrateIncoming(`unix:${unixPath}`, { multifdChannels: multifd || 1, postcopy })
+            await instance.migrateIncoming(`unix:${unixPath}`, {
+              multifdChannels: multifd || 1,
+              ...compression,
+              postcopy,
+            })
           }
         }
         const reservationId = randomUUID()
@@ -344,6 +363,7 @@ export class QemuMigrations {
     host: string,
     channels: number,
     offer: NonNullable<QemuControl['offer']>,
+    compression: Pick<QemuMigrateOptions, 'multifdCompression' | 'multifdLevel'>,
   ): Promise<
     { port: number; key: Buffer; identity: string; creds: QemuPskCreds; postcopy: boolean } | undefined
   > {
@@ -356,13 +376,23 @@ export class QemuMigrations {
     try {
       creds = await addPskCreds(vm, QEMU_TLS_CREDS, 'server', identity, key)
       try {
-        await vm.migrateIncoming(uri, { multifdChannels: channels, postcopy, tlsCreds: creds.id })
+        await vm.migrateIncoming(uri, {
+          multifdChannels: channels,
+          ...compression,
+          postcopy,
+          tlsCreds: creds.id,
+        })
       } catch (err) {
         // QEMU's refusal of post-copy (no userfaultfd), as on the unix path
         if (!postcopy || offer.postcopy) throw err
         this.#log.info({ err: (err as Error).message }, 'no post-copy on this host; pre-copy only')
         postcopy = false
-        await vm.migrateIncoming(uri, { multifdChannels: channels, postcopy, tlsCreds: creds.id })
+        await vm.migrateIncoming(uri, {
+          multifdChannels: channels,
+          ...compression,
+          postcopy,
+          tlsCreds: creds.id,
+        })
       }
       const port = await vm.incomingPort()
       return { port, key, identity, creds, postcopy }

@@ -41,6 +41,11 @@ import { decideNextRound } from '../policy.js'
 import { MiB, type MigrationView, type Phase } from '../progress.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from '../types.js'
 import { withTimeout } from '../wire.js'
+import {
+  multifdCompressionOptions,
+  type QemuMultifdCompression,
+  sourceMultifdCompression,
+} from './compression.js'
 import { connectTunnel } from './direct-tunnel.js'
 import { QEMU_TLS_CREDS } from './tls-creds.js'
 import { capStreamWindow, TunnelListener } from './tunnel.js'
@@ -176,12 +181,22 @@ export class QemuOutgoingMigration {
       if (typeof nicKind !== 'string') {
         throw new MigrationRefusedError('BAD_OFFER', 'a guest on QEMU user networking cannot migrate')
       }
+      const multifd = options.streams > 1 ? options.streams : 0
+      // multifd compression (both QEMUs alike: it goes in the offer); a bad env value fails before the dial
+      let compression: QemuMultifdCompression = { method: 'none', level: 0 }
+      try {
+        if (multifd) compression = sourceMultifdCompression(options.compression)
+      } catch (err) {
+        throw new MigrationRefusedError(
+          'BAD_OFFER',
+          `SKYMESH_QEMU_MULTIFD_COMPRESSION: ${(err as Error).message}`,
+        )
+      }
       const stream = await withTimeout(timeouts.dialTimeoutMs, 'dial', this.#signal, (s) =>
         host.dialProtocol(to, QEMU_CONTROL_PROTOCOL, { signal: s }),
       )
       control = new QemuControlChannel(stream)
       const directHost = this.#directHostToAsk()
-      const multifd = options.streams > 1 ? options.streams : 0
       // Post-copy: asked for, or as auto's way out of a pre-copy that does not converge (not with
       // multifd, which QEMU 7.2 does not combine with it)
       const postcopyOptional = options.mode === 'auto' && multifd === 0
@@ -224,6 +239,8 @@ export class QemuOutgoingMigration {
             paused: wasPaused,
             directHost: directHost ?? '',
             qemuTls: directHost !== undefined && qemuTlsEnabled(),
+            multifdCompression: compression.method,
+            multifdLevel: compression.level,
           },
         },
         this.#signal,
@@ -344,6 +361,7 @@ export class QemuOutgoingMigration {
         autoConverge: options.autoConverge,
         postcopy,
         multifdChannels: multifd || 1,
+        ...multifdCompressionOptions(compression),
         pauseBeforeSwitchover: true,
         ...(creds ? { tlsCreds: creds.id } : {}),
       })

@@ -32,7 +32,13 @@ export {
   type QemuNic,
   type QemuVmOptions,
 } from './qemu-driver.js'
-export { type QemuMigrateOptions, type QemuMigrationInfo, QemuVm, type QemuVmPaths } from './qemu-vm.js'
+export {
+  type MultifdCompression,
+  type QemuMigrateOptions,
+  type QemuMigrationInfo,
+  QemuVm,
+  type QemuVmPaths,
+} from './qemu-vm.js'
 export { QmpClient, type QmpConnectOptions, QmpError, type QmpEvent } from './qmp.js'
 export { addPskCreds, type QemuPskCreds } from './tls.js'
 export { QEMU_CAPABILITIES, type VmCapabilities } from './unsupported.js'

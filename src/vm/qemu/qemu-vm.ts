@@ -48,12 +48,38 @@ export interface QemuMigrateOptions {
   /** multifd channels (>1 enables multifd). */
   multifdChannels?: number
   /**
+   * multifd only: QEMU compresses each multifd packet (`multifd-compression`); both sides must
+   * agree. A compressed packet is one buffer, so QEMU's TLS writes a few large records instead of one
+   * per 4 KiB page. Unset = `none`.
+   */
+  multifdCompression?: MultifdCompression
+  /** zstd level 1..20 or zlib level 1..9 (`multifd-zstd-level` / `multifd-zlib-level`); QEMU's default 1. */
+  multifdLevel?: number
+  /**
    * Stop in `pre-switchover` (guest paused, RAM sent) until `migrate-continue`: the moment to
    * complete a disk mirror (QEMU's `pause-before-switchover`).
    */
   pauseBeforeSwitchover?: boolean
   /** QOM id of a tls-creds object (tls.ts): QEMU's own TLS on the stream; unset = none. */
   tlsCreds?: string
+}
+
+/** QEMU 7.2's `multifd-compression` methods (zstd when QEMU is built with it, as Debian's). */
+export type MultifdCompression = 'none' | 'zlib' | 'zstd'
+
+/** migrate-set-parameters for multifd: channels, compression and its level (both sides alike). */
+function multifdParams(opts: QemuMigrateOptions): Record<string, unknown> {
+  const channels = opts.multifdChannels ?? 1
+  if (channels <= 1) return {}
+  const params: Record<string, unknown> = {
+    'multifd-channels': channels,
+    'multifd-compression': opts.multifdCompression ?? 'none',
+  }
+  if (opts.multifdLevel !== undefined && opts.multifdCompression === 'zstd')
+    params['multifd-zstd-level'] = opts.multifdLevel
+  if (opts.multifdLevel !== undefined && opts.multifdCompression === 'zlib')
+    params['multifd-zlib-level'] = opts.multifdLevel
+  return params
 }
 
 /** The parts of `query-migrate` we use (times in ms, bytes). */
@@ -244,7 +270,7 @@ export class QemuVm implements VmInstance {
     await this.qmp.execute('migrate-set-capabilities', { capabilities: caps })
     const params: Record<string, unknown> = { 'max-bandwidth': opts.maxBandwidth ?? 10 * 1024 ** 3 }
     if (opts.downtimeLimitMs !== undefined) params['downtime-limit'] = opts.downtimeLimitMs
-    if ((opts.multifdChannels ?? 1) > 1) params['multifd-channels'] = opts.multifdChannels
+    Object.assign(params, multifdParams(opts))
     // always set: a failed TLS migration must not leave its (deleted) creds to the next one
     params['tls-creds'] = opts.tlsCreds ?? ''
     await this.qmp.execute('migrate-set-parameters', params)
@@ -259,8 +285,7 @@ export class QemuVm implements VmInstance {
       { capability: 'multifd', state: (opts.multifdChannels ?? 1) > 1 },
     ]
     await this.qmp.execute('migrate-set-capabilities', { capabilities: caps })
-    const params: Record<string, unknown> = { 'tls-creds': opts.tlsCreds ?? '' }
-    if ((opts.multifdChannels ?? 1) > 1) params['multifd-channels'] = opts.multifdChannels
+    const params: Record<string, unknown> = { 'tls-creds': opts.tlsCreds ?? '', ...multifdParams(opts) }
     await this.qmp.execute('migrate-set-parameters', params)
     await this.qmp.execute('migrate-incoming', { uri })
   }
