@@ -60,6 +60,7 @@ import {
   withPorts,
 } from './punch.js'
 import { sleep, TokenBucket } from './rate.js'
+import { roundOrder } from './round-plan.js'
 import { type Outcome, queryStatus } from './status.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
 import { type Control, ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
@@ -252,10 +253,11 @@ export class OutgoingMigration {
     try {
       await this.#offer()
       this.#at('accepted')
-      await this.#openDataStreams()
-      this.#at('streams')
+      // Tracking starts before the streams open: round 0 then knows a little of what the guest writes
       instance.memory.startDirtyTracking()
       instance.disk.startDirtyTracking()
+      await this.#openDataStreams()
+      this.#at('streams')
       const decision = await this.#precopy()
       // Stop-copy: the guest stops here; from now on every ms counts as downtime
       this.#at('decided')
@@ -707,7 +709,8 @@ export class OutgoingMigration {
     // QEMU-style: a page written again since this round's snapshot is in the next round's set anyway;
     // sending it now would only be overwritten (the stop-copy round, guest paused, sends everything)
     const redirtied = skipRedirtied && memory.isDirty ? (i: number) => memory.isDirty!(i) : undefined
-    for (const i of pages) {
+    // Regions written since the round began go last (round-plan.ts): fewer pages sent twice
+    for (const i of roundOrder(pages, redirtied, memory.pageCount)) {
       if (redirtied?.(i)) {
         this.#c.redirtiedPages++
         continue
