@@ -46,3 +46,35 @@ export function* roundOrder(
   }
   for (const [s, e] of deferred) for (let k = s; k < e; k++) yield pages[k]!
 }
+
+/** A round is "dirty-bound" when the guest dirtied at least this share of what the round sent. */
+export const DIRTY_HIGH_SHARE = 0.5
+/** Dirty-bound rounds in a row before the guest is slowed (QEMU's `dirty_rate_high_cnt` trigger). */
+export const DIRTY_HIGH_ROUNDS = 2
+
+/**
+ * QEMU's auto-converge trigger, measured per round: when the guest dirties half of what a round sends
+ * (or more) for two rounds in a row, the rounds shrink too slowly to be worth their bytes (each round
+ * resends the hot set), so the guest is slowed now rather than once the rounds have stopped shrinking.
+ * Counting starts over after each slow-down (the next step is judged on the slower guest).
+ */
+export class DirtyRateTrigger {
+  #high = 0
+
+  constructor(
+    readonly share = DIRTY_HIGH_SHARE,
+    readonly rounds = DIRTY_HIGH_ROUNDS,
+  ) {}
+
+  /** Records a finished round (bytes it sent, bytes dirtied meanwhile); true: slow the guest now. */
+  record(sentBytes: number, dirtiedBytes: number): boolean {
+    if (dirtiedBytes > 0 && dirtiedBytes >= sentBytes * this.share) this.#high++
+    else this.#high = 0
+    return this.#high >= this.rounds
+  }
+
+  /** The guest was slowed: the next rounds are judged afresh. */
+  reset(): void {
+    this.#high = 0
+  }
+}

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { REGION_PAGES, roundOrder } from '../../src/transfer/round-plan.js'
+import { DirtyRateTrigger, REGION_PAGES, roundOrder } from '../../src/transfer/round-plan.js'
 import { Bitmap } from '../../src/vm/index.js'
 
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, k) => a + k)
@@ -135,5 +135,29 @@ describe('pre-copy rounds with the round order', () => {
     // The stop-copy sends every still-dirty page
     for (const p of roundOrder([...dirty.indices()], undefined, n)) dst[p] = src[p]!
     assert.deepEqual(dst, src)
+  })
+})
+
+describe('dirty-rate trigger of auto-converge', () => {
+  it('fires after two rounds in a row where the guest dirtied half of what was sent', () => {
+    const t = new DirtyRateTrigger()
+    assert.equal(t.record(256, 16), false, 'round 0 of a big VM: little dirtied')
+    assert.equal(t.record(64, 40), false, 'one dirty-bound round is not enough')
+    assert.equal(t.record(40, 35), true)
+    t.reset()
+    assert.equal(t.record(35, 20), false, 'counted afresh after a slow-down')
+    assert.equal(t.record(20, 5), false)
+    assert.equal(t.record(5, 4), false, 'a calm round in between starts the count over')
+  })
+
+  it('counts a round that sent nothing while the guest dirtied (all skipped as re-dirtied)', () => {
+    const t = new DirtyRateTrigger()
+    t.record(0, 10)
+    assert.equal(t.record(0, 10), true)
+  })
+
+  it('never fires for an idle guest', () => {
+    const t = new DirtyRateTrigger()
+    for (let k = 0; k < 5; k++) assert.equal(t.record(k === 0 ? 100 : 0, 0), false)
   })
 })
