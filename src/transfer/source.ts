@@ -60,6 +60,7 @@ import {
   withPorts,
 } from './punch.js'
 import { sleep, TokenBucket } from './rate.js'
+import { DirtyRateTrigger, roundOrder } from './round-plan.js'
 import { type Outcome, queryStatus } from './status.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
 import { type Control, ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
@@ -153,6 +154,8 @@ export class OutgoingMigration {
   /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
   #throttleStep = 0
   #throttle = 0
+  /** Slows the guest early when it dirties half of what each round sends (round-plan.ts). */
+  readonly #dirtyTrigger = new DirtyRateTrigger()
 
   constructor(init: OutgoingInit) {
     this.id = init.id
@@ -252,10 +255,11 @@ export class OutgoingMigration {
     try {
       await this.#offer()
       this.#at('accepted')
-      await this.#openDataStreams()
-      this.#at('streams')
+      // Tracking starts before the streams open: round 0 then knows a little of what the guest writes
       instance.memory.startDirtyTracking()
       instance.disk.startDirtyTracking()
+      await this.#openDataStreams()
+      this.#at('streams')
       const decision = await this.#precopy()
       // Stop-copy: the guest stops here; from now on every ms counts as downtime
       this.#at('decided')
@@ -624,7 +628,8 @@ export class OutgoingMigration {
         roundFixedMs: fit.fixedMs,
         aim: STOP_AIM,
       })
-      if (this.#autoConverge(decision, history)) decision = { action: 'round' }
+      const dirtyHigh = this.#dirtyTrigger.record(sent, remaining)
+      if (this.#autoConverge(decision, history, dirtyHigh)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
@@ -640,19 +645,21 @@ export class OutgoingMigration {
 
   /**
    * Auto-converge (pre-copy mode, a guest that can be slowed): when a round did not shrink the rest
-   * by SHRINK_FACTOR, or pre-copy would stop for lack of progress, hold back more of the guest and go
-   * on. True if it did (another round follows).
+   * by SHRINK_FACTOR, the guest dirtied half of what each of the last rounds sent (`dirtyHigh`), or
+   * pre-copy would stop for lack of progress, hold back more of the guest and go on. True if it did
+   * (another round follows).
    */
-  #autoConverge(decision: RoundDecision, history: number[]): boolean {
+  #autoConverge(decision: RoundDecision, history: number[], dirtyHigh: boolean): boolean {
     const { instance, options } = this.#i
     if (options.mode !== 'precopy' || !options.autoConverge || !instance.throttle) return false
     if (this.#throttleStep >= THROTTLE_STEPS.length || this.#round + 1 >= options.maxRounds) return false
     const n = history.length
     const notShrinking = n >= 2 && history[n - 1]! >= history[n - 2]! * SHRINK_FACTOR
     const gaveUp = decision.action === 'stop' && decision.reason === 'no-progress'
-    if (!(gaveUp || (decision.action === 'round' && notShrinking))) return false
+    if (!(gaveUp || (decision.action === 'round' && (notShrinking || dirtyHigh)))) return false
     this.#throttle = THROTTLE_STEPS[this.#throttleStep++]!
     instance.throttle(this.#throttle)
+    this.#dirtyTrigger.reset()
     // Rounds from here are judged against the slower guest
     history.splice(0, n - 1)
     this.#log.info({ round: this.#round, throttle: this.#throttle }, 'auto-converge: guest throttled')
@@ -707,7 +714,8 @@ export class OutgoingMigration {
     // QEMU-style: a page written again since this round's snapshot is in the next round's set anyway;
     // sending it now would only be overwritten (the stop-copy round, guest paused, sends everything)
     const redirtied = skipRedirtied && memory.isDirty ? (i: number) => memory.isDirty!(i) : undefined
-    for (const i of pages) {
+    // Regions written since the round began go last (round-plan.ts): fewer pages sent twice
+    for (const i of roundOrder(pages, redirtied, memory.pageCount)) {
       if (redirtied?.(i)) {
         this.#c.redirtiedPages++
         continue
