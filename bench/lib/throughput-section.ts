@@ -4,9 +4,10 @@
 // child process (as a second host would) or, for reference, in the same process.
 //
 // Every transport moves the same bytes from the same 1 MiB buffer, in 1 MiB writes (the direct
-// channel: the engine's frames of 1 MiB payload). The repetitions are interleaved (a load change on
-// this shared machine touches every transport alike); each row reports the median, its spread and
-// the CPU each end spent per MiB (utime + stime from /proc, when the receiver has its own process):
+// channel: the engine's frames of 1 MiB payload). The repetitions are interleaved, in an order that
+// rotates (a load change on this shared machine touches every transport alike); each row reports the
+// median, its spread, the paired ratios (per repetition, against that repetition's raw TCP and TLS
+// samples) and the CPU each end spent per MiB (utime + stime from /proc, when the receiver has its own process):
 // CPU per byte is steadier than MB/s when other work shares the cores.
 import { fork } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -39,6 +40,12 @@ export interface TpRow {
   /** Median CPU milliseconds per MiB moved, of the sending and the receiving process (child-process only). */
   senderCpuMsPerMiB?: number
   receiverCpuMsPerMiB?: number
+  /**
+   * Median over the repetitions of this row's sample / raw TCP's (TLS's) sample of the same repetition:
+   * paired, so a load change on the shared machine between repetitions cancels out.
+   */
+  pairedVsTcp?: number
+  pairedVsTls?: number
   note?: string
 }
 
@@ -165,6 +172,8 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
       (k, i) => i < 2 || !o.only || o.only.some((w) => k.name.toLowerCase().includes(w.toLowerCase())),
     )
     const samples = new Map<string, number[]>()
+    /** Per repetition: each row's MB/s (for the paired ratios). */
+    const byRep: Map<string, number>[] = []
     const cpu = new Map<string, { sender: number[]; receiver: number[] }>()
     const failed = new Map<string, string>()
     // Warm-up (JIT, connection code paths), then the repetitions interleaved
@@ -176,13 +185,17 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
       }
     }
     for (let r = 0; r < o.reps; r++) {
-      for (const k of kinds) {
+      byRep.push(new Map())
+      // The order rotates every repetition: no transport always runs first or last (load drifts)
+      const order = kinds.map((_, i) => kinds[(i + r) % kinds.length]!)
+      for (const k of order) {
         if (failed.has(k.name)) continue
         try {
           const s0 = cpuMs(process.pid)
           const r0 = child ? cpuMs(child.pid) : Number.NaN
           const ms = await k.run(total)
           samples.set(k.name, [...(samples.get(k.name) ?? []), mbps(total, ms)])
+          byRep[r]!.set(k.name, mbps(total, ms))
           const c = cpu.get(k.name) ?? { sender: [], receiver: [] }
           c.sender.push((cpuMs(process.pid) - s0) / o.payloadMiB)
           if (child) c.receiver.push((cpuMs(child.pid) - r0) / o.payloadMiB)
@@ -193,6 +206,8 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
       }
       o.log(`throughput (${o.topology}): repetition ${r + 1}/${o.reps} done`)
     }
+    const paired = (name: string, base: string) =>
+      median(byRep.filter((m) => m.has(name) && m.has(base)).map((m) => m.get(name)! / m.get(base)!))
     for (const k of kinds) {
       const s = samples.get(k.name) ?? []
       const c = cpu.get(k.name)
@@ -203,6 +218,8 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
         mbps: median(s),
         samplesMBps: s,
         ...(s.length ? { minMBps: Math.min(...s), maxMBps: Math.max(...s) } : {}),
+        pairedVsTcp: paired(k.name, kinds[0]!.name),
+        pairedVsTls: paired(k.name, kinds[1]!.name),
         ...(failed.has(k.name) ? { note: `skipped: ${failed.get(k.name)}` } : {}),
       }
       // Only in a child-process run: there the sender's process does nothing else
@@ -239,6 +256,8 @@ export function printThroughput(s: TpSection, title = '### Transfer throughput')
         'min–max',
         '× raw TCP',
         '× TLS',
+        'paired × TCP',
+        '× TLS',
         ...(cpuCols ? ['CPU ms/MiB send', 'recv'] : []),
         'samples MB/s',
       ],
@@ -248,10 +267,15 @@ export function printThroughput(s: TpSection, title = '### Transfer throughput')
         r.minMBps === undefined ? '-' : `${f(r.minMBps)}–${f(r.maxMBps)}`,
         ratio(r.mbps / tcp),
         ratio(r.mbps / tls),
+        ratio(r.pairedVsTcp),
+        ratio(r.pairedVsTls),
         ...(cpuCols ? [f(r.senderCpuMsPerMiB, 2), f(r.receiverCpuMsPerMiB, 2)] : []),
         r.note ?? r.samplesMBps.map((x) => f(x)).join(' '),
       ]),
     ),
+  )
+  console.log(
+    '\n× raw TCP, × TLS: ratios of the medians; paired: the median of the ratios of samples taken in the same repetition.',
   )
   if (s.tls)
     console.log(`\nTLS: ${s.tls.protocol} ${s.tls.cipher}, self-signed P-256 certificate made in-process.`)

@@ -28,6 +28,8 @@ const KEY_BYTES = 32
 const HEADER = 4
 /** A message part at least this large is written on its own instead of copied next to its header. */
 const SEPARATE_WRITE_BYTES = 16 * 1024
+/** A TLS record's most plaintext (16 KiB). */
+const RECORD_BYTES = 16 * 1024
 /** Leased messages: ones at least this large are assembled in reused buffers (see `SocketFramedOptions`). */
 const LEASE_MIN_BYTES = 64 * 1024
 /** Reused buffers one connection keeps (each `maxDataLength` long; only when that is <= 4 MiB). */
@@ -218,18 +220,26 @@ export class SocketFramed implements FrameChannel {
     for (const p of parts) length += p.length
     // Not a writev: node's TLS socket copies a multi-buffer write into one new buffer before it
     // encrypts. So the small parts (our length prefix, a frame's protobuf head) go in one write and a
-    // large last part (a frame's payload) in another, as it is.
+    // large last part (a frame's payload) in another, as it is. The first write is topped up with the
+    // payload's start to a full TLS record (16 KiB): a tiny record of its own would cost a syscall, a
+    // TCP segment and a wake-up of the reader for a few bytes.
     const last = parts[parts.length - 1]
     const big = last !== undefined && last.length >= SEPARATE_WRITE_BYTES ? last : undefined
-    const head = Buffer.allocUnsafe(HEADER + length - (big?.length ?? 0))
+    const small = HEADER + length - (big?.length ?? 0)
+    const topUp = big ? Math.min(big.length, Math.max(0, RECORD_BYTES - small)) : 0
+    const head = Buffer.allocUnsafe(small + topUp)
     head.writeUInt32BE(length, 0)
     let off = HEADER
     for (const p of big ? parts.slice(0, -1) : parts) {
       head.set(p, off)
       off += p.length
     }
-    let ok = this.socket.write(head)
-    if (big) ok = this.socket.write(big)
+    let ok = true
+    if (big) {
+      head.set(big.subarray(0, topUp), off)
+      ok = this.socket.write(head)
+      if (topUp < big.length) ok = this.socket.write(big.subarray(topUp))
+    } else ok = this.socket.write(head)
     this.#wrote += HEADER + length
     if (ok) return
     await this.#until(() => !this.socket.writableNeedDrain, signal, 'drain')
