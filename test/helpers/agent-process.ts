@@ -1,9 +1,9 @@
 // Starts real `skymesh agent` processes (the built CLI) on loopback for cluster tests.
 import { type ChildProcess, spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import os from 'node:os'
-import { join } from 'node:path'
+import { join, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 /** bin/skymesh.js, from dist/test/helpers/ or test/helpers/. */
@@ -132,6 +132,7 @@ export async function startAgent(
   proc.stderr?.on('data', (d) => {
     output += d
   })
+  keepLogOnExit(proc, dataDir, () => output)
   const deadline = Date.now() + (opts.timeoutMs ?? 60_000)
   let info: AgentInfo | undefined
   while (!info) {
@@ -208,4 +209,22 @@ export async function waitFor<T>(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await sleep(100)
   }
+}
+
+/**
+ * With SKYMESH_TEST_LOG_DIR set, an agent's whole output is written there when it exits (one file per
+ * agent process, named after its data dir): the way to read what the agents said in a flaky CI run.
+ */
+function keepLogOnExit(proc: ChildProcess, dataDir: string, output: () => string): void {
+  const dir = process.env.SKYMESH_TEST_LOG_DIR
+  if (!dir) return
+  proc.once('exit', () => {
+    try {
+      mkdirSync(dir, { recursive: true })
+      const name = `${dataDir.split(sep).slice(-2).join('-')}-${proc.pid}.log`
+      writeFileSync(join(dir, name), output())
+    } catch {
+      // a log that cannot be kept must not fail the test
+    }
+  })
 }
