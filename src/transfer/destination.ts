@@ -208,6 +208,8 @@ export class IncomingMigration {
   /** Early switchover: frames each stream carries in all (none may come after them). */
   #expected: number[] | undefined
   #wakeApplied: (() => void) | undefined
+  /** Wakes the switchover's wait for data streams still to say hello (`#allStreamsOpen`). */
+  #wakeAttached: (() => void) | undefined
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -274,6 +276,7 @@ export class IncomingMigration {
     if (this.#state !== 'receiving' || index >= this.#streams.length || this.#streams[index]) return false
     this.#streams[index] = framed
     this.#channel ??= channel
+    this.#wakeAttached?.()
     void this.#receive(index, framed).catch((err: unknown) => {
       const e = asMigrationError(err, 'LINK')
       framed.abort(e)
@@ -318,8 +321,8 @@ export class IncomingMigration {
       const s = sw.switchover!
       // Milestones of the pause as seen here (ms since the switchover arrived), logged at the end
       this.#switchedAt = performance.now()
-      if (this.#streams.some((f) => f === undefined))
-        throw new ProtocolError('switchover before every data stream opened')
+      this.#lastHeard = this.#switchedAt
+      if (this.#streams.some((f) => f === undefined)) await this.#allStreamsOpen()
       // Early switchover (pre-copy): the last round may still be on its way; it is applied (and
       // acknowledged) before anything is verified, and no frame may follow it
       if ((s.streamFrames?.length ?? 0) > 0) await this.#lastFrames(s)
@@ -406,6 +409,38 @@ export class IncomingMigration {
       await Promise.allSettled([control.framed.close(), ...this.#streams.map((f) => f?.close())])
     }
     return this.view()
+  }
+
+  /**
+   * The switchover came before the DataHello of some data stream: wait for them (at most half a step
+   * timeout, well inside the source's wait for RUNNING). A hello goes over its own data connection
+   * (direct or hole-punched), the switchover over the control stream (maybe relayed): with no frame in
+   * between (an idle VM sends none) nothing orders the two.
+   */
+  async #allStreamsOpen(): Promise<void> {
+    const ms = Math.round(this.#i.timeouts.stepTimeoutMs / 2)
+    const missing = () => this.#streams.flatMap((f, k) => (f === undefined ? [k] : []))
+    this.#log.info({ missing: missing() }, 'switchover before every data stream opened: waiting for them')
+    try {
+      await withTimeout(ms, 'data streams', this.#signal, async (signal) => {
+        while (missing().length > 0) {
+          signal.throwIfAborted()
+          let onAbort: (() => void) | undefined
+          await new Promise<void>((resolve) => {
+            this.#wakeAttached = resolve
+            onAbort = resolve
+            signal.addEventListener('abort', onAbort, { once: true })
+          })
+          if (onAbort) signal.removeEventListener('abort', onAbort)
+          this.#wakeAttached = undefined
+        }
+      })
+    } catch (err) {
+      if (this.#signal.aborted) throw err
+      throw new ProtocolError(
+        `switchover before every data stream opened (streams ${missing().join(', ')} missing after ${ms} ms)`,
+      )
+    }
   }
 
   /** Waits until every stream applied the frames the switchover counts (the stall timeout still runs). */
