@@ -160,7 +160,8 @@ export interface IncomingInit {
   /** This host's content store: pages the source may reference after a content query. */
   store?: ContentStore
   onChange: (view: MigrationView) => void
-  onOutcome: (outcome: Outcome, epoch?: number) => void
+  /** `reason`: why it aborted (the status protocol passes it on to the source). */
+  onOutcome: (outcome: Outcome, epoch?: number, reason?: string) => void
 }
 
 type State = 'receiving' | 'switched' | 'committing' | 'committed' | 'postcopy' | 'ended'
@@ -767,7 +768,7 @@ export class IncomingMigration {
       this.#finish('failed')
       return
     }
-    this.#i.onOutcome('aborted')
+    this.#i.onOutcome('aborted', undefined, `${e.code}: ${e.message}`)
     this.#i.reservation.release()
     await instance.destroy().catch((destroyErr: unknown) => {
       this.#log.error({ err: asMigrationError(destroyErr).message }, 'could not discard the incoming VM')

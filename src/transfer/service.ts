@@ -126,7 +126,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly store: ContentStore
   readonly #active = new Map<string, Entry>()
   readonly #finished = new Map<string, MigrationView>()
-  readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number }>()
+  readonly #outcomes = new Map<string, { outcome: Outcome; epoch?: number; reason?: string }>()
   /** The link each outgoing migration uses (while it and its finished view are kept). */
   readonly #links = new Map<string, { link?: BulkLink }>()
   /** Peers (ids) our bulk data reached over a hole-punched channel (punch.ts), either direction. */
@@ -449,9 +449,13 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     })
   }
 
-  #setOutcome(id: string, outcome: Outcome, epoch?: number): void {
+  #setOutcome(id: string, outcome: Outcome, epoch?: number, reason?: string): void {
     this.#outcomes.delete(id)
-    this.#outcomes.set(id, { outcome, ...(epoch !== undefined ? { epoch } : {}) })
+    this.#outcomes.set(id, {
+      outcome,
+      ...(epoch !== undefined ? { epoch } : {}),
+      ...(reason !== undefined ? { reason } : {}),
+    })
     while (this.#outcomes.size > this.#keepOutcomes)
       this.#outcomes.delete(this.#outcomes.keys().next().value!)
   }
@@ -550,10 +554,10 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         signal,
         store: this.store,
         onChange: (v) => this.emit('progress', v),
-        onOutcome: (o, epoch) => {
+        onOutcome: (o, epoch, reason) => {
           // The VM runs here again: a copy of it kept from an earlier departure is obsolete
           if (o === 'committed') this.store.drop(vmId)
-          this.#setOutcome(offer.migrationId, o, epoch)
+          this.#setOutcome(offer.migrationId, o, epoch, reason)
         },
       })
       this.#reservations.set(offer.migrationId, reservationId)

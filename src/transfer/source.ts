@@ -1000,8 +1000,9 @@ export class OutgoingMigration {
       if (outcome === 'aborted') {
         // The destination never resumed it and never will (it refuses a late commit): ours again
         this.#commitSent = false
+        const theirs = this.#destReason ? `; the destination: ${this.#destReason}` : ''
         throw new LinkError(
-          `commit not acknowledged and the destination did not commit (${asMigrationError(err).message})`,
+          `commit not acknowledged and the destination did not commit (${asMigrationError(err).message}${theirs})`,
         )
       }
       if (outcome === 'unknown') {
@@ -1041,6 +1042,9 @@ export class OutgoingMigration {
     this.#mark('running')
   }
 
+  /** Why the destination gave up, as its status reply said (for our error). */
+  #destReason: string | undefined
+
   /** Asks the destination whether it committed, with backoff, within the status timeout. */
   async #resolveInDoubt(): Promise<Outcome | 'unknown'> {
     const { host, to, timeouts } = this.#i
@@ -1054,7 +1058,8 @@ export class OutgoingMigration {
             AbortSignal.timeout(Math.min(5000, timeouts.statusTimeoutMs)),
           ]),
         })
-        this.#log.info({ outcome: r.outcome }, 'destination status')
+        this.#log.info({ outcome: r.outcome, reason: r.reason }, 'destination status')
+        if (r.outcome === 'aborted') this.#destReason = r.reason
         if (r.outcome === 'committed' || r.outcome === 'aborted') return r.outcome
         if (r.outcome === 'unknown') return 'aborted'
       } catch (err) {

@@ -24,13 +24,20 @@ const TO_PB: Record<Outcome, number> = {
   aborted: pb.MigrationOutcome.OUTCOME_ABORTED,
 }
 
-/** Asks `peer` about `migrationId` once. */
+/** A reason in a reply is cut to this (the reply must stay within MAX_STATUS_BYTES). */
+export const MAX_REASON_CHARS = 300
+
+function clip(s: string, n: number): string {
+  return s.length <= n ? s : `${s.slice(0, n - 1)}…`
+}
+
+/** Asks `peer` about `migrationId` once (an aborted one may say why: `reason`). */
 export async function queryStatus(
   host: Pick<MigrationHost, 'dialProtocol'>,
   peer: PeerId,
   migrationId: string,
   opts: { signal: AbortSignal },
-): Promise<{ outcome: Outcome; epoch: number }> {
+): Promise<{ outcome: Outcome; epoch: number; reason?: string }> {
   const stream = await host.dialProtocol(peer, STATUS_PROTOCOL, { signal: opts.signal })
   const f = new Framed(stream, MAX_STATUS_BYTES)
   try {
@@ -45,7 +52,7 @@ export async function queryStatus(
     }
     const outcome = FROM_PB[m.outcome]
     if (!outcome) throw new ProtocolError(`unknown outcome ${m.outcome}`)
-    return { outcome, epoch: m.epoch }
+    return { outcome, epoch: m.epoch, ...(m.reason ? { reason: m.reason } : {}) }
   } finally {
     await f.close()
   }
@@ -54,7 +61,7 @@ export async function queryStatus(
 /** Answers one status query on `stream` with `lookup(id)`. */
 export async function serveStatus(
   stream: Stream,
-  lookup: (migrationId: string) => Promise<{ outcome: Outcome; epoch?: number }>,
+  lookup: (migrationId: string) => Promise<{ outcome: Outcome; epoch?: number; reason?: string }>,
   signal: AbortSignal,
 ): Promise<void> {
   const f = new Framed(stream, MAX_STATUS_BYTES)
@@ -70,7 +77,11 @@ export async function serveStatus(
     if (id.length === 0 || id.length > MAX_ID_LENGTH) throw new ProtocolError('bad migration id')
     const r = await lookup(id)
     await f.write(
-      pb.MigrationStatusReply.encode({ outcome: TO_PB[r.outcome], epoch: r.epoch ?? 0 }).finish(),
+      pb.MigrationStatusReply.encode({
+        outcome: TO_PB[r.outcome],
+        epoch: r.epoch ?? 0,
+        reason: r.reason ? clip(r.reason, MAX_REASON_CHARS) : '',
+      }).finish(),
       signal,
     )
   } catch (err) {

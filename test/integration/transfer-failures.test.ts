@@ -272,6 +272,11 @@ describe('migration failures leave the VM running at the source', { timeout: 180
       const end = await a.service.done(a.service.migrate('journal-1', c.host.peerId).id)
       assert.equal(end.phase, 'failed')
       assert.equal(end.error?.code, 'LINK', JSON.stringify(end.error))
+      // The status reply says why the destination gave up (src/transfer/status.ts)
+      assert.match(
+        end.error?.message ?? '',
+        /^commit not acknowledged and the destination did not commit \(.+; the destination: \w+: disk full\)$/,
+      )
     } finally {
       delete c.overrides.onCommit
     }
