@@ -24,8 +24,8 @@ const TO_PB: Record<Outcome, number> = {
   aborted: pb.MigrationOutcome.OUTCOME_ABORTED,
 }
 
-/** A reason in a reply is cut to this (the reply must stay within MAX_STATUS_BYTES). */
-export const MAX_REASON_CHARS = 300
+/** A reason in a reply is cut to this many characters (at most 4 bytes each: within MAX_STATUS_BYTES). */
+export const MAX_REASON_CHARS = 200
 
 function clip(s: string, n: number): string {
   return s.length <= n ? s : `${s.slice(0, n - 1)}…`
