@@ -161,14 +161,17 @@ export class ImageService {
     return { id, ok: bad.length === 0, bad }
   }
 
-  /** Makes sure the image is complete here, fetching it from any holder if not. */
-  async ensure(id: string, signal?: AbortSignal): Promise<void> {
+  /**
+   * Makes sure the image is complete here, fetching it from any holder if not. `sources`: hosts known
+   * to hold it whatever gossip says yet (the source of a migration of a VM on this image), tried first.
+   */
+  async ensure(id: string, signal?: AbortSignal, sources: string[] = []): Promise<void> {
     if (this.store.isComplete(id)) return
     if (!this.store.has(id)) {
-      const encoded = await this.#fetchManifest(id, signal)
+      const encoded = await this.#fetchManifest(id, signal, sources)
       await this.store.register(id, encoded)
     }
-    const pull = this.#startPull(id, [])
+    const pull = this.#startPull(id, sources)
     if (signal) {
       // The pull goes on (others may wait for it too); only this caller stops waiting.
       await new Promise<void>((resolve, reject) => {
@@ -189,8 +192,8 @@ export class ImageService {
    * The path of the image as one local file (qemu's backing file), fetching it from the mesh first if
    * it is not complete here. The file is read-only and stays until the image is removed.
    */
-  async localFile(id: string, signal?: AbortSignal): Promise<string> {
-    await this.ensure(id, signal)
+  async localFile(id: string, signal?: AbortSignal, sources: string[] = []): Promise<string> {
+    await this.ensure(id, signal, sources)
     return this.store.file(id)
   }
 
@@ -393,8 +396,11 @@ export class ImageService {
     }
   }
 
-  async #fetchManifest(id: string, signal?: AbortSignal): Promise<Uint8Array> {
-    for (const peer of this.holders(id)) {
+  async #fetchManifest(id: string, signal?: AbortSignal, sources: string[] = []): Promise<Uint8Array> {
+    // A host that just restarted holds its images before gossip tells anyone again: named sources first
+    const self = this.#init.mesh.self
+    const peers = [...new Set([...sources.filter((s) => s !== self), ...this.holders(id)])]
+    for (const peer of peers) {
       try {
         const res = await this.#call(peer, { imageId: Buffer.from(id, 'hex'), manifest: true }, signal)
         if (res.manifest?.length) return Uint8Array.from(res.manifest)

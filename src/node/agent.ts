@@ -156,7 +156,8 @@ export class Agent implements AgentService, NetworkApi {
             imageStore: join(config.dataDir, 'qemu-bases'),
             // qemu: mesh images as disk bases, fetched by id (creating from one, or arriving by migration)
             images: {
-              localFile: (id: string, signal?: AbortSignal) => this.images.localFile(id, signal),
+              localFile: (id: string, signal?: AbortSignal, sources?: string[]) =>
+                this.images.localFile(id, signal, sources),
             },
           })
     this.startedAt = new Date()
@@ -331,10 +332,11 @@ export class Agent implements AgentService, NetworkApi {
             AbortSignal.any([signal, AbortSignal.timeout(15_000)]),
           )
         },
-        ensureImage: async (id, signal) => {
+        ensureImage: async (id, signal, from) => {
           if (this.config.driver !== 'synthetic') return false
           try {
-            await this.images.requireService().ensure(id, signal)
+            // The migration's source holds the image, whatever gossip says yet
+            await this.images.requireService().ensure(id, signal, from ? [from] : [])
             return true
           } catch (err) {
             this.log.info(

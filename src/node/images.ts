@@ -118,11 +118,11 @@ export class AgentImages {
    * The image (id, unique prefix or name) as one local read-only file — for the qemu driver's backing
    * file — fetched from the mesh by its id first if this host lacks it.
    */
-  async localFile(ref: string, signal?: AbortSignal): Promise<string> {
+  async localFile(ref: string, signal?: AbortSignal, sources: string[] = []): Promise<string> {
     const svc = this.requireService()
     const id = resolveRef(svc, ref)
     try {
-      return await svc.localFile(id, signal)
+      return await svc.localFile(id, signal, sources)
     } catch (err) {
       throw asAgentError(err, 'image')
     }

@@ -78,7 +78,7 @@ export interface MigrationOwner {
    */
   prepareIncoming?(vmId: string, from: string, signal: AbortSignal): Promise<void>
   /** Optional: makes a content-addressed image complete here (fetched from the mesh); false if it cannot. */
-  ensureImage?(imageId: string, signal: AbortSignal): Promise<boolean>
+  ensureImage?(imageId: string, signal: AbortSignal, from?: string): Promise<boolean>
 }
 
 export interface MigrationsInit {
@@ -161,7 +161,7 @@ export class AgentMigrations {
           reserve: (offer, opts) => this.reserve(offer, opts.signal),
           onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
           lookupOutcome: (id) => this.lookupOutcome(id),
-          ensureBaseImage: async (id, opts) => (await init.owner.ensureImage?.(id, opts.signal)) ?? false,
+          ensureBaseImage: async (id, opts) => (await init.owner.ensureImage?.(id, opts.signal, opts.from)) ?? false,
           onHandover: (m) => this.onHandover(m),
           onReleased: (m) => this.onReleased(m),
           onAborted: (m) => this.onAborted(m),

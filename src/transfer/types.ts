@@ -101,8 +101,9 @@ export interface DestinationHooks {
    * Destination, an offer whose disk is a copy-on-write layer over a content-addressed image: make the
    * image complete here (fetching it from the mesh by its id if needed) and say true — the VM's disk is
    * then a layer over it and only the source's layer crosses the wire — or false for a full copy.
+   * `from`: the source, which holds the image even when gossip does not say so yet.
    */
-  ensureBaseImage?(imageId: string, opts: { signal: AbortSignal }): Promise<boolean>
+  ensureBaseImage?(imageId: string, opts: { signal: AbortSignal; from?: string }): Promise<boolean>
 }
 
 export interface TransferTimeouts {

@@ -1,7 +1,9 @@
 // Migrating a VM whose disk is a copy-on-write layer over an image: the base's blocks never cross the
 // wire. The destination, which lacks the image, fetches it from the mesh by its id first (a pull like
 // any other, verified chunk by chunk), builds the VM's disk as a layer over its own copy, and the
-// migration carries only the source's layer; the way back finds the image there already.
+// migration carries only the source's layer; the way back finds the image there already. A source
+// whose holding gossip has not told yet (a host that just restarted, here one that publishes its state
+// only every minute) is asked for the image itself: it holds it, or it could not run the VM.
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { writeFile } from 'node:fs/promises'
@@ -102,5 +104,59 @@ describe('migrating a VM over a base image', () => {
     assert.ok(back.wireBytes < 0.15 * BASE_MIB * MiB, `wire bytes back ${back.wireBytes}`)
     assert.equal((await a.request('GET', `/v1/vms/${vm}/digest`)).body.disk, before.disk)
     assert.equal((await a.request('DELETE', `/v1/vms/${vm}`)).status, 204)
+  })
+
+  it('the destination fetches the base from the source even before gossip says the source holds it', async () => {
+    // q publishes its state once a minute: nobody learns from gossip that it holds the image
+    const quiet = join(dir, 'quiet.yaml')
+    await writeFile(
+      quiet,
+      'gossip:\n  probeIntervalMs: 300\n  probeTimeoutMs: 150\n  debounceMs: 60000\n  heartbeatMs: 3600000\n  syncIntervalMs: 0\n',
+    )
+    const q = await startAgent({
+      dataDir: join(dir, 'q'),
+      site: 'one',
+      args: ['--config', quiet, '--log-level', 'info'],
+      bootstrap: [a.addrs[0]!],
+    })
+    try {
+      await waitFor(
+        'q in the mesh',
+        async () => (await q.request('GET', '/v1/cluster')).body.counts.alive === 3,
+        30_000,
+      )
+      const file = join(dir, 'quiet-base.img')
+      await writeFile(file, randomBytes(16 * MiB))
+      const img = await q.request('POST', '/v1/images', { path: file, name: 'quiet-base' })
+      assert.equal(img.status, 201, JSON.stringify(img.body))
+      const image = img.body.id as string
+      const made = await q.request('POST', '/v1/vms', {
+        name: 'quiet-cow',
+        vcpus: 1,
+        memoryMiB: 16,
+        diskMiB: 32,
+        image,
+      })
+      assert.equal(made.status, 201, JSON.stringify(made.body))
+      const vm = made.body.id as string
+      // what this test is about: b does not know that q holds the image
+      const seen = await b.request('GET', `/v1/images/${image}`)
+      assert.ok(
+        seen.status === 404 || !(seen.body.holders ?? []).includes(q.peerId),
+        JSON.stringify(seen.body),
+      )
+
+      const m = await migrate(q, vm, b)
+      assert.equal(m.phase, 'done', JSON.stringify(m.error))
+      // b fetched the base from q (not a full disk copy) and the disk there is a layer over it
+      const there = await b.request('GET', `/v1/images/${image}`)
+      assert.equal(there.status, 200, JSON.stringify(there.body))
+      assert.equal(there.body.complete, true)
+      assert.equal((await b.request('GET', `/v1/vms/${vm}`)).body.image, image)
+      assert.ok(m.wireBytes < 0.25 * 16 * MiB, `wire bytes ${m.wireBytes}: the base crossed in the migration`)
+      assert.equal((await b.request('DELETE', `/v1/vms/${vm}`)).status, 204)
+    } finally {
+      await q.stop()
+    }
   })
 })

@@ -227,7 +227,7 @@ export class QemuMigrations {
         // A mesh image: fetched by id from its holders (the source holds it) before accepting
         try {
           baseImage = await withTimeout(b.timeouts.stepTimeoutMs, 'base image fetch', signal, (s) =>
-            driver.imageBase(ref.imageId, s),
+            driver.imageBase(ref.imageId, s, from),
           )
         } catch (err) {
           release()

@@ -45,8 +45,11 @@ export interface QemuVmOptions extends CreateVmOptions {
 
 /** Mesh images by id (src/images): what the driver needs to use one as a base. */
 export interface QemuImageSource {
-  /** The image as one local read-only file, fetched from any holder in the mesh first if missing. */
-  localFile(id: string, signal?: AbortSignal): Promise<string>
+  /**
+   * The image as one local read-only file, fetched from any holder in the mesh first if missing
+   * (`sources`, hosts known to hold it, tried first).
+   */
+  localFile(id: string, signal?: AbortSignal, sources?: string[]): Promise<string>
 }
 
 export interface QemuDriverInit {
@@ -99,15 +102,16 @@ export class QemuDriver implements VmDriver {
 
   /**
    * The local base file of mesh image `id`, fetched by id from the mesh first if this host lacks
-   * it (the destination of a migration does this before it accepts).
+   * it (the destination of a migration does this before it accepts, naming the source as `from`:
+   * it holds the image even when gossip does not say so yet, e.g. right after it restarted).
    */
-  async imageBase(id: string, signal?: AbortSignal): Promise<string> {
+  async imageBase(id: string, signal?: AbortSignal, from?: string): Promise<string> {
     const have = await findBase(this.bins.img, this.imageStore, { imageId: id })
     if (have) return have
     const images = this.init.images
     if (!images)
       throw new VmError('VM_IO', `image ${id.slice(0, 12)} is not here and this driver has no image source`)
-    return materializeImage(this.imageStore, id, await images.localFile(id, signal))
+    return materializeImage(this.imageStore, id, await images.localFile(id, signal, from ? [from] : []))
   }
 
   /** The QEMU guests this driver is running. */
