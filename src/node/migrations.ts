@@ -161,7 +161,8 @@ export class AgentMigrations {
           reserve: (offer, opts) => this.reserve(offer, opts.signal),
           onCommit: (m, instance, newEpoch) => this.onCommit(m, instance, newEpoch),
           lookupOutcome: (id) => this.lookupOutcome(id),
-          ensureBaseImage: async (id, opts) => (await init.owner.ensureImage?.(id, opts.signal, opts.from)) ?? false,
+          ensureBaseImage: async (id, opts) =>
+            (await init.owner.ensureImage?.(id, opts.signal, opts.from)) ?? false,
           onHandover: (m) => this.onHandover(m),
           onReleased: (m) => this.onReleased(m),
           onAborted: (m) => this.onAborted(m),

@@ -515,7 +515,9 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       let baseImage: string | undefined
       if (offer.baseImage && this.#c.hooks?.ensureBaseImage) {
         const bound = AbortSignal.any([signal, AbortSignal.timeout(this.#timeouts.stepTimeoutMs / 2)])
-        const ok = await this.#c.hooks.ensureBaseImage(offer.baseImage, { signal: bound, from }).catch(() => false)
+        const ok = await this.#c.hooks
+          .ensureBaseImage(offer.baseImage, { signal: bound, from })
+          .catch(() => false)
         if (ok) baseImage = offer.baseImage
       }
       let instance: Awaited<ReturnType<MigrationComponents['driver']['prepareIncoming']>>
