@@ -208,9 +208,8 @@ export class IncomingMigration {
   readonly #applied: number[]
   /** Early switchover: frames each stream carries in all (none may come after them). */
   #expected: number[] | undefined
-  #wakeApplied: (() => void) | undefined
-  /** Wakes the switchover's wait for data streams still to say hello (`#allStreamsOpen`). */
-  #wakeAttached: (() => void) | undefined
+  /** Wakes a wait of the switchover (`#until`): a data stream attached or applied a frame. */
+  #wake: (() => void) | undefined
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -277,7 +276,7 @@ export class IncomingMigration {
     if (this.#state !== 'receiving' || index >= this.#streams.length || this.#streams[index]) return false
     this.#streams[index] = framed
     this.#channel ??= channel
-    this.#wakeAttached?.()
+    this.#wake?.()
     void this.#receive(index, framed).catch((err: unknown) => {
       const e = asMigrationError(err, 'LINK')
       framed.abort(e)
@@ -423,19 +422,9 @@ export class IncomingMigration {
     const missing = () => this.#streams.flatMap((f, k) => (f === undefined ? [k] : []))
     this.#log.info({ missing: missing() }, 'switchover before every data stream opened: waiting for them')
     try {
-      await withTimeout(ms, 'data streams', this.#signal, async (signal) => {
-        while (missing().length > 0) {
-          signal.throwIfAborted()
-          let onAbort: (() => void) | undefined
-          await new Promise<void>((resolve) => {
-            this.#wakeAttached = resolve
-            onAbort = resolve
-            signal.addEventListener('abort', onAbort, { once: true })
-          })
-          if (onAbort) signal.removeEventListener('abort', onAbort)
-          this.#wakeAttached = undefined
-        }
-      })
+      await withTimeout(ms, 'data streams', this.#signal, (signal) =>
+        this.#until(() => missing().length === 0, signal),
+      )
     } catch (err) {
       if (this.#signal.aborted) throw err
       throw new ProtocolError(
@@ -456,19 +445,24 @@ export class IncomingMigration {
         )
     }
     this.#expected = expected
-    while (this.#applied.some((n, k) => n < expected[k]!)) {
-      this.#signal.throwIfAborted()
-      let onAbort: (() => void) | undefined
-      await new Promise<void>((resolve) => {
-        this.#wakeApplied = resolve
-        onAbort = resolve
-        this.#signal.addEventListener('abort', onAbort, { once: true })
-      })
-      if (onAbort) this.#signal.removeEventListener('abort', onAbort)
-      this.#wakeApplied = undefined
-    }
+    await this.#until(() => this.#applied.every((n, k) => n >= expected[k]!), this.#signal)
     this.#signal.throwIfAborted()
     this.#mark('lastFrames')
+  }
+
+  /** Waits until `done()`, checked again whenever a data stream attaches or applies a frame. */
+  async #until(done: () => boolean, signal: AbortSignal): Promise<void> {
+    while (!done()) {
+      signal.throwIfAborted()
+      let onAbort: (() => void) | undefined
+      await new Promise<void>((resolve) => {
+        this.#wake = resolve
+        onAbort = resolve
+        signal.addEventListener('abort', onAbort, { once: true })
+      })
+      if (onAbort) signal.removeEventListener('abort', onAbort)
+      this.#wake = undefined
+    }
   }
 
   /** Which of these content hashes our store holds (a bitmap); those pages are pinned for us. */
@@ -507,7 +501,7 @@ export class IncomingMigration {
       // Digest tree groups of what just arrived, hashed now rather than in the pause's check
       if (this.#state === 'receiving') this.#i.instance.warmDigest?.()
       this.#applied[k]!++
-      this.#wakeApplied?.()
+      this.#wake?.()
       this.#c.frames++
       this.#c.wireBytes += bytes.length
       if (f.codec === 'lz4') this.#c.compressedFrames++
