@@ -1,5 +1,5 @@
 // The transfer-throughput section of bench:throughput and bench:migrate: raw TCP (= 1.0), node TLS,
-// the migration engine's direct TLS-PSK channel (1 and 3 connections) and libp2p (tcp + noise + yamux)
+// the direct channel's TLS-PSK with bare bytes, the migration engine's direct channel (1 and 3 connections) and libp2p (tcp + noise + yamux)
 // with 1..4 streams on one connection and 1 stream on each of 2..4 connections. The receiver runs in a
 // child process (as a second host would) or, for reference, in the same process.
 //
@@ -25,6 +25,7 @@ import {
   startLibp2pSender,
   startReceivers,
   tcpTransfer,
+  tlsPskTransfer,
   tlsTransfer,
 } from './throughput.js'
 
@@ -144,6 +145,12 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
           section.tls = { protocol: r.protocol, cipher: r.cipher }
           return r.ms
         },
+      },
+      {
+        name: 'TLS-PSK 1.2 (direct channel suite), bare bytes',
+        connections: 1,
+        streams: 1,
+        run: (n) => tlsPskTransfer(info.psk, n, chunk),
       },
       ...[1, 3].map((c) => ({
         name: `direct TLS-PSK, engine frames, ${c} conn${c > 1 ? 's' : ''}`,

@@ -63,23 +63,47 @@ export class DataSender {
 
   /**
    * A write blocked by the stream's own backpressure (a silent link: nothing acknowledged, nothing
-   * reset) never reaches the credit wait above, so it gets the same bound.
+   * reset) never reaches the credit wait above, so it gets the same bound. One watchdog per sender
+   * (not a timer per frame: those showed in the sender's profile at ~1000 frames a second).
    */
   async #writeOrStall(frame: Uint8Array | readonly Uint8Array[]): Promise<void> {
-    const { stallTimeoutMs } = this.#init
-    let timer: NodeJS.Timeout | undefined
-    const stalled = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`)),
-        stallTimeoutMs,
-      )
-      timer.unref()
-    })
+    this.#writeStarted = performance.now()
+    this.#writing = true
+    this.#watchdog ??= this.#startWatchdog()
     try {
-      await Promise.race([this.framed.write(frame, this.#init.signal), stalled])
+      await Promise.race([this.framed.write(frame, this.#init.signal), this.#stalled.promise])
     } finally {
-      clearTimeout(timer)
+      this.#writing = false
     }
+  }
+
+  #writing = false
+  #writeStarted = 0
+  #watchdog: NodeJS.Timeout | undefined
+  readonly #stalled = (() => {
+    let reject: (err: Error) => void = () => undefined
+    const promise = new Promise<never>((_, rej) => {
+      reject = rej
+    })
+    promise.catch(() => undefined)
+    return { promise, reject }
+  })()
+
+  #startWatchdog(): NodeJS.Timeout {
+    const { stallTimeoutMs } = this.#init
+    const t = setInterval(
+      () => {
+        if (this.#writing && performance.now() - this.#writeStarted >= stallTimeoutMs)
+          this.#stalled.reject(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`))
+      },
+      Math.max(10, Math.min(1000, stallTimeoutMs / 4)),
+    )
+    t.unref()
+    return t
+  }
+
+  #stopWatchdog(): void {
+    if (this.#watchdog) clearInterval(this.#watchdog)
   }
 
   /** Resolves when every frame sent so far is acknowledged. */
@@ -93,6 +117,7 @@ export class DataSender {
   }
 
   async close(): Promise<void> {
+    this.#stopWatchdog()
     await this.framed.close()
   }
 
@@ -164,6 +189,7 @@ export class DataSender {
   #fail(err: Error): void {
     if (this.#error) return
     this.#error = err
+    this.#stopWatchdog()
     this.#wake?.()
   }
 }
