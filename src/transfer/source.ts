@@ -81,6 +81,8 @@ const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
  * short enough that the count is not yet saturated by the hot set, long enough for a few workload ticks.
  */
 const DIRTY_SAMPLE_MS = 300
+/** Rounds shorter than this do not feed the predictive throttle (their dirty count is too coarse). */
+const MIN_RATE_MS = 100
 
 export interface OutgoingInit {
   id: string
@@ -653,9 +655,12 @@ export class OutgoingMigration {
       // The guest's write rate: round 0 from the early sample (the round's own count is saturated by
       // the hot set), later rounds from their dirty count against the hot set seen so far
       const pageBytes = remaining - dirtyBlocks.count() * disk.blockSize
+      // (a round shorter than MIN_RATE_MS holds a tick or two of a guest's writes: too coarse to judge)
       const writeBps = sample
         ? writeRateBps(sample.bytes, sample.ms, pageBytes)
-        : writeRateBps(pageBytes, ms, this.#round > 0 ? hotBytes : 0)
+        : ms >= MIN_RATE_MS
+          ? writeRateBps(pageBytes, ms, this.#round > 0 ? hotBytes : 0)
+          : 0
       hotBytes = Math.max(hotBytes, pageBytes)
       if (this.#autoConverge(decision, history, dirtyHigh, writeBps)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')
