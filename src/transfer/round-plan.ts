@@ -78,3 +78,56 @@ export class DirtyRateTrigger {
     this.#high = 0
   }
 }
+
+/**
+ * Auto-converge aims the throttled guest at writing at most this share of the link's rate: each round
+ * then leaves about a quarter of what it sent, so the re-sent bytes stay near a third of the hot set.
+ */
+export const WRITE_LINK_TARGET = 0.25
+/** Share of the hot set beyond which a dirty count says little about the rate (the log saturates). */
+const MAX_DIRTY_SHARE = 0.9
+
+/**
+ * The guest's write rate (bytes/s) from the distinct bytes it dirtied in `ms`. A dirty log counts a page
+ * once however often it is written, so over a long round it saturates at the hot set and says little
+ * of the rate. A guest writing w bytes/s at random over a hot set of `hotBytes` has dirtied
+ * hot·(1 - e^(-w·t/hot)) distinct bytes after t; inverted, w = -hot·ln(1 - dirty/hot)/t (the share
+ * capped at MAX_DIRTY_SHARE). `hotBytes` 0 (unknown): the plain distinct rate, a lower bound.
+ */
+export function writeRateBps(dirtyBytes: number, ms: number, hotBytes: number): number {
+  if (!(ms > 0) || !(dirtyBytes > 0)) return 0
+  if (!(hotBytes > 0)) return (dirtyBytes / ms) * 1000
+  const hot = Math.max(hotBytes, dirtyBytes)
+  const share = Math.min(dirtyBytes / hot, MAX_DIRTY_SHARE)
+  return ((-hot * Math.log1p(-share)) / ms) * 1000
+}
+
+export interface ThrottleInput {
+  /** The guest's write rate as measured under `throttle` (see `writeRateBps`). */
+  writeBps: number
+  /** Measured link rate (bytes/s); 0 if unknown. */
+  bandwidthBps: number
+  /** The share of the guest held back now (0 = none). */
+  throttle: number
+  /** The throttle steps, ascending (QEMU's cpu-throttle goes 20 % + 10 % .. 99 %). */
+  steps: readonly number[]
+  /** Share of the link's rate the throttled guest may write (default WRITE_LINK_TARGET). */
+  target?: number
+}
+
+/**
+ * Predictive auto-converge: the throttle the next round needs, from one round's measurements, instead
+ * of stepping up once per round after rounds failed to shrink (each such round re-sends most of the
+ * hot set). The guest's unthrottled rate is writeBps / (1 - throttle); the result is the smallest step
+ * that brings it to `target` of the link's rate, the highest step if none does, and the current
+ * throttle when it already does (never lower: judged afresh each round, it only goes up).
+ */
+export function throttleFor(i: ThrottleInput): number {
+  const target = i.target ?? WRITE_LINK_TARGET
+  if (!(i.bandwidthBps > 0) || !(i.writeBps > 0) || i.throttle >= 1) return i.throttle
+  const free = i.writeBps / (1 - i.throttle)
+  const allowed = target * i.bandwidthBps
+  if (free * (1 - i.throttle) <= allowed) return i.throttle
+  for (const s of i.steps) if (s > i.throttle && free * (1 - s) <= allowed) return s
+  return Math.max(i.throttle, ...i.steps)
+}

@@ -60,7 +60,7 @@ import {
   withPorts,
 } from './punch.js'
 import { sleep, TokenBucket } from './rate.js'
-import { DirtyRateTrigger, roundOrder } from './round-plan.js'
+import { DirtyRateTrigger, roundOrder, throttleFor, writeRateBps } from './round-plan.js'
 import { type Outcome, queryStatus } from './status.js'
 import type { MigrationHost, SourceHooks, TransferTimeouts } from './types.js'
 import { type Control, ControlChannel, type FrameChannel, Framed, withTimeout } from './wire.js'
@@ -76,6 +76,13 @@ const EARLY_SWITCHOVER_MS = 500
 const POOL_BUFFERS = 10
 /** Auto-converge: the share of the guest held back at each step (QEMU goes 20 % + 10 % .. 99 %). */
 const THROTTLE_STEPS = [0.5, 0.75, 0.9, 0.97, 0.99]
+/**
+ * Auto-converge counts the guest's dirty pages this long after tracking started, while round 0 runs:
+ * short enough that the count is not yet saturated by the hot set, long enough for a few workload ticks.
+ */
+const DIRTY_SAMPLE_MS = 300
+/** Rounds shorter than this do not feed the predictive throttle (their dirty count is too coarse). */
+const MIN_RATE_MS = 100
 
 export interface OutgoingInit {
   id: string
@@ -154,6 +161,17 @@ export class OutgoingMigration {
   /** Auto-converge step (index into THROTTLE_STEPS + 1; 0 = none) and the share held back. */
   #throttleStep = 0
   #throttle = 0
+  /** When dirty tracking started (the round-0 sample of the guest's write rate counts from here). */
+  #trackedAt = 0
+  /** Per pre-copy round, what it measured and the throttle after it (in the finished log line). */
+  #roundLog: {
+    ms: number
+    sentMiB: number
+    leftMiB: number
+    writeMiBps: number
+    linkMiBps: number
+    throttle: number
+  }[] = []
   /** Slows the guest early when it dirties half of what each round sends (round-plan.ts). */
   readonly #dirtyTrigger = new DirtyRateTrigger()
 
@@ -258,6 +276,7 @@ export class OutgoingMigration {
       // Tracking starts before the streams open: round 0 then knows a little of what the guest writes
       instance.memory.startDirtyTracking()
       instance.disk.startDirtyTracking()
+      this.#trackedAt = performance.now()
       await this.#openDataStreams()
       this.#at('streams')
       const decision = await this.#precopy()
@@ -596,11 +615,15 @@ export class OutgoingMigration {
     let blocks: Iterable<number> | null = (
       this.#baseShared ? disk.ownBlocks!() : disk.allocatedBlocks()
     ).indices()
+    // Largest dirty set a round left (about the guest's hot set), for the write-rate estimate
+    let hotBytes = 0
     while (true) {
       const t = performance.now()
       const before = this.#c.bytesSent
+      const sampling = this.#round === 0 ? this.#sampleDirty() : undefined
       await this.#sendRound(this.#round, pages, blocks, this.#round === 0, undefined, true)
       const ms = performance.now() - t
+      const sample = sampling?.stop()
       this.#at(`round${this.#round}`)
       const sent = this.#c.bytesSent - before
       // Rounds that carried little are dominated by latency: keep the rate of a fuller round
@@ -629,8 +652,27 @@ export class OutgoingMigration {
         aim: STOP_AIM,
       })
       const dirtyHigh = this.#dirtyTrigger.record(sent, remaining)
-      if (this.#autoConverge(decision, history, dirtyHigh)) decision = { action: 'round' }
+      // The guest's write rate: round 0 from the early sample (the round's own count is saturated by
+      // the hot set), later rounds from their dirty count against the hot set seen so far
+      const pageBytes = remaining - dirtyBlocks.count() * disk.blockSize
+      // (a round shorter than MIN_RATE_MS holds a tick or two of a guest's writes: too coarse to judge)
+      const writeBps = sample
+        ? writeRateBps(sample.bytes, sample.ms, pageBytes)
+        : ms >= MIN_RATE_MS
+          ? writeRateBps(pageBytes, ms, this.#round > 0 ? hotBytes : 0)
+          : 0
+      hotBytes = Math.max(hotBytes, pageBytes)
+      if (this.#autoConverge(decision, history, dirtyHigh, writeBps)) decision = { action: 'round' }
       this.#log.debug({ round: this.#round, ms, sent, remaining, fit, decision }, 'pre-copy round done')
+      const mib = (x: number) => Math.round((x / MiB) * 10) / 10
+      this.#roundLog.push({
+        ms: Math.round(ms),
+        sentMiB: mib(sent),
+        leftMiB: mib(remaining),
+        writeMiBps: mib(writeBps),
+        linkMiBps: mib(this.#bandwidthBps),
+        throttle: this.#throttle,
+      })
       if (decision.action !== 'round') {
         // What the last round left dirty goes in the stop-copy (or is pending for post-copy)
         this.#leftover = { pages: dirtyPages, blocks: dirtyBlocks }
@@ -649,21 +691,63 @@ export class OutgoingMigration {
    * pre-copy would stop for lack of progress, hold back more of the guest and go on. True if it did
    * (another round follows).
    */
-  #autoConverge(decision: RoundDecision, history: number[], dirtyHigh: boolean): boolean {
+  #autoConverge(decision: RoundDecision, history: number[], dirtyHigh: boolean, writeBps: number): boolean {
     const { instance, options } = this.#i
     if (options.mode !== 'precopy' || !options.autoConverge || !instance.throttle) return false
     if (this.#throttleStep >= THROTTLE_STEPS.length || this.#round + 1 >= options.maxRounds) return false
     const n = history.length
     const notShrinking = n >= 2 && history[n - 1]! >= history[n - 2]! * SHRINK_FACTOR
     const gaveUp = decision.action === 'stop' && decision.reason === 'no-progress'
-    if (!(gaveUp || (decision.action === 'round' && (notShrinking || dirtyHigh)))) return false
-    this.#throttle = THROTTLE_STEPS[this.#throttleStep++]!
+    // Predictive: as much throttle as the measured write rate needs against the link (round-plan.ts)
+    const predicted =
+      decision.action === 'round'
+        ? throttleFor({
+            writeBps,
+            bandwidthBps: this.#bandwidthBps,
+            throttle: this.#throttle,
+            steps: THROTTLE_STEPS,
+          })
+        : this.#throttle
+    if (predicted > this.#throttle) {
+      this.#throttleStep = THROTTLE_STEPS.indexOf(predicted) + 1
+    } else if (gaveUp || (decision.action === 'round' && (notShrinking || dirtyHigh))) {
+      this.#throttleStep++
+    } else return false
+    this.#throttle = THROTTLE_STEPS[this.#throttleStep - 1]!
     instance.throttle(this.#throttle)
     this.#dirtyTrigger.reset()
     // Rounds from here are judged against the slower guest
     history.splice(0, n - 1)
     this.#log.info({ round: this.#round, throttle: this.#throttle }, 'auto-converge: guest throttled')
     return true
+  }
+
+  /**
+   * Counts the guest's dirty pages once, DIRTY_SAMPLE_MS after tracking started (round 0 runs
+   * meanwhile); `stop()` ends it and returns the count, or undefined if the round ended first or the VM
+   * cannot say which pages are dirty (or nothing would use it: no auto-converge).
+   */
+  #sampleDirty(): { stop(): { bytes: number; ms: number } | undefined } {
+    const { instance, options } = this.#i
+    const memory = instance.memory
+    if (options.mode !== 'precopy' || !options.autoConverge || !instance.throttle || !memory.isDirty) {
+      return { stop: () => undefined }
+    }
+    let got: { bytes: number; ms: number } | undefined
+    const timer = setTimeout(
+      () => {
+        let n = 0
+        for (let i = 0; i < memory.pageCount; i++) if (memory.isDirty!(i)) n++
+        got = { bytes: n * memory.pageSize, ms: performance.now() - this.#trackedAt }
+      },
+      Math.max(0, DIRTY_SAMPLE_MS - (performance.now() - this.#trackedAt)),
+    )
+    return {
+      stop: () => {
+        clearTimeout(timer)
+        return got
+      },
+    }
   }
 
   #leftover:
@@ -1219,6 +1303,7 @@ export class OutgoingMigration {
         error: this.#error,
         downtime: this.#marks,
         timeline: this.#timeline,
+        roundLog: this.#roundLog,
       },
       'migration finished',
     )

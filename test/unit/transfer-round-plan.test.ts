@@ -1,6 +1,13 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { DirtyRateTrigger, REGION_PAGES, roundOrder } from '../../src/transfer/round-plan.js'
+import {
+  DirtyRateTrigger,
+  REGION_PAGES,
+  roundOrder,
+  throttleFor,
+  WRITE_LINK_TARGET,
+  writeRateBps,
+} from '../../src/transfer/round-plan.js'
 import { Bitmap } from '../../src/vm/index.js'
 
 const range = (a: number, b: number) => Array.from({ length: b - a }, (_, k) => a + k)
@@ -159,5 +166,59 @@ describe('dirty-rate trigger of auto-converge', () => {
   it('never fires for an idle guest', () => {
     const t = new DirtyRateTrigger()
     for (let k = 0; k < 5; k++) assert.equal(t.record(k === 0 ? 100 : 0, 0), false)
+  })
+})
+
+describe('write-rate estimate of auto-converge', () => {
+  const MiB = 1024 * 1024
+
+  it('recovers the rate of random writes over a hot set from a saturated dirty count', () => {
+    // 100 MiB/s at random over 64 MiB for 1 s: 64·(1 - e^(-100/64)) MiB distinct
+    const hot = 64 * MiB
+    const dirty = hot * (1 - Math.exp(-100 / 64))
+    const w = writeRateBps(dirty, 1000, hot)
+    assert.ok(Math.abs(w / MiB - 100) < 0.5, `estimate ${w / MiB}`)
+    // The plain distinct rate (unknown hot set) is only a lower bound
+    assert.ok(writeRateBps(dirty, 1000, 0) < 0.8 * w)
+  })
+
+  it('reads a short count against a large hot set as about the plain rate', () => {
+    const w = writeRateBps(10 * MiB, 100, 1024 * MiB)
+    assert.ok(w / MiB > 100 && w / MiB < 101, `estimate ${w / MiB}`)
+  })
+
+  it('is bounded when everything is dirty, and 0 without data', () => {
+    const w = writeRateBps(64 * MiB, 1000, 64 * MiB)
+    assert.ok(Number.isFinite(w) && w / MiB < 64 * 3, `estimate ${w / MiB}`)
+    assert.equal(writeRateBps(0, 1000, 64 * MiB), 0)
+    assert.equal(writeRateBps(MiB, 0, 64 * MiB), 0)
+  })
+})
+
+describe('predictive throttle of auto-converge', () => {
+  const steps = [0.5, 0.75, 0.9, 0.97, 0.99]
+
+  it('picks the smallest step that brings the guest under the target share of the link', () => {
+    // 100 MiB/s of writes on a 67 MiB/s link: 0.9 leaves 10 MiB/s (0.15 of the link), 0.75 leaves 25 (0.37)
+    assert.equal(throttleFor({ writeBps: 100, bandwidthBps: 67, throttle: 0, steps }), 0.9)
+    // On a 200 MiB/s link, 0.75 leaves 25 MiB/s = 0.125 of it; 0.5 leaves 50 = 0.25: enough
+    assert.equal(throttleFor({ writeBps: 100, bandwidthBps: 200, throttle: 0, steps }), 0.5)
+  })
+
+  it('leaves a guest that writes little of the link alone', () => {
+    assert.equal(throttleFor({ writeBps: 10, bandwidthBps: 120, throttle: 0, steps }), 0)
+    assert.equal(throttleFor({ writeBps: WRITE_LINK_TARGET * 100, bandwidthBps: 100, throttle: 0, steps }), 0)
+  })
+
+  it('judges the rate measured under a throttle as the slowed guest, and never lowers it', () => {
+    // 25 MiB/s measured at 0.75: the guest would write 100; on a 50 MiB/s link it needs 0.9
+    assert.equal(throttleFor({ writeBps: 25, bandwidthBps: 50, throttle: 0.75, steps }), 0.9)
+    // 5 MiB/s at 0.9 on a 100 MiB/s link: fine as it is (not lowered to 0.5)
+    assert.equal(throttleFor({ writeBps: 5, bandwidthBps: 100, throttle: 0.9, steps }), 0.9)
+  })
+
+  it('goes to the highest step when none is enough, and does nothing without a link rate', () => {
+    assert.equal(throttleFor({ writeBps: 1000, bandwidthBps: 1, throttle: 0, steps }), 0.99)
+    assert.equal(throttleFor({ writeBps: 100, bandwidthBps: 0, throttle: 0.5, steps }), 0.5)
   })
 })
