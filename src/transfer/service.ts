@@ -547,6 +547,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
               : 'the offered geometry does not match the VM spec here',
           )
         })
+      // IncomingMigration (next) handles a failure; this only keeps it from counting as unhandled
+      instance.catch(() => undefined)
       const reservationId = randomUUID()
       const m = new IncomingMigration({
         offer,
