@@ -224,6 +224,8 @@ try {
         destMarks,
         timeline: fin?.timeline,
         answered,
+        // ms from the accept until the destination had made the VM (it accepts while it makes it)
+        destPreparedMs: dest?.preparedMs,
         pause: mode === 'precopy' ? pauseSplit(marks, destMarks, v.downtimeMs) : undefined,
         load1,
       }),
