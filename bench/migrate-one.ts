@@ -6,13 +6,13 @@
 // --dest child (default): the destination runs in a child process, as on two hosts; `same`: both ends
 // in this process (one event loop, one thread for both sides' TLS, hashing and I/O).
 // Prints one JSON line per run: times, CPU of each end (`cpuMs` this process, `destCpuMs` the child's, from
-// /proc), bytes, the data channel, the pause's milestones at the
+// /proc; `threads`: split into main thread and the others), bytes, the data channel, the pause's milestones at the
 // source (`marks`, ms since the pause) and at the destination (`destMarks`, ms since the switchover),
 // and `pause`, the pre-copy pause split (ms): the last round written (`lastRound`, source), the
 // destination applying the frames still on their way (`apply`), its digest check (`verify`), its commit
 // journal and resume (`handover`), and the rest (`transit`: switchover and RUNNING messages on the
 // control stream, and waits for an event loop).
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
@@ -60,6 +60,8 @@ interface Dest {
   stop(): Promise<void>
   /** CPU time (user + system, ms) the destination process used so far; undefined in this process. */
   cpuMs(): number | undefined
+  /** The destination's process id (this process's when it runs here). */
+  pid: number
 }
 
 /** utime + stime of process `pid` in ms, from /proc (Linux); undefined elsewhere. */
@@ -72,6 +74,32 @@ function procCpuMs(pid: number): number | undefined {
   } catch {
     return undefined
   }
+}
+
+/**
+ * CPU ms (user `.u`, system `.s`) of process `pid`: its main thread and all others (V8's GC and compiler
+ * threads, libuv's file I/O pool); each thread apart with BENCH_TID=1. From /proc (Linux; {} elsewhere).
+ */
+function threadCpuMs(pid: number): Record<string, number> {
+  const out: Record<string, number> = {}
+  try {
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      const kind = Number(tid) === pid ? 'main' : process.env.BENCH_TID ? `t${tid}` : 'others'
+      out[`${kind}.u`] = (out[`${kind}.u`] ?? 0) + (Number(f[11]) * 1000) / 100
+      out[`${kind}.s`] = (out[`${kind}.s`] ?? 0) + (Number(f[12]) * 1000) / 100
+    }
+  } catch {
+    // not Linux, or the process is gone
+  }
+  return out
+}
+
+function diffMs(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [k, v] of Object.entries(b)) if (v - (a[k] ?? 0) > 0) out[k] = v - (a[k] ?? 0)
+  return out
 }
 
 async function sameProcessDest(): Promise<Dest> {
@@ -90,6 +118,7 @@ async function sameProcessDest(): Promise<Dest> {
     drop: (id) => dropVm(b, id),
     stop: () => b.stop(),
     cpuMs: () => undefined,
+    pid: process.pid,
   }
 }
 
@@ -107,6 +136,7 @@ async function childProcessDest(): Promise<Dest> {
     drop: (id) => c.drop(id),
     stop: () => c.stop(),
     cpuMs: () => procCpuMs(c.pid),
+    pid: c.pid,
   }
 }
 
@@ -155,6 +185,7 @@ try {
     const t = performance.now()
     const cpu0 = process.cpuUsage()
     const destCpu0 = b.cpuMs()
+    const threads0 = { src: threadCpuMs(process.pid), dest: threadCpuMs(b.pid) }
     const m = a.service.migrate(id, b.peerId, { mode, compression, channel, streams })
     const v = await a.service.done(m.id)
     const ms = performance.now() - t
@@ -164,6 +195,7 @@ try {
     const answered = b.answered(m.id)
     const dest = await b.finished(m.id)
     const destCpu1 = b.cpuMs()
+    const threads1 = { src: threadCpuMs(process.pid), dest: threadCpuMs(b.pid) }
     const marks = fin?.downtime as Record<string, number> | undefined
     const destMarks = dest?.switchover as Record<string, number> | undefined
     console.log(
@@ -179,6 +211,8 @@ try {
         wallMs: Math.round(ms),
         cpuMs: Math.round((cpu.user + cpu.system) / 1000),
         destCpuMs: destCpu0 !== undefined && destCpu1 !== undefined ? destCpu1 - destCpu0 : undefined,
+        // CPU ms per thread: main (JS, TLS, hashing) and the others (GC, JIT, file I/O), each end
+        threads: { src: diffMs(threads0.src, threads1.src), dest: diffMs(threads0.dest, threads1.dest) },
         totalMs: v.totalMs,
         downtimeMs: v.downtimeMs,
         rounds: v.round,
@@ -190,6 +224,8 @@ try {
         destMarks,
         timeline: fin?.timeline,
         answered,
+        // ms from the accept until the destination had made the VM (it accepts while it makes it)
+        destPreparedMs: dest?.preparedMs,
         pause: mode === 'precopy' ? pauseSplit(marks, destMarks, v.downtimeMs) : undefined,
         load1,
       }),

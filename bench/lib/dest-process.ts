@@ -24,8 +24,12 @@ export interface DestProcess {
 
 export async function startDestProcess(pingAbort = true, retainMiB = 0): Promise<DestProcess> {
   const file = fileURLToPath(new URL('./dest-peer.js', import.meta.url))
+  // BENCH_DEST_NODE_ARGS: node options for the child only, e.g. '--cpu-prof --cpu-prof-dir=/tmp/p' or
+  // '--trace-gc' (options given to the parent's node are passed on too, as fork does by default)
+  const extra = (process.env.BENCH_DEST_NODE_ARGS ?? '').split(' ').filter((a) => a !== '')
   const child = fork(file, [pingAbort ? 'ping-abort' : 'no-ping-abort', String(retainMiB)], {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv: [...process.execArgv, ...extra],
   })
   const kill = () => {
     if (child.exitCode === null && child.pid) child.kill('SIGTERM')

@@ -151,7 +151,12 @@ export interface IncomingInit {
   from: string
   to: string
   control: ControlChannel
-  instance: VmInstance
+  /**
+   * The empty VM, still being made (the offer is accepted while it is, so the source opens its data
+   * streams meanwhile): no frame is applied before it exists, and if it cannot be made the migration
+   * aborts (a MigrationError rejection keeps its code; any other is NO_CAPACITY).
+   */
+  instance: Promise<VmInstance>
   reservation: { release(): void }
   hooks: DestinationHooks
   timeouts: TransferTimeouts
@@ -210,6 +215,11 @@ export class IncomingMigration {
   #expected: number[] | undefined
   /** Wakes a wait of the switchover (`#until`): a data stream attached or applied a frame. */
   #wake: (() => void) | undefined
+  /** The VM once made (`ready` resolved); frames and the switchover wait for it. */
+  #vm: VmInstance | undefined
+  readonly #ready: Promise<VmInstance>
+  /** ms from the accept until the VM was made (for the logs). */
+  #preparedMs: number | undefined
 
   constructor(init: IncomingInit) {
     this.#i = init
@@ -229,6 +239,21 @@ export class IncomingMigration {
       this.#nonZero = new Bitmap(g.pageCount)
     }
     init.onOutcome('pending')
+    this.#ready = init.instance.then((vm) => {
+      this.#vm = vm
+      this.#preparedMs = Math.round((performance.now() - this.#t0) * 10) / 10
+      return vm
+    })
+    this.#ready.catch((err: unknown) => {
+      this.#ac.abort(
+        err instanceof MigrationError
+          ? err
+          : new MigrationRefusedError(
+              'NO_CAPACITY',
+              `cannot create the VM: ${asMigrationError(err).message}`,
+            ),
+      )
+    })
     this.done = this.#run()
   }
 
@@ -302,7 +327,7 @@ export class IncomingMigration {
   }
 
   async #run(): Promise<MigrationView> {
-    const { control, instance, offer, hooks, timeouts } = this.#i
+    const { control, offer, hooks, timeouts } = this.#i
     let resumed = false
     // A partition that resets nothing leaves every read pending: give up (and discard) after the
     // stall timeout without a frame, as the source does without an acknowledgement
@@ -319,6 +344,7 @@ export class IncomingMigration {
         sw = await control.expect(['switchover', 'contentQuery'], this.#signal)
       }
       const s = sw.switchover!
+      const instance = await this.#vmReady()
       // Milestones of the pause as seen here (ms since the switchover arrived), logged at the end
       this.#switchedAt = performance.now()
       this.#lastHeard = this.#switchedAt
@@ -450,6 +476,24 @@ export class IncomingMigration {
     this.#mark('lastFrames')
   }
 
+  /** The VM, once made; throws if it cannot be, or when the migration aborts first. */
+  async #vmReady(): Promise<VmInstance> {
+    if (this.#vm) return this.#vm
+    let onAbort: (() => void) | undefined
+    try {
+      return await Promise.race([
+        this.#ready,
+        new Promise<never>((_, reject) => {
+          onAbort = () => reject(this.#signal.reason)
+          if (this.#signal.aborted) onAbort()
+          else this.#signal.addEventListener('abort', onAbort, { once: true })
+        }),
+      ])
+    } finally {
+      if (onAbort) this.#signal.removeEventListener('abort', onAbort)
+    }
+  }
+
   /** Waits until `done()`, checked again whenever a data stream attaches or applies a frame. */
   async #until(done: () => boolean, signal: AbortSignal): Promise<void> {
     while (!done()) {
@@ -486,6 +530,13 @@ export class IncomingMigration {
   async #receive(k: number, framed: FrameChannel): Promise<void> {
     const g = this.#i.offer.geometry
     let seq = 0
+    // Frames wait (in the stream, under its flow control) until the VM exists; a VM that cannot be
+    // made aborts the migration (see the constructor), not this stream
+    try {
+      await this.#vmReady()
+    } catch {
+      return
+    }
     while (true) {
       const bytes = await framed.read(this.#signal)
       if (bytes === null) return
@@ -499,7 +550,7 @@ export class IncomingMigration {
         throw new ProtocolError('lz4 frame without compression')
       await this.#apply(k, f)
       // Digest tree groups of what just arrived, hashed now rather than in the pause's check
-      if (this.#state === 'receiving') this.#i.instance.warmDigest?.()
+      if (this.#state === 'receiving') this.#vm!.warmDigest?.()
       this.#applied[k]!++
       this.#wake?.()
       this.#c.frames++
@@ -526,7 +577,7 @@ export class IncomingMigration {
     // Guest writes up to now (the guest cannot run while this frame is applied: same thread), once per
     // frame: polling them per page made post-copy O(pages^2)
     if (postcopy) this.#absorbLocalWrites()
-    const { memory, disk } = this.#i.instance
+    const { memory, disk } = this.#vm!
     const diskWrites: Promise<void>[] = []
     let off = 0
     for (const run of f.runs) {
@@ -535,6 +586,9 @@ export class IncomingMigration {
         throw new ProtocolError('post-copy frames carry memory pages only')
       }
       const table = this.#tables[k]![run.space]
+      // A run of block bytes is contiguous in the payload: one write for the run where the disk can
+      const runStart = off
+      const batchBlocks = run.space === 'disk' && run.kind === 'data' && disk.writeBlocks !== undefined
       for (let j = 0; j < run.count; j++) {
         const idx = run.first + j
         const hash = run.hashes?.subarray(j * HASH_BYTES, (j + 1) * HASH_BYTES)
@@ -584,10 +638,12 @@ export class IncomingMigration {
         } else {
           this.#c.blocksSent++
           if (run.kind === 'zero') this.#c.zeroBlocks++
-          diskWrites.push(disk.writeBlock(idx, data))
+          if (!batchBlocks) diskWrites.push(disk.writeBlock(idx, data))
         }
         if (run.kind === 'data') this.#c.bytesSent += unit
       }
+      if (batchBlocks && run.count > 0)
+        diskWrites.push(disk.writeBlocks!(run.first, payload.subarray(runStart, off)))
     }
     await Promise.all(diskWrites)
   }
@@ -681,7 +737,7 @@ export class IncomingMigration {
 
   /** Guest writes since the last look: a write to a page still missing is a fault. */
   #absorbLocalWrites(): void {
-    const memory = this.#i.instance.memory
+    const memory = this.#vm!.memory
     const pending = this.#pending!
     for (const i of memory.takeDirtyPages().indices()) {
       if (!pending.get(i) || this.#received!.get(i)) continue
@@ -710,7 +766,7 @@ export class IncomingMigration {
     this.#received!.set(idx)
     this.#receivedCount++
     // The guest's own write is newer than the source's page: keep it
-    const memory = this.#i.instance.memory
+    const memory = this.#vm!.memory
     if (!this.#localWritten!.get(idx)) {
       memory.writePage(idx, data ?? this.#zeroPage)
       this.#trackHash(idx, memory.pageHash(idx))
@@ -736,7 +792,13 @@ export class IncomingMigration {
     this.#totalMs = performance.now() - this.#t0
     this.#setPhase(phase)
     this.#log.info(
-      { phase, totalMs: Math.round(this.#totalMs), channel: this.#channel, switchover: this.#marks },
+      {
+        phase,
+        totalMs: Math.round(this.#totalMs),
+        channel: this.#channel,
+        preparedMs: this.#preparedMs,
+        switchover: this.#marks,
+      },
       'incoming migration finished',
     )
   }
@@ -747,9 +809,11 @@ export class IncomingMigration {
         ? this.#ac.signal.reason
         : asMigrationError(err)
     this.#error = { code: e.code, message: e.message }
-    const { control, instance } = this.#i
+    const { control } = this.#i
     control.framed.abort(new Error(`migration failed: ${e.code}`))
     for (const f of this.#streams) f?.abort(new Error('migration failed'))
+    // A VM still being made is destroyed once it is (a failed one left nothing to destroy)
+    const instance = this.#vm ?? (await this.#i.instance.catch(() => undefined))
     if (this.#state === 'committed' || this.#state === 'postcopy') {
       // Ours for good (the epoch moved): after a broken post-copy the guest cannot get its missing
       // pages, so it is stopped where it is (paused) rather than run on holes
@@ -757,14 +821,14 @@ export class IncomingMigration {
         code: this.#postcopy ? 'POSTCOPY_LOST' : e.code,
         message: e.message,
       }
-      if (this.#postcopy && resumed) await instance.pause().catch(() => undefined)
+      if (this.#postcopy && resumed) await instance?.pause().catch(() => undefined)
       this.#log.error({ err: e.message }, 'migration failed after commit')
       this.#finish('failed')
       return
     }
     this.#i.onOutcome('aborted', undefined, `${e.code}: ${e.message}`)
     this.#i.reservation.release()
-    await instance.destroy().catch((destroyErr: unknown) => {
+    await instance?.destroy().catch((destroyErr: unknown) => {
       this.#log.error({ err: asMigrationError(destroyErr).message }, 'could not discard the incoming VM')
     })
     this.#log.info({ code: e.code, err: e.message }, 'incoming migration discarded')

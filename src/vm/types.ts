@@ -111,6 +111,11 @@ export interface VmDisk {
   readonly blockCount: number
   readBlock(i: number): Promise<Uint8Array>
   writeBlock(i: number, data: Uint8Array): Promise<void>
+  /**
+   * Optional: consecutive blocks from `first` (`data` is a whole number of blocks), as `writeBlock` of
+   * each would, in fewer I/O calls (a copier receiving runs of blocks uses it when present).
+   */
+  writeBlocks?(first: number, data: Uint8Array): Promise<void>
   /** Blocks that were ever written (everything else reads as zeroes). */
   allocatedBlocks(): DirtyBitmap
   /** sha256 of block `i` (32 bytes), or null if it is all zeroes; cached until the block is written. */

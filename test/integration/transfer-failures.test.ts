@@ -1,5 +1,7 @@
 import '../../src/node/polyfill.js'
 import assert from 'node:assert/strict'
+import { stat } from 'node:fs/promises'
+import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import { lpStream } from '@libp2p/utils'
@@ -90,6 +92,61 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     const end = await a.service.done(a.service.migrate('twin', c.host.peerId).id)
     assert.equal(end.error?.code, 'VM_EXISTS')
     assert.equal(a.vms.get('twin')?.instance.state, 'running')
+  })
+
+  it('a VM the destination cannot make after accepting aborts: nothing left there, a retry succeeds', {
+    timeout: 30_000,
+  }, async () => {
+    const vm = await a.createVm('prep-1', busy)
+    await fillVm(vm, 2000, 10)
+    const driver = c.driver as { prepareIncoming: typeof c.driver.prepareIncoming }
+    const prepare = driver.prepareIncoming.bind(c.driver)
+    // The offer is accepted while the VM is made: this failure comes after the accept went out
+    let made = 0
+    driver.prepareIncoming = async (spec, opts) => {
+      made++
+      await delay(300)
+      throw new Error('no room for its memory')
+    }
+    let failed: Awaited<ReturnType<typeof a.service.done>>
+    try {
+      failed = await a.service.done(a.service.migrate('prep-1', c.host.peerId).id)
+    } finally {
+      driver.prepareIncoming = prepare
+    }
+    assert.equal(made, 1)
+    assert.equal(failed.phase, 'failed')
+    const inEnd = await waitFor(
+      () => c.service.get(failed.id),
+      (x) => x?.phase === 'failed',
+    )
+    assert.equal(inEnd?.error?.code, 'NO_CAPACITY', JSON.stringify(inEnd?.error))
+    assert.match(inEnd?.error?.message ?? '', /no room for its memory/)
+    await assertRunsOnlyAt(a, 'prep-1', [b, c])
+    // A VM made late, after the source gave up, is discarded once it exists
+    driver.prepareIncoming = async (spec, opts) => {
+      await delay(600)
+      return prepare(spec, opts)
+    }
+    let cancelled: Awaited<ReturnType<typeof a.service.done>>
+    try {
+      const v = a.service.migrate('prep-1', c.host.peerId)
+      await delay(150)
+      a.service.cancel(v.id)
+      cancelled = await a.service.done(v.id)
+      await waitFor(
+        () => c.service.get(v.id),
+        (x) => x?.phase === 'cancelled' || x?.phase === 'failed',
+      )
+    } finally {
+      driver.prepareIncoming = prepare
+    }
+    assert.equal(cancelled.phase, 'cancelled')
+    await assert.rejects(stat(join(c.dir, 'prep-1')), { code: 'ENOENT' }, 'the late VM was destroyed')
+    await assertRunsOnlyAt(a, 'prep-1', [b, c])
+    const retry = await a.service.done(a.service.migrate('prep-1', c.host.peerId).id)
+    assert.equal(retry.phase, 'done', JSON.stringify(retry.error))
+    assert.ok(c.vms.has('prep-1'))
   })
 
   it('cancel rolls back: running at the source, discarded at the destination', {

@@ -329,6 +329,37 @@ describe('synthetic VM', () => {
     await back.destroy()
   })
 
+  it('writes a run of blocks in one call as block writes would, holes kept for zero blocks', async () => {
+    const drv = driver()
+    const one = await drv.prepareIncoming(spec(IDLE), { dir: await tmp() })
+    const run = await drv.prepareIncoming(spec(IDLE), { dir: await tmp() })
+    // Blocks 4..8: data, zero (on a hole: stays a hole), data, data, zero
+    const data = Buffer.alloc(5 * BLOCK_SIZE)
+    for (const k of [0, 2, 3]) data.fill(k + 1, k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)
+    data[3 * BLOCK_SIZE + 5] = 99
+    for (let k = 0; k < 5; k++)
+      await one.disk.writeBlock(4 + k, data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE))
+    assert.ok(run.disk.writeBlocks, 'the synthetic disk writes runs of blocks')
+    await run.disk.writeBlocks(4, data)
+    assert.deepEqual([...run.disk.allocatedBlocks().indices()], [4, 6, 7])
+    for (let k = 0; k < 5; k++) {
+      assert.deepEqual(
+        Buffer.from(await run.disk.readBlock(4 + k)),
+        data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE),
+      )
+      assert.deepEqual(await run.disk.blockHash(4 + k), await one.disk.blockHash(4 + k))
+    }
+    assert.equal((await run.digest()).disk, (await one.digest()).disk)
+    // Over an allocated block a zero block is written (it must read as zero afterwards)
+    await run.disk.writeBlocks(6, Buffer.alloc(BLOCK_SIZE))
+    assert.ok((await run.disk.readBlock(6)).every((v) => v === 0))
+    assert.equal(await run.disk.blockHash(6), null)
+    await assert.rejects(run.disk.writeBlocks(4, Buffer.alloc(BLOCK_SIZE + 1)), code('VM_OUT_OF_RANGE'))
+    await assert.rejects(run.disk.writeBlocks(run.disk.blockCount - 1, data), code('VM_OUT_OF_RANGE'))
+    await one.destroy()
+    await run.destroy()
+  })
+
   it('keeps the disk file sparse', async () => {
     const dir = await tmp()
     const vm = await driver().create(spec(IDLE), { dir })

@@ -154,30 +154,85 @@ export class SyntheticDisk implements VmDisk {
   }
 
   async writeBlock(i: number, data: Uint8Array): Promise<void> {
-    const fh = this.#live()
-    this.#check(i)
     if (data.length !== BLOCK_SIZE) {
       throw new VmError('VM_OUT_OF_RANGE', `block data is ${data.length} bytes, expected ${BLOCK_SIZE}`)
     }
-    // A zero block on a hole is already there: keep the file sparse
-    if (!this.#alloc.get(i) && ZERO_BLOCK.equals(data)) return
-    this.#hashes.invalidate(i)
-    const gen = this.#hashes.generation(i)
-    this.#writing.set(i, (this.#writing.get(i) ?? 0) + 1)
+    await this.writeBlocks(i, data)
+  }
+
+  /**
+   * Consecutive blocks from `first` (`data`: a whole number of blocks) in one write per run of blocks
+   * that need writing: a migration's 1 MiB frame of 16 blocks costs one thread-pool round trip, not 16
+   * (each woke a pool thread that, on a busy 2-core host, took the CPU from the receiving thread).
+   */
+  async writeBlocks(first: number, data: Uint8Array): Promise<void> {
+    const fh = this.#live()
+    const n = data.length / BLOCK_SIZE
+    if (!Number.isInteger(n) || n < 1) {
+      throw new VmError(
+        'VM_OUT_OF_RANGE',
+        `block data is ${data.length} bytes, not whole blocks of ${BLOCK_SIZE}`,
+      )
+    }
+    this.#check(first)
+    this.#check(first + n - 1)
+    const zero: boolean[] = []
+    const writes: Promise<void>[] = []
+    let start = -1
+    for (let k = 0; k <= n; k++) {
+      let skip = true
+      if (k < n) {
+        zero.push(ZERO_BLOCK.equals(data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)))
+        // A zero block on a hole is already there: keep the file sparse
+        skip = zero[k]! && !this.#alloc.get(first + k)
+      }
+      if (!skip && start < 0) start = k
+      if (skip && start >= 0) {
+        writes.push(
+          this.#writeRun(fh, first + start, data.subarray(start * BLOCK_SIZE, k * BLOCK_SIZE), zero, start),
+        )
+        start = -1
+      }
+    }
+    await Promise.all(writes)
+  }
+
+  /** Writes blocks `first...` (`zero[from + k]`: block k is all zeroes) and caches their hashes. */
+  async #writeRun(
+    fh: FileHandle,
+    first: number,
+    data: Uint8Array,
+    zero: boolean[],
+    from: number,
+  ): Promise<void> {
+    const n = data.length / BLOCK_SIZE
+    const gens: number[] = []
+    for (let k = 0; k < n; k++) {
+      const i = first + k
+      this.#hashes.invalidate(i)
+      gens.push(this.#hashes.generation(i))
+      this.#writing.set(i, (this.#writing.get(i) ?? 0) + 1)
+    }
     let ok = false
     try {
-      await this.#track(writeExactly(fh, data, 0, BLOCK_SIZE, i * BLOCK_SIZE))
+      await this.#track(writeExactly(fh, data, 0, data.length, first * BLOCK_SIZE))
       ok = true
     } finally {
-      const n = this.#writing.get(i)! - 1
-      if (n === 0) this.#writing.delete(i)
-      else this.#writing.set(i, n)
-      // Cached only if this was the last write to the block and nothing else wrote it meanwhile
-      if (ok && n === 0 && this.#hashes.generation(i) === gen)
-        this.#hashes.set(i, ZERO_BLOCK.equals(data) ? null : sha256(data))
+      for (let k = 0; k < n; k++) {
+        const i = first + k
+        const w = this.#writing.get(i)! - 1
+        if (w === 0) this.#writing.delete(i)
+        else this.#writing.set(i, w)
+        // Cached only if this was the last write to the block and nothing else wrote it meanwhile
+        if (ok && w === 0 && this.#hashes.generation(i) === gens[k])
+          this.#hashes.set(
+            i,
+            zero[from + k] ? null : sha256(data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)),
+          )
+      }
     }
     // Set only once the bytes are in the file, so a reader never sees the bit before the data
-    this.#alloc.set(i)
+    for (let k = 0; k < n; k++) this.#alloc.set(first + k)
   }
 
   allocatedBlocks(): Bitmap {

@@ -114,6 +114,14 @@ export class OverlayDisk implements GuestDisk {
     this.#written.set(i)
   }
 
+  async writeBlocks(first: number, data: Uint8Array): Promise<void> {
+    const n = data.length / BLOCK_SIZE
+    this.#check(first)
+    if (Number.isInteger(n) && n >= 1) this.#check(first + n - 1)
+    await this.#own.writeBlocks(first, data)
+    for (let k = 0; k < n; k++) this.#written.set(first + k)
+  }
+
   async #baseHash(i: number): Promise<Uint8Array | null> {
     if (i >= this.#baseBlocks) return null
     const cached = this.#baseHashes.get(i)
