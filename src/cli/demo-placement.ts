@@ -7,6 +7,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { AGENT_NODE_FLAGS } from '../node/node-flags.js'
 import type { PlacementEventView } from '../node/placement/index.js'
 import { ApiClient } from './client.js'
 import { CliError } from './errors.js'
@@ -171,7 +172,10 @@ async function spawnAgent(
     '127.0.0.1:0',
   ]
   args.push('--config', config, '--log-level', 'warn', ...(boot ? ['--bootstrap', boot] : []))
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'ignore'], detached: true })
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...args], {
+    stdio: ['ignore', 'ignore', 'ignore'],
+    detached: true,
+  })
   return { index, dataDir, child }
 }
 

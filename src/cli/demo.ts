@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { AGENT_NODE_FLAGS } from '../node/node-flags.js'
 import type { ClusterView, ClusterVm, CreateVmRequest, VmRecord } from '../node/types.js'
 import { ApiClient } from './client.js'
 import { dashboardLink } from './commands/dashboard.js'
@@ -432,7 +433,10 @@ async function startAgent(index: number, root: string, bin: string, extra: strin
   const args = [bin, 'agent', '--data-dir', dataDir, '--listen', '/ip4/127.0.0.1/tcp/0']
   args.push('--api', '127.0.0.1:0', '--site', site, ...extra)
   // own process group: a Ctrl-C in the terminal reaches only the demo, which then stops the agents in order
-  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+  const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  })
   const agent: Agent = { index, site, dataDir, child, tail: '', exited: Promise.resolve() }
   const keep = (chunk: Buffer) => {
     agent.tail = (agent.tail + chunk.toString('utf8')).slice(-TAIL_CHARS)
