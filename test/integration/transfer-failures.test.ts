@@ -103,7 +103,7 @@ describe('migration failures leave the VM running at the source', { timeout: 180
     const prepare = driver.prepareIncoming.bind(c.driver)
     // The offer is accepted while the VM is made: this failure comes after the accept went out
     let made = 0
-    driver.prepareIncoming = async (spec, opts) => {
+    driver.prepareIncoming = async () => {
       made++
       await delay(300)
       throw new Error('no room for its memory')
