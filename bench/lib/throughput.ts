@@ -234,6 +234,11 @@ async function pumpSocket(socket: net.Socket, total: number, chunk: Buffer): Pro
 export async function tcpTransfer(port: number, total: number, chunk: Buffer): Promise<number> {
   const socket = net.connect({ port, host: '127.0.0.1', noDelay: true })
   await once(socket, 'connect')
+  return await timedPump(socket, total, chunk)
+}
+
+/** Milliseconds `pumpSocket` takes on a connected socket, which is destroyed afterwards. */
+async function timedPump(socket: net.Socket, total: number, chunk: Buffer): Promise<number> {
   try {
     const t = performance.now()
     await pumpSocket(socket, total, chunk)
@@ -262,13 +267,7 @@ export async function tlsPskTransfer(
   })
   await once(socket, 'secureConnect')
   socket.setNoDelay(true)
-  try {
-    const t = performance.now()
-    await pumpSocket(socket, total, chunk)
-    return performance.now() - t
-  } finally {
-    socket.destroy()
-  }
+  return await timedPump(socket, total, chunk)
 }
 
 export interface TlsResult {
@@ -286,17 +285,9 @@ export async function tlsTransfer(
 ): Promise<TlsResult> {
   const socket = tls.connect({ port, host: '127.0.0.1', ca, servername: 'localhost' })
   await once(socket, 'secureConnect')
-  try {
-    const t = performance.now()
-    await pumpSocket(socket, total, chunk)
-    return {
-      ms: performance.now() - t,
-      protocol: socket.getProtocol() ?? '?',
-      cipher: socket.getCipher().standardName,
-    }
-  } finally {
-    socket.destroy()
-  }
+  const protocol = socket.getProtocol() ?? '?'
+  const cipher = socket.getCipher().standardName
+  return { ms: await timedPump(socket, total, chunk), protocol, cipher }
 }
 
 /** Sends `total` bytes on a libp2p stream with v3 backpressure (`send()` false -> `onDrain()`). */

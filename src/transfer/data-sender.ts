@@ -68,17 +68,16 @@ export class DataSender {
    */
   async #writeOrStall(frame: Uint8Array | readonly Uint8Array[]): Promise<void> {
     this.#writeStarted = performance.now()
-    this.#writing = true
     this.#watchdog ??= this.#startWatchdog()
     try {
       await Promise.race([this.framed.write(frame, this.#init.signal), this.#stalled.promise])
     } finally {
-      this.#writing = false
+      this.#writeStarted = undefined
     }
   }
 
-  #writing = false
-  #writeStarted = 0
+  /** When the write in progress began (undefined: none is). */
+  #writeStarted: number | undefined
   #watchdog: NodeJS.Timeout | undefined
   readonly #stalled = (() => {
     let reject: (err: Error) => void = () => undefined
@@ -93,7 +92,8 @@ export class DataSender {
     const { stallTimeoutMs } = this.#init
     const t = setInterval(
       () => {
-        if (this.#writing && performance.now() - this.#writeStarted >= stallTimeoutMs)
+        const started = this.#writeStarted
+        if (started !== undefined && performance.now() - started >= stallTimeoutMs)
           this.#stalled.reject(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`))
       },
       Math.max(10, Math.min(1000, stallTimeoutMs / 4)),

@@ -189,7 +189,12 @@ export class SyntheticDisk implements VmDisk {
       if (!skip && start < 0) start = k
       if (skip && start >= 0) {
         writes.push(
-          this.#writeRun(fh, first + start, data.subarray(start * BLOCK_SIZE, k * BLOCK_SIZE), zero, start),
+          this.#writeRun(
+            fh,
+            first + start,
+            data.subarray(start * BLOCK_SIZE, k * BLOCK_SIZE),
+            zero.slice(start, k),
+          ),
         )
         start = -1
       }
@@ -197,14 +202,8 @@ export class SyntheticDisk implements VmDisk {
     await Promise.all(writes)
   }
 
-  /** Writes blocks `first...` (`zero[from + k]`: block k is all zeroes) and caches their hashes. */
-  async #writeRun(
-    fh: FileHandle,
-    first: number,
-    data: Uint8Array,
-    zero: boolean[],
-    from: number,
-  ): Promise<void> {
+  /** Writes blocks `first...` (`zero[k]`: block k is all zeroes) and caches their hashes. */
+  async #writeRun(fh: FileHandle, first: number, data: Uint8Array, zero: boolean[]): Promise<void> {
     const n = data.length / BLOCK_SIZE
     const gens: number[] = []
     for (let k = 0; k < n; k++) {
@@ -225,10 +224,7 @@ export class SyntheticDisk implements VmDisk {
         else this.#writing.set(i, w)
         // Cached only if this was the last write to the block and nothing else wrote it meanwhile
         if (ok && w === 0 && this.#hashes.generation(i) === gens[k])
-          this.#hashes.set(
-            i,
-            zero[from + k] ? null : sha256(data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)),
-          )
+          this.#hashes.set(i, zero[k] ? null : sha256(data.subarray(k * BLOCK_SIZE, (k + 1) * BLOCK_SIZE)))
       }
     }
     // Set only once the bytes are in the file, so a reader never sees the bit before the data
