@@ -19,13 +19,9 @@ import { pino } from 'pino'
 import { createHost, type Host } from '../../src/node/p2p.js'
 import { pb } from '../../src/proto/index.js'
 import { DataSender } from '../../src/transfer/data-sender.js'
-import {
-  connectDirect,
-  DIRECT_CIPHERS,
-  DirectListener,
-  type SocketFramed,
-} from '../../src/transfer/direct.js'
+import { connectDirect, DIRECT_CIPHERS, DirectListener } from '../../src/transfer/direct.js'
 import { encodeFrameParts } from '../../src/transfer/frame.js'
+import type { SealedFramed } from '../../src/transfer/sealed.js'
 import { selfSignedCert } from './tls-cert.js'
 
 export const THROUGHPUT_PROTOCOL = '/skymesh/bench/throughput/1.0.0'
@@ -140,7 +136,7 @@ export async function startReceivers(): Promise<Receivers> {
 }
 
 /** The destination's part of the direct channel: acknowledge every frame (as destination.ts does). */
-async function serveFramed(f: SocketFramed): Promise<void> {
+async function serveFramed(f: SealedFramed): Promise<void> {
   let seq = 0
   try {
     while (true) {

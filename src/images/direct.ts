@@ -26,7 +26,7 @@ import {
   punchAll,
   punchChannels,
   punchPorts,
-  type SocketFramed,
+  type SealedFramed,
   withPorts,
 } from '../transfer/index.js'
 import { MAX_MESSAGE_BYTES } from './constants.js'
@@ -126,7 +126,7 @@ function chunkReads(inFlight: number) {
   return { maxMessage: MAX_MESSAGE_BYTES, maxBuffer: (inFlight + 1) * MAX_MESSAGE_BYTES }
 }
 
-function asChannel(framed: SocketFramed): ImageChannel {
+function asChannel(framed: SealedFramed): ImageChannel {
   return new ImageChannel(framed, true)
 }
 

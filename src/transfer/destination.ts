@@ -180,7 +180,7 @@ export class IncomingMigration {
   readonly #signal: AbortSignal
   readonly #c: Counters = emptyCounters()
   readonly #streams: (FrameChannel | undefined)[]
-  #channel: 'libp2p' | 'direct-tls' | undefined
+  #channel: 'libp2p' | 'direct-sealed' | undefined
   readonly #tables: { memory: DedupTable; disk: DedupTable }[] = []
   readonly #zeroPage: Uint8Array
   readonly #zeroBlock: Uint8Array
@@ -297,7 +297,7 @@ export class IncomingMigration {
   }
 
   /** Binds data stream `index` (from the DataHello); false if the slot is taken or out of range. */
-  attachData(framed: FrameChannel, index: number, channel: 'libp2p' | 'direct-tls' = 'libp2p'): boolean {
+  attachData(framed: FrameChannel, index: number, channel: 'libp2p' | 'direct-sealed' = 'libp2p'): boolean {
     if (this.#state !== 'receiving' || index >= this.#streams.length || this.#streams[index]) return false
     this.#streams[index] = framed
     this.#channel ??= channel

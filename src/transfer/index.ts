@@ -2,15 +2,14 @@
 // streams. Knows VMs only through the driver interface of src/vm. See README.md.
 export { CONTROL_PROTOCOL, DATA_PROTOCOL, DEFAULTS, STATUS_PROTOCOL } from './constants.js'
 export type { DirectInit } from './direct.js'
-// The TLS-PSK channel, also the chunk data path of images (src/images/direct.ts).
+// The sealed direct channel, also the chunk data path of images (src/images/direct.ts).
 export {
   connectDirect,
   DIRECT_CIPHERS,
+  type DirectChannelOptions,
   type DirectGrant,
   DirectListener,
   directHostOf,
-  SocketFramed,
-  type SocketFramedOptions,
 } from './direct.js'
 export {
   CancelledError,
@@ -55,9 +54,10 @@ export {
   punchDirect,
   punchPorts,
   punchTcp,
-  securePunched,
+  sealPunched,
   withPorts,
 } from './punch.js'
+export { SEALED_CIPHER, SealedFramed, type SealedOptions } from './sealed.js'
 export {
   type BulkLink,
   type BulkLinkAdvisor,

@@ -63,7 +63,7 @@ export interface MigrationView {
   /** Why the link is not direct, when it is not. */
   linkNote?: string
   /** What carries the data units: libp2p streams, or direct TLS connections (direct.ts). */
-  channel?: 'libp2p' | 'direct-tls' | 'qemu-tls'
+  channel?: 'libp2p' | 'direct-sealed' | 'direct-tls' | 'qemu-tls'
   /** Source side: why the data does not use a direct TLS connection, when it does not. */
   channelNote?: string
 }

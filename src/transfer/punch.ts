@@ -1,4 +1,4 @@
-// A skymesh-level TCP hole punch for the direct TLS-PSK data channel (direct.ts), between two hosts
+// A skymesh-level TCP hole punch for the direct sealed data channel (direct.ts, sealed.ts), between two hosts
 // that each sit behind a NAT and so only have a relayed libp2p connection.
 //
 // Why not libp2p's DCUtR: js-libp2p's TCP dialer connects from a fresh ephemeral port (Node has no
@@ -14,19 +14,18 @@
 //      identity }, the responder answers PunchOffer { attempt id, its ip, its port };
 //   3. both connect to each other from their fixed ports, again and again until a bounded deadline
 //      (TCP simultaneous open: each side's SYN opens its own NAT for the other's);
-//   4. the connected socket carries TLS 1.2 PSK with the per-attempt key: the initiator is the TLS
-//      client, the responder the server. Only the holder of the key (sent only on the protected
+//   4. the connected socket carries the sealed channel with the per-attempt key: the initiator is
+//      its client, the responder its server. Only the holder of the key (sent only on the protected
 //      stream) completes the handshake, so a stray connection to the port gets nothing.
 // A failure (no connection by the deadline, a refused handshake) is a PunchError: the caller falls
 // back to libp2p streams over the relay and says why.
 import { randomBytes } from 'node:crypto'
 import net from 'node:net'
-import tls from 'node:tls'
 import type { Connection, PeerId, Stream } from '@libp2p/interface'
 import { pb } from '../proto/index.js'
 import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
-import { DIRECT_CIPHERS, SocketFramed } from './direct.js'
 import { LinkError, ProtocolError } from './errors.js'
+import { SealedFramed } from './sealed.js'
 import type { MigrationHost } from './types.js'
 import { Framed } from './wire.js'
 
@@ -62,7 +61,7 @@ export class PunchError extends LinkError {
   override name = 'PunchError'
 }
 
-/** A fresh attempt: id, TLS pre-shared key and identity (never reused across attempts). */
+/** A fresh attempt: id, pre-shared key and identity (never reused across attempts). */
 export function newPunchSecret(): { attemptId: string; key: Buffer; identity: string } {
   return {
     attemptId: randomBytes(12).toString('hex'),
@@ -207,56 +206,38 @@ export async function punchTcp(o: PunchTcpOptions): Promise<net.Socket> {
 }
 
 /**
- * TLS 1.2 PSK over a punched socket: the initiator is the client, the responder the server (a
- * TLSSocket with isServer over the connected socket). Rejects if the handshake fails or takes
- * longer than `timeoutMs` (the socket is destroyed).
+ * The sealed channel (sealed.ts) over a punched socket: the initiator is the client, the responder
+ * the server. Rejects with a PunchError if the handshake fails or takes longer than `timeoutMs` (the
+ * socket is destroyed).
  */
-export async function securePunched(
+export async function sealPunched(
   socket: net.Socket,
-  o: { role: 'initiator' | 'responder'; key: Uint8Array; identity: string; timeoutMs?: number },
-): Promise<tls.TLSSocket> {
-  const key = Buffer.from(o.key)
-  const common = { ciphers: DIRECT_CIPHERS, minVersion: 'TLSv1.2', maxVersion: 'TLSv1.2' } as const
-  const t = tls.createSecureContext(common)
-  const secured =
-    o.role === 'initiator'
-      ? tls.connect({
-          socket,
-          ...common,
-          pskCallback: () => ({ psk: key, identity: o.identity }),
-          // No certificate: the PSK authenticates both ends
-          checkServerIdentity: () => undefined,
-        })
-      : new tls.TLSSocket(socket, {
-          isServer: true,
-          secureContext: t,
-          pskCallback: (_socket: tls.TLSSocket, identity: string) => (identity === o.identity ? key : null),
-        } as tls.TLSSocketOptions)
-  const event = o.role === 'initiator' ? 'secureConnect' : 'secure'
-  try {
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error('TLS handshake timed out')), o.timeoutMs ?? 10_000)
-      secured.once(event, () => {
-        clearTimeout(timer)
-        resolve()
-      })
-      secured.once('error', (err) => {
-        clearTimeout(timer)
-        reject(err)
-      })
-      secured.once('close', () => {
-        clearTimeout(timer)
-        reject(new Error('closed during the TLS handshake'))
-      })
-    })
-  } catch (err) {
-    secured.destroy()
-    socket.destroy()
-    throw new PunchError(`hole-punched TLS: ${(err as Error).message}`)
+  o: {
+    role: 'initiator' | 'responder'
+    key: Uint8Array
+    identity: string
+    timeoutMs?: number
+    maxMessage?: number
+    maxBuffer?: number
+  },
+): Promise<SealedFramed> {
+  const common = {
+    maxMessage: o.maxMessage ?? MAX_FRAME_BYTES,
+    maxBuffer: o.maxBuffer ?? DATA_READ_BUFFER,
+    handshakeTimeoutMs: o.timeoutMs ?? 10_000,
   }
-  secured.removeAllListeners('close')
-  secured.removeAllListeners('error')
-  return secured
+  try {
+    if (o.role === 'initiator')
+      return await SealedFramed.client(socket, { ...common, key: o.key, identity: o.identity })
+    const { framed } = await SealedFramed.server(socket, {
+      ...common,
+      lookup: (identity) => (identity === o.identity ? o.key : null),
+    })
+    return framed
+  } catch (err) {
+    socket.destroy()
+    throw new PunchError(`hole-punched channel: ${(err as Error).message}`)
+  }
 }
 
 export interface PunchDirectOptions extends PunchTcpOptions {
@@ -270,13 +251,12 @@ export interface PunchDirectOptions extends PunchTcpOptions {
 }
 
 /**
- * The whole punch after the exchange: simultaneous open, then TLS-PSK. Returns the same framed
+ * The whole punch after the exchange: simultaneous open, then the sealed handshake. Returns the same framed
  * channel as the direct listener (direct.ts); throws a PunchError when there is none.
  */
-export async function punchDirect(o: PunchDirectOptions): Promise<SocketFramed> {
+export async function punchDirect(o: PunchDirectOptions): Promise<SealedFramed> {
   const socket = await punchTcp(o)
-  const secured = await securePunched(socket, o)
-  return new SocketFramed(secured, o.maxMessage ?? MAX_FRAME_BYTES, o.maxBuffer ?? DATA_READ_BUFFER)
+  return await sealPunched(socket, o)
 }
 
 export interface PunchChannelsOptions extends Omit<PunchDirectOptions, 'localPort' | 'remote'> {
@@ -287,11 +267,11 @@ export interface PunchChannelsOptions extends Omit<PunchDirectOptions, 'localPor
 }
 
 /**
- * Several punched TLS-PSK connections at once, one per port pair (k-th local port to the peer's k-th
+ * Several punched sealed connections at once, one per port pair (k-th local port to the peer's k-th
  * port): bulk data over parallel TCP connections when one cannot fill the link. One promise per
  * connection, so the responder can hand each one on as it comes; `punchAll` for all-or-none.
  */
-export function punchChannels(o: PunchChannelsOptions): Promise<SocketFramed>[] {
+export function punchChannels(o: PunchChannelsOptions): Promise<SealedFramed>[] {
   const remotePorts = punchPorts(o.remote)
   if (remotePorts.length !== o.localPorts.length) {
     const err = new PunchError(
@@ -305,7 +285,7 @@ export function punchChannels(o: PunchChannelsOptions): Promise<SocketFramed>[] 
 }
 
 /** All of `punchChannels` or none: on any failure the others are closed and a PunchError thrown. */
-export async function punchAll(o: PunchChannelsOptions): Promise<SocketFramed[]> {
+export async function punchAll(o: PunchChannelsOptions): Promise<SealedFramed[]> {
   // The first failure stops the others at once (no point punching the rest for the full timeout)
   const stop = new AbortController()
   let first: Error | undefined
@@ -319,7 +299,7 @@ export async function punchAll(o: PunchChannelsOptions): Promise<SocketFramed[]>
         }),
     ),
   )
-  if (!first) return all.map((r) => (r as PromiseFulfilledResult<SocketFramed>).value)
+  if (!first) return all.map((r) => (r as PromiseFulfilledResult<SealedFramed>).value)
   for (const r of all)
     if (r.status === 'fulfilled') r.value.abort(new Error('another punched connection failed'))
   o.signal?.throwIfAborted()

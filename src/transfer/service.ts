@@ -16,7 +16,7 @@ import {
 } from './constants.js'
 import { ContentStore } from './content-store.js'
 import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from './destination.js'
-import { type DirectInit, DirectListener, type SocketFramed } from './direct.js'
+import { type DirectInit, DirectListener } from './direct.js'
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
@@ -37,6 +37,7 @@ import {
   QemuMigrations,
   QemuOutgoingMigration,
 } from './qemu/index.js'
+import type { SealedFramed } from './sealed.js'
 import { OutgoingMigration } from './source.js'
 import { type Outcome, queryStatus, serveStatus } from './status.js'
 import type { MigrationComponents, MigrationHost, TransferTimeouts } from './types.js'
@@ -367,7 +368,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     const l = this.#links.get(v.id)?.link
     if (!l) return v
     // A relayed link whose data went over a TLS channel of its own: the hole punch (punch.ts) worked
-    if (l.kind === 'relayed' && v.channel === 'direct-tls')
+    if (l.kind === 'relayed' && v.channel === 'direct-sealed')
       return {
         ...v,
         link: 'hole-punched',
@@ -680,7 +681,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   }
 
   /** A direct connection whose TLS-PSK identity belongs to `migrationId`: bind it by its DataHello. */
-  async #onDirect(framed: SocketFramed, migrationId: string): Promise<void> {
+  async #onDirect(framed: SealedFramed, migrationId: string): Promise<void> {
     try {
       const hello = await withTimeout(this.#timeouts.stepTimeoutMs, 'data hello', this.#ac.signal, (s) =>
         readDataHello(framed, s),
@@ -690,7 +691,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         hello.migrationId !== migrationId ||
         !(m instanceof IncomingMigration) ||
         this.#reservations.get(hello.migrationId) !== hello.reservationId ||
-        !m.attachData(framed, hello.streamIndex, 'direct-tls')
+        !m.attachData(framed, hello.streamIndex, 'direct-sealed')
       ) {
         framed.abort(new Error('unknown migration or stream'))
       }

@@ -453,7 +453,7 @@ export class OutgoingMigration {
   /** The direct data channel: the address asked for, what the destination granted, what is used. */
   #directHost: string | undefined
   #grant: DirectGrant | undefined
-  #channel: 'libp2p' | 'direct-tls' | undefined
+  #channel: 'libp2p' | 'direct-sealed' | undefined
   #channelNote: string | undefined
 
   /** The IP of our direct libp2p connection to the destination (none if disabled or relayed). */
@@ -533,7 +533,7 @@ export class OutgoingMigration {
           direct.connectTimeoutMs,
           this.#signal,
         )
-        this.#channel = 'direct-tls'
+        this.#channel = 'direct-sealed'
         for (let k = 0; k < channels.length; k++) await this.#addSender(channels[k]!, k)
         this.#log.debug({ host: this.#directHost, port: this.#grant.port }, 'direct data channel')
         return
@@ -555,7 +555,7 @@ export class OutgoingMigration {
           signal: this.#signal,
           maxMessage: 64,
         })
-        this.#channel = 'direct-tls'
+        this.#channel = 'direct-sealed'
         this.#channelNote = `hole-punched to ${this.#punchRemote.ip}:${this.#punchRemote.port}${channels.length > 1 ? ` (${channels.length} connections)` : ''}`
         for (let k = 0; k < channels.length; k++) await this.#addSender(channels[k]!, k)
         this.#log.info({ remote: this.#punchRemote, streams: channels.length }, 'hole-punched data channel')

@@ -218,7 +218,7 @@ async function destinationFault(fault: Fault, stage: Stage) {
       const m = (await p.a.request('GET', '/v1/migrations')).body.migrations.find(
         (x: any) => x.vmId === vm.id,
       )
-      assert.equal(m?.channel, 'direct-tls', `data did not go direct: ${JSON.stringify(m)}`)
+      assert.equal(m?.channel, 'direct-sealed', `data did not go direct: ${JSON.stringify(m)}`)
       p.cutData()
     } else p.freeze()
   })

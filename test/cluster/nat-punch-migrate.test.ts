@@ -95,7 +95,7 @@ describe('bulk data between two NATed hosts over hole-punched TLS channels', { s
       const m = await movePausedVm(from, to, r.body.id)
       t.diagnostic(`link ${m.link} (${m.linkNote}); channel ${m.channel} (${m.channelNote}); ${m.totalMs} ms`)
       assert.equal(m.link, 'hole-punched', JSON.stringify(m))
-      assert.equal(m.channel, 'direct-tls', JSON.stringify(m))
+      assert.equal(m.channel, 'direct-sealed', JSON.stringify(m))
       // One punched connection per data stream (3 by default)
       assert.match(String(m.channelNote), /^hole-punched to \S+ \(3 connections\)$/)
     }

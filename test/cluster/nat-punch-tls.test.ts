@@ -2,7 +2,7 @@
 // (network namespaces, see netns.ts: each NAT masquerades outbound and silently drops unsolicited
 // inbound). A host of the open site answers "what is my address"; the test process stands in for
 // the relayed libp2p stream and passes the offers; each side runs test/helpers/punch-peer.ts in its
-// namespace with the real module: fixed local ports, simultaneous open, TLS-PSK with the attempt's key.
+// namespace with the real module: fixed local ports, simultaneous open, the sealed channel with the attempt's key.
 import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomInt } from 'node:crypto'
@@ -126,7 +126,7 @@ describe('skymesh hole punch: a TLS-PSK channel between two NATed hosts', { skip
     assert.equal(w.peer, 'east')
     assert.equal(e.remote, `${mesh.routerIp('west')}:${answer.port}`)
     assert.equal(w.remote, `${mesh.routerIp('east')}:${invite.port}`)
-    assert.match(String(e.cipher), /^PSK-AES\d+-GCM/)
+    assert.match(String(e.cipher), /^AES-128-GCM, skymesh sealed/)
   })
 
   it('a wrong key gets a punched socket but no TLS channel', async () => {

@@ -7,7 +7,8 @@ import { randomBytes } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import { setTimeout as delay } from 'node:timers/promises'
 import { pino } from 'pino'
-import { connectDirect, DirectListener, type SocketFramed } from '../../src/transfer/direct.js'
+import { connectDirect, DirectListener } from '../../src/transfer/direct.js'
+import type { SealedFramed } from '../../src/transfer/sealed.js'
 import { connect, createTestNode, fillVm, type TestNode } from '../../src/transfer/testing.js'
 import { freePort, TcpRelay } from '../helpers/tcp-relay.js'
 
@@ -56,8 +57,8 @@ describe('direct data channel', { timeout: 180_000 }, () => {
     const v = a.service.migrate('d-1', b.host.peerId, { streams: 2 })
     const end = await a.service.done(v.id)
     assert.equal(end.phase, 'done', JSON.stringify(end.error))
-    assert.equal(end.channel, 'direct-tls')
-    assert.equal(b.service.get(v.id)?.channel, 'direct-tls')
+    assert.equal(end.channel, 'direct-sealed')
+    assert.equal(b.service.get(v.id)?.channel, 'direct-sealed')
     const commit = b.calls.find((c) => c.hook === 'onCommit' && c.migrationId === v.id)
     const handover = a.calls.find((c) => c.hook === 'onHandover' && c.migrationId === v.id)
     assert.ok(
@@ -129,7 +130,7 @@ describe('direct data channel', { timeout: 180_000 }, () => {
       assert.ok(!['done', 'failed'].includes(a.service.get(v.id)?.phase ?? ''), 'still migrating')
       await delay(50)
     }
-    assert.equal(a.service.get(v.id)?.channel, 'direct-tls')
+    assert.equal(a.service.get(v.id)?.channel, 'direct-sealed')
     relay.cut()
     const end = await a.service.done(v.id)
     assert.equal(end.phase, 'failed')
@@ -142,7 +143,7 @@ describe('direct data channel', { timeout: 180_000 }, () => {
     relay.heal()
     const retry = await a.service.done(a.service.migrate('d-4', relayed.host.peerId).id)
     assert.equal(retry.phase, 'done', JSON.stringify(retry.error))
-    assert.equal(retry.channel, 'direct-tls')
+    assert.equal(retry.channel, 'direct-sealed')
     assert.ok(relayed.vms.has('d-4') && !a.vms.has('d-4'))
     assert.ok((await digestOf(relayed, 'd-4')).length > 0)
   })
@@ -150,7 +151,7 @@ describe('direct data channel', { timeout: 180_000 }, () => {
 
 describe('DirectListener', { timeout: 30_000 }, () => {
   it('accepts only the key and identity it granted, bound to its migration', async () => {
-    const got: { framed: SocketFramed; id: string }[] = []
+    const got: { framed: SealedFramed; id: string }[] = []
     const l = new DirectListener({}, pino({ level: 'silent' }), (framed, id) => got.push({ framed, id }))
     try {
       const g = await l.grant('127.0.0.1', 'm-1')

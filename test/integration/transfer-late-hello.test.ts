@@ -76,7 +76,7 @@ describe('a data hello that comes after the switchover', { timeout: 120_000 }, (
     const v = a.service.migrate('late-1', b.host.peerId, { streams: 3 })
     const end = await a.service.done(v.id)
     assert.equal(end.phase, 'done', JSON.stringify(end.error))
-    assert.equal(end.channel, 'direct-tls', end.channelNote)
+    assert.equal(end.channel, 'direct-sealed', end.channelNote)
     assert.equal(b.service.get(v.id)?.phase, 'done', JSON.stringify(b.service.get(v.id)?.error))
     // One host has it, and only one
     assert.ok(b.vms.has('late-1') && !a.vms.has('late-1'))
