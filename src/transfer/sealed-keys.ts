@@ -58,7 +58,11 @@ export function deriveSessionKeys(
     ),
   )
   let off = 0
-  const next = (n: number) => okm.subarray(off, (off += n))
+  const next = (n: number) => {
+    const part = okm.subarray(off, off + n)
+    off += n
+    return part
+  }
   return {
     clientToServer: { key: next(SEALED_KEY_BYTES), ivPrefix: next(IV_PREFIX_BYTES) },
     serverToClient: { key: next(SEALED_KEY_BYTES), ivPrefix: next(IV_PREFIX_BYTES) },
