@@ -2,7 +2,7 @@
 // connection is relayed (DCUtR cannot punch, see nat-punch.test.ts), so migrations and image pulls
 // ask skymesh's own hole punch (src/transfer/punch.ts): both learn their public address from the relay
 // ("what is my address"), swap it and one fixed port per parallel connection over the relayed,
-// mesh-key-protected stream, connect by TCP simultaneous open and run TLS-PSK over it.
+// mesh-key-protected stream, connect by TCP simultaneous open and run the sealed channel over it.
 //   - a VM migrates east -> west and back over 3 punched connections, and says so;
 //   - an image pushed from east to west comes over punched connections, and the pull says so;
 //   - a VM bigger than the relay's limit tries the punch first (it would fail halfway on the relay);
@@ -62,7 +62,7 @@ async function pushImage(n: NatTopology, name: string, mib: number) {
   return { id, view }
 }
 
-describe('bulk data between two NATed hosts over hole-punched TLS channels', { skip: why }, () => {
+describe('bulk data between two NATed hosts over hole-punched sealed channels', { skip: why }, () => {
   let n: NatTopology
 
   before(async () => {

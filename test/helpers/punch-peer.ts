@@ -1,5 +1,5 @@
 // One side of a skymesh hole punch (src/transfer/punch.ts), run inside a network namespace by
-// test/cluster/nat-punch-tls.test.ts; the test process stands in for the relayed libp2p stream and
+// test/cluster/nat-punch-sealed.test.ts; the test process stands in for the relayed libp2p stream and
 // passes the offers between the two sides (JSON lines on stdin/stdout).
 //
 //   node punch-peer.js observe IP PORT

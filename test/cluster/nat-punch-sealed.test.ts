@@ -12,7 +12,7 @@ import { decodeOffer, encodeOffer } from '../../src/transfer/index.js'
 import { NetnsMesh, netnsUnavailable } from '../helpers/netns.js'
 
 const why = await netnsUnavailable()
-if (why) console.log(`# nat-punch-tls: running no namespace tests here: ${why}`)
+if (why) console.log(`# nat-punch-sealed: running no namespace tests here: ${why}`)
 
 const PEER = fileURLToPath(new URL('../helpers/punch-peer.js', import.meta.url))
 
@@ -70,7 +70,7 @@ class Peer {
   }
 }
 
-describe('skymesh hole punch: a TLS-PSK channel between two NATed hosts', { skip: why }, () => {
+describe('skymesh hole punch: a sealed channel between two NATed hosts', { skip: why }, () => {
   let mesh: NetnsMesh
   let observer: Peer
   const obsPort = 30000 + randomInt(5000)
@@ -106,7 +106,7 @@ describe('skymesh hole punch: a TLS-PSK channel between two NATed hosts', { skip
     return p
   }
 
-  it('east and west punch through both NATs and talk over TLS-PSK', async (t) => {
+  it('east and west punch through both NATs and talk over the sealed channel', async (t) => {
     const east = start('east', 'initiator', 15_000)
     const west = start('west', 'responder', 15_000)
     const invite = await east.next()
@@ -129,7 +129,7 @@ describe('skymesh hole punch: a TLS-PSK channel between two NATed hosts', { skip
     assert.match(String(e.cipher), /^AES-128-GCM, skymesh sealed/)
   })
 
-  it('a wrong key gets a punched socket but no TLS channel', async () => {
+  it('a wrong key gets a punched socket but no sealed channel', async () => {
     const east = start('east', 'initiator', 15_000)
     const west = start('west', 'responder', 15_000)
     const invite = await east.next()
@@ -141,8 +141,8 @@ describe('skymesh hole punch: a TLS-PSK channel between two NATed hosts', { skip
     const [e, w] = [await east.next(), await west.next()]
     assert.equal(e.ok, false)
     assert.equal(w.ok, false)
-    assert.match(String(e.error), /^PunchError: hole-punched TLS/, String(e.error))
-    assert.match(String(w.error), /^PunchError: hole-punched TLS/, String(w.error))
+    assert.match(String(e.error), /^PunchError: hole-punched channel/, String(e.error))
+    assert.match(String(w.error), /^PunchError: hole-punched channel/, String(w.error))
   })
 
   it('a peer that never punches back: a PunchError after the deadline, saying so', async () => {
