@@ -147,13 +147,13 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
         },
       },
       {
-        name: 'TLS-PSK 1.2 (direct channel suite), bare bytes',
+        name: "TLS-PSK 1.2 (the qemu tunnel's suite), bare bytes",
         connections: 1,
         streams: 1,
         run: (n) => tlsPskTransfer(info.psk, n, chunk),
       },
       ...[1, 3].map((c) => ({
-        name: `direct TLS-PSK, engine frames, ${c} conn${c > 1 ? 's' : ''}`,
+        name: `direct sealed (AES-128-GCM), engine frames, ${c} conn${c > 1 ? 's' : ''}`,
         connections: c,
         streams: 1,
         run: (n: number) => directTransfer(info.direct, n, c, chunk),
