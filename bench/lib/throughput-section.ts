@@ -22,6 +22,7 @@ import {
   openConnections,
   type ReceiverInfo,
   type Receivers,
+  sealedTransfer,
   startLibp2pSender,
   startReceivers,
   tcpTransfer,
@@ -151,6 +152,12 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
         connections: 1,
         streams: 1,
         run: (n) => tlsPskTransfer(info.psk, n, chunk),
+      },
+      {
+        name: 'sealed (AES-128-GCM), bare 1 MiB messages',
+        connections: 1,
+        streams: 1,
+        run: (n) => sealedTransfer(info.sealed, n, chunk),
       },
       ...[1, 3].map((c) => ({
         name: `direct sealed (AES-128-GCM), engine frames, ${c} conn${c > 1 ? 's' : ''}`,

@@ -36,6 +36,8 @@ export interface ReceiverInfo {
   ca: string
   /** The direct data channel's grant (port, hex key, identity). */
   direct: { port: number; key: string; identity: string }
+  /** A plain message sink over the sealed channel (no frames, no acks): its grant. */
+  sealed: { port: number; key: string; identity: string }
   /** A plain byte sink over the direct channel's TLS (1.2, PSK suites): port and hex key. */
   psk: { port: number; key: string }
 }
@@ -116,17 +118,29 @@ export async function startReceivers(): Promise<Receivers> {
     messages: 'leased',
   })
   const grant = await direct.grant('127.0.0.1', 'bench')
+  // The sealed channel without the engine on top: splits the engine's cost from the channel's
+  const sealedSink = new DirectListener({}, pino({ level: 'silent' }), (f) => void serveSealedBytes(f), {
+    messages: 'leased',
+  })
+  const sealedGrant = await sealedSink.grant('127.0.0.1', 'bench-bare')
+  const hex = (g: { port: number; key: Uint8Array; identity: string }) => ({
+    port: g.port,
+    key: Buffer.from(g.key).toString('hex'),
+    identity: g.identity,
+  })
   return {
     info: {
       tcpPort: (tcp.address() as net.AddressInfo).port,
       tlsPort: (tlsServer.address() as net.AddressInfo).port,
       multiaddrs: host.getMultiaddrs().map(String),
       ca: cert,
-      direct: { port: grant.port, key: Buffer.from(grant.key).toString('hex'), identity: grant.identity },
+      direct: hex(grant),
+      sealed: hex(sealedGrant),
       psk: { port: (pskServer.address() as net.AddressInfo).port, key: pskKey.toString('hex') },
     },
     async close() {
       direct.close()
+      sealedSink.close()
       tcp.close()
       tlsServer.close()
       pskServer.close()
@@ -150,7 +164,52 @@ async function serveFramed(f: SealedFramed): Promise<void> {
   }
 }
 
+/** A byte sink on the sealed channel: the first message says how many bytes follow, one byte answers them. */
+async function serveSealedBytes(f: SealedFramed): Promise<void> {
+  try {
+    const head = await f.read()
+    if (head === null || head.length !== HEADER) throw new Error('no length message')
+    const total = Number(Buffer.from(head).readBigUInt64BE(0))
+    let got = 0
+    while (got < total) {
+      const m = await f.read()
+      if (m === null) throw new Error('ended early')
+      got += m.length
+    }
+    await f.write(ACK)
+    await f.close()
+  } catch (err) {
+    f.abort(err instanceof Error ? err : new Error(String(err)))
+  }
+}
+
 // ------------------------------------------------------------------ senders
+
+/** Milliseconds to send `total` bytes as `chunk`-sized messages on one sealed connection (bare: no frames, no acks). */
+export async function sealedTransfer(
+  info: ReceiverInfo['sealed'],
+  total: number,
+  chunk: Buffer,
+): Promise<number> {
+  const grant = { port: info.port, key: Buffer.from(info.key, 'hex'), identity: info.identity }
+  const signal = AbortSignal.timeout(600_000)
+  const [f] = await connectDirect('127.0.0.1', grant, 1, 10_000, signal)
+  try {
+    const t = performance.now()
+    await f!.write(header(total))
+    let left = total
+    while (left > 0) {
+      const n = Math.min(left, chunk.length)
+      left -= n
+      await f!.write(n === chunk.length ? chunk : chunk.subarray(0, n))
+    }
+    const ack = await f!.read()
+    if (ack === null) throw new Error('no answer from the sealed sink')
+    return performance.now() - t
+  } finally {
+    await f!.close()
+  }
+}
 
 /**
  * Milliseconds to send `total` bytes as 1 MiB frames over `conns` direct TLS-PSK connections with the
