@@ -12,6 +12,10 @@
 // destination applying the frames still on their way (`apply`), its digest check (`verify`), its commit
 // journal and resume (`handover`), and the rest (`transit`: switchover and RUNNING messages on the
 // control stream, and waits for an event loop).
+// Also `faults` (minor page faults of each process during the run: fresh memory, ~10 µs a 4 KiB page
+// on this host's VM) and `startHrUs` (the run's start on the monotonic clock --cpu-prof and
+// `perf record -k CLOCK_MONOTONIC` use, to cut a profile to one run). Both nodes warm the engine up at
+// start, as the agent does (src/transfer/warmup.ts); BENCH_NO_WARMUP=1 leaves that out.
 import { readdirSync, readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
@@ -73,6 +77,16 @@ function procCpuMs(pid: number): number | undefined {
     return ((Number(f[11]) + Number(f[12])) * 1000) / 100
   } catch {
     return undefined
+  }
+}
+
+/** Minor page faults of process `pid` so far (fresh memory costs ~10 µs a 4 KiB page on some VMs). */
+function minorFaults(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7])
+  } catch {
+    return 0
   }
 }
 
@@ -183,9 +197,11 @@ try {
     await sleep(warmupMs)
     const load1 = loadavg()[0]!
     const t = performance.now()
+    const hr0 = process.hrtime.bigint()
     const cpu0 = process.cpuUsage()
     const destCpu0 = b.cpuMs()
     const threads0 = { src: threadCpuMs(process.pid), dest: threadCpuMs(b.pid) }
+    const faults0 = { src: minorFaults(process.pid), dest: minorFaults(b.pid) }
     const m = a.service.migrate(id, b.peerId, { mode, compression, channel, streams })
     const v = await a.service.done(m.id)
     const ms = performance.now() - t
@@ -196,6 +212,7 @@ try {
     const dest = await b.finished(m.id)
     const destCpu1 = b.cpuMs()
     const threads1 = { src: threadCpuMs(process.pid), dest: threadCpuMs(b.pid) }
+    const faults1 = { src: minorFaults(process.pid), dest: minorFaults(b.pid) }
     const marks = fin?.downtime as Record<string, number> | undefined
     const destMarks = dest?.switchover as Record<string, number> | undefined
     console.log(
@@ -208,11 +225,15 @@ try {
         phase: v.phase,
         error: v.error,
         startAtMs: Math.round(t),
+        // the start on the monotonic clock (µs) that --cpu-prof timestamps use: cuts a profile to the run
+        startHrUs: Number(hr0 / 1000n),
         wallMs: Math.round(ms),
         cpuMs: Math.round((cpu.user + cpu.system) / 1000),
         destCpuMs: destCpu0 !== undefined && destCpu1 !== undefined ? destCpu1 - destCpu0 : undefined,
         // CPU ms per thread: main (JS, TLS, hashing) and the others (GC, JIT, file I/O), each end
         threads: { src: diffMs(threads0.src, threads1.src), dest: diffMs(threads0.dest, threads1.dest) },
+        // minor page faults of each process during the run (with `--dest same`, both are this one's)
+        faults: { src: faults1.src - faults0.src, dest: faults1.dest - faults0.dest },
         totalMs: v.totalMs,
         downtimeMs: v.downtimeMs,
         rounds: v.round,

@@ -80,7 +80,11 @@ export async function createBenchNode(name: string, pingAbort = true, retainMiB 
         },
       },
     },
-    { retainMiB },
+    {
+      retainMiB,
+      // as the agent (src/node/migrations.ts); BENCH_NO_WARMUP=1 leaves it out
+      warmUp: process.env.BENCH_NO_WARMUP !== '1',
+    },
   )
   await service.start()
   return {

@@ -169,7 +169,8 @@ export class AgentMigrations {
           onInDoubt: (m) => this.onInDoubt(m),
         },
       },
-      { ...(init.direct ? { direct: init.direct } : {}) },
+      // warmUp: the agent's first migration runs optimised code (src/transfer/warmup.ts)
+      { warmUp: true, ...(init.direct ? { direct: init.direct } : {}) },
     )
     this.service.on('progress', (m: MigrationView) => this.onProgress(m))
   }
