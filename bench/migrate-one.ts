@@ -14,8 +14,7 @@
 // control stream, and waits for an event loop).
 // Also `faults` (minor page faults of each process during the run: fresh memory, ~10 µs a 4 KiB page
 // on this host's VM) and `startHrUs` (the run's start on the monotonic clock --cpu-prof and
-// `perf record -k CLOCK_MONOTONIC` use, to cut a profile to one run). Both nodes warm the engine up at
-// start, as the agent does (src/transfer/warmup.ts); BENCH_NO_WARMUP=1 leaves that out.
+// `perf record -k CLOCK_MONOTONIC` use, to cut a profile to one run).
 import { readdirSync, readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'

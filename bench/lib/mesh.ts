@@ -80,11 +80,7 @@ export async function createBenchNode(name: string, pingAbort = true, retainMiB 
         },
       },
     },
-    {
-      retainMiB,
-      // as the agent (src/node/migrations.ts); BENCH_NO_WARMUP=1 leaves it out
-      warmUp: process.env.BENCH_NO_WARMUP !== '1',
-    },
+    { retainMiB },
   )
   await service.start()
   return {

@@ -169,8 +169,7 @@ export class AgentMigrations {
           onInDoubt: (m) => this.onInDoubt(m),
         },
       },
-      // warmUp: the agent's first migration runs optimised code (src/transfer/warmup.ts)
-      { warmUp: true, ...(init.direct ? { direct: init.direct } : {}) },
+      { ...(init.direct ? { direct: init.direct } : {}) },
     )
     this.service.on('progress', (m: MigrationView) => this.onProgress(m))
   }

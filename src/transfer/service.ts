@@ -41,7 +41,6 @@ import type { SealedFramed } from './sealed.js'
 import { OutgoingMigration } from './source.js'
 import { type Outcome, queryStatus, serveStatus } from './status.js'
 import type { MigrationComponents, MigrationHost, TransferTimeouts } from './types.js'
-import { type WarmUpResult, warmUpEngine } from './warmup.js'
 import { ControlChannel, withTimeout } from './wire.js'
 
 export interface MigrationServiceInit {
@@ -72,12 +71,6 @@ export interface MigrationServiceInit {
    * post-copy would otherwise lose the VM (README "What post-copy cannot survive").
    */
   stopGraceMs?: number
-  /**
-   * Warm the engine's per-unit code up once, in the background, after `start()` (warmup.ts: a small
-   * synthetic VM through the frame and apply paths in this process; synthetic driver only). The agent
-   * turns it on: its first migration then runs optimised code. Default false (tests start many).
-   */
-  warmUp?: boolean
 }
 
 /** How an outgoing migration reaches its destination (src/node/nat.ts decides). */
@@ -147,8 +140,6 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
   readonly #directInit: DirectInit
   readonly #stopGraceMs: number
   #direct: DirectListener | undefined
-  readonly #warmUpOn: boolean
-  #warmUp: Promise<WarmUpResult | undefined> = Promise.resolve(undefined)
 
   constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
@@ -167,7 +158,6 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     }
     this.#directInit = init.direct ?? {}
     this.#stopGraceMs = init.stopGraceMs ?? 8000
-    this.#warmUpOn = init.warmUp === true
     this.#keepFinished = init.keepFinished ?? 100
     this.#keepOutcomes = init.keepOutcomes ?? 4096
     this.store = new ContentStore(
@@ -234,27 +224,6 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
         messages: 'leased',
       })
     this.#started = true
-    if (this.#warmUpOn) this.#startWarmUp()
-  }
-
-  /** The start's warm-up (`MigrationServiceInit.warmUp`): its figures, undefined if none ran. */
-  get warmedUp(): Promise<WarmUpResult | undefined> {
-    return this.#warmUp
-  }
-
-  #startWarmUp(): void {
-    const signal = this.#ac.signal
-    this.#warmUp = warmUpEngine(this.#c.driver, this.#log, signal).then(
-      (r) => {
-        if (r) this.#log.debug(r, 'migration engine warmed up')
-        return r
-      },
-      (err: unknown) => {
-        if (!signal.aborted)
-          this.#log.warn({ err: (err as Error).message }, 'migration engine warm-up failed')
-        return undefined
-      },
-    )
   }
 
   /**
@@ -285,7 +254,6 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     }
     await this.#c.host.unhandle([STATUS_PROTOCOL, OBSERVED_PROTOCOL]).catch(() => undefined)
     this.#ac.abort(new MigrationError('CANCELLED', 'the migration service is stopping'))
-    await this.#warmUp
     const all = [...this.#active.values()].map((m) => m.done)
     await Promise.race([Promise.allSettled(all), new Promise((r) => setTimeout(r, 10_000).unref())])
   }
