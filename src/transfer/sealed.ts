@@ -238,8 +238,7 @@ export class SealedFramed implements FrameChannel {
     while (this.#error === null) {
       if (this.#stage === 'head') {
         if (off === c.length) break
-        const take = Math.min(HEADER - this.#headGot, c.length - off)
-        c.copy(this.#head, this.#headGot, off, off + take)
+        const take = topUp(this.#head, this.#headGot, c, off)
         this.#headGot += take
         off += take
         if (this.#headGot < HEADER) break
@@ -258,8 +257,7 @@ export class SealedFramed implements FrameChannel {
       if (this.#decipher) {
         // A record: its tag, then the check
         if (off === c.length) break
-        const take = Math.min(TAG - this.#tagGot, c.length - off)
-        c.copy(this.#tag, this.#tagGot, off, off + take)
+        const take = topUp(this.#tag, this.#tagGot, c, off)
         this.#tagGot += take
         off += take
         if (this.#tagGot < TAG) break
@@ -528,6 +526,13 @@ export class SealedFramed implements FrameChannel {
 }
 
 const EMPTY = Buffer.alloc(0)
+
+/** Copies from `c` (at `off`) into a fixed-size field that holds `got` bytes so far; returns the bytes taken. */
+function topUp(field: Buffer, got: number, c: Buffer, off: number): number {
+  const take = Math.min(field.length - got, c.length - off)
+  c.copy(field, got, off, off + take)
+  return take
+}
 
 /**
  * Takes over a connected socket's handle in a socket that reads with net's `onread` (into one reused
