@@ -18,6 +18,7 @@ import { ContentStore } from './content-store.js'
 import { IncomingMigration, newDataFramed, readDataHello, validateOffer } from './destination.js'
 import { type DirectInit, DirectListener } from './direct.js'
 import { asMigrationError, MigrationError, MigrationRefusedError, type RefusalCode } from './errors.js'
+import { raiseMallocMmapThreshold } from './malloc-threshold.js'
 import { type MigrateOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { type MigrationView, TERMINAL_PHASES } from './progress.js'
 import {
@@ -143,6 +144,8 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
 
   constructor(components: MigrationComponents & { link?: BulkLinkAdvisor }, init: MigrationServiceInit = {}) {
     super()
+    // Now, so the GC has freed its chunk before the first migration's records (see the module)
+    raiseMallocMmapThreshold()
     this.#c = components
     this.#advisor = components.link
     this.#log = components.logger.child({ component: 'transfer' })
