@@ -19,11 +19,13 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import type { ChannelChoice, CompressionChoice, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
+import { runAsAgent } from './lib/agent-runtime.js'
 import { checkBenchArgs } from './lib/args.js'
 import { startDestProcess } from './lib/dest-process.js'
 import { sleep } from './lib/format.js'
 import { type BenchNode, createBenchNode, createVm, dropVm, type Fill, type LogRecord } from './lib/mesh.js'
 
+runAsAgent()
 checkBenchArgs(import.meta.url, {
   valued: ['size', 'workload', 'mode', 'compression', 'runs', 'warmup-ms', 'channel', 'streams', 'dest'],
 })

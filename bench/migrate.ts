@@ -11,6 +11,7 @@
 //    the same bytes;
 // 3. the same over bandwidth-limited links, made with the engine's `bandwidthMiBps` (not tc).
 // Prints tables (and the goals of issue 5, met or not) and writes bench/results/migrate.json.
+
 import { randomBytes } from 'node:crypto'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
@@ -19,6 +20,7 @@ import v8 from 'node:v8'
 import vm from 'node:vm'
 import type { CompressionChoice, MigrationView, Mode } from '../src/transfer/index.js'
 import type { WorkloadSpec } from '../src/vm/index.js'
+import { runAsAgent } from './lib/agent-runtime.js'
 import { type DestProcess, startDestProcess } from './lib/dest-process.js'
 import { f, MiB, median, ratio, sleep, table } from './lib/format.js'
 import {
@@ -41,6 +43,8 @@ import {
   type TpRow,
   type TpSection,
 } from './lib/throughput-section.js'
+
+runAsAgent()
 
 // ------------------------------------------------------------------ options
 

@@ -5,7 +5,10 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import { cpus, loadavg } from 'node:os'
 import { dirname, resolve } from 'node:path'
+import { runAsAgent } from './lib/agent-runtime.js'
 import { measureThroughput, printThroughput, type TpSection } from './lib/throughput-section.js'
+
+runAsAgent()
 
 const args = {
   payloadMiB: 256,

@@ -1,5 +1,5 @@
-#!/usr/bin/env -S node --initial-heap-size=128
-// (The flag: src/node/node-flags.ts, AGENT_NODE_FLAGS; keep the two the same.)
+#!/usr/bin/env -S GLIBC_TUNABLES=${GLIBC_TUNABLES}:glibc.malloc.hugetlb=1 node --initial-heap-size=128
+// (The tunable and the flag: src/node/node-flags.ts, AGENT_SHEBANG; keep the two the same.)
 // The CLI entry point: the compiled program lives in dist/ (built by `npm run build`, run on install).
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'

@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { AGENT_NODE_FLAGS } from '../node/node-flags.js'
+import { AGENT_NODE_FLAGS, agentEnv } from '../node/node-flags.js'
 import type { PlacementEventView } from '../node/placement/index.js'
 import { ApiClient } from './client.js'
 import { CliError } from './errors.js'
@@ -173,6 +173,7 @@ async function spawnAgent(
   ]
   args.push('--config', config, '--log-level', 'warn', ...(boot ? ['--bootstrap', boot] : []))
   const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...args], {
+    env: agentEnv(),
     stdio: ['ignore', 'ignore', 'ignore'],
     detached: true,
   })

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { AGENT_NODE_FLAGS } from '../node/node-flags.js'
+import { AGENT_NODE_FLAGS, agentEnv } from '../node/node-flags.js'
 import type { ClusterView, ClusterVm, CreateVmRequest, VmRecord } from '../node/types.js'
 import { ApiClient } from './client.js'
 import { dashboardLink } from './commands/dashboard.js'
@@ -434,6 +434,7 @@ async function startAgent(index: number, root: string, bin: string, extra: strin
   args.push('--api', '127.0.0.1:0', '--site', site, ...extra)
   // own process group: a Ctrl-C in the terminal reaches only the demo, which then stops the agents in order
   const child = spawn(process.execPath, [...AGENT_NODE_FLAGS, ...args], {
+    env: agentEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   })

@@ -4,7 +4,7 @@ export { type AgentConfig, type AgentFlags, DEFAULT_API, DEFAULT_LISTEN, loadCon
 export { AgentError, ConfigError } from './errors.js'
 export { createLogger, type Logger } from './logger.js'
 export { readMeshKey } from './mesh-key.js'
-export { AGENT_NODE_FLAGS } from './node-flags.js'
+export { AGENT_GLIBC_TUNABLES, AGENT_NODE_FLAGS, AGENT_SHEBANG, agentEnv } from './node-flags.js'
 export { runAgent } from './run.js'
 export { type JournalEntry, Store } from './store.js'
 export { TOKEN_FILE } from './token.js'

@@ -5,7 +5,7 @@
 // bottleneck, and node's TLS delivers a 1 MiB frame as 64 separate 16 KiB records, each a JS 'data'
 // event with a fresh buffer, after copying the ciphertext into OpenSSL's BIO. Here the socket reads
 // straight into one reused 1 MiB buffer (net's `onread`: no stream machinery, no allocation per read,
-// reads of up to 1 MiB), and a whole frame is one record decrypted in 64 KiB slices into the buffer it
+// reads of up to 1 MiB), and a whole frame is one record decrypted in 256 KiB slices into the buffer it
 // is delivered in. Measured on loopback (bench:throughput): ~1.4x node:tls with the same AES-GCM.
 //
 // The contract is `FrameChannel`'s, as for libp2p streams: garbage (a length over the limit, more

@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import os from 'node:os'
 import { join, sep } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { AGENT_NODE_FLAGS } from '../../src/node/node-flags.js'
+import { AGENT_NODE_FLAGS, agentEnv } from '../../src/node/node-flags.js'
 
 /** bin/skymesh.js, from dist/test/helpers/ or test/helpers/. */
 export const CLI = fileURLToPath(new URL('../../bin/skymesh.js', import.meta.url)).replace(
@@ -123,7 +123,7 @@ export async function startAgent(
     ? ['ip', ['netns', 'exec', opts.netns, process.execPath, ...AGENT_NODE_FLAGS, CLI, ...args]]
     : [process.execPath, [...AGENT_NODE_FLAGS, CLI, ...args]]
   const proc = spawn(cmd, cmdArgs, {
-    env: { ...process.env, SKYMESH_LOG_FORMAT: 'json' },
+    env: { ...agentEnv(), SKYMESH_LOG_FORMAT: 'json' },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   let output = ''
