@@ -1,7 +1,7 @@
 // bench:migrate — the live-migration engine on this machine, every figure next to a baseline measured
 // in the same run:
 // 1. loopback throughput (bench/lib/throughput-section.ts, also `npm run bench:throughput`): raw TCP
-//    (= 1.0), node TLS, the direct TLS-PSK channel, libp2p (tcp + noise + yamux) with 1..4 streams on
+//    (= 1.0), node TLS, TLS-PSK, the direct sealed channel, libp2p (tcp + noise + yamux) with 1..4 streams on
 //    one connection and 1 stream on each of 2..4 connections; receiver in a child process (as a second
 //    host would be) and, for reference, in the same process (as section 2 runs);
 // 2. migrations with the real MigrationService from a libp2p host in this process to one in a child
@@ -149,7 +149,7 @@ function parseArgs(argv: string[]): Args {
           '  --ping-abort on|off    off: migration hosts whose libp2p connection monitor does not abort a',
           "                         connection on a missed heartbeat ping (default on: the agent's host)",
           '  --out FILE             JSON results (default bench/results/migrate.json)',
-          '  --channel auto|libp2p  what carries the migrations: the direct TLS-PSK channel (auto) or libp2p',
+          '  --channel auto|libp2p  what carries the migrations: the direct sealed channel (auto) or libp2p',
           '  --dest child|same      where sections 2-3 migrate to: a host in a child process (default, as two',
           '                         hosts run two processes) or one in this process (both ends share a thread)',
         ].join('\n'),

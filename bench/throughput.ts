@@ -1,5 +1,5 @@
 // bench:throughput — loopback transfer throughput of the transports a migration could use (raw TCP =
-// 1.0, node TLS, skymesh's direct TLS-PSK data channel, libp2p streams), as ratios measured in one run;
+// 1.0, node TLS, TLS-PSK, skymesh's direct sealed data channel, libp2p streams), as ratios measured in one run;
 // see bench/lib/throughput-section.ts. bench:migrate prints the same rows as its section 1.
 // Prints a table and writes bench/results/throughput.json.
 import { mkdir, writeFile } from 'node:fs/promises'

@@ -212,7 +212,7 @@ export async function sealedTransfer(
 }
 
 /**
- * Milliseconds to send `total` bytes as 1 MiB frames over `conns` direct TLS-PSK connections with the
+ * Milliseconds to send `total` bytes as 1 MiB frames over `conns` direct sealed connections with the
  * engine's DataSender (window, acks); the connections are made before the clock.
  */
 export async function directTransfer(

@@ -1,12 +1,12 @@
-// The chunk data path over TLS-PSK connections instead of a libp2p stream. libp2p's noise + yamux
+// The chunk data path over sealed connections (src/transfer/sealed.ts) instead of a libp2p stream. libp2p's noise + yamux
 // run in JS and cost CPU per TCP segment; on a small machine where every host of a pipeline receives,
-// verifies and forwards at once, that CPU is what limits the push (bench:propagate). node:tls runs
-// AES-GCM in C++ and hands over whole records, so the same bytes cost a fraction.
+// verifies and forwards at once, that CPU is what limits the push (bench:propagate). The sealed channel
+// runs AES-GCM in C++ (node's crypto) over whole 1 MiB records, so the same bytes cost a fraction.
 //
 // Two ways to get such a connection, both agreed on /skymesh/images/1 (mesh members only; over a relay
 // when that is all there is):
 //   - direct: the client asks for a grant; the server listens on the IP the client reached it at (the
-//     TLS-PSK listener live migrations use, src/transfer/direct.ts) with a fresh key and identity for
+//     sealed-channel listener live migrations use, src/transfer/direct.ts) with a fresh key and identity for
 //     that one connection; the client connects with connectDirect.
 //   - hole-punched (both behind NAT, only a relayed libp2p connection): the client sends a punch invite
 //     (src/transfer/punch.ts: its public address, one fixed port per parallel connection, a fresh key),
@@ -130,7 +130,7 @@ function asChannel(framed: SealedFramed): ImageChannel {
   return new ImageChannel(framed, true)
 }
 
-/** The client's side of a grant: one TLS-PSK connection to `host:grant.port` (connectDirect). */
+/** The client's side of a grant: one sealed connection to `host:grant.port` (connectDirect). */
 export async function connectChunks(
   host: string,
   grant: DirectGrant,

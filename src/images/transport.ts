@@ -90,7 +90,11 @@ export class ChunkTransport {
       const punched = await this.#punch(peer, id, signal)
       if (Array.isArray(punched)) {
         this.#i.onPunched?.(peer)
-        return { channels: punched, link: 'hole-punched', note: "skymesh's own TCP hole punch (TLS-PSK)" }
+        return {
+          channels: punched,
+          link: 'hole-punched',
+          note: "skymesh's own TCP hole punch (sealed channel)",
+        }
       }
       why = punched
     }

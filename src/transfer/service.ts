@@ -62,7 +62,7 @@ export interface MigrationServiceInit {
    */
   retainMiB?: number
   /**
-   * Direct data channel (direct.ts): data units over TLS-PSK connections instead of libp2p streams
+   * Direct data channel (direct.ts): data units over sealed connections (sealed.ts) instead of libp2p streams
    * when the link allows; `{ enabled: false }` turns it off both ways.
    */
   direct?: DirectInit
@@ -375,7 +375,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
       return {
         ...v,
         link: 'hole-punched',
-        linkNote: "libp2p control over the relay; data over skymesh's own TCP hole punch (TLS-PSK)",
+        linkNote: "libp2p control over the relay; data over skymesh's own TCP hole punch (sealed channel)",
       }
     return { ...v, link: l.kind, ...(l.note ? { linkNote: l.note } : {}) }
   }
@@ -683,7 +683,7 @@ export class MigrationService extends EventEmitter<MigrationEvents> {
     }
   }
 
-  /** A direct connection whose TLS-PSK identity belongs to `migrationId`: bind it by its DataHello. */
+  /** A direct connection whose sealed-channel identity belongs to `migrationId`: bind it by its DataHello. */
   async #onDirect(framed: SealedFramed, migrationId: string): Promise<void> {
     try {
       const hello = await withTimeout(this.#timeouts.stepTimeoutMs, 'data hello', this.#ac.signal, (s) =>

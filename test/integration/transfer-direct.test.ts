@@ -1,4 +1,4 @@
-// The direct data channel (src/transfer/direct.ts): data units over TLS-PSK connections negotiated on
+// The direct data channel (src/transfer/direct.ts): data units over sealed connections negotiated on
 // the libp2p control stream, the fallback to libp2p streams, and a cut of the direct connection
 // (through a TCP relay in front of the destination's listener) aborting like a cut libp2p stream.
 import '../../src/node/polyfill.js'
