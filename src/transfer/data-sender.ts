@@ -69,24 +69,23 @@ export class DataSender {
   async #writeOrStall(frame: Uint8Array | readonly Uint8Array[]): Promise<void> {
     this.#writeStarted = performance.now()
     this.#watchdog ??= this.#startWatchdog()
+    // A promise per write that only the watchdog settles: racing one long-lived promise instead would
+    // add a reaction to it per frame, kept until the sender dies (a leak as long as the migration)
+    const stalled = new Promise<never>((_, reject) => {
+      this.#onStall = reject
+    })
     try {
-      await Promise.race([this.framed.write(frame, this.#init.signal), this.#stalled.promise])
+      await Promise.race([this.framed.write(frame, this.#init.signal), stalled])
     } finally {
       this.#writeStarted = undefined
+      this.#onStall = undefined
     }
   }
 
-  /** When the write in progress began (undefined: none is). */
+  /** When the write in progress began (undefined: none is), and how to fail it. */
   #writeStarted: number | undefined
+  #onStall: ((err: Error) => void) | undefined
   #watchdog: NodeJS.Timeout | undefined
-  readonly #stalled = (() => {
-    let reject: (err: Error) => void = () => undefined
-    const promise = new Promise<never>((_, rej) => {
-      reject = rej
-    })
-    promise.catch(() => undefined)
-    return { promise, reject }
-  })()
 
   #startWatchdog(): NodeJS.Timeout {
     const { stallTimeoutMs } = this.#init
@@ -94,7 +93,7 @@ export class DataSender {
       () => {
         const started = this.#writeStarted
         if (started !== undefined && performance.now() - started >= stallTimeoutMs)
-          this.#stalled.reject(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`))
+          this.#onStall?.(new LinkError(`a data stream accepted nothing for ${stallTimeoutMs} ms`))
       },
       Math.max(10, Math.min(1000, stallTimeoutMs / 4)),
     )
