@@ -679,13 +679,13 @@ export class IncomingMigration {
       pushDone = m.pushDone?.pageDigest ?? ''
       this.#wakeReceived?.()
     })()
-    const readerFailed = reader.then(
-      () => new Promise<never>(() => undefined),
-      (err: unknown) => {
-        throw err
-      },
-    )
-    readerFailed.catch(() => undefined)
+    // The wait below wakes on a failed reader or an abort too; it checks these flags, not promises that
+    // would collect a reaction per wake (one per frame, for as long as the push runs)
+    let readerFailed: { err: unknown } | undefined
+    reader.catch((err: unknown) => {
+      readerFailed = { err }
+      this.#wakeReceived?.()
+    })
     this.#pollTimer = setInterval(() => {
       try {
         this.#absorbLocalWrites()
@@ -706,24 +706,24 @@ export class IncomingMigration {
       }
     }, 1000)
     watchdog.unref()
-    const aborted = new Promise<never>((_, reject) => {
-      if (this.#signal.aborted) reject(this.#signal.reason)
-      this.#signal.addEventListener('abort', () => reject(this.#signal.reason), { once: true })
-    })
-    aborted.catch(() => undefined)
+    const onAbort = () => this.#wakeReceived?.()
+    this.#signal.addEventListener('abort', onAbort, { once: true })
+    const check = () => {
+      this.#signal.throwIfAborted()
+      if (readerFailed) throw readerFailed.err
+      if (stalled) throw stalled
+    }
     try {
       while (this.#receivedCount < all || pushDone === undefined) {
+        check()
         const before = this.#receivedCount
-        await Promise.race([
-          new Promise<void>((resolve) => (this.#wakeReceived = resolve)),
-          readerFailed,
-          aborted,
-        ])
-        if (stalled) throw stalled
+        await new Promise<void>((resolve) => (this.#wakeReceived = resolve))
+        check()
         if (this.#receivedCount !== before) lastProgress = performance.now()
       }
     } finally {
       clearInterval(watchdog)
+      this.#signal.removeEventListener('abort', onAbort)
     }
     this.#stopFaultPolling()
     const d = new PageListDigest()
