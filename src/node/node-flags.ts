@@ -26,10 +26,11 @@ export const AGENT_NODE_FLAGS: readonly string[] = ['--initial-heap-size=128']
 // the environment.
 export const AGENT_GLIBC_TUNABLES = 'glibc.malloc.hugetlb=1'
 
-/** `env` with AGENT_GLIBC_TUNABLES added to GLIBC_TUNABLES (unless that already sets hugetlb). */
+/** `env` with AGENT_GLIBC_TUNABLES added to GLIBC_TUNABLES (unless that already sets the same tunable). */
 export function agentEnv(env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   const tunables = env.GLIBC_TUNABLES ?? ''
-  if (/(^|:)glibc\.malloc\.hugetlb=/.test(tunables)) return { ...env }
+  const name = AGENT_GLIBC_TUNABLES.slice(0, AGENT_GLIBC_TUNABLES.indexOf('=') + 1)
+  if (tunables.split(':').some((t) => t.startsWith(name))) return { ...env }
   return { ...env, GLIBC_TUNABLES: tunables ? `${tunables}:${AGENT_GLIBC_TUNABLES}` : AGENT_GLIBC_TUNABLES }
 }
 

@@ -4,7 +4,7 @@
 // then a zero-filled copy of the right size). glibc maps every allocation above its mmap threshold
 // (128 KiB at start) afresh and returns it to the kernel on free, and it trims the heap's top above
 // twice that: so 1 MiB outputs, freed by V8's GC in batches of tens of MiB, are page-faulted in again
-// and again (page faults are dear on this VM: ~12 µs each). Measured: `update` of 1 MiB costs 2.1
+// and again (page faults are dear on this VM: ~11 µs each). Measured: `update` of 1 MiB costs 2.1
 // ms/MiB by default and 0.33 ms/MiB (OpenSSL's own AES-GCM speed) once the thresholds are up.
 //
 // glibc raises the thresholds by itself (mallopt(3), "dynamic mmap threshold") when a mapped chunk is
