@@ -9,6 +9,8 @@ COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund --ignore-scripts
 COPY . .
 # Native modules (level, lz4) load their prebuilt binaries at run time: no install scripts needed.
+# skymesh's own addon (native/, AES-GCM for the data channel) is built if the image has a compiler,
+# else the build says so and the agent uses node:crypto.
 RUN npm run build && npm prune --omit=dev --no-audit --no-fund
 
 FROM ${BASE_IMAGE}
@@ -18,6 +20,7 @@ COPY --from=build /src/node_modules ./node_modules
 COPY bin ./bin
 COPY proto ./proto
 COPY --from=build /src/dist/src ./dist/src
+COPY --from=build /src/native ./native
 RUN ln -s /opt/skymesh/bin/skymesh.js /usr/local/bin/skymesh
 ENV SKYMESH_LOG_FORMAT=json
 VOLUME /data

@@ -14,6 +14,8 @@ import { randomBytes } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import { loadavg } from 'node:os'
 import { fileURLToPath } from 'node:url'
+import { nativeGcm } from '../../src/transfer/native-gcm.js'
+import { describeSealedEngine } from '../../src/transfer/record-cipher.js'
 import { f, MiB, median, ratio, sleep, table } from './format.js'
 import {
   directTransfer,
@@ -59,6 +61,8 @@ export interface TpSection {
   tlsSkipped?: string
   rows: TpRow[]
   load1: number[]
+  /** Which code seals the sealed rows' records (record-cipher.ts), and why when not the addon. */
+  sealedEngine?: string
 }
 
 export interface TpOptions {
@@ -126,7 +130,14 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
   const sender: Libp2pSender = await startLibp2pSender()
   const chunk = randomBytes(MiB)
   const { info } = receivers
-  const section: TpSection = { topology: o.topology, payloadBytes: total, reps: o.reps, rows: [], load1: [] }
+  const section: TpSection = {
+    topology: o.topology,
+    payloadBytes: total,
+    reps: o.reps,
+    rows: [],
+    load1: [],
+    sealedEngine: describeSealedEngine(),
+  }
   section.load1.push(loadavg()[0]!)
   try {
     const conns = await openConnections(sender, info.multiaddrs[0]!, 4)
@@ -165,6 +176,17 @@ export async function measureThroughput(o: TpOptions): Promise<TpSection> {
         streams: 1,
         run: (n: number) => directTransfer(info.direct, n, c, chunk),
       })),
+      // The same with node:crypto sealing at the sending end (the bottleneck): what the addon gains
+      ...(nativeGcm()
+        ? [
+            {
+              name: 'direct sealed, engine frames, 1 conn, sender on node:crypto',
+              connections: 1,
+              streams: 1,
+              run: (n: number) => directTransfer(info.direct, n, 1, chunk, 'node:crypto'),
+            },
+          ]
+        : []),
       ...[1, 2, 4].map((s) => ({
         name: `libp2p ${s} stream${s > 1 ? 's' : ''}, 1 conn`,
         connections: 1,
@@ -294,6 +316,7 @@ export function printThroughput(s: TpSection, title = '### Transfer throughput')
   if (s.tls)
     console.log(`\nTLS: ${s.tls.protocol} ${s.tls.cipher}, self-signed P-256 certificate made in-process.`)
   if (s.tlsSkipped) console.log(`\nTLS skipped: ${s.tlsSkipped}`)
+  if (s.sealedEngine) console.log(`Sealed records: ${s.sealedEngine}.`)
   console.log(
     `Load average (1 min) of this shared machine: ${s.load1.map((x) => f(x, 1)).join(' at the start, ')} at the end.`,
   )

@@ -21,6 +21,7 @@ import { pb } from '../../src/proto/index.js'
 import { DataSender } from '../../src/transfer/data-sender.js'
 import { connectDirect, DIRECT_CIPHERS, DirectListener } from '../../src/transfer/direct.js'
 import { encodeFrameParts } from '../../src/transfer/frame.js'
+import type { RecordEngine } from '../../src/transfer/record-cipher.js'
 import type { SealedFramed } from '../../src/transfer/sealed.js'
 import { selfSignedCert } from './tls-cert.js'
 
@@ -220,10 +221,11 @@ export async function directTransfer(
   total: number,
   conns: number,
   frame: Uint8Array,
+  engine?: RecordEngine,
 ): Promise<number> {
   const grant = { port: info.port, key: Buffer.from(info.key, 'hex'), identity: info.identity }
   const signal = AbortSignal.timeout(600_000)
-  const channels = await connectDirect('127.0.0.1', grant, conns, 10_000, signal)
+  const channels = await connectDirect('127.0.0.1', grant, conns, 10_000, signal, engine ? { engine } : {})
   const senders = channels.map(
     (c) =>
       new DataSender(c, {

@@ -17,6 +17,7 @@ import {
   OverlayService,
   type VmMetadata,
 } from '../overlay/index.js'
+import { describeSealedEngine } from '../transfer/index.js'
 import { createDriver, QemuDriver, type SyntheticDriver } from '../vm/index.js'
 import type { VmDriver, VmInstance, VmSpec, VmState, WorkloadSpec } from '../vm/types.js'
 import { createApiServer } from './api/index.js'
@@ -430,7 +431,10 @@ export class Agent implements AgentService, NetworkApi {
     })
     this.apiUrl = await this.api.listen()
     await this.writeAgentFile()
-    this.log.info({ api: this.apiUrl, dataDir: config.dataDir, site: config.site }, 'agent ready')
+    this.log.info(
+      { api: this.apiUrl, dataDir: config.dataDir, site: config.site, dataChannel: describeSealedEngine() },
+      'agent ready',
+    )
   }
 
   /** Clean stop: suspends every live VM to disk so the next start resumes it with the same digest. */

@@ -12,12 +12,14 @@
 // destination's), the source closes them all and uses libp2p streams, and its view says
 // `channel: libp2p` with the reason. (The qemu tunnel, qemu/direct-tunnel.ts, pipes QEMU's own stream
 // through TLS-PSK with `DIRECT_CIPHERS`.)
+
 import { randomBytes } from 'node:crypto'
 import net, { isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'
 import type { Logger } from 'pino'
 import { DATA_READ_BUFFER, MAX_FRAME_BYTES } from './constants.js'
 import { LinkError } from './errors.js'
+import type { RecordEngine } from './record-cipher.js'
 import { SealedFramed } from './sealed.js'
 
 /** TLS 1.2 PSK suites with AES-GCM (AES-NI) of the qemu tunnel; node's default cipher list has no PSK suite. */
@@ -170,7 +172,7 @@ export async function connectDirect(
   n: number,
   timeoutMs: number,
   signal: AbortSignal,
-  read: { maxMessage?: number; maxBuffer?: number } = {},
+  read: { maxMessage?: number; maxBuffer?: number; engine?: RecordEngine } = {},
 ): Promise<SealedFramed[]> {
   const t = AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)])
   const sockets: net.Socket[] = []
@@ -198,6 +200,7 @@ export async function connectDirect(
       maxBuffer: read.maxBuffer ?? DATA_READ_BUFFER,
       handshakeTimeoutMs: timeoutMs,
       signal: t,
+      ...(read.engine ? { engine: read.engine } : {}),
     })
   }
   const opened = await Promise.allSettled(Array.from({ length: n }, one))

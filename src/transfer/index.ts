@@ -22,6 +22,7 @@ export {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
+export { nativeGcmState } from './native-gcm.js'
 export { copyNetworkDef, MAX_OFFER_NICS, offeredNics } from './nics.js'
 export type {
   ChannelChoice,
@@ -57,6 +58,7 @@ export {
   sealPunched,
   withPorts,
 } from './punch.js'
+export { describeSealedEngine, type RecordEngine } from './record-cipher.js'
 export { SEALED_CIPHER, SealedFramed, type SealedOptions } from './sealed.js'
 export {
   type BulkLink,

@@ -5,18 +5,26 @@
 // bottleneck, and node's TLS delivers a 1 MiB frame as 64 separate 16 KiB records, each a JS 'data'
 // event with a fresh buffer, after copying the ciphertext into OpenSSL's BIO. Here the socket reads
 // straight into one reused 1 MiB buffer (net's `onread`: no stream machinery, no allocation per read,
-// reads of up to 1 MiB), and a whole frame is one record decrypted in 256 KiB slices into the buffer it
-// is delivered in. Measured on loopback (bench:throughput): ~1.4x node:tls with the same AES-GCM.
+// reads of up to 1 MiB), and a whole frame is one record decrypted straight into the buffer it is
+// delivered in (record-cipher.ts: by skymesh's native addon where it was built, else node:crypto).
+// Measured on loopback (bench:throughput): ~1.4x node:tls with the same AES-GCM and node:crypto.
 //
 // The contract is `FrameChannel`'s, as for libp2p streams: garbage (a length over the limit, more
 // buffered than the window allows, a record that fails authentication, a bad handshake) is a
 // ProtocolError; a reset, or an end in the middle of a message, a LinkError. Nothing is handed to the
 // reader before its record's tag checked out.
-import { createCipheriv, createDecipheriv, type DecipherGCM, randomBytes } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import net from 'node:net'
 import { pb } from '../proto/index.js'
 import { LinkError, ProtocolError } from './errors.js'
 import { raiseMallocMmapThreshold } from './malloc-threshold.js'
+import {
+  type RecordEngine,
+  type RecordOpener,
+  type RecordSealer,
+  recordOpener,
+  recordSealer,
+} from './record-cipher.js'
 import {
   type DirectionKeys,
   deriveSessionKeys,
@@ -38,11 +46,6 @@ export const SEALED_CIPHER = `AES-128-GCM, skymesh sealed v${SEALED_VERSION}`
 /** Handshake messages are tiny; anything larger before the keys is garbage. */
 const MAX_HANDSHAKE_MESSAGE = 256
 const MAX_IDENTITY = 64
-/**
- * Most bytes per cipher call. Node allocates every call's output; with glibc's mmap threshold raised
- * (malloc-threshold.ts) a large one costs no more than a small one and the calls are fewer.
- */
-const CRYPT_SLICE = 256 * 1024
 /** The socket reads into one reused buffer of this size. */
 const READ_BUFFER = 1024 * 1024
 /**
@@ -73,6 +76,8 @@ export interface SealedOptions {
   messages?: 'owned' | 'leased'
   /** The handshake must be done within this (default 10 s), else the socket is destroyed. */
   handshakeTimeoutMs?: number
+  /** Which code seals and opens records (record-cipher.ts); default the native addon when loaded. */
+  engine?: RecordEngine
   signal?: AbortSignal
 }
 
@@ -105,19 +110,23 @@ export class SealedFramed implements FrameChannel {
   #identity = ''
   readonly #maxData: number
   readonly #maxBuffer: number
+  readonly #engine: RecordEngine | undefined
   // Sending
   #tx: DirectionKeys | undefined
+  #sealer: RecordSealer | undefined
   #txSeq = 0
   #wrote = 0
-  // Receiving: the stage, the length prefix, the message being filled and the record's decipher
+  // Receiving: the stage, the length prefix, the message being filled, the record's opener
   #rx: DirectionKeys | undefined
+  #opener: RecordOpener | undefined
+  /** Whether the message being read is a record (else a handshake message, in clear). */
+  #sealed = false
   #rxSeq = 0
   #stage: Stage = 'head'
   readonly #head = Buffer.alloc(HEADER)
   #headGot = 0
   #message: Buffer = Buffer.alloc(0)
   #got = 0
-  #decipher: DecipherGCM | undefined
   readonly #tag = Buffer.alloc(TAG)
   #tagGot = 0
   // Messages ready for `read`, with the pool buffer each lives in (leased mode)
@@ -167,6 +176,7 @@ export class SealedFramed implements FrameChannel {
     this.#phase = phase
     this.#maxData = o.maxMessage
     this.#maxBuffer = o.maxBuffer
+    this.#engine = o.engine
     if (o.messages === 'leased' && o.maxMessage <= LEASE_MAX_DATA) this.#free = []
     this.#ready = new Promise<void>((resolve, reject) => {
       this.#readyResolve = resolve
@@ -226,7 +236,7 @@ export class SealedFramed implements FrameChannel {
     if (this.#error) return
     this.#error = err
     this.#readyReject(err)
-    this.#decipher = undefined
+    this.#sealed = false
     if (err instanceof ProtocolError || err instanceof LinkError) this.socket.destroy()
     this.#wakeAll()
   }
@@ -256,7 +266,7 @@ export class SealedFramed implements FrameChannel {
         if (this.#got < this.#message.length) break
         this.#stage = 'tag'
       }
-      if (this.#decipher) {
+      if (this.#sealed) {
         // A record: its tag, then the check
         if (off === c.length) break
         const take = topUp(this.#tag, this.#tagGot, c, off)
@@ -278,7 +288,7 @@ export class SealedFramed implements FrameChannel {
     if (this.#messages.length > had) this.#wakeAll()
   }
 
-  /** A length prefix arrived: checks it and gets the message's buffer (and the record's decipher). */
+  /** A length prefix arrived: checks it and gets the message's buffer (and begins the record). */
   #begin(len: number): boolean {
     this.#got = 0
     if (this.#phase.step !== 'open') {
@@ -296,37 +306,23 @@ export class SealedFramed implements FrameChannel {
       return false
     }
     const rx = this.#rx!
-    const d = createDecipheriv(CIPHER, rx.key, recordNonce(rx.ivPrefix, this.#rxSeq++))
-    d.setAAD(this.#head)
-    this.#decipher = d
+    this.#opener!.begin(recordNonce(rx.ivPrefix, this.#rxSeq++), this.#head)
+    this.#sealed = true
     this.#message = this.#buffer(len)
     return true
   }
 
   /** Body bytes: copied (handshake) or decrypted (record) into the message, in order. */
   #fill(bytes: Buffer): void {
-    const d = this.#decipher
-    if (!d) {
-      this.#message.set(bytes, this.#got)
-      this.#got += bytes.length
-      return
-    }
-    for (let o = 0; o < bytes.length; o += CRYPT_SLICE) {
-      const out = d.update(bytes.subarray(o, o + CRYPT_SLICE))
-      // TypedArray set: a plain memcpy (Buffer#copy checks its arguments in JS first)
-      this.#message.set(out, this.#got)
-      this.#got += out.length
-    }
+    if (this.#sealed) this.#opener!.update(bytes, this.#message, this.#got)
+    else this.#message.set(bytes, this.#got)
+    this.#got += bytes.length
   }
 
   /** The record's tag arrived: authenticates it, then queues the message for `read`. */
   #openRecord(): boolean {
-    const d = this.#decipher!
-    this.#decipher = undefined
-    try {
-      d.setAuthTag(this.#tag)
-      d.final()
-    } catch {
+    this.#sealed = false
+    if (!this.#opener!.open(this.#tag)) {
       this.#fail(
         new ProtocolError('a data record failed authentication: a wrong key, or bytes altered on the way'),
       )
@@ -426,6 +422,9 @@ export class SealedFramed implements FrameChannel {
   #open(tx: DirectionKeys, rx: DirectionKeys): void {
     this.#tx = tx
     this.#rx = rx
+    const o = { cipher: CIPHER, engine: this.#engine } as const
+    this.#sealer = recordSealer(tx.key, o)
+    this.#opener = recordOpener(rx.key, o)
     this.#phase = { step: 'open' }
     this.#readyResolve()
   }
@@ -445,20 +444,18 @@ export class SealedFramed implements FrameChannel {
     if (this.socket.destroyed || this.socket.writableEnded)
       throw new LinkError('a direct data connection closed')
     const tx = this.#tx
-    if (!tx) throw new LinkError('the direct data connection is not open yet')
+    const sealer = this.#sealer
+    if (!tx || !sealer) throw new LinkError('the direct data connection is not open yet')
     const parts = message instanceof Uint8Array ? [message] : message
     let length = 0
     for (const p of parts) length += p.length
     const head = Buffer.allocUnsafe(HEADER)
     head.writeUInt32BE(length, 0)
-    const c = createCipheriv(CIPHER, tx.key, recordNonce(tx.ivPrefix, this.#txSeq++))
-    c.setAAD(head)
-    const out: Buffer[] = [head]
-    for (const p of parts)
-      for (let o = 0; o < p.length; o += CRYPT_SLICE) out.push(c.update(p.subarray(o, o + CRYPT_SLICE)))
-    c.final()
-    out.push(c.getAuthTag())
-    if (length < ONE_BUFFER_BYTES) this.socket.write(Buffer.concat(out))
+    const record = sealer.seal(recordNonce(tx.ivPrefix, this.#txSeq++), head, parts, length)
+    const out = record.buffers
+    // The socket's callback runs once the kernel has the bytes: a reused buffer may then be reused
+    if (out.length === 1) this.socket.write(out[0]!, record.release)
+    else if (length < ONE_BUFFER_BYTES) this.socket.write(Buffer.concat(out))
     else {
       // One writev of all the pieces: a plain socket passes them to the kernel as they are
       this.socket.cork()
