@@ -22,6 +22,9 @@ typedef struct {
   bool encrypt;
 } gcm_t;
 
+// Marks the externals this addon made, so that no other external is taken for a context
+static const napi_type_tag GCM_TAG = {0x736b796d65736867ULL, 0x636d2d6374782d31ULL};
+
 static void gcm_free(napi_env env, void* data, void* hint) {
   (void)env; (void)hint;
   gcm_t* g = (gcm_t*)data;
@@ -42,7 +45,11 @@ static bool bytes_of(napi_env env, napi_value v, uint8_t** data, size_t* len) {
 }
 
 static gcm_t* gcm_of(napi_env env, napi_value v) {
+  napi_valuetype type;
+  bool ours = false;
   void* p = NULL;
+  if (napi_typeof(env, v, &type) != napi_ok || type != napi_external) return NULL;
+  if (napi_check_object_type_tag(env, v, &GCM_TAG, &ours) != napi_ok || !ours) return NULL;
   if (napi_get_value_external(env, v, &p) != napi_ok) return NULL;
   return (gcm_t*)p;
 }
@@ -73,6 +80,7 @@ static napi_value create(napi_env env, napi_callback_info info) {
     gcm_free(env, g, NULL);
     THROW(env, "gcm.create: napi_create_external failed");
   }
+  if (napi_type_tag_object(env, out, &GCM_TAG) != napi_ok) THROW(env, "gcm.create: napi_type_tag_object failed");
   return out;
 }
 
