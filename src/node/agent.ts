@@ -492,6 +492,7 @@ export class Agent implements AgentService, NetworkApi {
       used: this.used(),
       vmCount: this.records.size,
       nat: this.natLinks?.status(),
+      dataChannel: describeSealedEngine(),
     }
   }
 

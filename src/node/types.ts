@@ -27,6 +27,8 @@ export interface NodeInfo {
   vmCount: number
   /** Reachability: what AutoNAT found, how peers see this host, its relayed addresses (nat.ts). */
   nat?: NatStatus
+  /** What seals the direct data channel's records here: the native AES-GCM addon or node:crypto. */
+  dataChannel?: string
 }
 
 export interface PeerInfo {

@@ -43,6 +43,7 @@ const node: NodeInfo = {
   capacity: { vcpus: 8, memoryMiB: 4096, diskMiB: 102400 },
   used: { vcpus: 2, memoryMiB: 256, diskMiB: 128 },
   vmCount: 2,
+  dataChannel: "AES-GCM by skymesh's native addon (node's OpenSSL 3.0.19, into reused buffers)",
 }
 
 const peers: PeerInfo[] = [
@@ -176,6 +177,7 @@ describe('cli: status and peers', () => {
     assert.match(r.out, /^disk +128 MiB \/ 100 GiB$/m)
     assert.match(r.out, /^uptime +3m1[12]s$/m)
     assert.match(r.out, /^peers +1$/m)
+    assert.match(r.out, /^data channel +AES-GCM by skymesh's native addon/m)
     assert.ok(seen.every((s) => s.auth === `Bearer ${TOKEN}`))
   })
 

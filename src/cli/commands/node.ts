@@ -37,6 +37,7 @@ export function registerNodeCommands(program: Command, io: CliIo): void {
         ['addrs', firstAddr],
         ...moreAddrs.map((a): [string, string] => ['', a]),
         ...natLines(node.nat),
+        ...(node.dataChannel ? [['data channel', node.dataChannel] as [string, string]] : []),
       ]),
     )
   })
