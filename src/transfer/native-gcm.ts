@@ -4,6 +4,7 @@
 // into buffers the caller owns, where node's Cipher.update allocates, zero-fills and copies every
 // output. Without it (no compiler where skymesh was built, or SKYMESH_NATIVE_GCM=off) the channel
 // uses node:crypto: the same cipher and the same bytes on the wire, so either end may have it or not.
+import { createCipheriv } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
@@ -46,16 +47,42 @@ export function nativeGcm(): NativeGcm | null {
   return s.loaded ? s.gcm : null
 }
 
-function loadNativeGcm(env: NodeJS.ProcessEnv): NativeGcmState {
+/** Loads the addon at `path` (tests pass another), checked against node:crypto before it is used. */
+export function loadNativeGcm(env: NodeJS.ProcessEnv, path = NATIVE_GCM_PATH): NativeGcmState {
   if (env.SKYMESH_NATIVE_GCM === 'off') return { loaded: false, reason: 'SKYMESH_NATIVE_GCM=off' }
-  if (!existsSync(NATIVE_GCM_PATH))
-    return { loaded: false, reason: `not built (${NATIVE_GCM_PATH} is missing: npm run build:native)` }
+  if (!existsSync(path))
+    return { loaded: false, reason: `not built (${path} is missing: npm run build:native)` }
   try {
-    const gcm = createRequire(import.meta.url)(NATIVE_GCM_PATH) as NativeGcm
+    const gcm = createRequire(import.meta.url)(path) as NativeGcm
     if (typeof gcm.create !== 'function' || typeof gcm.open !== 'function')
-      return { loaded: false, reason: `${NATIVE_GCM_PATH} is not skymesh's gcm addon` }
+      return { loaded: false, reason: `${path} is not skymesh's gcm addon` }
+    if (!agreesWithNode(gcm))
+      return { loaded: false, reason: `${path} seals differently from node:crypto (a broken build?)` }
     return { loaded: true, gcm }
   } catch (err) {
-    return { loaded: false, reason: `could not load ${NATIVE_GCM_PATH}: ${(err as Error).message}` }
+    return { loaded: false, reason: `could not load ${path}: ${(err as Error).message}` }
   }
+}
+
+/** A known-answer check at load: one record sealed and opened by the addon, against node:crypto. */
+function agreesWithNode(gcm: NativeGcm): boolean {
+  const key = Buffer.alloc(16, 7)
+  const iv = Buffer.alloc(12, 3)
+  const aad = Buffer.from([0, 0, 0, 77])
+  const plain = Buffer.alloc(77)
+  for (let i = 0; i < plain.length; i++) plain[i] = i * 13
+  const c = createCipheriv('aes-128-gcm', key, iv)
+  c.setAAD(aad)
+  const expected = Buffer.concat([c.update(plain), c.final(), c.getAuthTag()])
+  const ctx = gcm.create(key, true)
+  const sealed = Buffer.alloc(77 + 16)
+  gcm.begin(ctx, iv, aad)
+  gcm.update(ctx, plain, sealed.subarray(0, 77))
+  gcm.seal(ctx, sealed.subarray(77))
+  if (!sealed.equals(expected)) return false
+  const opener = gcm.create(key, false)
+  const opened = Buffer.alloc(77)
+  gcm.begin(opener, iv, aad)
+  gcm.update(opener, sealed.subarray(0, 77), opened)
+  return gcm.open(opener, sealed.subarray(77)) && opened.equals(plain)
 }

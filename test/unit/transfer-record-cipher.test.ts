@@ -6,9 +6,12 @@
 import assert from 'node:assert/strict'
 import { createCipheriv, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import net from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
-import { NATIVE_GCM_PATH, nativeGcm, nativeGcmState } from '../../src/transfer/native-gcm.js'
+import { loadNativeGcm, NATIVE_GCM_PATH, nativeGcm, nativeGcmState } from '../../src/transfer/native-gcm.js'
 import {
   type RecordEngine,
   recordOpener,
@@ -55,6 +58,36 @@ function openWith(engine: RecordEngine, record: Buffer, seq: number, step = 100_
     opener.update(record.subarray(4 + at, 4 + Math.min(len, at + step)), out, at)
   return opener.open(record.subarray(4 + len)) ? out : null
 }
+
+describe('loading the addon', () => {
+  it('says why it is not used: turned off, not built, not the addon, an addon that seals wrong', () => {
+    const off = loadNativeGcm({ SKYMESH_NATIVE_GCM: 'off' })
+    assert.deepEqual(off, { loaded: false, reason: 'SKYMESH_NATIVE_GCM=off' })
+    const missing = loadNativeGcm({}, '/nonexistent/gcm.node')
+    assert.ok(!missing.loaded && /not built .*npm run build:native/.test(missing.reason))
+    const dir = mkdtempSync(join(tmpdir(), 'skymesh-gcm-'))
+    try {
+      const other = join(dir, 'other.cjs')
+      writeFileSync(other, 'module.exports = { hello: 1 }')
+      const notOurs = loadNativeGcm({}, other)
+      assert.ok(!notOurs.loaded && /is not skymesh's gcm addon/.test(notOurs.reason))
+      // Looks like the addon, but its ciphertext is wrong: refused before any record uses it
+      const wrong = join(dir, 'wrong.cjs')
+      writeFileSync(
+        wrong,
+        `module.exports = { create: () => ({}), begin() {}, update(_c, i, o) { o.set(i) }, seal(_c, t) { t.fill(0) }, open: () => true }`,
+      )
+      const bad = loadNativeGcm({}, wrong)
+      assert.ok(!bad.loaded && /seals differently from node:crypto/.test(bad.reason))
+      const broken = join(dir, 'broken.cjs')
+      writeFileSync(broken, 'throw new Error("undefined symbol: EVP_whatever")')
+      const thrown = loadNativeGcm({}, broken)
+      assert.ok(!thrown.loaded && /could not load .*undefined symbol/.test(thrown.reason))
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  })
+})
 
 describe('record engines', { skip }, () => {
   it('the addon loaded from the build', () => {
