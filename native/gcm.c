@@ -54,6 +54,13 @@ static gcm_t* gcm_of(napi_env env, napi_value v) {
   return (gcm_t*)p;
 }
 
+// A call's `want` arguments, the first a context of this addon's: the context, or NULL
+static gcm_t* context_args(napi_env env, napi_callback_info info, size_t want, napi_value* argv) {
+  size_t argc = want;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < want) return NULL;
+  return gcm_of(env, argv[0]);
+}
+
 // create(key: Uint8Array(16|32), encrypt: boolean): External
 static napi_value create(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -86,10 +93,8 @@ static napi_value create(napi_env env, napi_callback_info info) {
 
 // begin(ctx, iv: Uint8Array(12), aad: Uint8Array): a new record under the same key
 static napi_value begin(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  gcm_t* g = argc == 3 ? gcm_of(env, argv[0]) : NULL;
+  gcm_t* g = context_args(env, info, 3, argv);
   if (!g) THROW(env, "gcm.begin(ctx, iv, aad)");
   uint8_t *iv, *aad; size_t ivlen, aadlen;
   if (!bytes_of(env, argv[1], &iv, &ivlen) || ivlen != 12) THROW(env, "gcm.begin: the IV is not 12 bytes");
@@ -104,10 +109,8 @@ static napi_value begin(napi_env env, napi_callback_info info) {
 // update(ctx, input: Uint8Array, output: Uint8Array): input.length bytes of output written (it may
 // be the input itself, or overlap it exactly)
 static napi_value update(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
   napi_value argv[3];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  gcm_t* g = argc == 3 ? gcm_of(env, argv[0]) : NULL;
+  gcm_t* g = context_args(env, info, 3, argv);
   if (!g) THROW(env, "gcm.update(ctx, input, output)");
   uint8_t *in, *out; size_t inlen, outlen;
   if (!bytes_of(env, argv[1], &in, &inlen) || !bytes_of(env, argv[2], &out, &outlen))
@@ -127,10 +130,8 @@ static napi_value update(napi_env env, napi_callback_info info) {
 
 // seal(ctx, tag: Uint8Array(16)): ends an encrypting record, its tag written into `tag`
 static napi_value seal(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  gcm_t* g = argc == 2 ? gcm_of(env, argv[0]) : NULL;
+  gcm_t* g = context_args(env, info, 2, argv);
   if (!g || !g->encrypt) THROW(env, "gcm.seal(ctx, tag) on an encrypting context");
   uint8_t* tag; size_t taglen;
   if (!bytes_of(env, argv[1], &tag, &taglen) || taglen != 16) THROW(env, "gcm.seal: the tag is not 16 bytes");
@@ -143,10 +144,8 @@ static napi_value seal(napi_env env, napi_callback_info info) {
 
 // open(ctx, tag: Uint8Array(16)): ends a decrypting record; true if the tag authenticates it
 static napi_value open_(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  gcm_t* g = argc == 2 ? gcm_of(env, argv[0]) : NULL;
+  gcm_t* g = context_args(env, info, 2, argv);
   if (!g || g->encrypt) THROW(env, "gcm.open(ctx, tag) on a decrypting context");
   uint8_t* tag; size_t taglen;
   if (!bytes_of(env, argv[1], &tag, &taglen) || taglen != 16) THROW(env, "gcm.open: the tag is not 16 bytes");
