@@ -12,7 +12,6 @@
 // destination's), the source closes them all and uses libp2p streams, and its view says
 // `channel: libp2p` with the reason. (The qemu tunnel, qemu/direct-tunnel.ts, pipes QEMU's own stream
 // through TLS-PSK with `DIRECT_CIPHERS`.)
-
 import { randomBytes } from 'node:crypto'
 import net, { isIP } from 'node:net'
 import { networkInterfaces } from 'node:os'

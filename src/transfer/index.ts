@@ -22,7 +22,6 @@ export {
   type RefusalCode,
   VerifyFailedError,
 } from './errors.js'
-export { nativeGcmState } from './native-gcm.js'
 export { copyNetworkDef, MAX_OFFER_NICS, offeredNics } from './nics.js'
 export type {
   ChannelChoice,

@@ -19,13 +19,11 @@ export interface SealedRecord {
 }
 
 export interface RecordSealer {
-  readonly engine: RecordEngine
   /** `head` (the length prefix) leads the record and is its AAD; `parts` hold `length` bytes. */
   seal(nonce: Uint8Array, head: Buffer, parts: readonly Uint8Array[], length: number): SealedRecord
 }
 
 export interface RecordOpener {
-  readonly engine: RecordEngine
   begin(nonce: Uint8Array, aad: Uint8Array): void
   /** Decrypts the record's next bytes into `out` at `at`. */
   update(bytes: Uint8Array, out: Buffer, at: number): void
@@ -76,7 +74,6 @@ function pickEngine(engine: RecordEngine | undefined): NativeGcm | null {
 }
 
 class NativeSealer implements RecordSealer {
-  readonly engine = 'openssl'
   readonly #gcm: NativeGcm
   readonly #ctx: NativeGcmContext
   readonly #free: Buffer[] = []
@@ -116,7 +113,6 @@ class NativeSealer implements RecordSealer {
 }
 
 class NativeOpener implements RecordOpener {
-  readonly engine = 'openssl'
   readonly #gcm: NativeGcm
   readonly #ctx: NativeGcmContext
 
@@ -139,7 +135,6 @@ class NativeOpener implements RecordOpener {
 }
 
 class NodeSealer implements RecordSealer {
-  readonly engine = 'node:crypto'
   constructor(
     readonly key: Buffer,
     readonly cipher: RecordCipherOptions['cipher'],
@@ -158,7 +153,6 @@ class NodeSealer implements RecordSealer {
 }
 
 class NodeOpener implements RecordOpener {
-  readonly engine = 'node:crypto'
   #decipher: DecipherGCM | undefined
 
   constructor(

@@ -24,6 +24,7 @@ import {
   type RecordSealer,
   recordOpener,
   recordSealer,
+  RECORD_TAG_BYTES as TAG,
 } from './record-cipher.js'
 import {
   type DirectionKeys,
@@ -39,7 +40,6 @@ import {
 import type { FrameChannel } from './wire.js'
 
 const HEADER = 4
-const TAG = 16
 const CIPHER = 'aes-128-gcm'
 /** What the channel's records are sealed with (for views and logs). */
 export const SEALED_CIPHER = `AES-128-GCM, skymesh sealed v${SEALED_VERSION}`
