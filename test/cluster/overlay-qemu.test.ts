@@ -4,6 +4,7 @@
 // cross libp2p between the agents and QEMU's socket, and the guest's own network stack answers.
 // Skips, saying why, where QEMU or the guest packages are not installed.
 import assert from 'node:assert/strict'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import { type RunningAgent, removeDir, startAgent, tempDir, waitFor } from '../helpers/agent-process.js'
@@ -52,7 +53,10 @@ describe('a QEMU guest on the overlay', { skip, timeout: 300_000 }, () => {
         return r.status === 200 && r.body.received >= 1 ? r.body : undefined
       },
       150_000,
-    )
+    ).catch(async (err: Error) => {
+      // Say what the guest and its NIC did: a CI run once timed out here where it takes ~4 s
+      throw new Error(`${err.message}\n${await guestDiagnostics(a, guest.id)}`)
+    })
     assert.ok(reply.received >= 1, JSON.stringify(reply))
     // ARP for the guest was answered from its overlay record, and its frames came from that MAC
     const nics = await a.request('GET', `/v1/vms/${guest.id}/nics`)
@@ -68,3 +72,18 @@ describe('a QEMU guest on the overlay', { skip, timeout: 300_000 }, () => {
     assert.equal(more.body.received, 5, JSON.stringify(more.body))
   })
 })
+
+/** The tail of the guest's serial console and QEMU's log, and its NICs as the agent sees them. */
+async function guestDiagnostics(agent: RunningAgent, id: string): Promise<string> {
+  const tail = async (file: string) =>
+    (await readFile(join(agent.dataDir, 'vms', id, file), 'utf8').catch((e: Error) => e.message))
+      .split('\n')
+      .slice(-25)
+      .join('\n')
+  const nics = await agent.request('GET', `/v1/vms/${id}/nics`).catch((e: Error) => ({ body: e.message }))
+  return [
+    `guest NICs: ${JSON.stringify(nics.body)}`,
+    `serial.log (tail):\n${await tail('serial.log')}`,
+    `qemu.log (tail):\n${await tail('qemu.log')}`,
+  ].join('\n')
+}
